@@ -1,0 +1,1 @@
+"""kvdm.experiments: the ``kvdm`` CLI, replay engine, metrics, results files, figures, paper reproduction."""

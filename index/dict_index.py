@@ -1,0 +1,81 @@
+"""``dict``: an in-process index, the no-network lower bound of what a replay costs.
+
+Each client process has its own dict, so it is only meaningful with one client (or as a
+per-client cache bound); the replay engine says so when asked for more.
+"""
+
+from __future__ import annotations
+
+import bisect
+from typing import Any
+
+import numpy as np
+
+from kvdm.index.api import Index, as_keys, as_values
+
+
+class DictIndex(Index):
+    name = "dict"
+    ordered = True
+
+    def __init__(self, key_bytes: int = 8, **options: Any) -> None:
+        if options:
+            raise ValueError(f"unknown option(s) for dict: {', '.join(sorted(options))}")
+        super().__init__(key_bytes)
+        self._data: dict[Any, int] = {}
+        self._sorted: list[Any] | None = []
+        self._ops = {"get": 0, "put": 0, "delete": 0, "range": 0}
+
+    def _k(self, keys: np.ndarray) -> list[Any]:
+        return keys.tolist() if self.key_bytes == 8 else [bytes(k) for k in keys]
+
+    def get(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ks = self._k(as_keys(keys, self.key_bytes))
+        self._ops["get"] += len(ks)
+        data = self._data
+        values = np.fromiter((data.get(k, 0) for k in ks), dtype=np.uint64, count=len(ks))
+        found = np.fromiter((k in data for k in ks), dtype=bool, count=len(ks))
+        return values, found
+
+    def put(self, keys: np.ndarray, values: np.ndarray) -> None:
+        ks = self._k(as_keys(keys, self.key_bytes))
+        vs = as_values(values, len(ks)).tolist()
+        self._ops["put"] += len(ks)
+        before = len(self._data)
+        self._data.update(zip(ks, vs, strict=True))
+        if len(self._data) != before:
+            self._sorted = None
+
+    def delete(self, keys: np.ndarray) -> np.ndarray:
+        ks = self._k(as_keys(keys, self.key_bytes))
+        self._ops["delete"] += len(ks)
+        out = np.fromiter((self._data.pop(k, None) is not None for k in ks), dtype=bool, count=len(ks))
+        if out.any():
+            self._sorted = None
+        return out
+
+    def range(self, lo: Any, hi: Any, limit: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        lo_k, hi_k = self._k(as_keys(lo, self.key_bytes))[0], self._k(as_keys(hi, self.key_bytes))[0]
+        self._ops["range"] += 1
+        if self._sorted is None:
+            self._sorted = sorted(self._data)
+        i, j = bisect.bisect_left(self._sorted, lo_k), bisect.bisect_right(self._sorted, hi_k)
+        if limit > 0:
+            j = min(j, i + limit)
+        ks = self._sorted[i:j]
+        values = np.array([self._data[k] for k in ks], dtype=np.uint64)
+        if self.key_bytes == 8:
+            return np.array(ks, dtype=np.uint64), values
+        arr = np.frombuffer(b"".join(ks), dtype=np.uint8).reshape(-1, 32) if ks else np.zeros((0, 32), np.uint8)
+        return arr, values
+
+    def counters(self) -> dict[str, int]:
+        return {f"{k}_keys": v for k, v in self._ops.items()}
+
+    def reset_counters(self) -> None:
+        self._ops = dict.fromkeys(self._ops, 0)
+
+
+def open_dict(transport: Any, key_bytes: int, **options: Any) -> DictIndex:
+    """Registry factory (the transport is unused: the dict lives in this process)."""
+    return DictIndex(key_bytes, **options)

@@ -1,0 +1,80 @@
+"""cffi (API mode) build of kvdm's native code: the dm.h transport, its backends and the indexes.
+
+Every ``native/*.c`` is compiled into one extension, ``kvdm.native._kvdm_native``, so indexes
+call the transport directly and Python crosses into C once per batch. Declarations exposed to
+Python come from ``native/*.cdef`` (one file per component), and the public headers (every
+``*.h`` not ending in ``_internal.h``) are included in the generated module.
+
+Environment knobs (read at build time):
+  KVDM_VERBS=0|1   force the verbs backend off/on (default: on if <infiniband/verbs.h> exists)
+  KVDM_ASAN=1      build with AddressSanitizer (run with libasan preloaded; see .ci/test)
+  KVDM_DEBUG=1     -O0 -g
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+
+from cffi import FFI
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+MODULE = "kvdm.native._kvdm_native"
+
+
+def _flag(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    return default if value in (None, "") else value not in ("0", "false", "no")
+
+
+def have_verbs() -> bool:
+    """True when the verbs backend will be built (rdma-core headers present, or forced)."""
+    return _flag("KVDM_VERBS", os.path.exists("/usr/include/infiniband/verbs.h"))
+
+
+def _sorted(pattern: str) -> list[str]:
+    return sorted(glob.glob(os.path.join(HERE, pattern)))
+
+
+def make_ffi() -> FFI:
+    ffi = FFI()
+    cdefs = _sorted("*.cdef")
+    # dm.cdef first: the other components refer to its types
+    cdefs.sort(key=lambda p: (os.path.basename(p) != "dm.cdef", p))
+    for path in cdefs:
+        with open(path) as f:
+            ffi.cdef(f.read())
+    headers = [os.path.basename(p) for p in _sorted("*.h") if not p.endswith("_internal.h")]
+    headers.sort(key=lambda h: (h != "dm.h", h))
+    sources = [p for p in _sorted("*.c")]
+    cflags = ["-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-fno-strict-aliasing"]
+    macros: list[tuple[str, str | None]] = []
+    libraries: list[str] = ["rt"]
+    ldflags: list[str] = []
+    if _flag("KVDM_DEBUG", False):
+        cflags += ["-O0", "-g"]
+    else:
+        cflags += ["-O2", "-g"]
+    if _flag("KVDM_ASAN", False):
+        cflags += ["-fsanitize=address", "-fno-omit-frame-pointer"]
+        ldflags += ["-fsanitize=address"]
+    if have_verbs():
+        macros.append(("KVDM_HAVE_VERBS", "1"))
+        libraries += ["ibverbs"]
+    ffi.set_source(
+        MODULE,
+        "\n".join(f'#include "{h}"' for h in headers),
+        sources=sources,
+        include_dirs=[HERE],
+        define_macros=macros,
+        libraries=libraries,
+        extra_compile_args=cflags,
+        extra_link_args=ldflags,
+    )
+    return ffi
+
+
+ffibuilder = make_ffi()
+
+if __name__ == "__main__":
+    ffibuilder.compile(verbose=True)

@@ -1,0 +1,343 @@
+/* dm_core.c - transport core: contexts, batches, validation, counters, latency model, allocator. */
+#define _GNU_SOURCE
+#include "dm_internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+uint64_t dm_now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+int dm_fail(dm_ctx *ctx, int code, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(ctx->err, sizeof ctx->err, fmt, ap);
+    va_end(ap);
+    return code;
+}
+
+int dm_fail_buf(char *err, size_t errlen, int code, const char *fmt, ...) {
+    if (err && errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return code;
+}
+
+uint64_t dm_rand(dm_ctx *ctx) {
+    uint64_t x = ctx->rng;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    return ctx->rng = x;
+}
+
+const char *dm_last_error(const dm_ctx *ctx) { return ctx ? ctx->err : "no context"; }
+
+int dm_ctx_create(const dm_config *cfg, dm_ctx **out, char *err, size_t errlen) {
+    *out = NULL;
+    dm_config c = {0};
+    if (cfg) c = *cfg;
+    if (c.latency_model < DM_LAT_NONE || c.latency_model > DM_LAT_VIRTUAL)
+        return dm_fail_buf(err, errlen, DM_EINVAL, "unknown latency model %d (valid: 0 none, 1 spin, 2 virtual)",
+                           c.latency_model);
+    if (c.rtt_us < 0 || c.gbps < 0)
+        return dm_fail_buf(err, errlen, DM_EINVAL, "rtt_us and gbps must be >= 0 (got %g, %g)", c.rtt_us, c.gbps);
+    if (c.chunk_bytes == 0) c.chunk_bytes = 1u << 20;
+    if (c.chunk_bytes % DM_LINE)
+        return dm_fail_buf(err, errlen, DM_EINVAL, "chunk_bytes must be a multiple of %d", DM_LINE);
+    dm_ctx *ctx = calloc(1, sizeof *ctx);
+    if (!ctx) return dm_fail_buf(err, errlen, DM_ENOMEM, "out of local memory for a dm context");
+    ctx->cfg = c;
+    ctx->rng = c.seed ? c.seed : (dm_now_ns() ^ (uint64_t)(uintptr_t)ctx) | 1;
+    *out = ctx;
+    return DM_OK;
+}
+
+void dm_ctx_destroy(dm_ctx *ctx) {
+    if (!ctx) return;
+    for (int i = 0; i <= DM_MAX_NODES; i++)
+        if (ctx->nodes[i]) ctx->nodes[i]->ops->detach(ctx->nodes[i]);
+    free(ctx);
+}
+
+int dm_attach(dm_ctx *ctx, const char *uri, unsigned *node_id_out) {
+    if (!uri) return dm_fail(ctx, DM_EINVAL, "memory-node URI is NULL");
+    dm_node *node = NULL;
+    int rc;
+    if (strncmp(uri, "shm:", 4) == 0)
+        rc = dm_shm_attach(ctx, uri + 4, &node);
+    else if (strncmp(uri, "verbs://", 8) == 0)
+        rc = dm_verbs_attach(ctx, uri, &node);
+    else
+        return dm_fail(ctx, DM_EINVAL, "unknown memory-node URI '%s' (valid: shm:NAME, verbs://HOST:PORT?dev=D&gid=G)", uri);
+    if (rc != DM_OK) return rc;
+    if (node->id > DM_MAX_NODES || ctx->nodes[node->id]) {
+        unsigned id = node->id;
+        node->ops->detach(node);
+        return dm_fail(ctx, DM_EEXIST, "memory node id %u (from '%s') is %s", id, uri,
+                       id > DM_MAX_NODES ? "out of range" : "already attached to this context");
+    }
+    ctx->nodes[node->id] = node;
+    ctx->num_nodes++;
+    if (node_id_out) *node_id_out = node->id;
+    return DM_OK;
+}
+
+uint64_t dm_node_size(const dm_ctx *ctx, unsigned node_id) {
+    return node_id <= DM_MAX_NODES && ctx->nodes[node_id] ? ctx->nodes[node_id]->size : 0;
+}
+
+int dm_num_nodes(const dm_ctx *ctx) { return ctx->num_nodes; }
+
+/* ---- posting ---- */
+
+static int check_target(dm_ctx *ctx, const char *verb, dm_gaddr g, uint64_t len, uint64_t align, uint64_t *off) {
+    unsigned nid = DM_GADDR_NODE(g);
+    uint64_t o = DM_GADDR_OFFSET(g);
+    if (nid > DM_MAX_NODES || !ctx->nodes[nid])
+        return dm_fail(ctx, DM_ENODE, "%s: memory node %u is not attached (address 0x%016llx)", verb, nid,
+                       (unsigned long long)g);
+    if (o % align)
+        return dm_fail(ctx, DM_EALIGN, "%s: address 0x%016llx (node %u offset %llu) is not %llu-byte aligned", verb,
+                       (unsigned long long)g, nid, (unsigned long long)o, (unsigned long long)align);
+    uint64_t size = ctx->nodes[nid]->size;
+    if (o < DM_HDR_ROOTS && !(o == DM_HDR_ALLOC && len == 8 && align == 8 && verb[0] == 'F'))
+        return dm_fail(ctx, DM_ERANGE, "%s: offset %llu on node %u is inside the node header", verb,
+                       (unsigned long long)o, nid);
+    if (o >= size || len > size - o)
+        return dm_fail(ctx, DM_ERANGE, "%s: [%llu, +%llu) is outside node %u's region of %llu bytes", verb,
+                       (unsigned long long)o, (unsigned long long)len, nid, (unsigned long long)size);
+    *off = o;
+    return DM_OK;
+}
+
+static dm_verb *next_slot(dm_ctx *ctx, const char *verb) {
+    if (ctx->nbatch >= DM_MAX_BATCH) {
+        dm_fail(ctx, DM_EBATCH, "%s: batch full (%d verbs); call dm_submit first", verb, DM_MAX_BATCH);
+        return NULL;
+    }
+    return &ctx->batch[ctx->nbatch];
+}
+
+int dm_read(dm_ctx *ctx, void *local, dm_gaddr remote, uint32_t len) {
+    uint64_t off;
+    if (len == 0 || len > DM_MAX_XFER)
+        return dm_fail(ctx, DM_EINVAL, "READ: length %u not in 1..%u", len, DM_MAX_XFER);
+    if (!local) return dm_fail(ctx, DM_EINVAL, "READ: local buffer is NULL");
+    int rc = check_target(ctx, "READ", remote, len, 8, &off);
+    if (rc) return rc;
+    dm_verb *v = next_slot(ctx, "READ");
+    if (!v) return DM_EBATCH;
+    *v = (dm_verb){.op = DM_OP_READ, .node = (uint16_t)DM_GADDR_NODE(remote), .len = len, .offset = off,
+                   .local = local};
+    ctx->nbatch++;
+    return DM_OK;
+}
+
+int dm_write(dm_ctx *ctx, dm_gaddr remote, const void *local, uint32_t len) {
+    uint64_t off;
+    if (len == 0 || len > DM_MAX_XFER)
+        return dm_fail(ctx, DM_EINVAL, "WRITE: length %u not in 1..%u", len, DM_MAX_XFER);
+    if (!local) return dm_fail(ctx, DM_EINVAL, "WRITE: local buffer is NULL");
+    int rc = check_target(ctx, "WRITE", remote, len, 8, &off);
+    if (rc) return rc;
+    dm_verb *v = next_slot(ctx, "WRITE");
+    if (!v) return DM_EBATCH;
+    *v = (dm_verb){.op = DM_OP_WRITE, .node = (uint16_t)DM_GADDR_NODE(remote), .len = len, .offset = off,
+                   .src = local};
+    ctx->nbatch++;
+    return DM_OK;
+}
+
+static int post_atomic(dm_ctx *ctx, const char *verb, int op, dm_gaddr remote, uint64_t a, uint64_t b,
+                       uint64_t *old_out) {
+    uint64_t off;
+    int rc = check_target(ctx, verb, remote, 8, 8, &off);
+    if (rc) return rc;
+    dm_verb *v = next_slot(ctx, verb);
+    if (!v) return DM_EBATCH;
+    *v = (dm_verb){.op = (uint8_t)op, .node = (uint16_t)DM_GADDR_NODE(remote), .len = 8, .offset = off,
+                   .compare = a, .swap = b, .old_out = old_out};
+    ctx->nbatch++;
+    return DM_OK;
+}
+
+int dm_cas(dm_ctx *ctx, dm_gaddr remote, uint64_t expected, uint64_t desired, uint64_t *old_out) {
+    return post_atomic(ctx, "CAS", DM_OP_CAS, remote, expected, desired, old_out);
+}
+
+int dm_faa(dm_ctx *ctx, dm_gaddr remote, uint64_t add, uint64_t *old_out) {
+    return post_atomic(ctx, "FAA", DM_OP_FAA, remote, add, 0, old_out);
+}
+
+static unsigned verb_node(const dm_verb *v) { return v->node; }
+
+void dm_discard(dm_ctx *ctx) { ctx->nbatch = 0; }
+int dm_batch_len(const dm_ctx *ctx) { return ctx->nbatch; }
+
+/* Execute verbs[0..n) as one round trip: one post list per node (post order kept), then wait. */
+static int run_verbs(dm_ctx *ctx, dm_verb *verbs, int n) {
+    if (n == 0) return DM_OK;
+    uint64_t start = ctx->cfg.latency_model == DM_LAT_SPIN ? dm_now_ns() : 0;
+    dm_verb *lists[DM_MAX_BATCH];
+    unsigned touched[DM_MAX_BATCH];
+    int ntouched = 0;
+    uint64_t bytes = 0;
+    /* node order = order of first appearance; the per-node sublist keeps post order */
+    for (int i = 0; i < n; i++) {
+        unsigned nid = verb_node(&verbs[i]);
+        int seen = 0;
+        for (int t = 0; t < ntouched; t++) seen |= touched[t] == nid;
+        if (!seen) touched[ntouched++] = nid;
+    }
+    int rc = DM_OK;
+    int posted = 0;
+    for (int t = 0; t < ntouched && rc == DM_OK; t++) {
+        int m = 0;
+        for (int i = 0; i < n; i++)
+            if (verb_node(&verbs[i]) == touched[t]) lists[m++] = &verbs[i];
+        dm_node *node = ctx->nodes[touched[t]];
+        rc = node->ops->post(ctx, node, lists, m);
+        if (rc == DM_OK) posted = t + 1;
+    }
+    for (int t = 0; t < posted; t++) {
+        dm_node *node = ctx->nodes[touched[t]];
+        int w = node->ops->wait(ctx, node);
+        if (rc == DM_OK) rc = w;
+    }
+    if (rc != DM_OK) return rc;
+    dm_counters *c = &ctx->counters;
+    c->rtts++;
+    c->doorbells += (uint64_t)ntouched;
+    for (int i = 0; i < n; i++) {
+        const dm_verb *v = &verbs[i];
+        switch (v->op) {
+        case DM_OP_READ: c->reads++; c->bytes_read += v->len; bytes += v->len; break;
+        case DM_OP_WRITE: c->writes++; c->bytes_written += v->len; bytes += v->len; break;
+        case DM_OP_CAS:
+            c->cas++;
+            c->cas_failed += v->result != v->compare;
+            c->bytes_read += 8; c->bytes_written += 8; bytes += 16;
+            break;
+        case DM_OP_FAA: c->faa++; c->bytes_read += 8; c->bytes_written += 8; bytes += 16; break;
+        }
+        if (v->old_out) *v->old_out = v->result;
+    }
+    if (ctx->cfg.latency_model != DM_LAT_NONE) {
+        double ns = ctx->cfg.rtt_us * 1000.0;
+        if (ctx->cfg.gbps > 0) ns += (double)bytes * 8.0 / ctx->cfg.gbps;
+        c->virtual_ns += (uint64_t)ns;
+        if (ctx->cfg.latency_model == DM_LAT_SPIN) {
+            uint64_t until = start + (uint64_t)ns;
+            while (dm_now_ns() < until) __builtin_ia32_pause();
+        }
+    }
+    return DM_OK;
+}
+
+int dm_submit(dm_ctx *ctx) {
+    int n = ctx->nbatch;
+    ctx->nbatch = 0;
+    return run_verbs(ctx, ctx->batch, n);
+}
+
+/* ---- allocator ---- */
+
+int dm_alloc(dm_ctx *ctx, unsigned node_id, uint64_t len, uint64_t align, dm_gaddr *out) {
+    if (node_id > DM_MAX_NODES || !ctx->nodes[node_id])
+        return dm_fail(ctx, DM_ENODE, "alloc: memory node %u is not attached", node_id);
+    if (len == 0) return dm_fail(ctx, DM_EINVAL, "alloc: length 0");
+    if (align < DM_LINE) align = DM_LINE;
+    if (align & (align - 1)) return dm_fail(ctx, DM_EINVAL, "alloc: alignment %llu is not a power of two",
+                                            (unsigned long long)align);
+    dm_node *node = ctx->nodes[node_id];
+    len = (len + DM_LINE - 1) & ~(uint64_t)(DM_LINE - 1);
+    uint64_t at = (node->chunk_next + align - 1) & ~(align - 1);
+    if (node->chunk_end && at + len <= node->chunk_end) {
+        node->chunk_next = at + len;
+        *out = DM_GADDR(node_id, at);
+        return DM_OK;
+    }
+    uint64_t want = ctx->cfg.chunk_bytes;
+    if (want < len + align) want = (len + align + DM_LINE - 1) & ~(uint64_t)(DM_LINE - 1);
+    /* The FAA runs as its own round trip; verbs already posted stay in the batch. */
+    uint64_t old = 0;
+    int pending = ctx->nbatch;
+    if (pending >= DM_MAX_BATCH) return dm_fail(ctx, DM_EBATCH, "alloc: batch full; submit first");
+    int rc = post_atomic(ctx, "FAA", DM_OP_FAA, DM_GADDR(node_id, DM_HDR_ALLOC), want, 0, &old);
+    if (rc) return rc;
+    ctx->nbatch = pending;
+    rc = run_verbs(ctx, &ctx->batch[pending], 1);
+    if (rc) return rc;
+    uint64_t end = old + want < node->size ? old + want : node->size;
+    at = (old + align - 1) & ~(align - 1);
+    if (old >= node->size || at + len > end)
+        return dm_fail(ctx, DM_ENOMEM,
+                       "memory node %u is full: %llu bytes requested, region is %llu bytes and %llu are free "
+                       "(start the node with a larger --size)",
+                       node_id, (unsigned long long)len, (unsigned long long)node->size,
+                       (unsigned long long)(old < node->size ? node->size - old : 0));
+    node->chunk_next = at + len;
+    node->chunk_end = end;
+    *out = DM_GADDR(node_id, at);
+    return DM_OK;
+}
+
+/* ---- counters ---- */
+
+void dm_get_counters(const dm_ctx *ctx, dm_counters *out) { *out = ctx->counters; }
+void dm_reset_counters(dm_ctx *ctx) { memset(&ctx->counters, 0, sizeof ctx->counters); }
+
+/* ---- benchmark loop ---- */
+
+int dm_bench_loop(dm_ctx *ctx, int op, dm_gaddr base, uint64_t span, uint32_t len, uint32_t batch, uint64_t iters,
+                  uint64_t seed, uint64_t *elapsed_ns) {
+    if (op < DM_BENCH_READ || op > DM_BENCH_FAA) return dm_fail(ctx, DM_EINVAL, "bench: unknown op %d", op);
+    if (op >= DM_BENCH_CAS) len = 8;
+    if (batch == 0 || batch > DM_MAX_BATCH)
+        return dm_fail(ctx, DM_EINVAL, "bench: batch %u not in 1..%d", batch, DM_MAX_BATCH);
+    uint64_t stride = (len + DM_LINE - 1) & ~(uint64_t)(DM_LINE - 1);
+    uint64_t slots = span / stride;
+    if (slots == 0) return dm_fail(ctx, DM_EINVAL, "bench: span %llu smaller than one %u-byte object",
+                                   (unsigned long long)span, len);
+    uint8_t *buf = aligned_alloc(64, (size_t)batch * stride);
+    uint64_t *olds = calloc(batch, sizeof *olds);
+    if (!buf || !olds) {
+        free(buf);
+        free(olds);
+        return dm_fail(ctx, DM_ENOMEM, "bench: out of local memory");
+    }
+    memset(buf, 0x5a, (size_t)batch * stride);
+    uint64_t x = seed | 1;
+    int rc = DM_OK;
+    uint64_t t0 = dm_now_ns();
+    for (uint64_t done = 0; done < iters && rc == DM_OK;) {
+        uint32_t k = (uint32_t)(iters - done < batch ? iters - done : batch);
+        for (uint32_t j = 0; j < k && rc == DM_OK; j++) {
+            x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+            dm_gaddr g = base + (x % slots) * stride;
+            uint8_t *lb = buf + (size_t)j * stride;
+            switch (op) {
+            case DM_BENCH_READ: rc = dm_read(ctx, lb, g, len); break;
+            case DM_BENCH_WRITE: rc = dm_write(ctx, g, lb, len); break;
+            case DM_BENCH_CAS: rc = dm_cas(ctx, g, olds[j], olds[j] + 1, &olds[j]); break;
+            default: rc = dm_faa(ctx, g, 1, &olds[j]); break;
+            }
+        }
+        if (rc == DM_OK) rc = dm_submit(ctx);
+        else dm_discard(ctx);
+        done += k;
+    }
+    *elapsed_ns = dm_now_ns() - t0;
+    free(buf);
+    free(olds);
+    return rc;
+}

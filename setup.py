@@ -1,0 +1,41 @@
+"""kvdm: KV-cache metadata on disaggregated memory.
+
+The top-level folders are the subpackages of one ``kvdm`` namespace (see DESIGN: Layout);
+``package_dir`` maps them, so nothing is installed under a generic top-level name.
+"""
+
+from setuptools import setup
+
+SUBPACKAGES = ["index", "transport", "native", "traces", "experiments"]
+
+setup(
+    name="kvdm",
+    version="0.1.0",
+    description="KV-cache metadata indexes on disaggregated memory, driven by one-sided verbs",
+    python_requires=">=3.10",
+    # ``kvdm`` itself is a namespace package (PEP 420): it has no folder of its own.
+    packages=[f"kvdm.{p}" for p in SUBPACKAGES] + ["kvdm.transport.softroce", "kvdm.traces.fixtures"],
+    package_dir={f"kvdm.{p}": p for p in SUBPACKAGES},
+    package_data={
+        "kvdm.native": ["*.h", "*.c", "*.cdef"],
+        "kvdm.transport.softroce": ["*.sh", "*.py"],
+        "kvdm.traces.fixtures": ["*.jsonl", "*.jsonl.gz"],
+    },
+    cffi_modules=["native/build.py:ffibuilder"],
+    setup_requires=["cffi>=1.15"],
+    install_requires=[
+        "cffi>=1.15",
+        "numpy>=1.24",
+        "pandas>=2.0",
+        "pyarrow>=12",
+        "matplotlib>=3.7",
+        "scipy>=1.10",
+        "redis>=5.0",
+        "hiredis>=2.0",
+    ],
+    extras_require={
+        "test": ["pytest>=7", "hypothesis>=6.80", "pytest-timeout>=2.1"],
+        "dev": ["ruff>=0.5"],
+    },
+    entry_points={"console_scripts": ["kvdm=kvdm.experiments.cli:main"]},
+)

@@ -1,0 +1,1 @@
+"""kvdm.traces: trace loaders, synthetic generators, trace -> operation mapping, characterisation."""

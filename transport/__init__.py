@@ -1,0 +1,56 @@
+"""kvdm.transport: memory nodes, connection bootstrap and transport configuration.
+
+Typical use::
+
+    cfg = TransportConfig()                    # shm, latency model none, 1 embedded node
+    with memory_nodes(cfg) as uris:            # starts embedded nodes if cfg names none
+        ctx = connect(cfg, uris)               # one DMContext per client thread/process
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+
+from kvdm.transport.config import LATENCY_MODELS, TRANSPORTS, TransportConfig, parse_size
+from kvdm.transport.dm import (
+    AddressError,
+    DMContext,
+    DMError,
+    MemoryNodeFull,
+    RegionExists,
+    RegionMissing,
+    TransportUnavailable,
+    gaddr,
+    root_gaddr,
+)
+from kvdm.transport.memnode import ShmMemoryNode, embedded_nodes
+
+
+@contextmanager
+def memory_nodes(config: TransportConfig) -> Iterator[list[str]]:
+    """The memory-node URIs for ``config``: the ones it names, or embedded shm nodes started
+    for the duration of the block."""
+    if config.memory_nodes:
+        yield list(config.memory_nodes)
+        return
+    if config.transport != "shm":
+        raise ValueError(
+            f"--transport {config.transport} needs memory nodes started with "
+            "`kvdm memnode serve --transport verbs` and given with --memory-node URI"
+        )
+    with embedded_nodes(config.embedded_nodes, config.node_size) as nodes:
+        yield [n.uri for n in nodes]
+
+
+def connect(config: TransportConfig, uris: list[str]) -> DMContext:
+    """A new client context attached to every node in ``uris``."""
+    return DMContext(replace(config, memory_nodes=list(uris)))
+
+
+__all__ = [
+    "LATENCY_MODELS", "TRANSPORTS", "AddressError", "DMContext", "DMError", "MemoryNodeFull",
+    "RegionExists", "RegionMissing", "ShmMemoryNode", "TransportConfig", "TransportUnavailable",
+    "connect", "embedded_nodes", "gaddr", "memory_nodes", "parse_size", "root_gaddr",
+]

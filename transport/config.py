@@ -1,0 +1,71 @@
+"""Transport configuration: which backend, which latency model, which memory nodes."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+LATENCY_MODELS = ("none", "spin", "virtual")
+TRANSPORTS = ("shm", "verbs")
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: str | int) -> int:
+    """Parse a byte size such as ``4G``, ``512MiB``, ``65536`` (binary units)."""
+    if isinstance(text, int):
+        return text
+    m = _SIZE_RE.match(str(text))
+    if not m:
+        raise ValueError(f"cannot parse size {text!r}: use a number with an optional K, M, G or T suffix")
+    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+
+
+def choice(value: str, valid: tuple[str, ...], what: str) -> str:
+    """Return value if it is one of valid, else raise ValueError listing the valid ones."""
+    if value not in valid:
+        raise ValueError(f"unknown {what} {value!r}; valid: {', '.join(valid)}")
+    return value
+
+
+@dataclass
+class TransportConfig:
+    """How a client reaches remote memory.
+
+    ``memory_nodes`` are URIs (``shm:NAME`` or ``verbs://HOST:PORT?dev=rxe0&gid=1``); empty
+    means "start embedded shm memory nodes" (``embedded_nodes`` of ``node_size`` bytes).
+    The latency model applies to the shm backend: ``none`` runs at memory speed, ``spin``
+    busy-waits ``rtt_us`` + bytes/``gbps`` per round trip, ``virtual`` adds that time to the
+    reported latency without waiting.
+    """
+
+    transport: str = "shm"
+    latency_model: str = "none"
+    rtt_us: float = 2.0
+    gbps: float = 100.0
+    tear: bool = False
+    seed: int = 0
+    chunk_bytes: int = 1 << 20
+    memory_nodes: list[str] = field(default_factory=list)
+    embedded_nodes: int = 1
+    node_size: int = 1 << 30
+
+    def __post_init__(self) -> None:
+        choice(self.transport, TRANSPORTS, "transport")
+        choice(self.latency_model, LATENCY_MODELS, "latency model")
+        if self.rtt_us < 0 or self.gbps < 0:
+            raise ValueError(f"--rtt-us and --gbps must be >= 0 (got {self.rtt_us}, {self.gbps})")
+        if self.embedded_nodes < 1 and not self.memory_nodes:
+            raise ValueError("need at least one memory node")
+
+    @property
+    def latency_model_code(self) -> int:
+        return LATENCY_MODELS.index(self.latency_model)
+
+    def describe(self) -> str:
+        model = self.latency_model
+        if model != "none":
+            model += f" (rtt {self.rtt_us} us, {self.gbps} Gb/s)"
+        nodes = ", ".join(self.memory_nodes) if self.memory_nodes else f"{self.embedded_nodes} embedded"
+        return f"{self.transport}, latency model {model}, memory nodes: {nodes}" + (", tear on" if self.tear else "")

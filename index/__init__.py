@@ -17,6 +17,10 @@ from kvdm.index.api import KEY_WIDTHS, Index, IndexSpec, RangeNotSupported, as_k
 
 # name -> "module:factory" (imported on first use)
 _BUILTIN: dict[str, str] = {
+    "chime": "kvdm.index.native:open_chime",
+    "sherman": "kvdm.index.native:open_sherman",
+    "race": "kvdm.index.native:open_race",
+    "redis": "kvdm.index.redis_index:open_redis",
     "dict": "kvdm.index.dict_index:open_dict",
 }
 _registry: dict[str, Any] = {}
@@ -38,7 +42,10 @@ def _factory(name: str) -> Any:
     if name not in _BUILTIN:
         raise ValueError(f"unknown index {name!r}; valid: {', '.join(available())}")
     module, attr = _BUILTIN[name].split(":")
-    factory = getattr(importlib.import_module(module), attr)
+    try:
+        factory = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"index backend {name!r} is not available in this build: {exc}") from exc
     _registry[name] = factory
     return factory
 

@@ -13,7 +13,7 @@ import os
 import signal
 import threading
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,10 +95,8 @@ class ShmMemoryNode:
         if _live.pop(self.name, None) is None or os.getpid() != self.owner_pid:
             return
         err = ffi.new("char[512]")
-        try:
+        with suppress(RegionMissing):
             check_buf(lib.dm_shm_destroy(self.name.encode(), err, 512), err)
-        except RegionMissing:
-            pass
 
     def __enter__(self) -> ShmMemoryNode:
         return self
@@ -170,8 +168,6 @@ def clean(all_regions: bool = False, dry_run: bool = False) -> list[str]:
         removed.append(info.name)
         if not dry_run:
             err = ffi.new("char[512]")
-            try:
+            with suppress(RegionMissing):
                 check_buf(lib.dm_shm_destroy(info.name.encode(), err, 512), err)
-            except RegionMissing:
-                pass
     return removed

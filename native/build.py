@@ -49,7 +49,7 @@ def make_ffi() -> FFI:
     sources = [p for p in _sorted("*.c")]
     cflags = ["-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-fno-strict-aliasing"]
     macros: list[tuple[str, str | None]] = []
-    libraries: list[str] = ["rt"]
+    libraries: list[str] = ["rt", "m"]
     ldflags: list[str] = []
     if _flag("KVDM_DEBUG", False):
         cflags += ["-O0", "-g"]

@@ -5,8 +5,11 @@ from __future__ import annotations
 import multiprocessing as mp
 import struct
 import time
+from collections.abc import Iterator
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kvdm.transport import (
     AddressError,
@@ -331,3 +334,39 @@ def test_verbs_uri_without_rdma_core_is_a_clear_error() -> None:
         assert "libibverbs-dev" in str(exc)
     except DMError as exc:              # built with verbs: nothing listens on port 1
         assert "127.0.0.1:1" in str(exc)
+
+
+def test_region_is_private_to_its_user(shm_node: ShmMemoryNode) -> None:
+    import os
+    import stat
+
+    mode = os.stat(f"/dev/shm/{shm_node.name}").st_mode
+    assert stat.S_IMODE(mode) == 0o600
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(["read", "write", "cas", "faa"]), st.integers(0, 255), st.integers(0, (1 << 64) - 1),
+       st.integers(0, 1 << 26))
+def test_arbitrary_verbs_never_crash(shared_dm: DMContext, verb: str, node: int, offset: int, length: int) -> None:
+    # Any address/length either works or raises a DMError; the process never dies.
+    g = (node << 56) | (offset & ((1 << 56) - 1))
+    try:
+        if verb == "read":
+            shared_dm.read(g, length)
+        elif verb == "write":
+            shared_dm.write(g, b"\0" * min(length, 1 << 20))
+        elif verb == "cas":
+            shared_dm.cas(g, 0, 0)
+        else:
+            shared_dm.faa(g, 0)
+    except DMError:
+        pass
+    assert shared_dm.read(shared_dm.alloc(0, 64), 8) == b"\0" * 8
+
+
+@pytest.fixture(scope="module")
+def shared_dm() -> Iterator[DMContext]:
+    with ShmMemoryNode(1 << 20, node_id=0) as node:
+        ctx = connect(TransportConfig(), [node.uri])
+        yield ctx
+        ctx.close()

@@ -1,0 +1,134 @@
+"""``kvdm replay``: replay a KV-cache trace against an index and report per-op latency and costs."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import time
+from typing import Any
+
+import pandas as pd
+
+from kvdm.experiments.cli import choices_type
+from kvdm.experiments.options import add_transport_options, transport_config
+from kvdm.experiments.replay import ReplayConfig, parse_mode, replay
+from kvdm.experiments.results import RunResults
+from kvdm.index import IndexSpec, available
+
+MAPPINGS = ("paper", "prefix")
+KEY_SCHEMES = ("id", "u64", "sha256")
+INSERTS = ("timed", "untimed", "none")
+
+
+def _mode(text: str) -> str:
+    try:
+        parse_mode(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def add_index_options(parser: argparse.ArgumentParser, default: str = "chime") -> None:
+    """--index, --cache-mb and the Redis options (shared by replay and reproduce)."""
+    g = parser.add_argument_group("index")
+    g.add_argument("--index", type=choices_type(available(), "index"), default=default,
+                   help=f"index backend: {', '.join(available())} (default {default})")
+    g.add_argument("--cache-mb", type=float, default=None,
+                   help="compute-side cache budget of the native indexes in MB (backend default if unset)")
+    redis_opts = _redis_options_module()
+    if redis_opts is not None:
+        redis_opts.add_redis_options(parser)
+
+
+def _redis_options_module() -> Any:
+    try:
+        return importlib.import_module("kvdm.experiments.options_redis")
+    except ImportError:
+        return None
+
+
+def index_spec(args: argparse.Namespace, key_bytes: int) -> IndexSpec:
+    """The IndexSpec the index options describe."""
+    options: dict[str, Any] = {}
+    if args.index in ("chime", "sherman", "race") and args.cache_mb is not None:
+        options["cache_mb"] = args.cache_mb
+    redis_opts = _redis_options_module()
+    if args.index == "redis" and redis_opts is not None:
+        options.update(redis_opts.redis_options(args))
+    return IndexSpec(args.index, key_bytes, options)
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "replay", help="replay a trace against an index (the main job)",
+        description="Replay a KV-cache trace's index operations through N client processes and print "
+        "per-op throughput, latency percentiles, RTTs, verbs and bytes per op. With no flags: the "
+        "conversation trace on chime over an embedded shm memory node, closed loop.")
+    p.add_argument("--trace", default="conversation",
+                   help="trace name (conversation, synthetic, toolagent after `kvdm traces fetch`) or a path")
+    p.add_argument("--clients", type=int, default=2, help="client processes (default 2)")
+    p.add_argument("--mapping", type=choices_type(MAPPINGS, "mapping"), default="paper",
+                   help="paper (runs -> range queries, other blocks -> gets, then inserts) or prefix "
+                   "(longest-prefix match, then insert the missing blocks); default paper")
+    p.add_argument("--key-scheme", type=choices_type(KEY_SCHEMES, "key scheme"), default="id",
+                   help="id (integer id, 8 B: runs stay adjacent), u64 (chained 64-bit hash), "
+                   "sha256 (32 B, the paper's key); default id")
+    p.add_argument("--inserts", type=choices_type(INSERTS, "insert mode"), default="timed",
+                   help="timed (issued and measured), untimed (issued, not in statistics), none (preload "
+                   "every key first); default timed")
+    p.add_argument("--mode", type=_mode, default="closed",
+                   help="closed (as fast as the clients can), realtime (trace timestamps), compressed:X "
+                   "(timestamps / X); default closed")
+    p.add_argument("--duration", type=float, default=0.0, help="stop after S seconds of wall time (default: whole trace)")
+    p.add_argument("--warmup-min", type=float, default=0.0,
+                   help="minutes of trace time excluded from the whole-run figures (the paper uses 10)")
+    p.add_argument("--bin-min", type=float, default=10.0, help="minutes of trace time per bin (default 10)")
+    p.add_argument("--out", default=None, help="results directory (default results/run-<time>-<index>)")
+    add_index_options(p)
+    add_transport_options(p)
+    p.set_defaults(func=cmd_replay)
+
+
+def config_from_args(args: argparse.Namespace) -> ReplayConfig:
+    key_bytes = 32 if args.key_scheme == "sha256" else 8
+    return ReplayConfig(
+        trace=args.trace, index=index_spec(args, key_bytes), transport=transport_config(args),
+        clients=args.clients, mapping=args.mapping, key_scheme=args.key_scheme, inserts=args.inserts,
+        mode=args.mode, duration_s=args.duration, warmup_min=args.warmup_min, bin_min=args.bin_min,
+        name=args.out or "",
+    )
+
+
+def print_summary(res: RunResults) -> None:
+    """The per-op table of the whole measured period."""
+    rows = res.rows[res.rows["bin"] == -1] if len(res.rows) else res.rows
+    if rows.empty:
+        print("no operations measured")
+        return
+    cols = {"op": "op", "ops": "ops", "ops_per_s": "ops/s", "block_ops_per_s": "block-ops/s", "p50_us": "p50 us",
+            "p90_us": "p90 us", "p99_us": "p99 us", "p999_us": "p99.9 us", "rtts_per_op": "RTT/op",
+            "reads_per_op": "READ/op", "writes_per_op": "WRITE/op", "cas_per_op": "CAS/op", "faa_per_op": "FAA/op",
+            "bytes_read_per_op": "B read/op", "bytes_written_per_op": "B written/op"}
+    extra = [c for c in rows.columns if c.endswith("_per_op") and c not in cols]
+    show = rows[[c for c in cols if c in rows.columns] + extra].rename(columns=cols)
+    with pd.option_context("display.width", 200, "display.max_columns", 40, "display.float_format", "{:,.2f}".format):
+        print(show.to_string(index=False))
+    hits, expected = int(rows["hits"].sum()), int(rows["expected_hits"].sum())
+    mism = int(rows["hit_mismatch"].sum())
+    print(f"block hits {hits:,} (infinite-cache ground truth {expected:,}; {mism} ops differ)")
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    out = args.out or f"results/run-{time.strftime('%Y%m%d-%H%M%S')}-{cfg.index.name}"
+    cfg.name = out
+    print("# kvdm replay")
+    for k, v in cfg.describe():
+        print(f"#   {k:<10} {v}")
+    res = replay(cfg)
+    print_summary(res)
+    if res.meta["run"]["interrupted"]:
+        print("# interrupted: the figures cover what ran before Ctrl-C")
+    path = res.write(out)
+    print(f"# results: {path}/results.parquet (+ .csv, run.json)")
+    return 130 if res.meta["run"]["interrupted"] else 0

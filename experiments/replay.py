@@ -1,0 +1,414 @@
+"""The replay engine: a trace's operation stream driven through any index by N client processes.
+
+Requests are dealt round-robin to the clients (request r goes to client r mod N), so each
+client keeps trace order among its own requests. Modes:
+
+* ``closed``: every client issues its operations back to back (as fast as it can);
+* ``realtime``: request r is issued at its trace timestamp (wall clock since the start);
+* ``compressed:X``: at timestamp / X.
+
+An operation's latency is its service time, measured around the index call, plus the
+transport's modelled time (``virtual_ns``) when the latency model is ``virtual``. Operations
+are binned by *trace* time (``bin_min`` minutes, 10 as in the paper); bins that start before
+``warmup_min`` are reported but left out of the whole-run rows (bin -1). Each client keeps raw
+per-op latencies; the parent builds and merges histograms from them (never percentiles).
+Ctrl-C stops the clients after their current request and still writes what was measured.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from kvdm.experiments.metrics import Histogram
+from kvdm.experiments.results import RunResults, machine_description, row_key
+from kvdm.index import IndexSpec, open_spec
+from kvdm.transport import TransportConfig, connect, memory_nodes
+
+MODES = ("closed", "realtime", "compressed:X")
+NATIVE_INDEXES = ("chime", "sherman", "race")
+PROGRESS_EVERY_S = 0.25
+
+
+def parse_mode(mode: str) -> float:
+    """Speed-up factor of a mode: 0 for closed loop, 1 for real time, X for compressed:X."""
+    if mode == "closed":
+        return 0.0
+    if mode == "realtime":
+        return 1.0
+    if mode.startswith("compressed:"):
+        try:
+            x = float(mode.split(":", 1)[1])
+        except ValueError:
+            x = -1.0
+        if x > 0:
+            return x
+    raise ValueError(f"unknown mode {mode!r}; valid: closed, realtime, compressed:X (X > 0, e.g. compressed:10)")
+
+
+@dataclass
+class ReplayConfig:
+    """Everything a replay needs; stored with its results."""
+
+    trace: str = "conversation"
+    index: IndexSpec = field(default_factory=IndexSpec)
+    transport: TransportConfig = field(default_factory=TransportConfig)
+    clients: int = 1
+    mapping: str = "paper"
+    key_scheme: str = "id"
+    inserts: str = "timed"
+    mode: str = "closed"
+    duration_s: float = 0.0      # stop after this much wall time (0 = the whole trace)
+    warmup_min: float = 0.0
+    bin_min: float = 10.0
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        parse_mode(self.mode)
+        if self.clients < 1:
+            raise ValueError("--clients must be >= 1")
+        if self.bin_min <= 0:
+            raise ValueError("--bin-min must be > 0")
+
+    def describe(self) -> list[tuple[str, str]]:
+        """The config echo every run prints."""
+        t = self.transport
+        native = self.index.name in NATIVE_INDEXES
+        return [
+            ("backend", self.index.name + (f" {self.index.options}" if self.index.options else "")),
+            ("transport", t.describe() if native else "n/a (not a remote-memory index)"),
+            ("clients", f"{self.clients} processes"),
+            ("trace", self.trace),
+            ("mapping", f"{self.mapping}, inserts {self.inserts}"),
+            ("keys", f"{self.key_scheme} ({self.index.key_bytes} B)"),
+            ("mode", self.mode + (f", stop after {self.duration_s:g} s" if self.duration_s else "")),
+            ("bins", f"{self.bin_min:g} min of trace time, warm-up {self.warmup_min:g} min"),
+        ]
+
+
+@dataclass
+class ClientResult:
+    """What one client measured."""
+
+    client: int
+    ops: np.ndarray          # int64: stream op indices executed, in order
+    latency_ns: np.ndarray   # int64: per executed op
+    hits: np.ndarray         # int64: per executed op (-1 = not checked)
+    counters: dict[tuple[int, int], dict[str, int]]  # (bin, kind) -> summed counter deltas
+    wall_s: float
+    requests_done: int
+    max_lag_ms: float
+    error: str = ""
+
+
+def _load_stream(cfg: ReplayConfig) -> Any:
+    from kvdm.traces.mapping import map_trace
+    from kvdm.traces.registry import load
+
+    return map_trace(load(cfg.trace), cfg.mapping, cfg.key_scheme, cfg.inserts)
+
+
+def _op_hits(index: Any, stream: Any, j: int, kind: int, keys: np.ndarray) -> int:
+    """Run op j against ``index``; returns the hits it saw (-1 for inserts)."""
+    from kvdm.traces.mapping import OP_GET, OP_INSERT, OP_PREFIX, OP_RANGE
+
+    if kind == OP_GET:
+        return int(index.get(keys)[1].sum())
+    if kind == OP_PREFIX:
+        return int(index.prefix_match(keys))
+    if kind == OP_RANGE:
+        got, _ = index.range(stream.range_lo[j], stream.range_hi[j])
+        if keys.ndim == 1:
+            return int(np.isin(keys, got).sum())
+        view = np.dtype((np.void, keys.shape[1]))
+        return int(np.isin(keys.view(view).ravel(), got.view(view).ravel()).sum())
+    if kind == OP_INSERT:
+        index.put(keys, stream.key_block[stream.key_offsets[j]:stream.key_offsets[j + 1]].astype(np.uint64))
+        return -1
+    raise ValueError(f"unknown op kind {kind}")
+
+
+def _client_main(cfg: ReplayConfig, client: int, uris: list[str], stream: Any, start_at: float,
+                 stop: Any, progress: Any, results: Any) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    ctx = None
+    try:
+        native = cfg.index.name in NATIVE_INDEXES
+        ctx = connect(cfg.transport, uris) if native else None
+        index = open_spec(cfg.index, ctx)
+        res = run_client(cfg, client, index, stream, start_at, stop, progress)
+        index.close()
+    except Exception as exc:  # reported by the parent with the client's number
+        res = ClientResult(client, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64), {}, 0.0, 0,
+                           0.0, error=f"{type(exc).__name__}: {exc}")
+    results.put(res)
+
+
+def run_client(cfg: ReplayConfig, client: int, index: Any, stream: Any, start_at: float, stop: Any,
+               progress: Any) -> ClientResult:
+    """Execute this client's share of the stream; the measuring loop."""
+    speed = parse_mode(cfg.mode)
+    virtual = cfg.transport.latency_model == "virtual" and cfg.index.name in NATIVE_INDEXES
+    reqs = np.arange(client, stream.n_requests, cfg.clients)
+    n_ops = int(sum(stream.req_offsets[r + 1] - stream.req_offsets[r] for r in reqs))
+    ops = np.empty(n_ops, np.int64)
+    lat = np.empty(n_ops, np.int64)
+    hits = np.empty(n_ops, np.int64)
+    bin_ms = cfg.bin_min * 60_000.0
+    counters: dict[tuple[int, int], dict[str, int]] = {}
+    prev = index.counters()
+    done = 0
+    max_lag = 0.0
+    last_report = 0.0
+    while time.time() < start_at:
+        time.sleep(min(0.01, max(0.0, start_at - time.time())))
+    t0 = time.perf_counter()
+    deadline = t0 + cfg.duration_s if cfg.duration_s > 0 else float("inf")
+    clock = time.perf_counter_ns
+    requests_done = 0
+    for r in reqs:
+        if stop.is_set():
+            break
+        now = time.perf_counter()
+        if now >= deadline:
+            break
+        ts = float(stream.req_timestamp_ms[r])
+        if speed > 0:
+            due = t0 + ts / 1000.0 / speed
+            if due > now and stop.wait(due - now):
+                break
+            max_lag = max(max_lag, (time.perf_counter() - due) * 1e3)
+        b = int(ts // bin_ms)
+        for j in range(int(stream.req_offsets[r]), int(stream.req_offsets[r + 1])):
+            kind = int(stream.kind[j])
+            keys = stream.keys[stream.key_offsets[j]:stream.key_offsets[j + 1]]
+            t_start = clock()
+            h = _op_hits(index, stream, j, kind, keys)
+            elapsed = clock() - t_start
+            cur = index.counters()
+            delta = {k: v - prev.get(k, 0) for k, v in cur.items()}
+            prev = cur
+            if virtual:
+                elapsed += delta.get("virtual_ns", 0)
+            acc = counters.setdefault((b, kind), {})
+            for k, v in delta.items():
+                acc[k] = acc.get(k, 0) + v
+            ops[done], lat[done], hits[done] = j, elapsed, h
+            done += 1
+        requests_done += 1
+        now = time.perf_counter()
+        if now - last_report >= PROGRESS_EVERY_S:
+            last_report = now
+            window = lat[max(0, done - 2000):done]
+            p99 = float(np.percentile(window, 99)) if window.size else 0.0
+            progress.put((client, requests_done, done, p99))
+    wall = time.perf_counter() - t0
+    progress.put((client, requests_done, done, 0.0))
+    return ClientResult(client, ops[:done], lat[:done], hits[:done], counters, wall, requests_done, max_lag)
+
+
+class Progress:
+    """One status line on stderr: requests done, ops/s, recent p99."""
+
+    def __init__(self, total_requests: int, clients: int) -> None:
+        self.total = total_requests
+        self.reqs = [0] * clients
+        self.ops = [0] * clients
+        self.p99 = [0.0] * clients
+        self.t0 = time.perf_counter()
+        self.tty = sys.stderr.isatty()
+        self.last_line = 0.0
+
+    def update(self, client: int, reqs: int, ops: int, p99: float) -> None:
+        self.reqs[client], self.ops[client] = reqs, ops
+        if p99:
+            self.p99[client] = p99
+
+    def show(self, final: bool = False) -> None:
+        now = time.perf_counter()
+        if not final and not self.tty and now - self.last_line < 5.0:
+            return
+        self.last_line = now
+        el = max(now - self.t0, 1e-9)
+        line = (f"[replay] {sum(self.reqs):,}/{self.total:,} requests  {sum(self.ops) / el:,.0f} ops/s  "
+                f"recent p99 {max(self.p99) / 1e3:,.1f} us  {el:,.0f} s")
+        end = "\n" if final or not self.tty else ""
+        print(("\r" if self.tty else "") + line + end, file=sys.stderr, end="", flush=True)
+
+
+def replay(cfg: ReplayConfig, stream: Any = None, quiet: bool = False) -> RunResults:
+    """Run a replay and return its results (the caller writes them)."""
+    if stream is None:
+        stream = _load_stream(cfg)
+    if stream.key_bytes != cfg.index.key_bytes:
+        raise ValueError(f"key scheme {cfg.key_scheme} has {stream.key_bytes} B keys but the index was opened "
+                         f"for {cfg.index.key_bytes} B")
+    if cfg.index.name == "dict" and cfg.clients > 1 and not quiet:
+        print("kvdm: note: the dict backend is private to each client process: with several clients "
+              "each sees only its own inserts", file=sys.stderr)
+    native = cfg.index.name in NATIVE_INDEXES
+    mpc = mp.get_context("spawn")
+    interrupted = False
+    with memory_nodes(cfg.transport) if native else _no_nodes() as uris:
+        owner_ctx = owner = None
+        if native:  # create the index (and its root) before the clients attach to it
+            owner_ctx = connect(cfg.transport, uris)
+            owner = open_spec(cfg.index, owner_ctx)
+        elif cfg.index.name != "dict":
+            open_spec(cfg.index).close()  # fail early (e.g. an unreachable server)
+        if stream.preload_keys.size and stream.inserts == "none":
+            _preload(cfg, uris, stream)
+        stop, progress_q, results_q = mpc.Event(), mpc.Queue(), mpc.Queue()
+        start_at = time.time() + 1.0 + 0.3 * cfg.clients  # let every client start first
+        procs = [mpc.Process(target=_client_main, args=(cfg, c, uris, stream, start_at, stop, progress_q, results_q),
+                             daemon=True) for c in range(cfg.clients)]
+        for p in procs:
+            p.start()
+        prog = Progress(stream.n_requests, cfg.clients)
+        collected: list[ClientResult] = []
+        try:
+            while len(collected) < cfg.clients:
+                _drain(progress_q, prog)
+                if not quiet:
+                    prog.show()
+                try:
+                    collected.append(results_q.get(timeout=0.2))
+                except queue.Empty:
+                    if not any(p.is_alive() for p in procs) and results_q.empty():
+                        raise RuntimeError("a replay client died without reporting (see its error above)") from None
+        except KeyboardInterrupt:
+            interrupted = True
+            stop.set()
+            print("\nkvdm: interrupted: stopping the clients and writing what was measured", file=sys.stderr)
+            while len(collected) < cfg.clients:
+                try:
+                    collected.append(results_q.get(timeout=30))
+                except queue.Empty:
+                    break
+        _drain(progress_q, prog)
+        if not quiet:
+            prog.show(final=True)
+        for p in procs:
+            p.join(10)
+            if p.is_alive():
+                p.terminate()
+        if owner is not None:
+            owner.close()
+            owner_ctx.close()
+    errors = [f"client {c.client}: {c.error}" for c in collected if c.error]
+    if errors:
+        raise RuntimeError("replay failed: " + "; ".join(errors))
+    return summarise(cfg, stream, collected, interrupted)
+
+
+class _no_nodes:
+    def __enter__(self) -> list[str]:
+        return []
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _drain(q: Any, prog: Progress) -> None:
+    while True:
+        try:
+            prog.update(*q.get_nowait())
+        except queue.Empty:
+            return
+
+
+def _preload(cfg: ReplayConfig, uris: list[str], stream: Any) -> None:
+    ctx = connect(cfg.transport, uris) if cfg.index.name in NATIVE_INDEXES else None
+    with open_spec(cfg.index, ctx) as index:
+        keys = stream.preload_keys
+        for i in range(0, len(keys), 4096):
+            chunk = keys[i:i + 4096]
+            index.put(chunk, np.arange(i, i + len(chunk), dtype=np.uint64))
+
+
+def summarise(cfg: ReplayConfig, stream: Any, clients: list[ClientResult], interrupted: bool = False) -> RunResults:
+    """Merge the clients' measurements into per-(bin, op) rows and histograms."""
+    from kvdm.traces.mapping import OP_NAMES
+
+    ops = np.concatenate([c.ops for c in clients]) if clients else np.zeros(0, np.int64)
+    lat = np.concatenate([c.latency_ns for c in clients]) if clients else np.zeros(0, np.int64)
+    hits = np.concatenate([c.hits for c in clients]) if clients else np.zeros(0, np.int64)
+    wall = max((c.wall_s for c in clients), default=0.0) or 1e-9
+    req_of_op = np.repeat(np.arange(stream.n_requests), np.diff(stream.req_offsets))
+    ts = stream.req_timestamp_ms[req_of_op[ops]]
+    bin_ms = cfg.bin_min * 60_000.0
+    bins = (ts // bin_ms).astype(np.int64)
+    kinds = stream.kind[ops].astype(np.int64)
+    timed = stream.timed[ops]
+    blocks = np.diff(stream.key_offsets)[ops]
+    expected = stream.expected_hits[ops]
+    warm = bins * bin_ms < cfg.warmup_min * 60_000.0
+    counter_sums: dict[tuple[int, int], dict[str, int]] = {}
+    for c in clients:
+        for key, d in c.counters.items():
+            acc = counter_sums.setdefault(key, {})
+            for k, v in d.items():
+                acc[k] = acc.get(k, 0) + v
+    rows: list[dict[str, Any]] = []
+    hists: dict[str, Histogram] = {}
+    measured_wall = wall  # throughput is over the whole run's wall time
+    groups = [(int(b), int(k)) for b, k in sorted(set(zip(bins.tolist(), kinds.tolist(), strict=True)))]
+    for b, k in groups + [(-1, k) for k in sorted(set(kinds.tolist()))]:
+        if b >= 0:
+            m = (bins == b) & (kinds == k) & timed
+            cnt = {kk: v for (bb, kind), d in counter_sums.items() if bb == b and kind == k for kk, v in d.items()}
+        else:
+            m = (~warm) & (kinds == k) & timed
+            cnt = {}
+            for (bb, kind), d in counter_sums.items():
+                if kind == k and not bb * bin_ms < cfg.warmup_min * 60_000.0:
+                    for kk, v in d.items():
+                        cnt[kk] = cnt.get(kk, 0) + v
+        n = int(m.sum())
+        if n == 0:
+            continue
+        h = Histogram()
+        h.record(lat[m])
+        hists[row_key(b, OP_NAMES[k])] = h
+        checked = m & (hits >= 0)
+        row = {
+            "run": cfg.name, "index": cfg.index.name, "bin": b,
+            "bin_start_min": b * cfg.bin_min if b >= 0 else -1.0,
+            "warmup": bool(b >= 0 and b * bin_ms < cfg.warmup_min * 60_000.0), "op": OP_NAMES[k],
+            "ops": n, "blocks": int(blocks[m].sum()),
+            **{f"{name}_us": v for name, v in zip(("p50", "p90", "p99", "p999"),
+                                                   [h.percentile(q) / 1e3 for q in (50, 90, 99, 99.9)], strict=True)},
+            "mean_us": h.mean_ns / 1e3, "max_us": h.max_ns / 1e3,
+            "ops_per_s": n / measured_wall, "block_ops_per_s": int(blocks[m].sum()) / measured_wall,
+            "hits": int(hits[checked].sum()), "expected_hits": int(expected[checked].sum()),
+            "hit_mismatch": int((hits[checked] != expected[checked]).sum()),
+        }
+        for kk, v in sorted(cnt.items()):
+            row[f"{kk}_per_op"] = v / n
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    meta = {
+        "config": _config_dict(cfg),
+        "machine": machine_description(),
+        "trace": {"name": cfg.trace, "requests": stream.n_requests, "ops": stream.n_ops,
+                  "summary": stream.summary()},
+        "run": {"wall_s": wall, "requests_done": sum(c.requests_done for c in clients),
+                "ops_done": int(ops.size), "interrupted": interrupted,
+                "max_lag_ms": max((c.max_lag_ms for c in clients), default=0.0), "pid": os.getpid()},
+    }
+    return RunResults(df, meta, hists)
+
+
+def _config_dict(cfg: ReplayConfig) -> dict[str, Any]:
+    d = asdict(cfg)
+    d["echo"] = dict(cfg.describe())
+    return d

@@ -58,6 +58,7 @@ def check_structure(trace: Trace, ops: OpStream, keys: np.ndarray) -> None:
     assert ops.req_offsets[0] == 0 and ops.req_offsets[-1] == ops.n_ops
     assert np.all(np.diff(ops.req_offsets) >= 0) and ops.key_offsets[-1] == len(ops.keys)
     op_req = np.repeat(np.arange(trace.n_requests), np.diff(ops.req_offsets))
+    assert all(op_req[j] == r for r in range(trace.n_requests) for j in ops.request_ops(r))
     key_op = np.repeat(np.arange(ops.n_ops), ops.n_blocks)
     assert np.array_equal(req[ops.key_block], op_req[key_op])  # every key belongs to its op's request
     assert np.array_equal(ops.keys, keys[ops.key_block])

@@ -189,6 +189,10 @@ class OpStream:
         """Blocks (keys) each op covers, int64[n_ops]."""
         return np.diff(self.key_offsets)
 
+    def request_ops(self, r: int) -> range:
+        """The op indices of request ``r``."""
+        return range(int(self.req_offsets[r]), int(self.req_offsets[r + 1]))
+
     def op_keys(self, j: int) -> np.ndarray:
         """The keys of op ``j``."""
         return self.keys[self.key_offsets[j]:self.key_offsets[j + 1]]

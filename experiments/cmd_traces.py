@@ -164,6 +164,9 @@ def cmd_map(args: argparse.Namespace) -> int:
     for kind, s in ops.summary().items():
         print(f"  {kind:13s} ops {s['ops']:>9,}  blocks {s['blocks']:>10,}  expected hits "
               f"{s['expected_hits']:>10,}  timed {s['timed']:>9,}")
+        if "expected_range_count" in s:
+            print(f"  {'':13s} range_count over [lo, hi] (entries the ranges return): "
+                  f"{s['expected_range_count']:,}")
     if len(ops.preload_keys):
         print(f"  preload      keys {len(ops.preload_keys):,}")
     if args.out:

@@ -45,9 +45,13 @@ def replay(ops: OpStream) -> np.ndarray:
             got[j] = idx.prefix_match(keys)
         else:
             got[j] = int(idx.get(keys)[1].sum())
-            if kind == OP_RANGE and ops.key_scheme == "id":
-                # the id scheme keeps a run a dense interval: the range returns exactly the run
-                assert idx.range_count(ops.range_lo[j:j + 1], ops.range_hi[j:j + 1])[0] == got[j]
+            if kind == OP_RANGE:
+                count = idx.range_count(ops.range_lo[j:j + 1], ops.range_hi[j:j + 1])[0]
+                assert count == ops.expected_range_count[j]
+                if ops.key_scheme == "id":  # a run is a dense interval: the range is exactly the run
+                    assert count == got[j]
+            else:
+                assert ops.expected_range_count[j] == -1
             if kind == OP_INSERT:
                 idx.put(keys, np.full(len(keys), j, dtype=np.uint64))
     return got
@@ -180,6 +184,18 @@ def test_conversation_ground_truth(shared_traces: Path):
     assert s["insert"]["blocks"] == 182_790
     prefix = map_trace(trace, "prefix", "u64")
     assert prefix.summary()["prefix_match"]["expected_hits"] == int(block_hits(trace).sum())
+
+
+@pytest.mark.parametrize("scheme", KEY_SCHEMES)
+def test_fixture_exact_replay(scheme):
+    """The real trace's head, replayed op by op on the dict index, range counts included."""
+    ops = map_trace(load_trace(FIXTURE), "paper", scheme)
+    assert np.array_equal(replay(ops), ops.expected_hits)
+    ranges = ops.kind == OP_RANGE
+    if scheme == "id":
+        assert np.array_equal(ops.expected_range_count[ranges], ops.expected_hits[ranges])
+    else:  # hash order scatters a run: its [min, max] interval holds many unrelated keys
+        assert ops.expected_range_count[ranges].sum() > 10 * ops.expected_hits[ranges].sum()
 
 
 def test_save_load_round_trip(tmp_path):

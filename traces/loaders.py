@@ -3,7 +3,8 @@
 Formats (one JSON object per line; blank lines are ignored; ``.gz`` is detected by its magic
 bytes, whatever the file is called):
 
-* ``mooncake`` (FAST'25 traces): ``timestamp`` (ms, int), ``input_length``, ``output_length``,
+* ``mooncake`` (FAST'25 traces): ``timestamp`` (ms; integer in the published traces, a float
+  is accepted), ``input_length``, ``output_length``,
   ``hash_ids`` (prefix-chained integer block ids, 512-token blocks).
 * ``bailian`` (ATC'25 "KVCache Cache in the Wild", ServeGen): ``chat_id``, ``parent_chat_id``,
   ``timestamp`` (**seconds**, int or float), ``input_length``, ``output_length``, ``type``,
@@ -208,7 +209,7 @@ def load_trace(path: str | Path, format: str = "auto", skip_bad: bool = False,
                 il = _int_field(rec, "input_length") if "input_length" in rec else len(ids) * 16
                 ol = _int_field(rec, "output_length") if "output_length" in rec else 0
             else:
-                t = float(_int_field(rec, "timestamp"))
+                t = _number_field(rec, "timestamp")
                 il = _int_field(rec, "input_length")
                 ol = _int_field(rec, "output_length")
         except KeyError as exc:

@@ -49,8 +49,11 @@ empty, or preloaded in mode ``none``) for the op as issued: ``get``/``range``: h
 op's own keys are present (for ``range`` on the ``id`` scheme this equals ``range_count``; on
 hash schemes ``range_count`` may be larger, so compare the run's keys among the returned
 ones); ``prefix_match``: the longest present prefix (what ``Index.prefix_match`` returns);
-``insert``: how many of its keys were already present (0 on prefix-chained keys). A replay
-against the ``dict`` backend must reproduce it exactly.
+``insert``: how many of its keys were already present (0 on prefix-chained keys).
+``expected_range_count`` int64[N] is, for ``range`` ops, what ``Index.range_count(lo, hi)``
+must return: every key present in ``[range_lo, range_hi]``, the run's own and (on hash
+schemes) unrelated ones; -1 for other ops. A replay against the ``dict`` backend must
+reproduce both exactly.
 """
 
 from __future__ import annotations
@@ -125,6 +128,8 @@ def block_keys(trace: Trace, scheme: str) -> np.ndarray:
         h[h == _U64_MAX] = _U64_MAX - np.uint64(1)
         return h
     out = np.empty((ids.shape[0], 32), dtype=np.uint8)
+    if out.size == 0:
+        return out
     view = memoryview(out).cast("B")
     sha = hashlib.sha256
     zero = bytes(32)
@@ -152,6 +157,34 @@ def seen_before(codes: np.ndarray, req_of_block: np.ndarray) -> np.ndarray:
     return req_of_block[first_idx[codes]] < req_of_block
 
 
+def _range_counts(lo: np.ndarray, hi: np.ndarray, q_req: np.ndarray, first_req: np.ndarray,
+                  chunk: int = 256) -> np.ndarray:
+    """For each query, #codes c in [lo, hi] with first_req[c] < q_req (codes are key ranks).
+
+    Requests are taken in chunks: codes inserted before the chunk are counted with one prefix
+    sum per chunk, those inserted inside it by a small broadcast comparison.
+    """
+    out = np.zeros(lo.size, dtype=np.int64)
+    if lo.size == 0:
+        return out
+    by_req = np.argsort(first_req, kind="stable")
+    fr_sorted = first_req[by_req]
+    for start in range(0, int(q_req.max()) + 1, chunk):
+        qs = np.flatnonzero((q_req >= start) & (q_req < start + chunk))
+        if qs.size == 0:
+            continue
+        present = np.zeros(first_req.size + 1, dtype=np.int64)
+        present[1:] = np.cumsum(first_req < start)
+        out[qs] = present[hi[qs] + 1] - present[lo[qs]]
+        a, b = np.searchsorted(fr_sorted, [start, start + chunk])
+        inner = by_req[a:b]  # codes first seen inside the chunk
+        if inner.size:
+            c, f = inner[None, :], first_req[inner][None, :]
+            hit = (c >= lo[qs, None]) & (c <= hi[qs, None]) & (f < q_req[qs, None])
+            out[qs] += hit.sum(axis=1)
+    return out
+
+
 @dataclass
 class OpStream:
     """An operation stream (layout in the module docstring)."""
@@ -169,6 +202,7 @@ class OpStream:
     range_lo: np.ndarray
     range_hi: np.ndarray
     expected_hits: np.ndarray
+    expected_range_count: np.ndarray
     timed: np.ndarray
     preload_keys: np.ndarray
 
@@ -189,6 +223,10 @@ class OpStream:
         """Blocks (keys) each op covers, int64[n_ops]."""
         return np.diff(self.key_offsets)
 
+    def request_ops(self, r: int) -> range:
+        """The op indices of request ``r``."""
+        return range(int(self.req_offsets[r]), int(self.req_offsets[r + 1]))
+
     def op_keys(self, j: int) -> np.ndarray:
         """The keys of op ``j``."""
         return self.keys[self.key_offsets[j]:self.key_offsets[j + 1]]
@@ -203,10 +241,12 @@ class OpStream:
                 out[name] = {"ops": int(m.sum()), "blocks": int(nb[m].sum()),
                              "expected_hits": int(self.expected_hits[m].sum()),
                              "timed": int(self.timed[m].sum())}
+                if code == OP_RANGE:
+                    out[name]["expected_range_count"] = int(self.expected_range_count[m].sum())
         return out
 
     _ARRAYS = ("req_offsets", "req_timestamp_ms", "kind", "key_offsets", "keys", "key_block", "range_lo",
-               "range_hi", "expected_hits", "timed", "preload_keys")
+               "range_hi", "expected_hits", "expected_range_count", "timed", "preload_keys")
 
     def save(self, path: str | Path) -> None:
         """Write the stream as one ``.npz`` (the replay engine can cache streams)."""
@@ -313,10 +353,26 @@ def map_trace(trace: Trace, mapping: str = "paper", key_scheme: str = "id", inse
                 range_lo[j] = np.frombuffer(min(rows), dtype=np.uint8)
                 range_hi[j] = np.frombuffer(max(rows), dtype=np.uint8)
 
+    # key_codes ranks keys in key order (numeric for uint64, memcmp for 32 B), so a range
+    # [lo, hi] over keys is the code interval [min code, max code] of the run
+    range_count = np.full(op_first.size, -1, dtype=np.int64)
+    if rng.size:
+        op_codes = codes[e_block]
+        lo_c = np.minimum.reduceat(op_codes, op_first)[rng]
+        hi_c = np.maximum.reduceat(op_codes, op_first)[rng]
+        if key_scheme == "id":  # a run is a dense key interval: the range holds the run only
+            range_count[rng] = expected[rng]
+        elif inserts == "none":
+            range_count[rng] = hi_c - lo_c + 1
+        else:
+            _, first = np.unique(codes, return_index=True)
+            range_count[rng] = _range_counts(lo_c, hi_c, op_req[rng], req[first])
+
     timed = (kind != OP_INSERT) | (inserts == "timed")
     req_offsets = np.searchsorted(op_req, np.arange(trace.n_requests + 1), side="left").astype(np.int64)
     return OpStream(mapping=mapping, key_scheme=key_scheme, inserts=inserts, trace_name=trace.name,
                     req_offsets=req_offsets, req_timestamp_ms=trace.timestamps_ms.astype(np.float64),
                     kind=kind, key_offsets=key_offsets, keys=op_keys, key_block=e_block,
                     range_lo=range_lo, range_hi=range_hi, expected_hits=expected.astype(np.int64),
+                    expected_range_count=range_count,
                     timed=np.asarray(timed, dtype=bool), preload_keys=preload)

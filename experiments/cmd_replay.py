@@ -79,7 +79,8 @@ def register(sub: Any) -> None:
     p.add_argument("--mode", type=_mode, default="closed",
                    help="closed (as fast as the clients can), realtime (trace timestamps), compressed:X "
                    "(timestamps / X); default closed")
-    p.add_argument("--duration", type=float, default=0.0, help="stop after S seconds of wall time (default: whole trace)")
+    p.add_argument("--duration", type=float, default=0.0,
+                   help="stop after S seconds of wall time (default: the whole trace)")
     p.add_argument("--warmup-min", type=float, default=0.0,
                    help="minutes of trace time excluded from the whole-run figures (the paper uses 10)")
     p.add_argument("--bin-min", type=float, default=10.0, help="minutes of trace time per bin (default 10)")

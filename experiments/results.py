@@ -10,6 +10,7 @@ Layout of ``DIR``::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -37,10 +38,8 @@ def machine_description() -> dict[str, Any]:
     except OSError:
         pass
     mem = 0
-    try:
+    with contextlib.suppress(ValueError, OSError):
         mem = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError):
-        pass
     commit = ""
     try:
         src = Path(__file__).resolve().parents[1]

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from kvdm.experiments.cli import main
 from kvdm.traces import characterise as ch
 from kvdm.traces.generators import KINDS, GenConfig, generate

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from kvdm.experiments.cli import main
 from kvdm.traces import registry
 from kvdm.traces.characterise import PAPER, compute_stats

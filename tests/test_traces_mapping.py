@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from kvdm.index.api import as_keys
 from kvdm.index.dict_index import DictIndex
 from kvdm.traces.characterise import block_hits, per_request_sum

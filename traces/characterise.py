@@ -25,6 +25,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+
 from kvdm.traces.loaders import Trace
 from kvdm.traces.mapping import seen_before
 

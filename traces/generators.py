@@ -26,6 +26,7 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 
 import numpy as np
+
 from kvdm.traces.loaders import Trace
 
 KINDS = ("rag", "agent", "chat", "ycsb-uniform", "ycsb-zipf")

@@ -64,6 +64,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from kvdm.traces.loaders import Trace
 
 KEY_SCHEMES = ("id", "u64", "sha256")

@@ -231,7 +231,7 @@ class RedisIndex(Index):
             else:
                 client = redis.Redis.from_url(self.url, **kw)
             client.ping()
-        except (redis.RedisError, OSError, ValueError) as exc:
+        except (redis.RedisError, redis.exceptions.RedisClusterException, OSError, ValueError) as exc:
             raise RedisUnavailable(f"cannot connect to Redis at {self.url}: {exc}") from exc
         return client
 

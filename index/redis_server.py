@@ -37,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 HOST = "127.0.0.1"
 SLOTS = 16384
@@ -235,24 +237,35 @@ class RedisServer:
         lines = [ln for ln in "\n".join(parts).splitlines() if ln.strip()]
         return "\n".join(lines[-5:])
 
-    def _wait_ready(self) -> None:
+    def _check_alive(self) -> None:
         assert self.proc is not None
+        if self.proc.poll() is None:
+            return
+        tail = self._log_tail()
+        if "Address already in use" in tail:
+            raise _AddressInUse(f"port {self.port} on {HOST} is already in use")
+        raise RedisServerError(f"redis-server on port {self.port} exited with status "
+                               f"{self.proc.returncode}: {tail}")
+
+    def _answers(self, client: redis.Redis) -> bool:
+        """Whether our process (not some other program on the port) answers."""
+        try:
+            info = client.info("server")
+        except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, redis.ResponseError):
+            return False
+        return self.proc is not None and int(info.get("process_id", -1)) == self.proc.pid
+
+    def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.start_timeout
-        client = redis.Redis(host=HOST, port=self.port, socket_connect_timeout=0.5, socket_timeout=1.0)
+        client = redis.Redis(host=HOST, port=self.port, socket_connect_timeout=0.5, socket_timeout=0.5,
+                             retry=Retry(NoBackoff(), 0))
         try:
             while True:
-                if self.proc.poll() is not None:
-                    tail = self._log_tail()
-                    if "Address already in use" in tail:
-                        raise _AddressInUse(f"port {self.port} on {HOST} is already in use")
-                    raise RedisServerError(
-                        f"redis-server on port {self.port} exited with status {self.proc.returncode}: {tail}")
-                try:
-                    if client.ping():
-                        return
-                except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
-                    pass
+                self._check_alive()
+                if self._answers(client):
+                    return
                 if time.monotonic() > deadline:
+                    self._check_alive()
                     raise RedisServerError(f"redis-server on port {self.port} did not answer within "
                                            f"{self.start_timeout:g} s: {self._log_tail()}")
                 time.sleep(0.02)

@@ -40,8 +40,10 @@ Operations (``pipeline = d``: commands go out in pipelines of d, each one round 
     miss: 1 round trip. In a cluster a script may only touch one slot, so the keys are cut
     into maximal runs sharing a slot and the runs go one after another (useful with
     ``hash_tags``; without them each key is its own run).
-* In a cluster the client is redis-py's ``RedisCluster``: a pipeline's commands go to their
-  shards (written to every node, then read), multi-key commands are split by slot.
+* In a cluster, redis-py's ``RedisCluster`` keeps the slot map; a pipeline's commands go to
+  their shards (written to every shard concerned, then read: about one round trip), multi-key
+  commands are split by slot, and commands that meet a moved slot are re-run through the
+  cluster client.
 
 Counters: ``rtts`` (round trips: client waits, as the native indexes count them; in a cluster
 one wait may span several shards),
@@ -167,22 +169,76 @@ class _StandaloneWire:
 
 
 class _ClusterWire:
-    """Commands to a Redis Cluster through redis-py's cluster client (routing by slot, a
-    pipeline's commands written to every shard before any reply is read)."""
+    """Commands to a Redis Cluster: routed by slot with redis-py's slot map, packed with
+    hiredis, written to every shard concerned (one connection each) before any reply is read,
+    so one exchange costs about one round trip however many shards it spans. A command that
+    meets a moved slot (MOVED/ASK/TRYAGAIN/CLUSTERDOWN: not executed) reloads the slot map
+    and is re-run through redis-py's cluster client, which follows redirections."""
+
+    # MovedError is an AskError
+    _REDIRECTED = (redis.exceptions.AskError, redis.exceptions.TryAgainError,
+                   redis.exceptions.ClusterDownError)
 
     def __init__(self, client: redis.RedisCluster) -> None:
         self._client = client
+        self._conns: dict[str, Any] = {}
+
+    def _connection(self, node: Any) -> Any:
+        conn = self._conns.get(node.name)
+        if conn is None:
+            conn = self._client.get_redis_connection(node).connection_pool.get_connection()
+            self._conns[node.name] = conn
+        return conn
+
+    def _node(self, cmd: tuple[Any, ...]) -> Any:
+        # every command kvdm sends has its (single-slot) keys at a fixed place
+        key = cmd[3] if cmd[0] == "EVALSHA" else cmd[1]
+        return self._client.nodes_manager.get_node_from_slot(self._client.keyslot(key))
 
     def exchange(self, cmds: Sequence[tuple[Any, ...]]) -> list[Any]:
-        if len(cmds) == 1:
-            return [self._client.execute_command(*cmds[0])]
-        pipe = self._client.pipeline(transaction=False)
-        for c in cmds:
-            pipe.execute_command(*c)
-        return pipe.execute()
+        by_node: dict[str, tuple[Any, list[int]]] = {}
+        for i, c in enumerate(cmds):
+            node = self._node(c)
+            by_node.setdefault(node.name, (node, []))[1].append(i)
+        out: list[Any] = [None] * len(cmds)
+        redo: list[int] = []
+        error: Exception | None = None
+        try:
+            sent = []
+            for node, idx in by_node.values():
+                conn = self._connection(node)
+                payload = b"".join(hiredis.pack_command(cmds[i]) for i in idx)
+                conn.send_packed_command([payload], check_health=False)
+                sent.append((conn, idx))
+            for conn, idx in sent:
+                for i in idx:
+                    try:
+                        out[i] = conn.read_response()
+                    except self._REDIRECTED:
+                        redo.append(i)
+                    except redis.ResponseError as exc:  # an error reply: the stream stays in step
+                        error = error or exc
+        except BaseException:
+            self._disconnect()  # replies may be pending: never reuse a stream out of step
+            raise
+        if error is not None:
+            raise error
+        if redo:
+            self._client.nodes_manager.initialize()
+            for i in redo:
+                out[i] = self._client.execute_command(*cmds[i])
+        return out
+
+    def _disconnect(self) -> None:
+        for conn in self._conns.values():
+            conn.disconnect()
 
     def close(self) -> None:
-        pass
+        for name, conn in self._conns.items():
+            node = self._client.get_node(node_name=name)
+            if node is not None and node.redis_connection is not None:
+                node.redis_connection.connection_pool.release(conn)
+        self._conns.clear()
 
 
 class RedisIndex(Index):

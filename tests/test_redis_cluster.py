@@ -136,3 +136,45 @@ def test_cluster_client_reaches_every_shard(cluster):
         assert len(rc.get_primaries()) == SHARDS
     finally:
         rc.close()
+
+
+def _move_slot(cluster: RedisClusterServers, slot: int, to: int) -> None:
+    """Give ``slot`` (empty) to shard ``to`` on every node, as a resharding would."""
+    clients = [s.client() for s in cluster.servers]
+    try:
+        target = clients[to].execute_command("CLUSTER", "MYID")
+        for c in [clients[to]] + clients[:to] + clients[to + 1:]:
+            c.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target)
+    finally:
+        for c in clients:
+            c.close()
+
+
+def test_a_moved_slot_is_followed(cluster):
+    """The index's slot map goes stale (the slot moves to another shard after it connected):
+    MOVED replies are followed and every batched op still gives the right answer."""
+    with RedisIndex(8, url=cluster.url, cluster=SHARDS, pipeline=4, namespace="mv:") as idx:
+        ports = [s.port for s in cluster.servers]
+        for k in range(1, 1000):  # a key whose slot holds nothing yet, so it can move
+            name = idx._names(idx._raw(np.array([k], dtype=np.uint64)))[0]
+            slot = idx._client.keyslot(name)
+            owner = ports.index(idx._client.nodes_manager.get_node_from_slot(slot).port)
+            probe = cluster.servers[owner].client()
+            empty = probe.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) == 0
+            probe.close()
+            if empty:
+                break
+        to = (owner + 1) % SHARDS
+        _move_slot(cluster, slot, to)
+        try:
+            keys = np.array([k, k + 5000, k + 6000], dtype=np.uint64)
+            idx.put(keys, keys + 1)
+            values, found = idx.get(keys)
+            assert found.all() and values.tolist() == (keys + 1).tolist()
+            assert idx._client.nodes_manager.get_node_from_slot(slot).port == ports[to]  # map reloaded
+            holder = cluster.servers[to].client()
+            assert holder.get(name) == int(k + 1).to_bytes(8, "big")  # it really lives on the new shard
+            holder.close()
+            assert idx.delete(keys).all()
+        finally:
+            _move_slot(cluster, slot, owner)

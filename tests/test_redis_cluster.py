@@ -44,15 +44,25 @@ class TestClusterPipelined(IndexConformance):
 
 
 class TestClusterHashTagsLua(IndexConformance):
-    """Hash tags, MGET ranges split by slot, Lua prefix match cut into same-slot runs."""
+    """Hash tags, zset ranges, Lua prefix match cut into same-slot runs."""
 
-    key_widths = (8,)
-    max_range_span = MGET_RANGE_MAX
-    max_examples = 10
+    max_examples = 8
 
     @pytest.fixture
     def index_factory(self, cluster):
-        return opener(cluster, pipeline=2, hash_tags=True, range_mode="mget", prefix_mode="lua")
+        return opener(cluster, pipeline=2, hash_tags=True, prefix_mode="lua")
+
+
+class TestClusterMgetRange(IndexConformance):
+    """Hash tags, MGET ranges split by slot (8-byte keys only), unpipelined."""
+
+    key_widths = (8,)
+    max_range_span = MGET_RANGE_MAX
+    max_examples = 8
+
+    @pytest.fixture
+    def index_factory(self, cluster):
+        return opener(cluster, hash_tags=True, range_mode="mget")
 
 
 def _keys_per_shard(cluster: RedisClusterServers) -> list[int]:

@@ -15,7 +15,8 @@ No process is left behind: a server is stopped by ``stop()``, at interpreter exi
 ``atexit``). Each server also gets ``PR_SET_PDEATHSIG`` so that even a SIGKILLed owner takes
 its servers with it, and runs in its own session so that a terminal's Ctrl-C reaches only the
 owner, which then shuts the server down in order. Forked children never stop their parent's
-servers.
+servers. The folders a SIGKILLed owner leaves in the temporary directory are removed by the
+next kvdm process that starts a server (:func:`clean_stale_workdirs`).
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ SLOTS = 16384
 #: a cluster node also listens on port + 10000 (the cluster bus)
 BUS_OFFSET = 10000
 _PR_SET_PDEATHSIG = 1
+#: a server's folder is ``<tmp>/kvdm-redis-<owner pid>-<random>``
+WORKDIR_PREFIX = "kvdm-redis-"
 _START_ATTEMPTS = 5
 
 
@@ -106,11 +109,27 @@ def _stop_all() -> None:
         server.stop()
 
 
+def clean_stale_workdirs() -> list[str]:
+    """Remove the working folders of servers whose owner died without cleaning up (SIGKILL:
+    the server itself went with its owner, PR_SET_PDEATHSIG). Returns what was removed."""
+    removed = []
+    for path in Path(tempfile.gettempdir()).glob(f"{WORKDIR_PREFIX}*"):
+        try:
+            owner = int(path.name[len(WORKDIR_PREFIX):].split("-", 1)[0])
+        except ValueError:
+            continue
+        if owner != os.getpid() and not pid_running(owner):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(str(path))
+    return removed
+
+
 def _install_cleanup() -> None:
     global _cleanup_installed
     if _cleanup_installed:
         return
     _cleanup_installed = True
+    clean_stale_workdirs()
     atexit.register(_stop_all)
     if threading.current_thread() is threading.main_thread():
         previous = signal.getsignal(signal.SIGTERM)
@@ -212,7 +231,7 @@ class RedisServer:
         raise RedisServerError(f"cannot start redis-server: {last}")
 
     def _spawn(self, binary: str) -> None:
-        self.workdir = Path(tempfile.mkdtemp(prefix=f"kvdm-redis-{os.getpid()}-"))
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-"))
         cmd = [binary, "--port", str(self.port), "--bind", HOST, "--save", "", "--appendonly", "no",
                "--daemonize", "no", "--dir", str(self.workdir),
                "--logfile", str(self.workdir / "redis.log")]

@@ -12,6 +12,7 @@ import sys
 import textwrap
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -20,7 +21,13 @@ from kvdm.experiments.cli import UsageError
 from kvdm.experiments.options_redis import add_redis_options, check_redis_flags, redis_options, redis_session
 from kvdm.index import redis_server
 from kvdm.index.redis_index import RedisIndex, RedisUnavailable
-from kvdm.index.redis_server import RedisServer, RedisServerError, pid_running, started_pids
+from kvdm.index.redis_server import (
+    RedisServer,
+    RedisServerError,
+    clean_stale_workdirs,
+    pid_running,
+    started_pids,
+)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -103,34 +110,44 @@ def test_a_refused_url_is_named(cluster):
 _CHILD = textwrap.dedent("""
     import sys, time
     import kvdm.index
-    idx = kvdm.index.open("redis", key_bytes=8, cluster=int(sys.argv[1]))
-    servers = idx._servers
-    pids = [servers.pid] if hasattr(servers, "pid") else servers.pids
+    from kvdm.experiments.options_redis import redis_session
+    from kvdm.index import redis_server
+    from kvdm.index.redis_server import live_pids
+    cluster, owner = int(sys.argv[1]), sys.argv[2]
+    if owner == "session":  # what a replay does: servers in the parent, shared by its clients
+        session = redis_session({"cluster": cluster})
+        options = session.__enter__()
+        idx = kvdm.index.open("redis", key_bytes=8, **options)
+    else:  # the index starts and owns its servers
+        idx = kvdm.index.open("redis", key_bytes=8, cluster=cluster)
     idx.put_one(1, 2)
-    print(" ".join(map(str, pids)), flush=True)
+    print(" ".join(map(str, live_pids())), flush=True)
+    print(" ".join(str(s.workdir) for s in redis_server._live.values()), flush=True)
     time.sleep(60)
 """)
 
 
-def _run_child(cluster: int) -> tuple[subprocess.Popen[str], list[int]]:
-    child = subprocess.Popen([sys.executable, "-c", _CHILD, str(cluster)], stdout=subprocess.PIPE,
+def _run_child(cluster: int, owner: str) -> tuple[subprocess.Popen[str], list[int], list[Path]]:
+    child = subprocess.Popen([sys.executable, "-c", _CHILD, str(cluster), owner], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True, start_new_session=True)
     line = child.stdout.readline()
     if not line:
         child.wait(10)
         pytest.fail(f"child failed: {child.stderr.read()}")
     pids = [int(p) for p in line.split()]
-    assert all(pid_running(p) for p in pids)
-    return child, pids
+    workdirs = [Path(p) for p in child.stdout.readline().split()]
+    assert len(pids) == len(workdirs) == max(cluster, 1) and all(pid_running(p) for p in pids)
+    return child, pids, workdirs
 
 
-@pytest.mark.parametrize(("how", "cluster"), [
-    ("ctrl-c", 0), ("ctrl-c", 3), ("sigterm", 0), ("sigkill", 0),
+@pytest.mark.parametrize(("how", "cluster", "owner"), [
+    ("ctrl-c", 0, "index"), ("ctrl-c", 3, "index"), ("ctrl-c", 0, "session"), ("sigterm", 0, "session"),
+    ("sigkill", 0, "index"),
 ])
-def test_no_server_outlives_its_owner(how, cluster):
+def test_no_server_outlives_its_owner(how, cluster, owner):
     """A process running the backend (its own servers) is stopped by Ctrl-C (SIGINT to its
     process group, as a terminal sends), SIGTERM or SIGKILL: its servers go too."""
-    child, pids = _run_child(cluster)
+    child, pids, workdirs = _run_child(cluster, owner)
     try:
         if how == "ctrl-c":
             os.killpg(child.pid, signal.SIGINT)
@@ -147,6 +164,11 @@ def test_no_server_outlives_its_owner(how, cluster):
         child.stdout.close()
         child.stderr.close()
     assert not left, f"redis-server(s) {left} outlived their owner ({how})"
+    if how == "sigkill":  # no code of the owner ran: the next server start removes its folders
+        assert all(w.exists() for w in workdirs)
+        removed = clean_stale_workdirs()
+        assert all(str(w) in removed for w in workdirs)
+    assert not any(w.exists() for w in workdirs)
 
 
 def _parse(*argv: str) -> argparse.Namespace:

@@ -1,0 +1,571 @@
+"""``redis``: the paper's baseline, a real redis-server (standalone or cluster) behind the index API.
+
+    idx = kvdm.index.open("redis", key_bytes=8, pipeline=16)             # starts its own server
+    idx = kvdm.index.open("redis", url="redis://10.0.0.5:6379", pipeline=1)
+    idx = kvdm.index.open("redis", cluster=3, hash_tags=True)             # starts a 3-shard cluster
+
+Data layout
+-----------
+* A key is stored as a Redis string whose name is the raw key: 8-byte keys big-endian (so byte
+  order is numeric order), 32-byte keys as their 32 bytes, after an optional ``namespace``
+  prefix. The value is the 8-byte big-endian value.
+* ``hash_tags=True`` (cluster) prefixes each name with ``{G}``, G the hex of the key without
+  its last byte: keys that differ only in the last byte share a slot. With 8-byte id keys
+  that is every aligned block of 256 consecutive ids, so a request's run of consecutive ids
+  usually lives on one shard and its MGET / Lua prefix match is one request to one node.
+  32-byte hash keys have no such locality: hash tags then only lengthen the names.
+* ``range_mode="zset"`` also keeps every key in one sorted set (all scores 0, member = raw
+  key) named ``<namespace>kvdm:zset``; in a cluster it lives on one shard.
+
+Operations (``pipeline = d``: commands go out in pipelines of d, each one round trip;
+``d = 1`` is one round trip per command, the paper's unoptimised client)
+-----------------------------------------------------------------------------------------
+* get: one GET per key. put: one SET per key, plus (zset mode) one ZADD per 1,024 keys.
+  delete: (zset mode) one ZREM per 1,024 keys, then one DEL per key (its reply says whether
+  the key was present).
+* range(lo, hi), two variants:
+  - ``zset``: ZRANGE z [lo [hi BYLEX (LIMIT 0 limit), then MGET of the members' values:
+    2 round trips. Any key width. range_count is one ZLEXCOUNT per range.
+  - ``mget``: MGET of every key lo, lo+1, ..., hi (at most 65,536 of them), returning those
+    present: 1 round trip, no sorted set to maintain. Only meaningful when keys are ids
+    (kvdm's ``id`` key scheme, where a request's run of blocks is a run of consecutive
+    integers), hence 8-byte keys only. range_count is one multi-key EXISTS per range.
+  The zset and the value keys are written in one pipeline but not atomically: a range that
+  races with a put/delete of the same key sees it or not, and skips a member whose value is
+  already gone (range_count may still count it).
+* prefix_match, two variants:
+  - ``pipeline``: EXISTS per key, d per round trip, stopping after the first round trip
+    that finds a miss;
+  - ``lua``: one EVALSHA of a script that checks the keys in order and stops at the first
+    miss: 1 round trip. In a cluster a script may only touch one slot, so the keys are cut
+    into maximal runs sharing a slot and the runs go one after another (useful with
+    ``hash_tags``; without them each key is its own run).
+* In a cluster, redis-py's ``RedisCluster`` keeps the slot map; a pipeline's commands go to
+  their shards (written to every shard concerned, then read: about one round trip), multi-key
+  commands are split by slot, and commands that meet a moved slot are re-run through the
+  cluster client.
+
+Counters: ``rtts`` (round trips: client waits, as the native indexes count them; in a cluster
+one wait may span several shards),
+``commands``, ``keys`` (keys named by the operations), ``server_cpu_us`` (the servers'
+``used_cpu_sys + used_cpu_user`` since the last reset, summed over shards, re-read at most every
+0.1 s or 100 round trips: it includes every client of the server, so with several clients take it once, do not
+sum it). The pipeline depth is the attribute ``pipeline`` (and in ``describe()``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+import hiredis
+import numpy as np
+import redis
+
+from kvdm.index.api import Index, as_keys, as_values
+from kvdm.index.redis_server import RedisClusterServers, RedisServer, start_servers
+
+RANGE_MODES = ("zset", "mget")
+PREFIX_MODES = ("pipeline", "lua")
+#: members per ZADD / ZREM, keys per MGET / EXISTS command
+MULTI_KEY_CHUNK = 1024
+#: the most keys a ``mget`` range may enumerate
+MGET_RANGE_MAX = 1 << 16
+#: hash tags group keys that differ only in this many trailing bytes
+TAG_SUFFIX_BYTES = 1
+_ZSET_NAME = b"kvdm:zset"
+_NO_VALUE = bytes(8)
+#: counters() re-reads the servers' CPU time (one INFO) once this much time has passed or
+#: this many round trips were made since the last read, so it costs at most ~1% extra
+CPU_REFRESH_S = 0.1
+CPU_REFRESH_RTTS = 100
+
+# Returns how many of KEYS, in order, exist before the first missing one.
+_PREFIX_LUA = """
+for i = 1, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 0 then return i - 1 end
+end
+return #KEYS
+"""
+
+
+class RedisUnavailable(ConnectionError, ValueError):
+    """The Redis server at the given URL cannot be reached (a ValueError so the CLI prints it
+    as a user error)."""
+
+
+@dataclass
+class RedisOptions:
+    """Options of the ``redis`` backend (``kvdm.index.open("redis", key_bytes, **options)``).
+
+    ``url``: connect to this server (``redis://host:port[/db]``); None starts a local server
+    (or ``cluster`` shards) owned by the index and stopped by ``close()``.
+    ``cluster``: shards to start when ``url`` is None; with a ``url``, any value > 0 means the
+    URL is a cluster node and the cluster client is used. ``pipeline``: commands per round
+    trip (>= 1). ``range_mode``: ``zset`` or ``mget``; ``prefix_mode``: ``pipeline`` or
+    ``lua`` (see the module docstring). ``hash_tags``: group keys into slots by all but their
+    last byte. ``namespace``: a prefix for every Redis key name, so several indexes can
+    share a server. ``connect_timeout``: seconds.
+    """
+
+    url: str | None = None
+    cluster: int = 0
+    pipeline: int = 1
+    range_mode: str = "zset"
+    prefix_mode: str = "pipeline"
+    hash_tags: bool = False
+    namespace: str = ""
+    connect_timeout: float = 5.0
+
+    @classmethod
+    def from_dict(cls, options: dict[str, Any]) -> RedisOptions:
+        valid = [f.name for f in fields(cls)]
+        unknown = sorted(set(options) - set(valid))
+        if unknown:
+            raise ValueError(f"unknown option(s) for redis: {', '.join(unknown)}; valid: {', '.join(valid)}")
+        return cls(**options)
+
+    def validate(self, key_bytes: int) -> None:
+        if not isinstance(self.pipeline, int) or self.pipeline < 1:
+            raise ValueError(f"redis pipeline depth must be an integer >= 1, got {self.pipeline!r}")
+        if not isinstance(self.cluster, int) or self.cluster < 0:
+            raise ValueError(f"redis cluster shard count must be an integer >= 0, got {self.cluster!r}")
+        if self.range_mode not in RANGE_MODES:
+            raise ValueError(f"unknown redis range mode {self.range_mode!r}; "
+                             f"valid: {', '.join(RANGE_MODES)}")
+        if self.prefix_mode not in PREFIX_MODES:
+            raise ValueError(f"unknown redis prefix mode {self.prefix_mode!r}; "
+                             f"valid: {', '.join(PREFIX_MODES)}")
+        if self.range_mode == "mget" and key_bytes != 8:
+            raise ValueError("redis range mode 'mget' needs 8-byte id keys (it fetches every key between "
+                             f"lo and hi); with {key_bytes}-byte keys use range mode 'zset'")
+        if "{" in self.namespace or "}" in self.namespace:
+            raise ValueError(f"redis namespace {self.namespace!r} must not contain '{{' or '}}' (hash tags)")
+
+
+class _StandaloneWire:
+    """Commands to one server over one redis-py connection (hiredis parser): packed with
+    hiredis, sent in one write, replies read in order. Skipping redis-py's pipeline and
+    reply-callback machinery roughly triples client throughput at depth 16, so the figures
+    measure Redis rather than Python."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._pool = client.connection_pool
+        self._conn = self._pool.get_connection()
+
+    def exchange(self, cmds: Sequence[tuple[Any, ...]]) -> list[Any]:
+        conn = self._conn
+        try:
+            conn.send_packed_command([b"".join(map(hiredis.pack_command, cmds))], check_health=False)
+            return [conn.read_response() for _ in cmds]
+        except BaseException:
+            conn.disconnect()  # replies may be pending: never reuse a stream out of step
+            raise
+
+    def close(self) -> None:
+        self._pool.release(self._conn)
+
+
+class _ClusterWire:
+    """Commands to a Redis Cluster: routed by slot with redis-py's slot map, packed with
+    hiredis, written to every shard concerned (one connection each) before any reply is read,
+    so one exchange costs about one round trip however many shards it spans. A command that
+    meets a moved slot (MOVED/ASK/TRYAGAIN/CLUSTERDOWN: not executed) reloads the slot map
+    and is re-run through redis-py's cluster client, which follows redirections."""
+
+    # MovedError is an AskError
+    _REDIRECTED = (redis.exceptions.AskError, redis.exceptions.TryAgainError,
+                   redis.exceptions.ClusterDownError)
+
+    def __init__(self, client: redis.RedisCluster) -> None:
+        self._client = client
+        self._conns: dict[str, Any] = {}
+
+    def _connection(self, node: Any) -> Any:
+        conn = self._conns.get(node.name)
+        if conn is None:
+            conn = self._client.get_redis_connection(node).connection_pool.get_connection()
+            self._conns[node.name] = conn
+        return conn
+
+    def _node(self, cmd: tuple[Any, ...]) -> Any:
+        # every command kvdm sends has its (single-slot) keys at a fixed place
+        key = cmd[3] if cmd[0] == "EVALSHA" else cmd[1]
+        return self._client.nodes_manager.get_node_from_slot(self._client.keyslot(key))
+
+    def exchange(self, cmds: Sequence[tuple[Any, ...]]) -> list[Any]:
+        by_node: dict[str, tuple[Any, list[int]]] = {}
+        for i, c in enumerate(cmds):
+            node = self._node(c)
+            by_node.setdefault(node.name, (node, []))[1].append(i)
+        out: list[Any] = [None] * len(cmds)
+        redo: list[int] = []
+        error: Exception | None = None
+        try:
+            sent = []
+            for node, idx in by_node.values():
+                conn = self._connection(node)
+                payload = b"".join(hiredis.pack_command(cmds[i]) for i in idx)
+                conn.send_packed_command([payload], check_health=False)
+                sent.append((conn, idx))
+            for conn, idx in sent:
+                for i in idx:
+                    try:
+                        out[i] = conn.read_response()
+                    except self._REDIRECTED:
+                        redo.append(i)
+                    except redis.ResponseError as exc:  # an error reply: the stream stays in step
+                        error = error or exc
+        except BaseException:
+            self._disconnect()  # replies may be pending: never reuse a stream out of step
+            raise
+        if error is not None:
+            raise error
+        if redo:
+            self._client.nodes_manager.initialize()
+            for i in redo:
+                out[i] = self._client.execute_command(*cmds[i])
+        return out
+
+    def _disconnect(self) -> None:
+        for conn in self._conns.values():
+            conn.disconnect()
+
+    def close(self) -> None:
+        for name, conn in self._conns.items():
+            node = self._client.get_node(node_name=name)
+            if node is not None and node.redis_connection is not None:
+                node.redis_connection.connection_pool.release(conn)
+        self._conns.clear()
+
+
+class RedisIndex(Index):
+    """The index API over redis-server (see the module docstring for layout and costs)."""
+
+    name = "redis"
+    ordered = True
+
+    def __init__(self, key_bytes: int = 8, **options: Any) -> None:
+        super().__init__(key_bytes)
+        opts = RedisOptions.from_dict(options)
+        opts.validate(key_bytes)
+        self.options = opts
+        self.pipeline = opts.pipeline
+        self.range_mode = opts.range_mode
+        self.prefix_mode = opts.prefix_mode
+        self.hash_tags = opts.hash_tags
+        self._ns = opts.namespace.encode()
+        self._zset = self._ns + _ZSET_NAME
+        self._servers: RedisServer | RedisClusterServers | None = None
+        self._client: Any = None
+        self._wire: _StandaloneWire | _ClusterWire | None = None
+        try:
+            if opts.url is None:
+                self._servers = start_servers(opts.cluster)
+                self.url = self._servers.url
+            else:
+                self.url = opts.url
+            self.cluster = opts.cluster > 0
+            self._client = self._connect()
+            self.shards = len(self._client.get_primaries()) if self.cluster else 1
+            self._wire = _ClusterWire(self._client) if self.cluster else _StandaloneWire(self._client)
+            self._prefix_sha = self._load_script()
+            self._cpu_base = self._cpu_seen = 0.0
+            self.reset_counters()
+        except BaseException:
+            self.close()
+            raise
+
+    # -- connection --
+    def _connect(self) -> Any:
+        kw = {"socket_connect_timeout": self.options.connect_timeout}
+        try:
+            if self.cluster:
+                client = redis.RedisCluster.from_url(self.url, **kw)
+            else:
+                client = redis.Redis.from_url(self.url, **kw)
+            client.ping()
+        except (redis.RedisError, redis.exceptions.RedisClusterException, OSError, ValueError) as exc:
+            raise RedisUnavailable(f"cannot connect to Redis at {self.url}: {exc}") from exc
+        return client
+
+    def _load_script(self) -> str:
+        """SCRIPT LOAD the prefix-match script (on every primary in a cluster); its SHA1."""
+        sha = self._client.script_load(_PREFIX_LUA)
+        return sha.decode() if isinstance(sha, bytes) else str(sha)
+
+    def describe(self) -> dict[str, Any]:
+        """The settings a results file records (URL, shards, pipeline depth, variants)."""
+        return {"url": self.url, "cluster": self.cluster, "shards": self.shards, "pipeline": self.pipeline,
+                "range_mode": self.range_mode, "prefix_mode": self.prefix_mode, "hash_tags": self.hash_tags}
+
+    # -- key and value encoding --
+    def _raw(self, keys: np.ndarray) -> list[bytes]:
+        """Each key's raw bytes, in key order (8-byte keys big-endian)."""
+        kb = self.key_bytes
+        buf = keys.astype(">u8").tobytes() if kb == 8 else keys.tobytes()
+        return [buf[i:i + kb] for i in range(0, len(buf), kb)]
+
+    def _names(self, raw: Sequence[bytes]) -> list[bytes]:
+        """Redis key names of raw keys."""
+        ns = self._ns
+        if self.hash_tags:
+            cut = self.key_bytes - TAG_SUFFIX_BYTES
+            return [b"{" + r[:cut].hex().encode() + b"}" + ns + r for r in raw]
+        return [ns + r for r in raw] if ns else list(raw)
+
+    @staticmethod
+    def _decode(replies: Sequence[bytes | None]) -> tuple[np.ndarray, np.ndarray]:
+        found = np.fromiter((r is not None for r in replies), dtype=bool, count=len(replies))
+        buf = b"".join(_NO_VALUE if r is None else r for r in replies)
+        if len(buf) != 8 * len(replies):
+            raise ValueError("a Redis value is not 8 bytes long: the namespace holds keys kvdm did not write")
+        return np.frombuffer(buf, dtype=">u8").astype(np.uint64), found
+
+    # -- command execution --
+    def _chunks(self, cmds: Sequence[tuple[Any, ...]]) -> Iterator[list[Any]]:
+        """Run ``cmds`` in order, ``pipeline`` per round trip; yields each round trip's replies
+        (so a caller may stop early)."""
+        d = self.pipeline
+        exchange = self._wire.exchange
+        for i in range(0, len(cmds), d):
+            part = cmds[i:i + d]
+            self._rtts += 1
+            self._commands += len(part)
+            yield exchange(part)
+
+    def _run(self, cmds: Sequence[tuple[Any, ...]]) -> list[Any]:
+        out: list[Any] = []
+        for replies in self._chunks(cmds):
+            out.extend(replies)
+        return out
+
+    def _split(self, command: str, names: Sequence[bytes]) -> tuple[list[tuple[Any, ...]], list[list[int]]]:
+        """One multi-key command over ``names`` as commands of at most MULTI_KEY_CHUNK keys,
+        each within one slot in a cluster; also returns which names each command covers."""
+        if self.cluster:
+            by_slot: dict[int, list[int]] = {}
+            keyslot = self._client.keyslot
+            for i, n in enumerate(names):
+                by_slot.setdefault(keyslot(n), []).append(i)
+            groups = list(by_slot.values())
+        else:
+            groups = [list(range(len(names)))]
+        cmds, cover = [], []
+        for g in groups:
+            for j in range(0, len(g), MULTI_KEY_CHUNK):
+                idx = g[j:j + MULTI_KEY_CHUNK]
+                cmds.append((command, *(names[i] for i in idx)))
+                cover.append(idx)
+        return cmds, cover
+
+    def _mget(self, names: Sequence[bytes]) -> list[bytes | None]:
+        cmds, cover = self._split("MGET", names)
+        out: list[bytes | None] = [None] * len(names)
+        for idx, replies in zip(cover, self._run(cmds), strict=True):
+            for i, r in zip(idx, replies, strict=True):
+                out[i] = r
+        return out
+
+    def _zset_cmds(self, command: str, raw: Sequence[bytes]) -> list[tuple[Any, ...]]:
+        """ZADD/ZREM of ``raw`` as members of the sorted set, MULTI_KEY_CHUNK per command."""
+        if self.range_mode != "zset":
+            return []
+        out = []
+        for i in range(0, len(raw), MULTI_KEY_CHUNK):
+            part = raw[i:i + MULTI_KEY_CHUNK]
+            if command == "ZADD":
+                args: list[Any] = []
+                for r in part:
+                    args += (0, r)
+                out.append(("ZADD", self._zset, *args))
+            else:
+                out.append(("ZREM", self._zset, *part))
+        return out
+
+    # -- operations --
+    def get(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        keys = as_keys(keys, self.key_bytes)
+        self._keys += len(keys)
+        names = self._names(self._raw(keys))
+        return self._decode(self._run([("GET", n) for n in names]))
+
+    def put(self, keys: np.ndarray, values: np.ndarray) -> None:
+        keys = as_keys(keys, self.key_bytes)
+        values = as_values(values, len(keys))
+        if not len(keys):
+            return
+        self._keys += len(keys)
+        raw = self._raw(keys)
+        vbuf = values.astype(">u8").tobytes()
+        names = self._names(raw)
+        cmds: list[tuple[Any, ...]] = [("SET", n, vbuf[8 * i:8 * i + 8]) for i, n in enumerate(names)]
+        # values first, then the index entry: a range never lists a key it cannot read
+        self._run(cmds + self._zset_cmds("ZADD", raw))
+
+    def delete(self, keys: np.ndarray) -> np.ndarray:
+        keys = as_keys(keys, self.key_bytes)
+        self._keys += len(keys)
+        raw = self._raw(keys)
+        zcmds = self._zset_cmds("ZREM", raw)
+        replies = self._run(zcmds + [("DEL", n) for n in self._names(raw)])
+        return np.array(replies[len(zcmds):], dtype=np.int64).astype(bool).reshape(-1)
+
+    def _bounds(self, lo: Any, hi: Any) -> tuple[bytes, bytes]:
+        raw = self._raw(as_keys(lo, self.key_bytes)) + self._raw(as_keys(hi, self.key_bytes))
+        if len(raw) != 2:
+            raise ValueError("range bounds must be single keys")
+        return raw[0], raw[1]
+
+    def _span(self, lo: bytes, hi: bytes) -> range:
+        """The ids a ``mget`` range enumerates (error past MGET_RANGE_MAX)."""
+        a, b = int.from_bytes(lo, "big"), int.from_bytes(hi, "big")
+        if b - a + 1 > MGET_RANGE_MAX:
+            raise ValueError(f"range [{a}, {b}] spans {b - a + 1} keys; range mode 'mget' fetches every "
+                             f"key of the span and allows at most {MGET_RANGE_MAX}: use range mode 'zset'")
+        return range(a, b + 1)
+
+    def range(self, lo: Any, hi: Any, limit: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        lo_b, hi_b = self._bounds(lo, hi)
+        if self.range_mode == "zset":
+            cmd: tuple[Any, ...] = ("ZRANGE", self._zset, b"[" + lo_b, b"[" + hi_b, "BYLEX")
+            if limit > 0:
+                cmd += ("LIMIT", 0, limit)
+            members = self._run([cmd])[0]
+            self._keys += len(members)
+            if not members:
+                return self._layout([]), np.zeros(0, np.uint64)
+            values, found = self._decode(self._mget(self._names(members)))
+            raw = [m for m, f in zip(members, found, strict=True) if f]
+            return self._layout(raw), values[found]
+        span = self._span(lo_b, hi_b)
+        self._keys += len(span)
+        ids = np.arange(span.start, span.stop, dtype=np.uint64) if len(span) else np.zeros(0, np.uint64)
+        values, found = self._decode(self._mget(self._names(self._raw(ids))))
+        ids, values = ids[found], values[found]
+        if limit > 0:
+            ids, values = ids[:limit], values[:limit]
+        return ids, values
+
+    def range_count(self, los: np.ndarray, his: np.ndarray) -> np.ndarray:
+        los = as_keys(los, self.key_bytes)
+        his = as_keys(his, self.key_bytes)
+        if len(los) != len(his):
+            raise ValueError(f"{len(los)} lower bounds but {len(his)} upper bounds")
+        pairs = list(zip(self._raw(los), self._raw(his), strict=True))
+        if self.range_mode == "zset":
+            self._keys += 2 * len(pairs)
+            replies = self._run([("ZLEXCOUNT", self._zset, b"[" + a, b"[" + b) for a, b in pairs])
+            return np.array(replies, dtype=np.int64).reshape(-1)
+        cmds: list[tuple[Any, ...]] = []
+        owner: list[int] = []
+        for i, (a, b) in enumerate(pairs):
+            span = self._span(a, b)
+            self._keys += len(span)
+            if len(span):
+                part, _ = self._split("EXISTS", self._names(self._raw(np.arange(span.start, span.stop,
+                                                                                dtype=np.uint64))))
+                cmds += part
+                owner += [i] * len(part)
+        counts = np.zeros(len(pairs), dtype=np.int64)
+        for i, n in zip(owner, self._run(cmds), strict=True):
+            counts[i] += int(n)
+        return counts
+
+    def prefix_match(self, keys: np.ndarray) -> int:
+        keys = as_keys(keys, self.key_bytes)
+        if not len(keys):
+            return 0
+        names = self._names(self._raw(keys))
+        if self.prefix_mode == "lua":
+            return self._prefix_lua(names)
+        matched = 0
+        for replies in self._chunks([("EXISTS", n) for n in names]):
+            for r in replies:
+                self._keys += 1
+                if not r:
+                    return matched
+                matched += 1
+        return matched
+
+    def _prefix_lua(self, names: list[bytes]) -> int:
+        runs = [names]
+        if self.cluster:  # a script touches one slot: cut into maximal same-slot runs
+            slots = [self._client.keyslot(n) for n in names]
+            runs, start = [], 0
+            for i in range(1, len(names) + 1):
+                if i == len(names) or slots[i] != slots[start]:
+                    runs.append(names[start:i])
+                    start = i
+        matched = 0
+        for run in runs:
+            self._rtts += 1
+            self._commands += 1
+            self._keys += len(run)
+            cmd = ("EVALSHA", self._prefix_sha, len(run), *run)
+            try:
+                n = int(self._wire.exchange([cmd])[0])
+            except redis.exceptions.NoScriptError:  # the server lost it (restart, SCRIPT FLUSH)
+                self._prefix_sha = self._load_script()
+                n = int(self._wire.exchange([cmd[:1] + (self._prefix_sha,) + cmd[2:]])[0])
+            matched += n
+            if n < len(run):
+                break
+        return matched
+
+    def _layout(self, raw: Sequence[bytes]) -> np.ndarray:
+        """Raw keys back to this index's key layout."""
+        kb = self.key_bytes
+        buf = b"".join(raw)
+        if kb == 8:
+            return np.frombuffer(buf, dtype=">u8").astype(np.uint64)
+        return np.frombuffer(buf, dtype=np.uint8).reshape(-1, 32).copy()
+
+    # -- statistics --
+    def _server_cpu(self) -> float:
+        """Seconds of CPU the server(s) used so far (user + system, summed over shards)."""
+        info = self._client.info("cpu", target_nodes=redis.RedisCluster.PRIMARIES) if self.cluster \
+            else self._client.info("cpu")
+        per_node = info.values() if self.cluster else [info]
+        return sum(float(i["used_cpu_sys"]) + float(i["used_cpu_user"]) for i in per_node)
+
+    def counters(self) -> dict[str, int]:
+        """``rtts``, ``commands``, ``keys`` and ``server_cpu_us``. The server CPU costs an INFO
+        round trip (not counted), so it is re-read only after CPU_REFRESH_S or CPU_REFRESH_RTTS
+        round trips since the last read: a caller that asks after every operation (the replay
+        engine) sees it advance in steps, exact over a run up to the last few round trips."""
+        now = time.monotonic()
+        if now - self._cpu_read_at >= CPU_REFRESH_S or self._rtts - self._cpu_read_rtts >= CPU_REFRESH_RTTS:
+            self._cpu_seen, self._cpu_read_at, self._cpu_read_rtts = self._server_cpu(), now, self._rtts
+        return {
+            "rtts": self._rtts,
+            "commands": self._commands,
+            "keys": self._keys,
+            "server_cpu_us": int(round((self._cpu_seen - self._cpu_base) * 1e6)),
+        }
+
+    def reset_counters(self) -> None:
+        self._rtts = self._commands = self._keys = 0
+        self._cpu_base = self._cpu_seen = self._server_cpu()
+        self._cpu_read_at, self._cpu_read_rtts = time.monotonic(), 0
+
+    # -- lifecycle --
+    def close(self) -> None:
+        """Close the connections and stop the server(s) this index started (their data goes)."""
+        wire, self._wire = self._wire, None
+        if wire is not None:
+            wire.close()
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
+        servers, self._servers = self._servers, None
+        if servers is not None:
+            servers.stop()
+
+
+def open_redis(transport: Any, key_bytes: int, **options: Any) -> RedisIndex:
+    """Registry factory (the transport is unused: Redis has its own network path). See
+    :class:`RedisOptions` for the options."""
+    return RedisIndex(key_bytes, **options)

@@ -217,7 +217,7 @@ class DMContext:
     def close(self) -> None:
         """Detach every node now (otherwise done when the object is collected)."""
         if self.ptr is not None:
-            lib.dm_ctx_destroy(ffi.gc(self.ptr, None))
+            ffi.release(self.ptr)  # runs dm_ctx_destroy now
             self.ptr = None
 
     def __enter__(self) -> DMContext:

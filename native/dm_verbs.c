@@ -326,7 +326,7 @@ static void dev_release(vb_dev *d) {
     free(d);
 }
 
-static int dev_open(dm_ctx *ctx, const vb_uri *u, vb_dev **out) {
+static int dev_open(dm_ctx *ctx, const char *uri, const vb_uri *u, vb_dev **out) {
     /* reuse the device another node of this ctx already opened */
     for (int i = 0; i <= DM_MAX_NODES; i++) {
         dm_node *n = ctx->nodes[i];
@@ -343,9 +343,10 @@ static int dev_open(dm_ctx *ctx, const vb_uri *u, vb_dev **out) {
     struct ibv_device **list = ibv_get_device_list(&num);
     if (!list || num == 0) {
         if (list) ibv_free_device_list(list);
-        return dm_fail(ctx, DM_ENOSYS,
-                       "no RDMA device on this machine (load rdma_rxe for SoftRoCE, or run the tests in the "
-                       "SoftRoCE guest: transport/softroce/run-in-guest.sh; `kvdm doctor` says what is missing)");
+        return dm_fail(ctx, DM_ENOENT,
+                       "cannot attach '%s': no RDMA device on this machine (load rdma_rxe for SoftRoCE, or run in "
+                       "the SoftRoCE guest: transport/softroce/run-in-guest.sh; `kvdm doctor` says what is missing)",
+                       uri);
     }
     struct ibv_device *dev = NULL;
     char names[256] = "";
@@ -895,7 +896,7 @@ int dm_verbs_attach(dm_ctx *ctx, const char *uri, dm_node **out) {
     snprintf(vn->peer, sizeof vn->peer, "%s:%s", u.host, u.port);
     node->ops = &verbs_ops;
     node->impl = vn;
-    rc = dev_open(ctx, &u, &vn->dev);
+    rc = dev_open(ctx, uri, &u, &vn->dev);
     if (rc) goto fail;
     vb_dev *d = vn->dev;
     for (int s = 0; s < VB_SLOTS && vn->slot < 0; s++)

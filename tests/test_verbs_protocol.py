@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from kvdm.transport import DMContext, DMError, RegionMissing
 from kvdm.transport import verbs_memnode as vm
 

@@ -131,6 +131,7 @@ typedef struct vb_node {
     int busy;            /* a chunk's signalled completion is outstanding */
     int failed;          /* an error completion arrived for this post */
     int broken;          /* QP in error state: every later post fails */
+    int peer_gone;       /* the node's TCP connection closed: it exited or crashed */
     char errmsg[320];
     struct ibv_send_wr wr[DM_MAX_BATCH];
     struct ibv_sge sge[DM_MAX_BATCH];
@@ -569,9 +570,10 @@ static int poll_dev(vb_dev *d) {
         vb_node *vn = slot < VB_SLOTS ? d->owners[slot] : NULL;
         if (!vn || vn->gen != gen) continue; /* a completion of a QP that is gone */
         if (wc[i].status != IBV_WC_SUCCESS)
-            set_broken(vn, "%s to memory node %s failed: %s (work-completion status %d, vendor error 0x%x)",
+            set_broken(vn, "%s to memory node %s failed: %s (work-completion status %d, vendor error 0x%x)%s",
                        wc[i].status == IBV_WC_WR_FLUSH_ERR ? "verb" : op_name(wc[i].opcode), vn->peer,
-                       ibv_wc_status_str(wc[i].status), (int)wc[i].status, wc[i].vendor_err);
+                       ibv_wc_status_str(wc[i].status), (int)wc[i].status, wc[i].vendor_err,
+                       vn->peer_gone ? "; the memory node closed its connection (it exited or crashed)" : "");
         if (last) vn->busy = 0;
     }
     return got;
@@ -607,16 +609,39 @@ static int vb_post(dm_ctx *ctx, dm_node *node, dm_verb *const *verbs, int n) {
     return rc;
 }
 
+/* True when the memory node closed our TCP connection (it never sends after ACCEPT). */
+static int peer_closed(vb_node *vn) {
+    struct pollfd p = {.fd = vn->sock, .events = POLLIN};
+    if (poll(&p, 1, 0) <= 0) return 0;
+    char c;
+    ssize_t k = recv(vn->sock, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    return k == 0 || (k < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+}
+
+#define VB_SOCK_CHECK_NS 10000000u /* while waiting, look at the node's connection every 10 ms */
+
 static int vb_wait(dm_ctx *ctx, dm_node *node) {
     vb_node *vn = node->impl;
     vb_dev *d = vn->dev;
     int rc = DM_OK;
     for (;;) {
-        uint64_t t0 = dm_now_ns();
+        uint64_t t0 = dm_now_ns(), next_check = t0 + VB_SOCK_CHECK_NS;
         unsigned spins = 0;
         while (vn->busy) {
-            if (poll_dev(d) == 0 && ++spins % 4096 == 0) {
-                if (dm_now_ns() - t0 > (uint64_t)vn->timeout_ms * 1000000u) {
+            if (poll_dev(d) == 0 && ++spins % 1024 == 0) {
+                uint64_t now = dm_now_ns();
+                if (!vn->peer_gone && now >= next_check) {
+                    /* A dead node's QP is gone; real RNICs report that only after their retries
+                     * (rxe on loopback never does), so flush our QP: the outstanding verbs then
+                     * complete with an error status. */
+                    next_check = now + VB_SOCK_CHECK_NS;
+                    if (peer_closed(vn)) {
+                        vn->peer_gone = 1;
+                        struct ibv_qp_attr a = {.qp_state = IBV_QPS_ERR};
+                        ibv_modify_qp(vn->qp, &a, IBV_QP_STATE);
+                    }
+                }
+                if (now - t0 > (uint64_t)vn->timeout_ms * 1000000u) {
                     /* Flush the QP so the device stops using the staging buffer, then give up. */
                     struct ibv_qp_attr a = {.qp_state = IBV_QPS_ERR};
                     ibv_modify_qp(vn->qp, &a, IBV_QP_STATE);
@@ -624,7 +649,7 @@ static int vb_wait(dm_ctx *ctx, dm_node *node) {
                     vn->busy = 0;
                     rc = DM_ETIMEDOUT;
                 }
-                sched_yield();
+                if (spins % 4096 == 0) sched_yield();
             }
         }
         if (vn->failed) break;

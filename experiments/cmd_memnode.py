@@ -23,6 +23,15 @@ def register(sub: Any) -> None:
     p.add_argument("--node-id", type=int, default=0, help="memory-node id, 0..254 (default 0)")
     p.add_argument("--transport", type=choices_type(TRANSPORTS, "transport"), default="shm",
                    help="shm (default) or verbs")
+    v = p.add_argument_group("verbs transport (ignored for shm)")
+    v.add_argument("--device", default=None, help="RDMA device, e.g. rxe0 or mlx5_0 (default: the first one)")
+    v.add_argument("--gid-index", type=int, default=None,
+                   help="GID index (default: auto, the first RoCE v2 IPv4-mapped GID; "
+                   "`kvdm doctor` lists them)")
+    v.add_argument("--ib-port", type=int, default=1, help="device port (default 1)")
+    v.add_argument("--port", type=int, default=7471,
+                   help="TCP port for the connection handshake (default 7471; 0 = any free port)")
+    v.add_argument("--listen", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
     p.set_defaults(func=cmd_serve)
 
     p = g.add_parser("list", help="list kvdm memory-node regions on this machine")

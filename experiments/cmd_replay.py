@@ -53,8 +53,10 @@ def index_spec(args: argparse.Namespace, key_bytes: int) -> IndexSpec:
     if args.index in ("chime", "sherman", "race") and args.cache_mb is not None:
         options["cache_mb"] = args.cache_mb
     redis_opts = _redis_options_module()
-    if args.index == "redis" and redis_opts is not None:
-        options.update(redis_opts.redis_options(args))
+    if redis_opts is not None:
+        redis_opts.check_redis_flags(args, args.index)
+        if args.index == "redis":
+            options.update(redis_opts.redis_options(args))
     return IndexSpec(args.index, key_bytes, options)
 
 

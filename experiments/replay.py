@@ -23,7 +23,8 @@ import queue
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -258,7 +259,13 @@ def replay(cfg: ReplayConfig, stream: Any = None, quiet: bool = False) -> RunRes
     native = cfg.index.name in NATIVE_INDEXES
     mpc = mp.get_context("spawn")
     interrupted = False
-    with memory_nodes(cfg.transport) if native else _no_nodes() as uris:
+    with ExitStack() as stack:
+        uris = stack.enter_context(memory_nodes(cfg.transport)) if native else []
+        if cfg.index.name == "redis":  # one server (or cluster) shared by every client
+            from kvdm.experiments.options_redis import redis_session
+
+            shared = stack.enter_context(redis_session(cfg.index.options))
+            cfg = replace(cfg, index=replace(cfg.index, options=shared))
         owner_ctx = owner = None
         if native:  # create the index (and its root) before the clients attach to it
             owner_ctx = connect(cfg.transport, uris)
@@ -308,14 +315,6 @@ def replay(cfg: ReplayConfig, stream: Any = None, quiet: bool = False) -> RunRes
     if errors:
         raise RuntimeError("replay failed: " + "; ".join(errors))
     return summarise(cfg, stream, collected, interrupted)
-
-
-class _no_nodes:
-    def __enter__(self) -> list[str]:
-        return []
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def _drain(q: Any, prog: Progress) -> None:

@@ -217,8 +217,9 @@ class DMContext:
     def close(self) -> None:
         """Detach every node now (otherwise done when the object is collected)."""
         if self.ptr is not None:
-            lib.dm_ctx_destroy(ffi.gc(self.ptr, None))
-            self.ptr = None
+            ptr, self.ptr = self.ptr, None
+            ffi.gc(ptr, None)  # drop the destructor (cffi 2 returns None here), then destroy now
+            lib.dm_ctx_destroy(ptr)
 
     def __enter__(self) -> DMContext:
         return self

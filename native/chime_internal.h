@@ -1,0 +1,988 @@
+/*
+ * chime_internal.h - the chime index (B+tree internal nodes over hash-bucketed leaves),
+ * written once and compiled per key width: chime_k8.c and chime_k32.c define KVDM_KEY_BYTES
+ * and include this file, which names every public function chime_k<width>_<op>.
+ *
+ * Layout (see /work/shared/notes/index-anchors.md R2/R3; what differs is said here):
+ *   A node is 16 units of U lines (U = 1 for 8-byte keys: 1 KB nodes; U = 2 for 32-byte keys:
+ *   2 KB nodes), followed by one 64-byte line holding its lock word (never read by lookups).
+ *   Every line starts with [node_ver][unit_ver] (kvidx_internal.h); 62 bytes are payload.
+ *   Unit 0 is the header: kind, level, flags (HIGH_INF), nkeys, low fence, high fence,
+ *   sibling, leftmost child. Leaf units 1..15 are buckets of 3 slots {key, 8-byte value}; a
+ *   key lives in bucket h(k) % 15 or the next one (wrapping), so a lookup reads two adjacent
+ *   buckets: one 128 B READ for 8-byte keys (256 B for 32-byte keys; two READs on wrap).
+ *   Internal nodes hold sorted {separator, child} entries after the header (59 / 47 entries)
+ *   and are always read and written whole.
+ *   Child pointers carry the child's node_ver in the gaddr tag byte. A tag is only set when
+ *   the parent's entry range equals the child's fences at that version; 0 means unverified.
+ *   So a leaf read whose node_ver equals the tag proves the leaf covers exactly the parent's
+ *   range: a miss is conclusive in one round trip.
+ *
+ * Writes: bucket writes rewrite one unit (unit_ver+1), under the leaf's lock: CAS(lock) and
+ * READ(buckets) in one doorbell, then WRITE(unit) and CAS(unlock) in one doorbell = 2 RTT.
+ * Splits allocate every node they may need first (memory-node full leaves the tree intact),
+ * write the new right sibling, then the left node with node_ver+1 (B-link order), then insert
+ * the separator into the parent; a root split publishes the new root by CAS on the root slot
+ * before releasing the old root's lock.
+ */
+#include "dm.h"
+#include "kvidx_internal.h"
+
+#include <sched.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#if KVDM_KEY_BYTES == 8
+#define KB 8
+#define BL 1
+#define CH(x) chime_k8_##x
+#define CH_T chime_k8
+#elif KVDM_KEY_BYTES == 32
+#define KB 32
+#define BL 2
+#define CH(x) chime_k32_##x
+#define CH_T chime_k32
+#else
+#error "KVDM_KEY_BYTES must be 8 or 32"
+#endif
+
+#define NUNITS 16
+#define UNIT_BYTES (BL * DM_LINE)
+#define UNIT_PAYLOAD (BL * KVIDX_LINE_PAYLOAD)
+#define NODE_LINES (NUNITS * BL)
+#define NODE_BYTES (NODE_LINES * DM_LINE)
+#define NODE_PAYLOAD (NODE_LINES * KVIDX_LINE_PAYLOAD)
+#define ALLOC_BYTES (NODE_BYTES + DM_LINE)
+#define NBUCKETS (NUNITS - 1)
+#define ENTRY (KB + 8)
+#define SLOTS (UNIT_PAYLOAD / ENTRY)
+#define LEAF_CAP (NBUCKETS * SLOTS)
+
+#define H_KIND 0
+#define H_LEVEL 1
+#define H_FLAGS 2
+#define H_N 4
+#define H_LOW 8
+#define H_HIGH (8 + KB)
+#define H_SIB (8 + 2 * KB)
+#define H_LEFT (16 + 2 * KB)
+#define H_BYTES (24 + 2 * KB)
+#define ICAP ((NODE_PAYLOAD - H_BYTES) / ENTRY)
+#define F_HIGH_INF 1
+#define KIND (0x40 | (KB == 8 ? 1 : 2))
+#define MAXH 16
+#define POOL_MAX 24
+
+typedef struct CH_T {
+    dm_ctx *ctx;
+    kvidx_opts o;
+    kvidx_stats st;
+    kvidx_cache cache;
+    kvidx_locker lk;
+    dm_gaddr root;
+    int root_level;
+    unsigned nodes[DM_MAX_NODES + 1];
+    int nnodes;
+    unsigned rr;
+    dm_gaddr pool[POOL_MAX];
+    int npool;
+    uint8_t *rkeys; /* last range result */
+    uint64_t *rvals;
+    size_t rn, rcap;
+    char err[512];
+} CH_T;
+
+typedef struct path {
+    dm_gaddr node[MAXH]; /* node[l] = node visited at level l >= 1 */
+    dm_gaddr leaf;
+    int ver;             /* expected leaf node_ver from the parent, -1 = unknown */
+    dm_gaddr parent;
+} path;
+
+typedef struct entry {
+    uint8_t key[KB];
+    uint64_t val;
+} entry;
+
+/* ---- small helpers ---- */
+
+static int herr(CH_T *h, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int herr(CH_T *h, int code, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(h->err, sizeof h->err, fmt, ap);
+    va_end(ap);
+    return code;
+}
+
+/* copy the transport's message for a failed dm call */
+static int dmerr(CH_T *h, int rc) {
+    if (rc != DM_OK && rc != DM_ETIMEDOUT) /* lock time-outs explain themselves in h->err */ snprintf(h->err, sizeof h->err, "%s", dm_last_error(h->ctx));
+    return rc;
+}
+
+static inline int kcmp(const uint8_t *a, const uint8_t *b) {
+#if KB == 8
+    uint64_t x, y;
+    memcpy(&x, a, 8);
+    memcpy(&y, b, 8);
+    return (x > y) - (x < y);
+#else
+    return memcmp(a, b, KB);
+#endif
+}
+
+static inline int kzero(const uint8_t *a) {
+    static const uint8_t z[KB];
+    return memcmp(a, z, KB) == 0;
+}
+
+static inline uint64_t khash(const uint8_t *k) {
+    uint64_t x = 0;
+    for (int i = 0; i < KB; i += 8) {
+        uint64_t w;
+        memcpy(&w, k + i, 8);
+        x = kvidx_mix64(x ^ w);
+    }
+    return x;
+}
+
+static inline uint64_t get64(const uint8_t *p) {
+    uint64_t v;
+    memcpy(&v, p, 8);
+    return v;
+}
+static inline void put64(uint8_t *p, uint64_t v) { memcpy(p, &v, 8); }
+static inline int nkeys(const uint8_t *n) { return n[H_N] | (n[H_N + 1] << 8); }
+static inline void set_nkeys(uint8_t *n, int k) {
+    n[H_N] = (uint8_t)k;
+    n[H_N + 1] = (uint8_t)(k >> 8);
+}
+static inline int above_high(const uint8_t *n, const uint8_t *key) {
+    return !(n[H_FLAGS] & F_HIGH_INF) && kcmp(key, n + H_HIGH) >= 0;
+}
+static inline uint8_t *ient(uint8_t *n, int i) { return n + H_BYTES + (size_t)i * ENTRY; }
+static inline const uint8_t *cient(const uint8_t *n, int i) { return n + H_BYTES + (size_t)i * ENTRY; }
+static inline dm_gaddr untag(dm_gaddr g) { return DM_GADDR_WITH_TAG(g, 0); }
+static inline dm_gaddr lock_of(dm_gaddr g) { return untag(g) + NODE_BYTES; }
+static inline int is_root_node(const uint8_t *n) { return kzero(n + H_LOW) && (n[H_FLAGS] & F_HIGH_INF); }
+
+static void yield_after(unsigned tries) {
+    if (tries > 4) sched_yield();
+}
+
+/* Child of internal node n for key: the last entry whose separator <= key, else leftmost. */
+static dm_gaddr search(const uint8_t *n, const uint8_t *key) {
+    int lo = 0, hi = nkeys(n); /* first entry with separator > key */
+    while (lo < hi) {
+        int mid = (lo + hi) / 2;
+        if (kcmp(cient(n, mid), key) <= 0) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo == 0 ? get64(n + H_LEFT) : get64(cient(n, lo - 1) + KB);
+}
+
+/* ---- remote node access ---- */
+
+/* Check that lines agree: one node_ver on all, one unit_ver per unit of BL lines; returns the
+ * node_ver or -1 when the read was torn by a concurrent write. */
+static int agree(const uint8_t *nv, const uint8_t *uv, int nlines) {
+    for (int i = 1; i < nlines; i++)
+        if (nv[i] != nv[0] || (i % BL && uv[i] != uv[i - 1])) return -1;
+    return nv[0];
+}
+
+/* Read a whole node (retrying torn reads); payload gets its decoded content. */
+static int fetch_node(CH_T *h, dm_gaddr g, uint8_t *payload, int *ver, uint8_t *uver) {
+    uint8_t raw[NODE_BYTES], nv[NODE_LINES], uv[NODE_LINES];
+    for (unsigned tries = 0;; tries++) {
+        int rc = dm_read(h->ctx, raw, untag(g), NODE_BYTES);
+        if (rc == DM_OK) rc = dm_submit(h->ctx);
+        if (rc != DM_OK) return dmerr(h, rc);
+        kvidx_unpack(raw, NODE_LINES, payload, nv, uv);
+        int v = agree(nv, uv, NODE_LINES);
+        if (v < 0) {
+            h->st.torn_retry++;
+            yield_after(tries);
+            continue;
+        }
+        if (payload[H_KIND] != KIND)
+            return herr(h, DM_EPROTO, "node 0x%016llx is not a chime %d-byte-key node (kind 0x%02x): does the "
+                        "root slot hold another index?", (unsigned long long)untag(g), KB, payload[H_KIND]);
+        if (ver) *ver = v;
+        if (uver) memcpy(uver, uv, NODE_LINES);
+        return DM_OK;
+    }
+}
+
+static int load_root(CH_T *h) {
+    uint64_t w = 0;
+    int rc = dm_read(h->ctx, &w, DM_ROOT_GADDR(0, h->o.root_slot), 8);
+    if (rc == DM_OK) rc = dm_submit(h->ctx);
+    if (rc != DM_OK) return dmerr(h, rc);
+    h->st.root_reads++;
+    if (!w) return herr(h, DM_EPROTO, "root slot %d is empty", h->o.root_slot);
+    h->root = untag(w);
+    h->root_level = (int)DM_GADDR_TAG(w);
+    return DM_OK;
+}
+
+/* Allocate a node on the next memory node (round robin). */
+static int alloc_node(CH_T *h, dm_gaddr *out) {
+    unsigned nid = h->nodes[h->rr++ % (unsigned)h->nnodes];
+    int rc = dm_alloc(h->ctx, nid, ALLOC_BYTES, DM_LINE, out);
+    return rc == DM_OK ? DM_OK : dmerr(h, rc);
+}
+
+/* Make sure the pool holds what a split up to the root can need, before anything changes. */
+static int fill_pool(CH_T *h) {
+    int need = h->root_level + 3;
+    if (need > POOL_MAX) need = POOL_MAX;
+    while (h->npool < need) {
+        int rc = alloc_node(h, &h->pool[h->npool]);
+        if (rc != DM_OK) return rc;
+        h->npool++;
+    }
+    return DM_OK;
+}
+
+static int pool_pop(CH_T *h, dm_gaddr *out) {
+    if (h->npool > 0) {
+        *out = h->pool[--h->npool];
+        return DM_OK;
+    }
+    return alloc_node(h, out);
+}
+
+/* ---- descent ---- */
+
+/* Walk from the root to the node at level stop (>= 1) covering key, or to the leaf (stop 0).
+ * Internal nodes come from the cache when present. */
+static int descend(CH_T *h, const uint8_t *key, int stop, path *p, dm_gaddr *out) {
+    uint8_t buf[NODE_PAYLOAD];
+    p->ver = -1;
+    p->parent = 0;
+    dm_gaddr g = h->root;
+    int lvl = h->root_level;
+    if (lvl < stop) {
+        int rc = load_root(h);
+        if (rc != DM_OK) return rc;
+        g = h->root;
+        lvl = h->root_level;
+        if (lvl < stop) return herr(h, DM_EPROTO, "the tree has no level %d (root level %d)", stop, lvl);
+    }
+    for (unsigned steps = 0; lvl > 0; steps++) {
+        if (steps > 100000) return herr(h, DM_EPROTO, "descent does not terminate (corrupt sibling chain?)");
+        const uint8_t *n = kvidx_cache_get(&h->cache, g);
+        if (n) {
+            h->st.cache_hit++;
+        } else {
+            h->st.cache_miss++;
+            int rc = fetch_node(h, g, buf, NULL, NULL);
+            if (rc != DM_OK) return rc;
+            if (buf[H_LEVEL] != lvl)
+                return herr(h, DM_EPROTO, "node 0x%016llx has level %d, expected %d", (unsigned long long)g,
+                            buf[H_LEVEL], lvl);
+            uint8_t *slot = kvidx_cache_put(&h->cache, g);
+            if (slot) memcpy(slot, buf, NODE_PAYLOAD);
+            n = buf;
+        }
+        if (above_high(n, key)) { /* B-link: the node split after our parent pointed to it */
+            h->st.go_right++;
+            if (g == h->root) h->root_level = -1; /* the root split: reload the slot next time */
+            g = untag(get64(n + H_SIB));
+            continue;
+        }
+        p->node[lvl] = g;
+        if (lvl == stop) {
+            *out = g;
+            return DM_OK;
+        }
+        dm_gaddr child = search(n, key);
+        if (lvl == 1) {
+            p->leaf = untag(child);
+            p->ver = DM_GADDR_TAG(child) ? (int)DM_GADDR_TAG(child) : -1;
+            p->parent = g;
+            *out = p->leaf;
+            return DM_OK;
+        }
+        g = untag(child);
+        lvl--;
+    }
+    p->leaf = g; /* the root is a leaf */
+    *out = g;
+    return DM_OK;
+}
+
+static int find_leaf(CH_T *h, const uint8_t *key, path *p) {
+    if (!h->root || h->root_level < 0) {
+        int rc = load_root(h);
+        if (rc != DM_OK) return rc;
+    }
+    dm_gaddr g;
+    memset(p, 0, sizeof *p);
+    return descend(h, key, 0, p, &g);
+}
+
+/* ---- leaf bucket reads ---- */
+
+typedef struct leafread {
+    uint8_t raw[3][UNIT_BYTES]; /* header, bucket b1, bucket b2 */
+    uint8_t pay[3][UNIT_PAYLOAD];
+    uint8_t nv[3][BL], uv[3][BL];
+    int b[2];
+} leafread;
+
+static void buckets_of(const uint8_t *key, int b[2]) {
+    b[0] = (int)(khash(key) % NBUCKETS);
+    b[1] = (b[0] + 1) % NBUCKETS;
+}
+
+static dm_gaddr unit_addr(dm_gaddr leaf, int unit) { return untag(leaf) + (uint64_t)unit * UNIT_BYTES; }
+
+/* The READs of the two buckets (one verb when adjacent) and optionally the header. */
+static int leaf_reads(dm_gaddr leaf, leafread *r, int with_hdr, kvidx_read *out) {
+    int n = 0;
+    if (with_hdr) out[n++] = (kvidx_read){r->raw[0], unit_addr(leaf, 0), UNIT_BYTES};
+    if (r->b[1] == r->b[0] + 1) {
+        out[n++] = (kvidx_read){r->raw[1], unit_addr(leaf, 1 + r->b[0]), 2 * UNIT_BYTES};
+    } else {
+        out[n++] = (kvidx_read){r->raw[1], unit_addr(leaf, 1 + r->b[0]), UNIT_BYTES};
+        out[n++] = (kvidx_read){r->raw[2], unit_addr(leaf, 1 + r->b[1]), UNIT_BYTES};
+    }
+    return n;
+}
+
+/* Decode what was read; returns the common node_ver or -1 if torn. */
+static int leaf_decode(leafread *r, int with_hdr) {
+    int v = -1;
+    for (int u = with_hdr ? 0 : 1; u < 3; u++) {
+        kvidx_unpack(r->raw[u], BL, r->pay[u], r->nv[u], r->uv[u]);
+        int w = agree(r->nv[u], r->uv[u], BL);
+        if (w < 0 || (v >= 0 && w != v)) return -1;
+        v = w;
+    }
+    return v;
+}
+
+/* Slot of key in the two buckets: returns 1..2 (bucket) and *slot, or 0. */
+static int scan(const leafread *r, const uint8_t *key, int *slot) {
+    for (int u = 1; u < 3; u++)
+        for (int s = 0; s < SLOTS; s++)
+            if (kcmp(r->pay[u] + s * ENTRY, key) == 0) {
+                *slot = s;
+                return u;
+            }
+    return 0;
+}
+
+static int submit_reads(CH_T *h, const kvidx_read *rd, int n) {
+    int rc = DM_OK;
+    for (int i = 0; i < n && rc == DM_OK; i++) rc = dm_read(h->ctx, rd[i].local, rd[i].remote, rd[i].len);
+    if (rc == DM_OK) rc = dm_submit(h->ctx);
+    else dm_discard(h->ctx);
+    return dmerr(h, rc);
+}
+
+/* ---- lookup ---- */
+
+static int get_one(CH_T *h, const uint8_t *key, uint64_t *val, uint8_t *found) {
+    path p;
+    int rc = find_leaf(h, key, &p);
+    if (rc != DM_OK) return rc;
+    dm_gaddr leaf = p.leaf;
+    int exp = p.ver;
+    leafread r;
+    buckets_of(key, r.b);
+    for (unsigned tries = 0;; tries++) {
+        int hdr = exp < 0;
+        kvidx_read rd[3];
+        rc = submit_reads(h, rd, leaf_reads(leaf, &r, hdr, rd));
+        if (rc != DM_OK) return rc;
+        int v = leaf_decode(&r, hdr);
+        if (v < 0) {
+            h->st.torn_retry++;
+            yield_after(tries);
+            continue;
+        }
+        if (!hdr && v != exp) {
+            /* split since the parent entry was written (or in flight): re-read with the header */
+            h->st.version_mismatch++;
+            if (p.parent) kvidx_cache_del(&h->cache, p.parent);
+            p.parent = 0;
+            exp = -1;
+            continue;
+        }
+        if (hdr) {
+            if (r.pay[0][H_KIND] != KIND || r.pay[0][H_LEVEL] != 0)
+                return herr(h, DM_EPROTO, "0x%016llx is not a chime leaf", (unsigned long long)leaf);
+            if (above_high(r.pay[0], key)) {
+                h->st.go_right++;
+                leaf = untag(get64(r.pay[0] + H_SIB));
+                continue;
+            }
+        }
+        int slot, u = scan(&r, key, &slot);
+        *found = u != 0;
+        *val = u ? get64(r.pay[u] + slot * ENTRY + KB) : 0;
+        return DM_OK;
+    }
+}
+
+/* ---- writes ---- */
+
+/* Lock the leaf covering key with its buckets read in the same doorbell; follows the B-link
+ * chain when the leaf split. On return the lock is held, r is decoded and r->pay[0] holds the
+ * header when *have_hdr. */
+static int lock_leaf(CH_T *h, const uint8_t *key, path *p, leafread *r, dm_gaddr *leaf_out, uint64_t *word,
+                     int *ver) {
+    dm_gaddr leaf = p->leaf;
+    int exp = p->ver;
+    buckets_of(key, r->b);
+    for (unsigned tries = 0;; tries++) {
+        int hdr = exp < 0;
+        kvidx_read rd[3];
+        int n = leaf_reads(leaf, r, hdr, rd);
+        int rc = kvidx_lock_and_read(&h->lk, lock_of(leaf), rd, n, word);
+        if (rc != DM_OK) return dmerr(h, rc);
+        int v = leaf_decode(r, hdr);
+        if (v >= 0 && !hdr && v != exp) {
+            h->st.version_mismatch++;
+            if (p->parent) kvidx_cache_del(&h->cache, p->parent);
+            p->parent = 0;
+            /* under the lock the leaf is stable: read its header and check the fences */
+            kvidx_read hd = {r->raw[0], unit_addr(leaf, 0), UNIT_BYTES};
+            rc = submit_reads(h, &hd, 1);
+            if (rc != DM_OK) return rc;
+            v = leaf_decode(r, 1);
+            hdr = 1;
+        }
+        if (v < 0) { /* only if a lease was taken over mid-write: drop the lock and retry */
+            h->st.torn_retry++;
+            rc = kvidx_unlock(&h->lk, lock_of(leaf), *word);
+            if (rc != DM_OK) return dmerr(h, rc);
+            yield_after(tries);
+            continue;
+        }
+        if (hdr && above_high(r->pay[0], key)) {
+            h->st.go_right++;
+            rc = kvidx_unlock(&h->lk, lock_of(leaf), *word);
+            if (rc != DM_OK) return dmerr(h, rc);
+            leaf = untag(get64(r->pay[0] + H_SIB));
+            exp = -1;
+            continue;
+        }
+        *leaf_out = leaf;
+        *ver = v;
+        return DM_OK;
+    }
+}
+
+/* WRITE one bucket unit (unit_ver+1) and release the lock in the same doorbell. */
+static int write_unit_unlock(CH_T *h, dm_gaddr leaf, leafread *r, int u, int ver, uint64_t word) {
+    uint8_t raw[UNIT_BYTES];
+    kvidx_pack(raw, BL, r->pay[u], (uint8_t)ver, (uint8_t)(r->uv[u][0] + 1));
+    uint64_t old = 0;
+    int rc = dm_write(h->ctx, unit_addr(leaf, 1 + r->b[u - 1]), raw, UNIT_BYTES);
+    if (rc == DM_OK) rc = kvidx_post_unlock(&h->lk, lock_of(leaf), word, &old);
+    if (rc == DM_OK) rc = dm_submit(h->ctx);
+    else dm_discard(h->ctx);
+    if (rc == DM_OK && old != word) h->st.lease_lost++;
+    return dmerr(h, rc);
+}
+
+static int cmp_entry(const void *a, const void *b) { return kcmp(((const entry *)a)->key, ((const entry *)b)->key); }
+
+/* Place entries into a fresh leaf payload (emptier of the two buckets); 0 if a bucket pair
+ * overflows. */
+static int place(uint8_t *pay, const entry *e, int n) {
+    int fill[NBUCKETS] = {0};
+    for (int i = 0; i < n; i++) {
+        int b[2];
+        buckets_of(e[i].key, b);
+        int c = fill[b[0]] <= fill[b[1]] ? b[0] : b[1];
+        if (fill[c] >= SLOTS) return 0;
+        uint8_t *s = pay + (size_t)(1 + c) * UNIT_PAYLOAD + (size_t)fill[c] * ENTRY;
+        memcpy(s, e[i].key, KB);
+        put64(s + KB, e[i].val);
+        fill[c]++;
+    }
+    return 1;
+}
+
+static void set_header(uint8_t *pay, int level, const uint8_t *low, const uint8_t *high, int high_inf,
+                       dm_gaddr sib) {
+    pay[H_KIND] = KIND;
+    pay[H_LEVEL] = (uint8_t)level;
+    pay[H_FLAGS] = high_inf ? F_HIGH_INF : 0;
+    memcpy(pay + H_LOW, low, KB);
+    if (high_inf) memset(pay + H_HIGH, 0, KB);
+    else memcpy(pay + H_HIGH, high, KB);
+    put64(pay + H_SIB, sib);
+}
+
+static int insert_parent(CH_T *h, path *p, int lvl, const uint8_t *sep, dm_gaddr left, uint8_t lver,
+                         dm_gaddr right, uint8_t rver, const uint8_t *rhigh, int rhigh_inf);
+
+/* Publish a split of node g (locked with word) at level lvl: right half rp goes to the new
+ * node s, the left half lp (new node_ver nv) replaces g, then the parent learns sep. */
+static int publish_split(CH_T *h, path *p, dm_gaddr g, int lvl, uint64_t word, uint8_t *lp, uint8_t nv,
+                         dm_gaddr s, uint8_t *rp, const uint8_t *sep, int was_root) {
+    uint8_t lraw[NODE_BYTES], rraw[NODE_BYTES];
+    uint8_t rhigh[KB];
+    int rhigh_inf = rp[H_FLAGS] & F_HIGH_INF;
+    memcpy(rhigh, rp + H_HIGH, KB);
+    kvidx_pack(rraw, NODE_LINES, rp, 1, 0);
+    kvidx_pack(lraw, NODE_LINES, lp, nv, 0);
+    uint64_t old = 0;
+    int rc;
+    if (was_root) {
+        dm_gaddr nr;
+        rc = pool_pop(h, &nr);
+        if (rc != DM_OK) goto fail_unlock;
+        uint8_t np[NODE_PAYLOAD], nraw[NODE_BYTES];
+        memset(np, 0, sizeof np);
+        static const uint8_t zero[KB];
+        set_header(np, lvl + 1, zero, NULL, 1, 0);
+        put64(np + H_LEFT, DM_GADDR_WITH_TAG(g, lvl == 0 ? nv : 0));
+        memcpy(ient(np, 0), sep, KB);
+        put64(ient(np, 0) + KB, DM_GADDR_WITH_TAG(s, lvl == 0 ? 1 : 0));
+        set_nkeys(np, 1);
+        kvidx_pack(nraw, NODE_LINES, np, 1, 0);
+        rc = dm_write(h->ctx, s, rraw, NODE_BYTES);
+        if (rc == DM_OK) rc = dm_write(h->ctx, nr, nraw, NODE_BYTES);
+        if (rc == DM_OK) rc = dm_submit(h->ctx);
+        else dm_discard(h->ctx);
+        if (rc != DM_OK) return dmerr(h, rc);
+        uint64_t prev = 0;
+        rc = dm_cas(h->ctx, DM_ROOT_GADDR(0, h->o.root_slot), DM_GADDR_WITH_TAG(g, lvl),
+                    DM_GADDR_WITH_TAG(nr, lvl + 1), &prev);
+        if (rc == DM_OK) rc = dm_submit(h->ctx);
+        if (rc != DM_OK) return dmerr(h, rc);
+        rc = dm_write(h->ctx, g, lraw, NODE_BYTES);
+        if (rc == DM_OK) rc = kvidx_post_unlock(&h->lk, lock_of(g), word, &old);
+        if (rc == DM_OK) rc = dm_submit(h->ctx);
+        else dm_discard(h->ctx);
+        if (rc != DM_OK) return dmerr(h, rc);
+        if (old != word) h->st.lease_lost++;
+        if (prev == DM_GADDR_WITH_TAG(g, lvl)) {
+            h->st.root_splits++;
+            h->root = nr;
+            h->root_level = lvl + 1;
+            uint8_t *c = kvidx_cache_put(&h->cache, nr);
+            if (c) memcpy(c, np, NODE_PAYLOAD);
+            return DM_OK;
+        }
+        /* someone else replaced the root (cannot happen while we hold its lock): fall back */
+    } else {
+        rc = dm_write(h->ctx, s, rraw, NODE_BYTES);
+        if (rc == DM_OK && DM_GADDR_NODE(s) != DM_GADDR_NODE(g)) rc = dm_submit(h->ctx); /* sibling first */
+        if (rc == DM_OK) rc = dm_write(h->ctx, g, lraw, NODE_BYTES);
+        if (rc == DM_OK) rc = kvidx_post_unlock(&h->lk, lock_of(g), word, &old);
+        if (rc == DM_OK) rc = dm_submit(h->ctx);
+        else dm_discard(h->ctx);
+        if (rc != DM_OK) return dmerr(h, rc);
+        if (old != word) h->st.lease_lost++;
+    }
+    if (lvl > 0) { /* our copies of the two internal nodes are exact */
+        uint8_t *c = kvidx_cache_put(&h->cache, g);
+        if (c) memcpy(c, lp, NODE_PAYLOAD);
+        c = kvidx_cache_put(&h->cache, s);
+        if (c) memcpy(c, rp, NODE_PAYLOAD);
+    }
+    return insert_parent(h, p, lvl + 1, sep, g, nv, s, 1, rhigh, rhigh_inf);
+
+fail_unlock:
+    kvidx_unlock(&h->lk, lock_of(g), word);
+    return rc;
+}
+
+/* Insert separator sep -> right into the level-lvl node covering it; fix the child tags. */
+static int insert_parent(CH_T *h, path *p, int lvl, const uint8_t *sep, dm_gaddr left, uint8_t lver,
+                         dm_gaddr right, uint8_t rver, const uint8_t *rhigh, int rhigh_inf) {
+    dm_gaddr g = lvl < MAXH ? p->node[lvl] : 0;
+    if (!g) {
+        path q;
+        memset(&q, 0, sizeof q);
+        int rc = descend(h, sep, lvl, &q, &g);
+        if (rc != DM_OK) return rc;
+    }
+    uint8_t raw[NODE_BYTES], nv[NODE_LINES], uv[NODE_LINES];
+    uint8_t n[NODE_PAYLOAD + ENTRY]; /* room for one entry over capacity before a split */
+    for (unsigned tries = 0;; tries++) {
+        uint64_t word;
+        kvidx_read rd = {raw, untag(g), NODE_BYTES};
+        int rc = kvidx_lock_and_read(&h->lk, lock_of(g), &rd, 1, &word);
+        if (rc != DM_OK) return dmerr(h, rc);
+        kvidx_unpack(raw, NODE_LINES, n, nv, uv);
+        int v = agree(nv, uv, NODE_LINES);
+        if (v < 0 || n[H_KIND] != KIND || n[H_LEVEL] != lvl) {
+            rc = kvidx_unlock(&h->lk, lock_of(g), word);
+            if (rc != DM_OK) return dmerr(h, rc);
+            if (v >= 0) return herr(h, DM_EPROTO, "node 0x%016llx: expected a level-%d chime node",
+                                    (unsigned long long)g, lvl);
+            h->st.torn_retry++;
+            yield_after(tries);
+            continue;
+        }
+        if (above_high(n, sep)) {
+            h->st.go_right++;
+            rc = kvidx_unlock(&h->lk, lock_of(g), word);
+            if (rc != DM_OK) return dmerr(h, rc);
+            g = untag(get64(n + H_SIB));
+            continue;
+        }
+        int k = nkeys(n), i = 0;
+        while (i < k && kcmp(cient(n, i), sep) < 0) i++;
+        /* the left neighbour's range now ends at sep: its tag may become its new version */
+        uint8_t *lptr = i == 0 ? n + H_LEFT : ient(n, i - 1) + KB;
+        if (i < k && kcmp(cient(n, i), sep) == 0) { /* already there (cannot happen): refresh */
+            put64(ient(n, i) + KB, DM_GADDR_WITH_TAG(right, 0));
+        } else {
+            memmove(ient(n, i + 1), ient(n, i), (size_t)(k - i) * ENTRY);
+            memcpy(ient(n, i), sep, KB);
+            /* the right child's tag is valid only if the next separator is its high fence */
+            int next_inf = i + 1 >= k + 1 ? (n[H_FLAGS] & F_HIGH_INF) : 0;
+            const uint8_t *next = i + 1 >= k + 1 ? n + H_HIGH : cient(n, i + 1);
+            int exact = lvl == 1 && (next_inf ? rhigh_inf : (!rhigh_inf && kcmp(next, rhigh) == 0));
+            put64(ient(n, i) + KB, DM_GADDR_WITH_TAG(right, exact ? rver : 0));
+            set_nkeys(n, ++k);
+        }
+        if (lvl == 1 && untag(get64(lptr)) == untag(left)) put64(lptr, DM_GADDR_WITH_TAG(left, lver));
+        if (k <= ICAP) {
+            uint8_t out[NODE_BYTES];
+            kvidx_pack(out, NODE_LINES, n, kvidx_next_ver((uint8_t)v), 0);
+            uint64_t old = 0;
+            rc = dm_write(h->ctx, g, out, NODE_BYTES);
+            if (rc == DM_OK) rc = kvidx_post_unlock(&h->lk, lock_of(g), word, &old);
+            if (rc == DM_OK) rc = dm_submit(h->ctx);
+            else dm_discard(h->ctx);
+            if (rc != DM_OK) return dmerr(h, rc);
+            if (old != word) h->st.lease_lost++;
+            uint8_t *c = kvidx_cache_put(&h->cache, g);
+            if (c) memcpy(c, n, NODE_PAYLOAD);
+            return DM_OK;
+        }
+        /* full: split this internal node (k == ICAP + 1 entries held in a larger buffer) */
+        rc = fill_pool(h);
+        dm_gaddr s = 0;
+        if (rc == DM_OK) rc = pool_pop(h, &s);
+        if (rc != DM_OK) {
+            kvidx_unlock(&h->lk, lock_of(g), word);
+            return rc;
+        }
+        h->st.internal_splits++;
+        int m = k / 2;
+        uint8_t lp[NODE_PAYLOAD], rp[NODE_PAYLOAD], push[KB];
+        memset(lp, 0, sizeof lp);
+        memset(rp, 0, sizeof rp);
+        memcpy(push, cient(n, m), KB);
+        set_header(lp, lvl, n + H_LOW, push, 0, s);
+        memcpy(lp + H_LEFT, n + H_LEFT, 8);
+        memcpy(ient(lp, 0), cient(n, 0), (size_t)m * ENTRY);
+        set_nkeys(lp, m);
+        set_header(rp, lvl, push, n + H_HIGH, n[H_FLAGS] & F_HIGH_INF, untag(get64(n + H_SIB)));
+        memcpy(rp + H_LEFT, cient(n, m) + KB, 8);
+        memcpy(ient(rp, 0), cient(n, m + 1), (size_t)(k - m - 1) * ENTRY);
+        set_nkeys(rp, k - m - 1);
+        return publish_split(h, p, g, lvl, word, lp, kvidx_next_ver((uint8_t)v), s, rp, push, is_root_node(n));
+    }
+}
+
+/* Split the locked leaf (node_ver ver) while inserting key -> val. */
+static int split_leaf(CH_T *h, path *p, dm_gaddr leaf, int ver, uint64_t word, const uint8_t *key, uint64_t val) {
+    int rc = fill_pool(h); /* allocate first: a full memory node must leave the leaf untouched */
+    if (rc != DM_OK) {
+        kvidx_unlock(&h->lk, lock_of(leaf), word);
+        return rc;
+    }
+    uint8_t old[NODE_PAYLOAD];
+    int v;
+    rc = fetch_node(h, leaf, old, &v, NULL);
+    if (rc != DM_OK) {
+        kvidx_unlock(&h->lk, lock_of(leaf), word);
+        return rc;
+    }
+    entry e[LEAF_CAP + 1];
+    int n = 0;
+    for (int u = 1; u < NUNITS; u++)
+        for (int s = 0; s < SLOTS; s++) {
+            const uint8_t *sl = old + (size_t)u * UNIT_PAYLOAD + (size_t)s * ENTRY;
+            if (kzero(sl)) continue;
+            memcpy(e[n].key, sl, KB);
+            e[n].val = get64(sl + KB);
+            n++;
+        }
+    memcpy(e[n].key, key, KB);
+    e[n].val = val;
+    n++;
+    qsort(e, (size_t)n, sizeof e[0], cmp_entry);
+    uint8_t lp[NODE_PAYLOAD], rp[NODE_PAYLOAD];
+    int m = -1;
+    for (int d = 0; d < n && m < 0; d++) {
+        int cand = n / 2 + ((d & 1) ? -(d + 1) / 2 : d / 2);
+        if (cand < 1 || cand >= n) continue;
+        memset(lp, 0, sizeof lp);
+        memset(rp, 0, sizeof rp);
+        if (place(lp, e, cand) && place(rp, e + cand, n - cand)) m = cand;
+    }
+    if (m < 0) {
+        kvidx_unlock(&h->lk, lock_of(leaf), word);
+        return herr(h, DM_EPROTO, "cannot split leaf 0x%016llx: no split point fits the buckets",
+                    (unsigned long long)leaf);
+    }
+    dm_gaddr s;
+    rc = pool_pop(h, &s);
+    if (rc != DM_OK) {
+        kvidx_unlock(&h->lk, lock_of(leaf), word);
+        return rc;
+    }
+    set_header(lp, 0, old + H_LOW, e[m].key, 0, s);
+    set_header(rp, 0, e[m].key, old + H_HIGH, old[H_FLAGS] & F_HIGH_INF, untag(get64(old + H_SIB)));
+    h->st.splits++;
+    return publish_split(h, p, leaf, 0, word, lp, kvidx_next_ver((uint8_t)v), s, rp, e[m].key, is_root_node(old));
+}
+
+/* put (del = 0) or delete (del = 1) of one key. */
+static int write_one(CH_T *h, const uint8_t *key, uint64_t val, int del, uint8_t *found) {
+    path p;
+    int rc = find_leaf(h, key, &p);
+    if (rc != DM_OK) return rc;
+    leafread r;
+    dm_gaddr leaf;
+    uint64_t word;
+    int ver;
+    rc = lock_leaf(h, key, &p, &r, &leaf, &word, &ver);
+    if (rc != DM_OK) return rc;
+    int slot, u = scan(&r, key, &slot);
+    if (found) *found = u != 0;
+    if (del) {
+        if (!u) return dmerr(h, kvidx_unlock(&h->lk, lock_of(leaf), word));
+        memset(r.pay[u] + slot * ENTRY, 0, ENTRY);
+        return write_unit_unlock(h, leaf, &r, u, ver, word);
+    }
+    if (!u) { /* a free slot in the emptier bucket */
+        int fill[3] = {0, 0, 0}, free_slot[3] = {-1, -1, -1};
+        for (int b = 1; b < 3; b++)
+            for (int s = SLOTS - 1; s >= 0; s--) {
+                if (kzero(r.pay[b] + s * ENTRY)) free_slot[b] = s;
+                else fill[b]++;
+            }
+        if (r.b[0] == r.b[1]) fill[2] = SLOTS; /* one bucket only (cannot happen with 15) */
+        u = free_slot[1] >= 0 && (free_slot[2] < 0 || fill[1] <= fill[2]) ? 1 : (free_slot[2] >= 0 ? 2 : 0);
+        if (!u) return split_leaf(h, &p, leaf, ver, word, key, val);
+        slot = free_slot[u];
+        memcpy(r.pay[u] + slot * ENTRY, key, KB);
+    }
+    put64(r.pay[u] + slot * ENTRY + KB, val);
+    return write_unit_unlock(h, leaf, &r, u, ver, word);
+}
+
+/* ---- range ---- */
+
+static int range_grow(CH_T *h, size_t need) {
+    if (need <= h->rcap) return DM_OK;
+    size_t cap = h->rcap ? h->rcap : 256;
+    while (cap < need) cap *= 2;
+    uint8_t *k = realloc(h->rkeys, cap * KB);
+    if (k) h->rkeys = k;
+    uint64_t *v = realloc(h->rvals, cap * 8);
+    if (v) h->rvals = v;
+    if (!k || !v) return herr(h, DM_ENOMEM, "out of local memory for %zu range results", cap);
+    h->rcap = cap;
+    return DM_OK;
+}
+
+static int range_scan(CH_T *h, const uint8_t *lo, const uint8_t *hi, uint64_t limit) {
+    h->rn = 0;
+    if (kcmp(lo, hi) > 0) return DM_OK;
+    path p;
+    int rc = find_leaf(h, lo, &p);
+    if (rc != DM_OK) return rc;
+    dm_gaddr g = p.leaf;
+    uint8_t cur[KB], pay[NODE_PAYLOAD];
+    memcpy(cur, lo, KB);
+    for (;;) {
+        rc = fetch_node(h, g, pay, NULL, NULL);
+        if (rc != DM_OK) return rc;
+        if (pay[H_LEVEL] != 0) return herr(h, DM_EPROTO, "range: 0x%016llx is not a leaf", (unsigned long long)g);
+        if (above_high(pay, cur)) {
+            h->st.go_right++;
+            g = untag(get64(pay + H_SIB));
+            continue;
+        }
+        entry e[LEAF_CAP];
+        int n = 0;
+        for (int u = 1; u < NUNITS; u++)
+            for (int s = 0; s < SLOTS; s++) {
+                const uint8_t *sl = pay + (size_t)u * UNIT_PAYLOAD + (size_t)s * ENTRY;
+                if (kzero(sl) || kcmp(sl, cur) < 0 || kcmp(sl, hi) > 0) continue;
+                memcpy(e[n].key, sl, KB);
+                e[n].val = get64(sl + KB);
+                n++;
+            }
+        qsort(e, (size_t)n, sizeof e[0], cmp_entry);
+        rc = range_grow(h, h->rn + (size_t)n);
+        if (rc != DM_OK) return rc;
+        for (int i = 0; i < n && (!limit || h->rn < limit); i++) {
+            memcpy(h->rkeys + h->rn * KB, e[i].key, KB);
+            h->rvals[h->rn++] = e[i].val;
+        }
+        if ((limit && h->rn >= limit) || (pay[H_FLAGS] & F_HIGH_INF) || kcmp(pay + H_HIGH, hi) > 0) return DM_OK;
+        memcpy(cur, pay + H_HIGH, KB);
+        g = untag(get64(pay + H_SIB));
+    }
+}
+
+/* ---- public API ---- */
+
+int CH(open)(dm_ctx *ctx, const kvidx_opts *o, CH_T **out, char *err, size_t errlen) {
+    *out = NULL;
+    if (o->root_slot < 0 || o->root_slot >= DM_NUM_ROOTS)
+        return kvidx_fail_buf(err, errlen, DM_EINVAL, "root_slot %d not in 0..%d", o->root_slot, DM_NUM_ROOTS - 1);
+    if (o->cache_mb < 0) return kvidx_fail_buf(err, errlen, DM_EINVAL, "cache_mb must be >= 0 (got %g)", o->cache_mb);
+    if (o->lease_ms < 1) return kvidx_fail_buf(err, errlen, DM_EINVAL, "lease_ms must be >= 1");
+    if (dm_node_size(ctx, 0) == 0)
+        return kvidx_fail_buf(err, errlen, DM_ENODE, "memory node 0 is not attached (it holds the root slots)");
+    CH_T *h = calloc(1, sizeof *h);
+    if (!h) return kvidx_fail_buf(err, errlen, DM_ENOMEM, "out of local memory");
+    h->ctx = ctx;
+    h->o = *o;
+    for (unsigned id = 0; id <= DM_MAX_NODES; id++)
+        if (dm_node_size(ctx, id)) h->nodes[h->nnodes++] = id;
+    uint32_t owner = (uint32_t)(kvidx_mix64((uint64_t)getpid() ^ dm_now_ns() ^ (uintptr_t)h) & 0xffffff);
+    h->lk = (kvidx_locker){ctx, &h->st, owner ? owner : 1, o->lease_ms, o->max_wait_ms ? o->max_wait_ms : 10000, h->err,
+                          sizeof h->err};
+    h->rr = owner;
+    int rc = kvidx_cache_init(&h->cache, o->cache_mb, NODE_PAYLOAD, &h->st);
+    if (rc != DM_OK) {
+        free(h);
+        return kvidx_fail_buf(err, errlen, rc, "cannot allocate a %g MB node cache", o->cache_mb);
+    }
+    /* create the index (a root leaf, published by CAS) unless someone did already */
+    uint64_t w = 0;
+    rc = dm_read(ctx, &w, DM_ROOT_GADDR(0, o->root_slot), 8);
+    if (rc == DM_OK) rc = dm_submit(ctx);
+    if (rc == DM_OK && !w) {
+        dm_gaddr g;
+        rc = alloc_node(h, &g);
+        if (rc == DM_OK) {
+            uint8_t pay[NODE_PAYLOAD], raw[NODE_BYTES];
+            static const uint8_t zero[KB];
+            memset(pay, 0, sizeof pay);
+            set_header(pay, 0, zero, NULL, 1, 0);
+            kvidx_pack(raw, NODE_LINES, pay, 1, 0);
+            rc = dm_write(ctx, g, raw, NODE_BYTES);
+            if (rc == DM_OK) rc = dm_submit(ctx);
+            if (rc == DM_OK) rc = dm_cas(ctx, DM_ROOT_GADDR(0, o->root_slot), 0, DM_GADDR_WITH_TAG(g, 0), &w);
+            if (rc == DM_OK) rc = dm_submit(ctx);
+        }
+    }
+    if (rc == DM_OK) rc = load_root(h);
+    if (rc == DM_OK) {
+        uint8_t pay[NODE_PAYLOAD];
+        rc = fetch_node(h, h->root, pay, NULL, NULL);
+    }
+    if (rc != DM_OK) {
+        snprintf(err, errlen, "opening chime (%d-byte keys) at root slot %d: %s", KB, o->root_slot,
+                 h->err[0] ? h->err : dm_last_error(ctx));
+        CH(close)(h);
+        return rc;
+    }
+    *out = h;
+    return DM_OK;
+}
+
+void CH(close)(CH_T *h) {
+    if (!h) return;
+    kvidx_cache_free(&h->cache);
+    free(h->rkeys);
+    free(h->rvals);
+    free(h);
+}
+
+const char *CH(error)(const CH_T *h) { return h->err; }
+
+#define LAT_BEGIN uint64_t t0 = lat ? dm_now_ns() : 0
+#define LAT_END(i) if (lat) lat[i] = dm_now_ns() - t0
+
+int CH(get)(CH_T *h, const uint8_t *keys, size_t n, uint64_t *vals, uint8_t *found, uint64_t *lat) {
+    for (size_t i = 0; i < n; i++) {
+        LAT_BEGIN;
+        int rc = get_one(h, keys + i * KB, &vals[i], &found[i]);
+        if (rc != DM_OK) return rc;
+        LAT_END(i);
+        h->st.gets++;
+        h->st.found += found[i];
+    }
+    return DM_OK;
+}
+
+int CH(put)(CH_T *h, const uint8_t *keys, const uint64_t *vals, size_t n, uint64_t *lat) {
+    for (size_t i = 0; i < n; i++) {
+        LAT_BEGIN;
+        if (kzero(keys + i * KB)) return herr(h, DM_EINVAL, "key %zu is the reserved all-zero key", i);
+        int rc = write_one(h, keys + i * KB, vals[i], 0, NULL);
+        if (rc != DM_OK) return rc;
+        LAT_END(i);
+        h->st.puts++;
+    }
+    return DM_OK;
+}
+
+int CH(delete)(CH_T *h, const uint8_t *keys, size_t n, uint8_t *found, uint64_t *lat) {
+    for (size_t i = 0; i < n; i++) {
+        LAT_BEGIN;
+        int rc = write_one(h, keys + i * KB, 0, 1, &found[i]);
+        if (rc != DM_OK) return rc;
+        LAT_END(i);
+        h->st.deletes++;
+    }
+    return DM_OK;
+}
+
+int CH(range)(CH_T *h, const uint8_t *lo, const uint8_t *hi, uint64_t limit, size_t *count) {
+    h->st.ranges++;
+    int rc = range_scan(h, lo, hi, limit);
+    *count = h->rn;
+    return rc;
+}
+
+void CH(range_fetch)(const CH_T *h, uint8_t *keys, uint64_t *vals) {
+    memcpy(keys, h->rkeys, h->rn * KB);
+    memcpy(vals, h->rvals, h->rn * 8);
+}
+
+int CH(range_count)(CH_T *h, const uint8_t *los, const uint8_t *his, size_t n, int64_t *counts, uint64_t *lat) {
+    for (size_t i = 0; i < n; i++) {
+        LAT_BEGIN;
+        h->st.ranges++;
+        int rc = range_scan(h, los + i * KB, his + i * KB, 0);
+        if (rc != DM_OK) return rc;
+        counts[i] = (int64_t)h->rn;
+        LAT_END(i);
+    }
+    return DM_OK;
+}
+
+void CH(stats)(const CH_T *h, kvidx_stats *out) { *out = h->st; }
+void CH(reset_stats)(CH_T *h) {
+    memset(&h->st, 0, sizeof h->st);
+    h->st.cache_entries = h->cache.n;
+    h->st.cache_bytes = h->cache.n * h->cache.slot;
+}
+
+/* Test hook: take the lock of the leaf covering key and keep it (as a client that crashed). */
+int CH(debug_lock)(CH_T *h, const uint8_t *key) {
+    path p;
+    int rc = find_leaf(h, key, &p);
+    if (rc != DM_OK) return rc;
+    leafread r;
+    dm_gaddr leaf;
+    uint64_t word;
+    int ver;
+    return lock_leaf(h, key, &p, &r, &leaf, &word, &ver);
+}

@@ -1,0 +1,209 @@
+/* kvidx.c - shared helpers of the remote-memory indexes: line metadata, lease locks, node cache. */
+#define _GNU_SOURCE
+#include "kvidx_internal.h"
+
+#include <sched.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+void kvidx_unpack(const uint8_t *raw, int nlines, uint8_t *payload, uint8_t *nver, uint8_t *uver) {
+    for (int i = 0; i < nlines; i++) {
+        const uint8_t *line = raw + (size_t)i * DM_LINE;
+        if (nver) nver[i] = line[0];
+        if (uver) uver[i] = line[1];
+        if (payload) memcpy(payload + (size_t)i * KVIDX_LINE_PAYLOAD, line + KVIDX_LINE_META, KVIDX_LINE_PAYLOAD);
+    }
+}
+
+void kvidx_pack(uint8_t *raw, int nlines, const uint8_t *payload, uint8_t nver, uint8_t uver) {
+    for (int i = 0; i < nlines; i++) {
+        uint8_t *line = raw + (size_t)i * DM_LINE;
+        line[0] = nver;
+        line[1] = uver;
+        memcpy(line + KVIDX_LINE_META, payload + (size_t)i * KVIDX_LINE_PAYLOAD, KVIDX_LINE_PAYLOAD);
+    }
+}
+
+int kvidx_fail_buf(char *err, size_t errlen, int code, const char *fmt, ...) {
+    if (err && errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return code;
+}
+
+uint64_t kvidx_wall_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* ---- lease locks ---- */
+
+#define LEASE_BITS 40
+#define LEASE_MASK ((UINT64_C(1) << LEASE_BITS) - 1)
+
+static uint64_t lock_word(const kvidx_locker *lk) {
+    return ((uint64_t)lk->owner << LEASE_BITS) | ((kvidx_wall_ms() + lk->lease_ms) & LEASE_MASK);
+}
+
+static int post_lock_round(kvidx_locker *lk, dm_gaddr lock_addr, uint64_t expect, uint64_t want,
+                           const kvidx_read *reads, int nreads, uint64_t *old) {
+    int rc = dm_cas(lk->ctx, lock_addr, expect, want, old);
+    for (int i = 0; i < nreads && rc == DM_OK; i++) rc = dm_read(lk->ctx, reads[i].local, reads[i].remote, reads[i].len);
+    if (rc == DM_OK) return dm_submit(lk->ctx);
+    dm_discard(lk->ctx);
+    return rc;
+}
+
+int kvidx_lock_and_read(kvidx_locker *lk, dm_gaddr lock_addr, const kvidx_read *reads, int nreads, uint64_t *word) {
+    uint64_t start = kvidx_wall_ms(), expect = 0;
+    for (unsigned attempt = 0;; attempt++) {
+        uint64_t want = lock_word(lk), old = 0;
+        int rc = post_lock_round(lk, lock_addr, expect, want, reads, nreads, &old);
+        if (rc != DM_OK) return rc;
+        if (old == expect) {
+            if (expect != 0) lk->st->lease_steals++;
+            *word = want;
+            return DM_OK;
+        }
+        lk->st->lock_fail++;
+        uint64_t now = kvidx_wall_ms();
+        /* an expired lease (deadline in the past, with 40-bit wrap-around) may be taken over */
+        uint64_t deadline = old & LEASE_MASK;
+        expect = ((now & LEASE_MASK) - deadline) & LEASE_MASK;
+        expect = (expect > 0 && expect < (LEASE_MASK >> 1)) ? old : 0;
+        if (now - start > lk->max_wait_ms)
+            return kvidx_fail_buf(lk->err, lk->errlen, DM_ETIMEDOUT,
+                           "gave up on lock 0x%016llx after %u ms: held by client %u (lease word 0x%016llx)",
+                           (unsigned long long)lock_addr, lk->max_wait_ms, (unsigned)(old >> LEASE_BITS),
+                           (unsigned long long)old);
+        if (attempt > 4) sched_yield(); /* the holder may need this core */
+    }
+}
+
+int kvidx_post_unlock(kvidx_locker *lk, dm_gaddr lock_addr, uint64_t word, uint64_t *old_out) {
+    return dm_cas(lk->ctx, lock_addr, word, 0, old_out);
+}
+
+int kvidx_unlock(kvidx_locker *lk, dm_gaddr lock_addr, uint64_t word) {
+    uint64_t old = 0;
+    int rc = kvidx_post_unlock(lk, lock_addr, word, &old);
+    if (rc == DM_OK) rc = dm_submit(lk->ctx);
+    if (rc == DM_OK && old != word) lk->st->lease_lost++;
+    return rc;
+}
+
+/* ---- node cache ---- */
+
+typedef struct slot_hdr {
+    uint64_t key; /* 0 = empty */
+    uint32_t hits, pad;
+} slot_hdr;
+
+int kvidx_cache_init(kvidx_cache *c, double mb, size_t blob, kvidx_stats *st) {
+    memset(c, 0, sizeof *c);
+    c->st = st;
+    c->blob = blob;
+    c->slot = (sizeof(slot_hdr) + blob + 7) & ~(size_t)7;
+    c->rng = 0x9e3779b97f4a7c15ull;
+    if (mb <= 0) return DM_OK;
+    double cap = mb * 1048576.0 / (double)c->slot;
+    if (cap < 1) return DM_OK;
+    c->cap = (size_t)cap;
+    size_t tbl = 16;
+    while (tbl < 2 * c->cap) tbl <<= 1;
+    c->mask = tbl - 1;
+    c->slots = calloc(tbl, c->slot);
+    return c->slots ? DM_OK : DM_ENOMEM;
+}
+
+void kvidx_cache_free(kvidx_cache *c) {
+    free(c->slots);
+    c->slots = NULL;
+}
+
+static slot_hdr *at(kvidx_cache *c, size_t i) { return (slot_hdr *)(c->slots + i * c->slot); }
+static size_t home(kvidx_cache *c, uint64_t key) { return (size_t)kvidx_mix64(key) & c->mask; }
+
+static size_t find(kvidx_cache *c, uint64_t key) {
+    size_t i = home(c, key);
+    while (at(c, i)->key && at(c, i)->key != key) i = (i + 1) & c->mask;
+    return i;
+}
+
+void *kvidx_cache_get(kvidx_cache *c, dm_gaddr key) {
+    if (!c->slots) return NULL;
+    key = DM_GADDR_WITH_TAG(key, 0);
+    slot_hdr *s = at(c, find(c, key));
+    if (!s->key) return NULL;
+    s->hits++;
+    return s + 1;
+}
+
+static void remove_at(kvidx_cache *c, size_t i) {
+    /* backward-shift deletion keeps probe sequences intact without tombstones */
+    size_t j = i;
+    for (;;) {
+        at(c, i)->key = 0;
+        for (;;) {
+            j = (j + 1) & c->mask;
+            if (!at(c, j)->key) {
+                c->n--;
+                return;
+            }
+            size_t h = home(c, at(c, j)->key);
+            if (i <= j ? (i < h && h <= j) : (i < h || h <= j)) continue;
+            break;
+        }
+        memcpy(at(c, i), at(c, j), c->slot);
+        i = j;
+    }
+}
+
+void kvidx_cache_del(kvidx_cache *c, dm_gaddr key) {
+    if (!c->slots) return;
+    key = DM_GADDR_WITH_TAG(key, 0);
+    size_t i = find(c, key);
+    if (at(c, i)->key) {
+        remove_at(c, i);
+        c->st->cache_invalidate++;
+        c->st->cache_entries = c->n;
+        c->st->cache_bytes = c->n * c->slot;
+    }
+}
+
+static size_t random_victim(kvidx_cache *c) {
+    for (;;) {
+        c->rng ^= c->rng << 13;
+        c->rng ^= c->rng >> 7;
+        c->rng ^= c->rng << 17;
+        size_t i = (size_t)c->rng & c->mask;
+        if (at(c, i)->key) return i;
+    }
+}
+
+void *kvidx_cache_put(kvidx_cache *c, dm_gaddr key) {
+    if (!c->slots) return NULL;
+    key = DM_GADDR_WITH_TAG(key, 0);
+    size_t i = find(c, key);
+    if (!at(c, i)->key) {
+        if (c->n >= c->cap) {
+            size_t a = random_victim(c), b = random_victim(c);
+            remove_at(c, at(c, a)->hits <= at(c, b)->hits ? a : b);
+            c->st->cache_evict++;
+            i = find(c, key);
+        }
+        at(c, i)->key = key;
+        at(c, i)->hits = 0;
+        c->n++;
+        c->st->cache_entries = c->n;
+        c->st->cache_bytes = c->n * c->slot;
+    }
+    return at(c, i) + 1;
+}

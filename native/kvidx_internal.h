@@ -1,0 +1,91 @@
+/* kvidx_internal.h - helpers shared by the index implementations (not exposed to Python):
+ * line metadata packing, lease locks, the compute-side node cache, hashing, clocks. */
+#ifndef KVDM_KVIDX_INTERNAL_H
+#define KVDM_KVIDX_INTERNAL_H
+
+#include "dm.h"
+#include "kvidx.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* ---- line metadata ----
+ * Every 64-byte line of a node starts with two metadata bytes: [node_ver][unit_ver]. A whole-node
+ * rewrite (split) gives every line node_ver+1; a unit (bucket) write gives the unit's lines
+ * unit_ver+1. A reader that sees one node_ver on every line it read (and one unit_ver on every
+ * line of a unit) saw no torn multi-line write. The other 62 bytes are payload. */
+#define KVIDX_LINE_META 2
+#define KVIDX_LINE_PAYLOAD (DM_LINE - KVIDX_LINE_META)
+
+/* raw (nlines*64 bytes) -> payload (nlines*62 bytes), node_ver and unit_ver of every line */
+void kvidx_unpack(const uint8_t *raw, int nlines, uint8_t *payload, uint8_t *nver, uint8_t *uver);
+/* payload -> raw with the given node_ver on every line and unit_ver on every line */
+void kvidx_pack(uint8_t *raw, int nlines, const uint8_t *payload, uint8_t nver, uint8_t uver);
+/* Next node version: versions wrap at 256 and skip 0, which marks an unverified parent entry. */
+static inline uint8_t kvidx_next_ver(uint8_t v) { return (uint8_t)(v == 255 ? 1 : v + 1); }
+
+/* ---- time and hashing ---- */
+uint64_t kvidx_wall_ms(void);
+static inline uint64_t kvidx_mix64(uint64_t x) {
+    x ^= x >> 33;
+    x *= UINT64_C(0xff51afd7ed558ccd);
+    x ^= x >> 33;
+    x *= UINT64_C(0xc4ceb9fe1a85ec53);
+    x ^= x >> 33;
+    return x;
+}
+
+/* ---- lease locks ----
+ * A lock is an 8-byte CAS-only word: 0 = free, else [24-bit owner | 40-bit lease deadline in
+ * wall-clock ms]. Acquire = CAS(0 -> mine) posted with the reads it protects (one doorbell);
+ * release = CAS(mine -> 0) posted with the data writes (same memory node, so ordered after
+ * them). A waiter that finds a lock whose deadline has passed takes it over with
+ * CAS(old -> mine): a crashed holder delays the others by at most one lease. */
+#define KVIDX_MAX_LOCK_READS 4
+typedef struct kvidx_read {
+    void *local;
+    dm_gaddr remote;
+    uint32_t len;
+} kvidx_read;
+
+typedef struct kvidx_locker {
+    dm_ctx *ctx;
+    kvidx_stats *st;
+    uint32_t owner;       /* 24-bit non-zero client id */
+    uint32_t lease_ms, max_wait_ms;
+    char *err;            /* where a lock time-out is explained (the handle's error buffer) */
+    size_t errlen;
+} kvidx_locker;
+
+/* Format into err (NULL-safe) and return code. */
+int kvidx_fail_buf(char *err, size_t errlen, int code, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+
+/* Acquire the lock at lock_addr and, in the same doorbell(s), perform the reads. On success
+ * returns DM_OK with *word the value now in the lock (needed by kvidx_post_unlock). A lock
+ * not obtained within max_wait_ms is DM_ETIMEDOUT, explained in lk->err. */
+int kvidx_lock_and_read(kvidx_locker *lk, dm_gaddr lock_addr, const kvidx_read *reads, int nreads,
+                        uint64_t *word);
+/* Post the release CAS (the caller submits it, normally together with its writes). */
+int kvidx_post_unlock(kvidx_locker *lk, dm_gaddr lock_addr, uint64_t word, uint64_t *old_out);
+/* Release now (one RTT), counting a lost lease. */
+int kvidx_unlock(kvidx_locker *lk, dm_gaddr lock_addr, uint64_t word);
+
+/* ---- compute-side cache of internal nodes ----
+ * Open addressing keyed by a node's untagged global address; entries hold a fixed-size blob
+ * (the decoded node). A budget in bytes bounds it; when full, the less used of two random
+ * entries is evicted. Pointers returned by get/put are valid until the next put or del. */
+typedef struct kvidx_cache {
+    size_t blob, slot, cap, mask, n;
+    uint8_t *slots;
+    uint64_t rng;
+    kvidx_stats *st;
+} kvidx_cache;
+
+int kvidx_cache_init(kvidx_cache *c, double mb, size_t blob, kvidx_stats *st);
+void kvidx_cache_free(kvidx_cache *c);
+void *kvidx_cache_get(kvidx_cache *c, dm_gaddr key);
+/* Slot for key (existing or new, evicting if full); NULL when the cache is disabled. */
+void *kvidx_cache_put(kvidx_cache *c, dm_gaddr key);
+void kvidx_cache_del(kvidx_cache *c, dm_gaddr key);
+
+#endif

@@ -102,6 +102,22 @@ def config_from_args(args: argparse.Namespace) -> ReplayConfig:
     )
 
 
+RETRY_COUNTERS = ("lock_fail", "version_mismatch", "go_right", "torn_retry", "cas_failed")
+
+
+def derived_columns(rows: pd.DataFrame) -> dict[str, pd.Series]:
+    """Retries per op (lock CAS failures, version mismatches, go-right reads, torn re-reads) and the
+    compute-side cache hit ratio, where the backend reports them."""
+    out: dict[str, pd.Series] = {}
+    retry = [f"{c}_per_op" for c in RETRY_COUNTERS if f"{c}_per_op" in rows.columns]
+    if retry:
+        out["retries_per_op"] = rows[retry].sum(axis=1)
+    if {"cache_hit_per_op", "cache_miss_per_op"} <= set(rows.columns):
+        looked = rows["cache_hit_per_op"] + rows["cache_miss_per_op"]
+        out["cache_hit_pct"] = (100 * rows["cache_hit_per_op"] / looked.where(looked > 0)).fillna(100.0)
+    return out
+
+
 def print_summary(res: RunResults) -> None:
     """The per-op table of the whole measured period."""
     rows = res.rows[res.rows["bin"] == -1] if len(res.rows) else res.rows
@@ -111,10 +127,12 @@ def print_summary(res: RunResults) -> None:
     cols = {"op": "op", "ops": "ops", "ops_per_s": "ops/s", "block_ops_per_s": "block-ops/s", "p50_us": "p50 us",
             "p90_us": "p90 us", "p99_us": "p99 us", "p999_us": "p99.9 us", "rtts_per_op": "RTT/op",
             "reads_per_op": "READ/op", "writes_per_op": "WRITE/op", "cas_per_op": "CAS/op", "faa_per_op": "FAA/op",
-            "bytes_read_per_op": "B read/op", "bytes_written_per_op": "B written/op"}
-    extra = [c for c in rows.columns if c.endswith("_per_op") and c not in cols]
-    show = rows[[c for c in cols if c in rows.columns] + extra].rename(columns=cols)
-    with pd.option_context("display.width", 200, "display.max_columns", 40, "display.float_format", "{:,.2f}".format):
+            "bytes_read_per_op": "B read/op", "bytes_written_per_op": "B written/op",
+            "retries_per_op": "retries/op", "cache_hit_pct": "cache hit %",
+            "server_cpu_us_per_op": "server CPU us/op"}
+    rows = rows.assign(**derived_columns(rows))
+    show = rows[[c for c in cols if c in rows.columns]].rename(columns=cols)
+    with pd.option_context("display.width", 250, "display.max_columns", 40, "display.float_format", "{:,.2f}".format):
         print(show.to_string(index=False))
     hits, expected = int(rows["hits"].sum()), int(rows["expected_hits"].sum())
     mism = int(rows["hit_mismatch"].sum())

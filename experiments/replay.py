@@ -220,12 +220,12 @@ def run_client(cfg: ReplayConfig, client: int, index: Any, stream: Any, start_at
 class Progress:
     """One status line on stderr: requests done, ops/s, recent p99."""
 
-    def __init__(self, total_requests: int, clients: int) -> None:
+    def __init__(self, total_requests: int, clients: int, start_at: float) -> None:
         self.total = total_requests
+        self.start_at = start_at  # wall-clock time the clients begin
         self.reqs = [0] * clients
         self.ops = [0] * clients
         self.p99 = [0.0] * clients
-        self.t0 = time.perf_counter()
         self.tty = sys.stderr.isatty()
         self.last_line = 0.0
 
@@ -239,7 +239,9 @@ class Progress:
         if not final and not self.tty and now - self.last_line < 5.0:
             return
         self.last_line = now
-        el = max(now - self.t0, 1e-9)
+        el = time.time() - self.start_at
+        if el <= 0:
+            return
         line = (f"[replay] {sum(self.reqs):,}/{self.total:,} requests  {sum(self.ops) / el:,.0f} ops/s  "
                 f"recent p99 {max(self.p99) / 1e3:,.1f} us  {el:,.0f} s")
         end = "\n" if final or not self.tty else ""
@@ -280,7 +282,7 @@ def replay(cfg: ReplayConfig, stream: Any = None, quiet: bool = False) -> RunRes
                              daemon=True) for c in range(cfg.clients)]
         for p in procs:
             p.start()
-        prog = Progress(stream.n_requests, cfg.clients)
+        prog = Progress(stream.n_requests, cfg.clients, start_at)
         collected: list[ClientResult] = []
         try:
             while len(collected) < cfg.clients:

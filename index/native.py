@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
 from kvdm.index.api import Index, as_keys, as_values
 from kvdm.native import ffi, lib
 from kvdm.transport.dm import DMContext, DMError, raise_for
@@ -205,7 +206,7 @@ class NativeIndex(Index):
 
     def close(self) -> None:
         if self._h is not None:
-            self._c("close")(ffi.gc(self._h, None))
+            ffi.release(self._h)  # runs the close function now
             self._h = None
 
 

@@ -287,8 +287,13 @@ class RedisIndex(Index):
             else:
                 client = redis.Redis.from_url(self.url, **kw)
             client.ping()
+            clustered = not self.cluster and int(client.info("cluster").get("cluster_enabled", 0))
         except (redis.RedisError, redis.exceptions.RedisClusterException, OSError, ValueError) as exc:
             raise RedisUnavailable(f"cannot connect to Redis at {self.url}: {exc}") from exc
+        if clustered:  # a plain client would meet MOVED replies for most keys
+            client.close()
+            raise ValueError(f"the Redis server at {self.url} is a cluster node: use the cluster client "
+                             "(option cluster > 0, --redis-cluster N)")
         return client
 
     def _load_script(self) -> str:

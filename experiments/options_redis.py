@@ -7,13 +7,14 @@ A command uses them like this::
     ...
     check_redis_flags(args, args.index)               # --redis-* with another index: error
     if args.index == "redis":
-        with redis_session(redis_options(args)) as options:   # starts local servers if no URL
-            spec = IndexSpec("redis", key_bytes, options)      # every client connects to them
-            ...
+        spec = IndexSpec("redis", key_bytes, redis_options(args))  # every client shares the server
 
-:func:`redis_session` starts the local server(s) in the calling process when no
-``--redis-url`` is given, so that all client processes share them, and stops them at the end
-of the block (also on Ctrl-C); the options it yields carry the URL.
+Without ``--redis-url``, :func:`redis_options` starts the local server(s) in the calling
+process (stopped when it exits, also on Ctrl-C), so that all client processes share them; the
+options carry the URL. For a scoped lifetime instead::
+
+    with redis_session(redis_options(args, start_local=False)) as options:
+        ...
 """
 
 from __future__ import annotations
@@ -88,11 +89,20 @@ def check_redis_flags(args: argparse.Namespace, index_name: str) -> None:
         raise UsageError(f"{', '.join(flags)} only apply to --index redis (the index is {index_name})")
 
 
-def redis_options(args: argparse.Namespace) -> dict[str, Any]:
+def redis_options(args: argparse.Namespace, start_local: bool = True) -> dict[str, Any]:
     """Backend options (``kvdm.index.open("redis", key_bytes, **options)``) of the given flags;
-    flags not given keep the backend's defaults."""
+    flags not given keep the backend's defaults.
+
+    Without ``--redis-url`` and with ``start_local`` (the default), the local server(s) are
+    started here, owned by the calling process until it exits (atexit, SIGTERM, Ctrl-C; see
+    kvdm.index.redis_server), and the options carry their URL: every client process opened
+    from them shares the same data. ``start_local=False`` leaves ``url`` unset (then use
+    :func:`redis_session` for a scoped lifetime, or let each index start its own server)."""
     given = {dest: getattr(args, dest, None) for dest in _FLAG_OPTIONS}
-    return {_FLAG_OPTIONS[dest]: v for dest, v in given.items() if v is not None}
+    options = {_FLAG_OPTIONS[dest]: v for dest, v in given.items() if v is not None}
+    if start_local and options.get("url") is None:
+        options["url"] = start_servers(int(options.get("cluster", 0))).url
+    return options
 
 
 @contextmanager

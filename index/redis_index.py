@@ -46,11 +46,16 @@ Operations (``pipeline = d``: commands go out in pipelines of d, each one round 
   cluster client.
 
 Counters: ``rtts`` (round trips: client waits, as the native indexes count them; in a cluster
-one wait may span several shards),
-``commands``, ``keys`` (keys named by the operations), ``server_cpu_us`` (the servers'
-``used_cpu_sys + used_cpu_user`` since the last reset, summed over shards, re-read at most every
-0.1 s or 100 round trips: it includes every client of the server, so with several clients take it once, do not
-sum it). The pipeline depth is the attribute ``pipeline`` (and in ``describe()``).
+one wait may span several shards), ``commands``, ``keys`` (keys named by the operations) and
+``server_cpu_us``: the servers' ``used_cpu_sys + used_cpu_user`` since the last reset, summed
+over shards. Reading it costs an INFO (not counted), so ``counters()`` re-reads it only once
+0.1 s or 100 round trips have passed since the last read: exact over a run, but a caller that
+asks after every operation (the replay engine) sees each step land on one operation, i.e.
+shared among operation kinds in proportion to their round trips on average. It includes
+every client of the server and its idle work: with several clients take it once, never sum
+it. The pipeline depth is the attribute ``pipeline`` (and in ``describe()``).
+
+Open the index in each process that uses it (a connection is never shared across a fork).
 """
 
 from __future__ import annotations
@@ -287,8 +292,13 @@ class RedisIndex(Index):
             else:
                 client = redis.Redis.from_url(self.url, **kw)
             client.ping()
+            clustered = not self.cluster and int(client.info("cluster").get("cluster_enabled", 0))
         except (redis.RedisError, redis.exceptions.RedisClusterException, OSError, ValueError) as exc:
             raise RedisUnavailable(f"cannot connect to Redis at {self.url}: {exc}") from exc
+        if clustered:  # a plain client would meet MOVED replies for most keys
+            client.close()
+            raise ValueError(f"the Redis server at {self.url} is a cluster node: use the cluster client "
+                             "(option cluster > 0, --redis-cluster N)")
         return client
 
     def _load_script(self) -> str:

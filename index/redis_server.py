@@ -102,7 +102,8 @@ _live_lock = threading.Lock()
 _cleanup_installed = False
 
 
-def _stop_all() -> None:
+def stop_all() -> None:
+    """Stop every server this process started (what exit and SIGTERM do)."""
     with _live_lock:
         servers = list(_live.values())
     for server in servers:
@@ -130,13 +131,13 @@ def _install_cleanup() -> None:
         return
     _cleanup_installed = True
     clean_stale_workdirs()
-    atexit.register(_stop_all)
+    atexit.register(stop_all)
     if threading.current_thread() is threading.main_thread():
         previous = signal.getsignal(signal.SIGTERM)
         if previous in (signal.SIG_DFL, None):
 
             def on_term(signum: int, frame: Any) -> None:
-                _stop_all()
+                stop_all()
                 raise SystemExit(128 + signum)
 
             signal.signal(signal.SIGTERM, on_term)

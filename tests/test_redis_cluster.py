@@ -132,6 +132,11 @@ def test_a_standalone_url_with_cluster_option_is_a_clear_error():
         RedisIndex(8, url=plain.url, cluster=SHARDS)
 
 
+def test_a_cluster_url_without_cluster_option_is_a_clear_error(cluster):
+    with pytest.raises(ValueError, match=f"{cluster.url} is a cluster node.*--redis-cluster"):
+        RedisIndex(8, url=cluster.url)
+
+
 def test_server_cpu_sums_the_shards(cluster):
     with RedisIndex(8, url=cluster.url, cluster=SHARDS, namespace="cpu:") as idx:
         keys = np.arange(1, 2001, dtype=np.uint64)

@@ -183,7 +183,21 @@ def test_flags_become_backend_options():
                   "--redis-range", "mget", "--redis-prefix", "lua", "--redis-hash-tags")
     assert redis_options(args) == {"url": "redis://h:1", "pipeline": 16, "cluster": 3, "range_mode": "mget",
                                    "prefix_mode": "lua", "hash_tags": True}
-    assert redis_options(_parse()) == {}  # backend defaults apply
+    assert redis_options(_parse(), start_local=False) == {}  # backend defaults apply
+
+
+def test_options_without_url_start_a_server_the_process_owns():
+    """What kvdm replay does: options built once in the parent, opened by every client."""
+    options = redis_options(_parse("--redis-pipeline", "2"))
+    pid = started_pids()[-1]
+    try:
+        assert options["url"].startswith("redis://127.0.0.1:") and pid_running(pid)
+        with RedisIndex(8, **options) as a, RedisIndex(8, **options) as b:
+            a.put_one(9, 10)
+            assert b.get_one(9) == 10
+    finally:
+        redis_server._live[pid].stop()  # only this one: other modules' servers may be running
+    assert not pid_running(pid)
 
 
 @pytest.mark.parametrize(("argv", "message"), [
@@ -206,7 +220,7 @@ def test_redis_flags_with_another_index_are_an_error():
 
 
 def test_session_starts_shared_servers_and_stops_them():
-    with redis_session(redis_options(_parse("--redis-pipeline", "4"))) as options:
+    with redis_session(redis_options(_parse("--redis-pipeline", "4"), start_local=False)) as options:
         assert options["url"].startswith("redis://127.0.0.1:") and options["pipeline"] == 4
         before = len(started_pids())
         with RedisIndex(8, **options) as a, RedisIndex(8, **options) as b:  # two clients, one server

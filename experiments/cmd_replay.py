@@ -56,7 +56,7 @@ def index_spec(args: argparse.Namespace, key_bytes: int) -> IndexSpec:
     if redis_opts is not None:
         redis_opts.check_redis_flags(args, args.index)
         if args.index == "redis":
-            options.update(redis_opts.redis_options(args))
+            options.update(redis_opts.redis_options(args, start_local=False))  # replay() scopes the server
     return IndexSpec(args.index, key_bytes, options)
 
 

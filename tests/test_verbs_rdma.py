@@ -403,3 +403,14 @@ def test_verb_latencies_emulated(vdm: DMContext) -> None:
     out = os.environ.get("KVDM_RDMA_BENCH_OUT")
     if out:
         Path(out).write_text(text + "\n")
+
+
+def test_doctor_lists_the_device_ports_and_gids(capsys: pytest.CaptureFixture[str]) -> None:
+    from kvdm.experiments.cli import main
+
+    assert main(["doctor"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(rf"\[ +ok\] RDMA devices: .*{DEVICE}", out)
+    assert re.search(r"port 1: ACTIVE", out)
+    assert "<- gid=auto" in out  # the GID the native client and the memory node pick by default
+    assert "native build: verbs backend built in" in out

@@ -8,6 +8,8 @@
  *   gid        local GID index (default: auto = first RoCE v2 IPv4-mapped GID, else first non-zero)
  *   ib_port    local port number (default 1)
  *   timeout    seconds for the TCP connect + handshake and for any one doorbell (default 30)
+ *   sq         send-queue depth cap, 1..DM_MAX_BATCH (default: DM_MAX_BATCH or the device's limit);
+ *              longer batches are posted in chunks of this many verbs
  *
  * Connection protocol (v1, all integers little-endian; the memory node's side is
  * transport/verbs_memnode.py, which documents the same layout):
@@ -197,6 +199,7 @@ typedef struct vb_uri {
     int gid_index; /* -1 = auto */
     int ib_port;
     unsigned timeout_ms;
+    unsigned max_wr; /* 0 = default */
 } vb_uri;
 
 static int parse_int(const char *s, size_t n, long lo, long hi, long *out) {
@@ -274,8 +277,12 @@ static int parse_uri(dm_ctx *ctx, const char *uri, vb_uri *u) {
             if (parse_int(val, vl, 1, 3600, &v))
                 return dm_fail(ctx, DM_EINVAL, "bad verbs URI '%s': timeout must be 1..3600 seconds", uri);
             u->timeout_ms = (unsigned)v * 1000;
+        } else if (kl == 2 && !memcmp(key, "sq", 2)) {
+            if (parse_int(val, vl, 1, DM_MAX_BATCH, &v))
+                return dm_fail(ctx, DM_EINVAL, "bad verbs URI '%s': sq must be 1..%d", uri, DM_MAX_BATCH);
+            u->max_wr = (unsigned)v;
         } else {
-            return dm_fail(ctx, DM_EINVAL, "bad verbs URI '%s': unknown key '%.*s' (valid: dev, gid, ib_port, timeout)",
+            return dm_fail(ctx, DM_EINVAL, "bad verbs URI '%s': unknown key '%.*s' (valid: dev, gid, ib_port, timeout, sq)",
                            uri, (int)kl, key);
         }
         q = *end ? end : NULL;
@@ -859,9 +866,9 @@ static int qp_connect(dm_ctx *ctx, vb_node *vn, const vb_qpinfo *mine, const vb_
     return DM_OK;
 }
 
-static int create_qp(dm_ctx *ctx, vb_node *vn) {
+static int create_qp(dm_ctx *ctx, vb_node *vn, unsigned max_wr) {
     vb_dev *d = vn->dev;
-    uint32_t wr = DM_MAX_BATCH;
+    uint32_t wr = max_wr ? max_wr : DM_MAX_BATCH;
     if (d->attr.max_qp_wr > 0 && (uint32_t)d->attr.max_qp_wr < wr) wr = (uint32_t)d->attr.max_qp_wr;
     struct ibv_qp_init_attr ia = {.send_cq = d->cq, .recv_cq = d->cq, .qp_type = IBV_QPT_RC, .sq_sig_all = 0};
     ia.cap.max_send_wr = wr;
@@ -932,7 +939,7 @@ int dm_verbs_attach(dm_ctx *ctx, const char *uri, dm_node **out) {
     }
     vn->gen = ++d->gens[vn->slot];
     d->owners[vn->slot] = vn;
-    rc = create_qp(ctx, vn);
+    rc = create_qp(ctx, vn, u.max_wr);
     if (rc) goto fail;
     vb_qpinfo mine = {.qpn = vn->qp->qp_num, .lid = d->port.lid, .mtu = (uint8_t)d->port.active_mtu};
     mine.psn = (uint32_t)(dm_rand(ctx) & 0xffffff);

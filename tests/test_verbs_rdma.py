@@ -194,6 +194,23 @@ def test_full_batch_of_large_reads(vdm: DMContext) -> None:
     assert vdm.counters()["rtts"] == 1 and vdm.counters()["bytes_read"] == n * size
 
 
+def test_batch_longer_than_the_send_queue_is_posted_in_chunks(node: Memnode) -> None:
+    ctx = connect(TransportConfig(transport="verbs"), [node.uri + "&sq=8"])
+    g = ctx.alloc(0, 100 * 64)
+    with ctx.batch():
+        for i in range(100):
+            ctx.post_write(g + 64 * i, struct.pack("<Q", i) * 8)
+    ctx.reset_counters()
+    with ctx.batch():
+        olds = [ctx.post_faa(g + 64 * i, 1000) for i in range(50)]
+        reads = [ctx.post_read(g + 64 * i, 64) for i in range(100)]
+    assert [o.value for o in olds] == list(range(50))
+    assert [r.value[8:] for r in reads] == [struct.pack("<Q", i) * 7 for i in range(100)]
+    assert [u64(r.value[:8]) for r in reads] == [i + 1000 * (i < 50) for i in range(100)]
+    assert ctx.counters()["rtts"] == 1  # still one dm_submit, whatever the chunking
+    ctx.close()
+
+
 def _faa_worker(uri: str, g: int, m: int) -> None:
     ctx = connect(TransportConfig(transport="verbs"), [uri])
     for _ in range(m // 16):
@@ -243,7 +260,8 @@ def test_cas_lock_mutual_exclusion_across_processes(vdm: DMContext, node: Memnod
 
 def test_allocations_are_disjoint_across_clients(node: Memnode) -> None:
     cfg = TransportConfig(transport="verbs", chunk_bytes=4096)
-    a, b = connect(cfg, [node.uri]), connect(cfg, [node.uri])
+    # b takes every default: first device, gid=auto, port 1
+    a, b = connect(cfg, [node.uri]), connect(cfg, [f"verbs://127.0.0.1:{node.port}"])
     seen = set()
     for _ in range(20):
         for ctx in (a, b):
@@ -403,3 +421,14 @@ def test_verb_latencies_emulated(vdm: DMContext) -> None:
     out = os.environ.get("KVDM_RDMA_BENCH_OUT")
     if out:
         Path(out).write_text(text + "\n")
+
+
+def test_doctor_lists_the_device_ports_and_gids(capsys: pytest.CaptureFixture[str]) -> None:
+    from kvdm.experiments.cli import main
+
+    assert main(["doctor"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(rf"\[ +ok\] RDMA devices: .*{DEVICE}", out)
+    assert re.search(r"port 1: ACTIVE", out)
+    assert "<- gid=auto" in out  # the GID the native client and the memory node pick by default
+    assert "native build: verbs backend built in" in out

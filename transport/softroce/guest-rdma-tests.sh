@@ -23,7 +23,7 @@ if [ "${KVDM_RDMA_BENCH:-1}" != 0 ] && [ -f experiments/cmd_bench_transport.py ]
   done
   if [ -n "$uri" ]; then
     echo "kvdm bench transport --transport verbs (TCG emulation figures, not hardware ones):"
-    .venv/bin/kvdm bench transport --transport verbs --memory-node "$uri" --clients 1 --batches 1,16 \
+    .venv/bin/kvdm bench transport --transport verbs --memory-node "$uri" --clients 1 --batches 1 \
         --verbs read64,write64,cas,faa --iters 2000 --span 1M || echo "bench transport failed (exit $?)"
   else
     echo "bench: the verbs memory node did not start"; cat /tmp/bench-memnode.log

@@ -14,7 +14,7 @@
 #
 # Acceleration: /dev/kvm on this machine kind is backed by "kvm-pvm" (a
 # paravirtual nested-KVM flavour); an unmodified distro kernel does NOT boot
-# under it (KVM internal error / emulation failure, see REPORT.md), so the
+# under it (KVM internal error / emulation failure, see transport/softroce/README.md), so the
 # default is TCG software emulation, which boots in ~10 s here.
 #
 # Usage:
@@ -36,7 +36,7 @@
 #   --prepare-only   install/download everything, do not boot
 # Environment:
 #   SOFTROCE_VM_DIR     cache dir for kernel + virtme-ng venv
-#                       (default $HOME/.cache/softroce-vm). Must NOT be under
+#                       (default $HOME/.cache/kvdm-softroce). Must NOT be under
 #                       /var/tmp, /var/cache, /var/log, /var/lib/apt or /run:
 #                       virtme-ng mounts fresh tmpfs there inside the guest.
 #   SOFTROCE_KERNEL_PKG Debian kernel package (default: what linux-image-amd64
@@ -93,7 +93,7 @@ done
 
 case "$VM_DIR" in
   /var/tmp/*|/var/cache/*|/var/log/*|/var/lib/apt/*|/run/*|/dev/*|/proc/*|/sys/*)
-    die "SOFTROCE_VM_DIR=$VM_DIR is hidden inside the guest; pick e.g. \$HOME/.cache/softroce-vm" ;;
+    die "SOFTROCE_VM_DIR=$VM_DIR is hidden inside the guest; pick e.g. \$HOME/.cache/kvdm-softroce" ;;
 esac
 mkdir -p "$VM_DIR"
 T_START=$(date +%s.%N)

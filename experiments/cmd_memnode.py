@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 import time
 from typing import Any
 
 from kvdm.experiments.cli import choices_type, group
 from kvdm.transport.config import TRANSPORTS, parse_size
+from kvdm.transport.lifecycle import stop_on_signals
 
 
 def register(sub: Any) -> None:
@@ -54,16 +54,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     node = ShmMemoryNode(args.size, args.node_id, args.name)
     print(f"memory node {node.node_id} serving {node.uri} ({args.size} bytes, pid {os.getpid()}); "
           "Ctrl-C to stop", flush=True)
-    stop = False
-
-    def on_signal(signum: int, frame: Any) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stopped = stop_on_signals()
     try:
-        while not stop:
+        while not stopped():
             time.sleep(0.2)
     finally:
         node.destroy()

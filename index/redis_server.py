@@ -21,7 +21,6 @@ next kvdm process that starts a server (:func:`clean_stale_workdirs`).
 
 from __future__ import annotations
 
-import atexit
 import ctypes
 import os
 import shutil
@@ -40,6 +39,8 @@ from typing import Any
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+
+from kvdm.transport.lifecycle import on_exit
 
 HOST = "127.0.0.1"
 SLOTS = 16384
@@ -131,17 +132,7 @@ def _install_cleanup() -> None:
         return
     _cleanup_installed = True
     clean_stale_workdirs()
-    atexit.register(stop_all)
-    if threading.current_thread() is threading.main_thread():
-        previous = signal.getsignal(signal.SIGTERM)
-        if previous in (signal.SIG_DFL, None):
-
-            def on_term(signum: int, frame: Any) -> None:
-                stop_all()
-                raise SystemExit(128 + signum)
-
-            signal.signal(signal.SIGTERM, on_term)
-    # SIGINT raises KeyboardInterrupt, which unwinds through atexit.
+    on_exit(stop_all)
 
 
 def live_pids() -> list[int]:

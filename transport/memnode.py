@@ -8,17 +8,15 @@ and removed by :func:`clean` (``kvdm memnode clean``).
 
 from __future__ import annotations
 
-import atexit
 import os
-import signal
 import threading
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
-from typing import Any
 
 from kvdm.native import ffi, lib
 from kvdm.transport.dm import RegionMissing, check_buf
+from kvdm.transport.lifecycle import on_exit
 
 PREFIX = "kvdm-"
 SHM_DIR = "/dev/shm"
@@ -84,7 +82,7 @@ class ShmMemoryNode:
         err = ffi.new("char[512]")
         check_buf(lib.dm_shm_create(self.name.encode(), size, node_id, self.owner_pid, err, 512), err)
         _live[self.name] = self
-        _install_cleanup()
+        on_exit(_destroy_all)
 
     @property
     def uri(self) -> str:
@@ -118,27 +116,6 @@ def embedded_nodes(count: int, size: int, first_id: int = 0) -> Iterator[list[Sh
 def _destroy_all() -> None:
     for node in list(_live.values()):
         node.destroy()
-
-
-_cleanup_installed = False
-
-
-def _install_cleanup() -> None:
-    global _cleanup_installed
-    if _cleanup_installed:
-        return
-    _cleanup_installed = True
-    atexit.register(_destroy_all)
-    if threading.current_thread() is threading.main_thread():
-        previous = signal.getsignal(signal.SIGTERM)
-        if previous in (signal.SIG_DFL, None):
-
-            def on_term(signum: int, frame: Any) -> None:
-                _destroy_all()
-                raise SystemExit(128 + signum)
-
-            signal.signal(signal.SIGTERM, on_term)
-    # SIGINT raises KeyboardInterrupt, which unwinds through atexit.
 
 
 def list_regions() -> list[RegionInfo]:

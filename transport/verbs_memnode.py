@@ -36,7 +36,6 @@ import logging
 import mmap
 import os
 import selectors
-import signal
 import socket
 import struct
 import sys
@@ -44,6 +43,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from kvdm.transport.lifecycle import stop_on_signals
 
 log = logging.getLogger("kvdm.memnode.verbs")
 
@@ -563,20 +564,13 @@ def serve(args: argparse.Namespace) -> int:
     except OSError as exc:
         region.close()
         raise ValueError(f"cannot listen on {listen}:{getattr(args, 'port', 7471)}: {exc}") from exc
-    stop = False
-
-    def on_signal(signum: int, frame: Any) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stopped = stop_on_signals()
     uri = region.uri(advertised_host(listen, region), server.port)
     print(f"memory node {region.node_id} serving {uri} ({region.size} bytes on {region.device} port "
           f"{region.ib_port} gid {region.gid_index} {gid_text(region.gid)}, pid {os.getpid()}); "
           "Ctrl-C to stop", flush=True)
     try:
-        server.serve_until(lambda: stop)
+        server.serve_until(stopped)
     finally:
         server.close()
         region.close()

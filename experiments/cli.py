@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from kvdm.experiments.cli import UsageError as PackageUsageError  # the same class under `python -m`
     from kvdm.transport.dm import DMError
 
     try:
@@ -70,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("kvdm: interrupted", file=sys.stderr)
         return 130
-    except (UsageError, ValueError, DMError, FileNotFoundError) as exc:
+    except (UsageError, PackageUsageError, ValueError, DMError, FileNotFoundError) as exc:
         print(f"kvdm: error: {exc}", file=sys.stderr)
         return 2
     return int(status or 0)

@@ -1,0 +1,203 @@
+"""``kvdm bench index``: point-operation throughput and latency of any index backend.
+
+Preloads ``--keys`` keys (batched puts), then ``--clients`` processes issue ``--op`` operations
+for ``--seconds`` each: ``get`` of preloaded keys (uniform), ``put`` of new keys, or ``mixed``
+(``--read-ratio`` gets, the rest puts of new keys). Every call carries ``--batch`` keys and is
+timed around the index call (so latencies include kvdm's Python call overhead, ~1-3 us); with
+``--latency-model virtual`` the transport's modelled time is added. Prints Mops, p50/p99 per
+call, RTTs, verbs and bytes per key, cache hit ratio, retries, and for Redis server CPU per key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from kvdm.experiments.cli import UsageError, choices_type, group
+from kvdm.experiments.cmd_replay import RETRY_COUNTERS, add_index_options, derived_columns, index_spec
+from kvdm.experiments.metrics import Histogram
+from kvdm.experiments.options import add_transport_options, transport_config
+from kvdm.experiments.replay import NATIVE_INDEXES
+from kvdm.index import IndexSpec, open_spec
+from kvdm.transport import TransportConfig, connect, memory_nodes, parse_size
+
+OPS = ("get", "put", "mixed")
+PRELOAD_BATCH = 4096
+
+
+def make_keys(start: int, count: int, key_bytes: int) -> np.ndarray:
+    """Keys number start..start+count: distinct, spread over the key space, never reserved."""
+    i = np.arange(start, start + count, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        x = (i + np.uint64(1)) * np.uint64(0x9E3779B97F4A7C15)
+        x ^= x >> np.uint64(31)
+    x = np.where((x == 0) | (x == np.uint64(2**64 - 1)), i + np.uint64(1), x)  # reserved values
+    if key_bytes == 8:
+        return x
+    keys = np.zeros((count, 32), dtype=np.uint8)
+    keys[:, :8] = x.astype(">u8").view(np.uint8).reshape(-1, 8)
+    keys[:, 24:] = i.astype(">u8").view(np.uint8).reshape(-1, 8)  # keeps keys distinct
+    return keys
+
+
+@dataclass
+class BenchIndexConfig:
+    index: IndexSpec
+    transport: TransportConfig
+    keys: int
+    op: str
+    clients: int
+    batch: int
+    seconds: float
+    read_ratio: float
+
+
+def register(sub: Any) -> None:
+    g = group(sub, "bench", "benchmarks that print their figures")
+    p = g.add_parser("index", help="point-op throughput and latency of an index backend",
+                     description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--keys", type=parse_size, default=parse_size("1M"),
+                   help="keys preloaded before measuring (K/M suffixes are powers of 1024; default 1M)")
+    p.add_argument("--op", type=choices_type(OPS, "op"), default="get", help="get, put or mixed (default get)")
+    p.add_argument("--key-bytes", type=int, choices=(8, 32), default=8, help="key width (default 8)")
+    p.add_argument("--clients", type=int, default=1, help="client processes (default 1)")
+    p.add_argument("--batch", type=int, default=1, help="keys per index call (default 1)")
+    p.add_argument("--seconds", type=float, default=5.0, help="measuring time per client (default 5)")
+    p.add_argument("--read-ratio", type=float, default=0.5, help="share of gets with --op mixed (default 0.5)")
+    add_index_options(p)
+    add_transport_options(p)
+    p.set_defaults(func=cmd_bench_index)
+
+
+def _client(cfg: BenchIndexConfig, uris: list[str], client: int, barrier: Any, out: Any) -> None:
+    try:
+        ctx = connect(cfg.transport, uris) if cfg.index.name in NATIVE_INDEXES else None
+        index = open_spec(cfg.index, ctx)
+        out.put(measure(cfg, index, client, barrier))
+        index.close()
+    except Exception as exc:
+        out.put(f"client {client}: {type(exc).__name__}: {exc}")
+        barrier.abort()
+
+
+def measure(cfg: BenchIndexConfig, index: Any, client: int, barrier: Any) -> tuple[np.ndarray, dict[str, int], int]:
+    """The measuring loop: returns per-call latencies (ns), counter deltas, keys touched."""
+    rng = np.random.default_rng(1000 + client)
+    kb = cfg.index.key_bytes
+    virtual = cfg.transport.latency_model == "virtual" and cfg.index.name in NATIVE_INDEXES
+    next_new = cfg.keys + client * (1 << 40)  # each client inserts its own new keys
+    lat: list[int] = []
+    barrier.wait()
+    before = index.counters()
+    clock = time.perf_counter_ns
+    deadline = time.perf_counter() + cfg.seconds
+    keys_done = 0
+    values = np.arange(cfg.batch, dtype=np.uint64)
+    while time.perf_counter() < deadline:
+        for _ in range(64):
+            is_get = cfg.op == "get" or (cfg.op == "mixed" and rng.random() < cfg.read_ratio)
+            if is_get:
+                keys = make_keys(int(rng.integers(0, cfg.keys - cfg.batch + 1)), cfg.batch, kb) \
+                    if cfg.batch > 1 else make_keys(int(rng.integers(0, cfg.keys)), 1, kb)
+            else:
+                keys = make_keys(next_new, cfg.batch, kb)
+                next_new += cfg.batch
+            v0 = index.counters().get("virtual_ns", 0) if virtual else 0
+            t = clock()
+            if is_get:
+                index.get(keys)
+            else:
+                index.put(keys, values)
+            elapsed = clock() - t
+            if virtual:
+                elapsed += index.counters().get("virtual_ns", 0) - v0
+            lat.append(elapsed)
+            keys_done += cfg.batch
+    after = index.counters()
+    return np.array(lat, dtype=np.int64), {k: v - before.get(k, 0) for k, v in after.items()}, keys_done
+
+
+def cmd_bench_index(args: argparse.Namespace) -> int:
+    if args.clients < 1 or args.batch < 1 or args.seconds <= 0 or args.keys < args.batch:
+        raise UsageError("--clients, --batch and --seconds must be positive and --keys >= --batch")
+    if not 0 <= args.read_ratio <= 1:
+        raise UsageError("--read-ratio must be in [0, 1]")
+    if args.index == "dict" and args.clients > 1:
+        raise UsageError("the dict backend lives in one process: use --clients 1")
+    cfg = BenchIndexConfig(index_spec(args, args.key_bytes), transport_config(args), args.keys, args.op,
+                           args.clients, args.batch, args.seconds, args.read_ratio)
+    native = cfg.index.name in NATIVE_INDEXES
+    print(f"# kvdm bench index: {cfg.index.name} {cfg.index.options or ''}, {cfg.keys:,} keys of "
+          f"{args.key_bytes} B, op {cfg.op}, {cfg.clients} client(s), {cfg.batch} key(s)/call, {cfg.seconds:g} s")
+    if native:
+        print(f"# transport: {cfg.transport.describe()}")
+    with ExitStack() as stack:
+        uris = stack.enter_context(memory_nodes(cfg.transport)) if native else []
+        if cfg.index.name == "redis":
+            from kvdm.experiments.options_redis import redis_session
+
+            cfg = replace(cfg, index=replace(cfg.index, options=stack.enter_context(redis_session(cfg.index.options))))
+        owner = open_spec(cfg.index, connect(cfg.transport, uris) if native else None)
+        t0 = time.perf_counter()
+        for i in range(0, cfg.keys, PRELOAD_BATCH):
+            n = min(PRELOAD_BATCH, cfg.keys - i)
+            owner.put(make_keys(i, n, cfg.index.key_bytes), np.arange(i, i + n, dtype=np.uint64))
+        load_s = time.perf_counter() - t0
+        print(f"# preload: {cfg.keys:,} keys in {load_s:.2f} s ({cfg.keys / load_s / 1e6:.3f} M keys/s, "
+              f"batches of {PRELOAD_BATCH})")
+        results = _run_clients(cfg, uris) if cfg.index.name != "dict" else [_run_inline(cfg, owner)]
+        owner.close()
+    lat = np.concatenate([r[0] for r in results])
+    counters: dict[str, int] = {}
+    for _, c, _ in results:
+        for k, v in c.items():
+            counters[k] = counters.get(k, 0) + v
+    keys_done = sum(r[2] for r in results)
+    hist = Histogram()
+    hist.record(lat)
+    p = hist.percentiles_us()
+    print(f"{'Mops':>8} {'Mkeys/s':>8} {'p50 us':>8} {'p99 us':>8} {'p99.9 us':>9} {'RTT/key':>8} {'READ/key':>8} "
+          f"{'B read/key':>10} {'B wr/key':>9} {'retries/key':>11} {'cache hit %':>11} {'srv CPU us/key':>14}")
+    per = {k: v / max(keys_done, 1) for k, v in counters.items()}
+    import pandas as pd
+
+    row = pd.DataFrame([{f"{k}_per_op": v for k, v in per.items()}])
+    derived = {k: float(v.iloc[0]) for k, v in derived_columns(row).items()}
+    calls_per_s = lat.size / cfg.seconds / 1e6
+    print(f"{calls_per_s:>8.3f} {keys_done / cfg.seconds / 1e6:>8.3f} {p['p50']:>8.2f} {p['p99']:>8.2f} "
+          f"{p['p99.9']:>9.2f} {per.get('rtts', float('nan')):>8.3f} {per.get('reads', float('nan')):>8.3f} "
+          f"{per.get('bytes_read', float('nan')):>10.1f} {per.get('bytes_written', float('nan')):>9.1f} "
+          f"{derived.get('retries_per_op', 0.0):>11.4f} {derived.get('cache_hit_pct', float('nan')):>11.2f} "
+          f"{per.get('server_cpu_us', float('nan')):>14.2f}")
+    print(f"# retries counted: {', '.join(c for c in RETRY_COUNTERS if c in counters) or 'none reported'}; "
+          "latency is per call, measured in Python around the index call")
+    return 0
+
+
+def _run_inline(cfg: BenchIndexConfig, index: Any) -> tuple[np.ndarray, dict[str, int], int]:
+    class _NoBarrier:
+        def wait(self) -> None:
+            return None
+
+    return measure(cfg, index, 0, _NoBarrier())
+
+
+def _run_clients(cfg: BenchIndexConfig, uris: list[str]) -> list[tuple[np.ndarray, dict[str, int], int]]:
+    mpc = mp.get_context("spawn")
+    barrier, out = mpc.Barrier(cfg.clients), mpc.Queue()
+    procs = [mpc.Process(target=_client, args=(cfg, uris, c, barrier, out), daemon=True) for c in range(cfg.clients)]
+    for p in procs:
+        p.start()
+    results = [out.get(timeout=cfg.seconds + 300) for _ in procs]
+    for p in procs:
+        p.join(30)
+    errors = [r for r in results if isinstance(r, str)]
+    if errors:
+        raise RuntimeError("; ".join(errors))
+    return results

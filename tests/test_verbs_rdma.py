@@ -272,7 +272,7 @@ def test_allocations_are_disjoint_across_clients(node: Memnode) -> None:
     b.close()
 
 
-def test_bad_input_raises_and_leaves_the_context_usable(vdm: DMContext) -> None:
+def test_bad_input_raises_and_leaves_the_context_usable(vdm: DMContext, node: Memnode) -> None:
     g = vdm.alloc(0, 64)
     with pytest.raises(AddressError, match="not 8-byte aligned"):
         vdm.read(g + 4, 8)
@@ -289,6 +289,8 @@ def test_bad_input_raises_and_leaves_the_context_usable(vdm: DMContext) -> None:
             vdm.post_read(g, 8)
     vdm.write(g, b"still ok")
     assert vdm.read(g, 8) == b"still ok"
+    with pytest.raises(DMError, match="already attached"):
+        DMContext(uris=[node.uri, node.uri])
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

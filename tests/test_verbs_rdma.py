@@ -377,8 +377,19 @@ def test_malformed_connection_is_rejected_with_logged_reason(vdm: DMContext, nod
 def test_two_nodes_then_one_dies(node: Memnode, tmp_path: Path) -> None:
     other = start_memnode(tmp_path, 1)
     try:
-        ctx = connect(TransportConfig(transport="verbs"), [node.uri, other.uri])
+        ctx = connect(TransportConfig(transport="verbs"), [node.uri + "&sq=4", other.uri])
         assert sorted(ctx.node_ids) == [0, 1]
+        # node 0's batch goes out in chunks of 4; between its chunks node 1's post replaces the
+        # staging buffer, which node 0's later chunks must not be confused by
+        small, big = ctx.alloc(0, 512), ctx.alloc(1, 8 << 20)
+        pattern, blob0 = os.urandom(512), os.urandom(8 << 20)
+        ctx.write(small, pattern)
+        ctx.write(big, blob0)
+        with ctx.batch():
+            parts = [ctx.post_read(small + 64 * i, 64) for i in range(8)]
+            whole = ctx.post_read(big, 8 << 20)
+        assert b"".join(p.value for p in parts) == pattern  # type: ignore[misc]
+        assert whole.value == blob0
         a, b = ctx.alloc(0, 8 << 20), ctx.alloc(1, 8 << 20)
         blob = os.urandom(8 << 20)
         with ctx.batch():  # one RTT, two doorbells, staging shared by both QPs

@@ -445,3 +445,46 @@ def test_doctor_lists_the_device_ports_and_gids(capsys: pytest.CaptureFixture[st
     assert re.search(r"port 1: ACTIVE", out)
     assert re.search(r"gid \d+: .* RoCE v2 .*<- gid=auto", out)  # what client and node pick by default
     assert "native build: verbs backend built in" in out
+
+
+def _fake_node(answers: list[bytes]) -> tuple[int, list[bytes]]:
+    """A TCP listener that plays a broken memory node: for each client it reads the CONNECT and
+    sends the next answer (b"" = hang up). Returns (port, the requests it got)."""
+    import threading
+
+    srv = socket.create_server(("127.0.0.1", 0))
+    got: list[bytes] = []
+
+    def run() -> None:
+        with srv:
+            for answer in answers:
+                conn, _ = srv.accept()
+                with conn:
+                    conn.settimeout(60)
+                    got.append(conn.recv(48, socket.MSG_WAITALL))
+                    if answer:
+                        conn.sendall(answer)
+
+    threading.Thread(target=run, daemon=True).start()
+    return srv.getsockname()[1], got
+
+
+def test_client_rejects_bad_answers_from_a_node() -> None:
+    good_qp = vm.QPInfo(qpn=99, psn=1, lid=0, mtu=3, rd_atomic=1, gid=bytes(10) + b"\xff\xff" + bytes(4))
+    bad_region = vm.RegionInfo(node_id=300, rkey=1, size=1 << 20, base=1 << 40)
+    cases = [
+        (vm.encode_reject("node is full of itself"), "rejected the connection: node is full of itself"),
+        (b"HTTP/1.1 400 Bad Request\r\n\r\n", "not a kvdm verbs memory node"),
+        (vm.encode_accept(good_qp, bad_region), r"malformed answer \(node id 300"),
+        (vm.encode_header(vm.ACCEPT, 4000), r"malformed answer \(type 2, length 4000\)"),
+        (b"", "closed the connection without answering"),
+    ]
+    port, got = _fake_node([answer for answer, _ in cases])
+    for _, message in cases:
+        with pytest.raises(DMError, match=message) as err:
+            DMContext(uris=[f"verbs://127.0.0.1:{port}?dev={DEVICE}&timeout=60"])
+        assert err.value.code == lib.DM_EPROTO
+    # every request the client sent was a well-formed CONNECT
+    for request in got:
+        assert vm.decode_header(request[:16]) == (vm.CONNECT, 32)
+        vm.decode_qpinfo(request[16:])

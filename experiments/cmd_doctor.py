@@ -134,8 +134,10 @@ def check_softroce() -> Check:
     """Whether rdma_rxe can run here; if not, whether the qemu guest harness can."""
     kernel = platform.release()
     if Path("/sys/module/rdma_rxe").exists():
-        return Check("SoftRoCE", "ok", f"rdma_rxe loaded (kernel {kernel})",
-                     "add a device: rdma link add rxe0 type rxe netdev <ethX>")
+        rxe = sorted(p.name for p in SYS_IB.glob("rxe*")) if SYS_IB.is_dir() else []
+        detail = f"rdma_rxe loaded (kernel {kernel}); rxe devices: {', '.join(rxe) or 'none'}"
+        return Check("SoftRoCE", "ok", detail,
+                     "" if rxe else "add a device: rdma link add rxe0 type rxe netdev <ethX>")
     if _module_available("rdma_rxe"):
         return Check("SoftRoCE", "ok", f"rdma_rxe available in kernel {kernel}, not loaded",
                      "modprobe rdma_rxe && rdma link add rxe0 type rxe netdev <ethX>")

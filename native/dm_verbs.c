@@ -128,7 +128,8 @@ typedef struct vb_node {
     /* the current post */
     dm_verb *verbs[DM_MAX_BATCH];
     uint64_t stage_off[DM_MAX_BATCH];
-    uint8_t *stage_base; /* staging buffer this post's offsets refer to */
+    uint8_t *stage_base; /* staging buffer this post's offsets refer to (another node's post */
+    uint32_t stage_lkey; /* may replace d->stage before this post's later chunks go out) */
     int n, next, chunk_end;
     int busy;            /* a chunk's signalled completion is outstanding */
     int failed;          /* an error completion arrived for this post */
@@ -499,7 +500,7 @@ static void set_broken(vb_node *vn, const char *fmt, ...) {
 static int post_chunk(dm_ctx *ctx, vb_node *vn) {
     int k = vn->n - vn->next;
     if (k > (int)vn->max_wr) k = (int)vn->max_wr;
-    uint32_t lkey = vn->dev->stage.mr->lkey;
+    uint32_t lkey = vn->stage_lkey;
     for (int j = 0; j < k; j++) {
         int i = vn->next + j;
         dm_verb *v = vn->verbs[i];
@@ -547,7 +548,11 @@ static int post_chunk(dm_ctx *ctx, vb_node *vn) {
         /* ibv_post_send posted nothing from `bad` on; if bad is not the first, earlier WRs are
          * in flight unsignalled: the QP is then unusable for a clean completion. */
         int idx = bad ? (int)(bad - vn->wr) : 0;
-        if (idx > 0) set_broken(vn, "ibv_post_send to %s failed at verb %d: %s", vn->peer, vn->next + idx, strerror(e));
+        if (idx > 0) { /* stop the part that went out: its buffers are about to be reused */
+            struct ibv_qp_attr a = {.qp_state = IBV_QPS_ERR};
+            ibv_modify_qp(vn->qp, &a, IBV_QP_STATE);
+            set_broken(vn, "ibv_post_send to %s failed at verb %d: %s", vn->peer, vn->next + idx, strerror(e));
+        }
         return dm_fail(ctx, DM_EIO, "ibv_post_send to memory node %s failed at verb %d of %d: %s", vn->peer,
                        vn->next + idx, vn->n, strerror(e));
     }
@@ -600,6 +605,7 @@ static int vb_post(dm_ctx *ctx, dm_node *node, dm_verb *const *verbs, int n) {
     int rc = stage_take(ctx, d, need ? need : 8, &off);
     if (rc) return rc;
     vn->stage_base = d->stage.buf;
+    vn->stage_lkey = d->stage.mr->lkey;
     for (int i = 0; i < n; i++) {
         dm_verb *v = verbs[i];
         vn->verbs[i] = v;

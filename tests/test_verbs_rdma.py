@@ -272,7 +272,7 @@ def test_allocations_are_disjoint_across_clients(node: Memnode) -> None:
     b.close()
 
 
-def test_bad_input_raises_and_leaves_the_context_usable(vdm: DMContext) -> None:
+def test_bad_input_raises_and_leaves_the_context_usable(vdm: DMContext, node: Memnode) -> None:
     g = vdm.alloc(0, 64)
     with pytest.raises(AddressError, match="not 8-byte aligned"):
         vdm.read(g + 4, 8)
@@ -289,6 +289,8 @@ def test_bad_input_raises_and_leaves_the_context_usable(vdm: DMContext) -> None:
             vdm.post_read(g, 8)
     vdm.write(g, b"still ok")
     assert vdm.read(g, 8) == b"still ok"
+    with pytest.raises(DMError, match="already attached"):
+        DMContext(uris=[node.uri, node.uri])
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -375,8 +377,19 @@ def test_malformed_connection_is_rejected_with_logged_reason(vdm: DMContext, nod
 def test_two_nodes_then_one_dies(node: Memnode, tmp_path: Path) -> None:
     other = start_memnode(tmp_path, 1)
     try:
-        ctx = connect(TransportConfig(transport="verbs"), [node.uri, other.uri])
+        ctx = connect(TransportConfig(transport="verbs"), [node.uri + "&sq=4", other.uri])
         assert sorted(ctx.node_ids) == [0, 1]
+        # node 0's batch goes out in chunks of 4; between its chunks node 1's post replaces the
+        # staging buffer, which node 0's later chunks must not be confused by
+        small, big = ctx.alloc(0, 512), ctx.alloc(1, 8 << 20)
+        pattern, blob0 = os.urandom(512), os.urandom(8 << 20)
+        ctx.write(small, pattern)
+        ctx.write(big, blob0)
+        with ctx.batch():
+            parts = [ctx.post_read(small + 64 * i, 64) for i in range(8)]
+            whole = ctx.post_read(big, 8 << 20)
+        assert b"".join(p.value for p in parts) == pattern  # type: ignore[misc]
+        assert whole.value == blob0
         a, b = ctx.alloc(0, 8 << 20), ctx.alloc(1, 8 << 20)
         blob = os.urandom(8 << 20)
         with ctx.batch():  # one RTT, two doorbells, staging shared by both QPs
@@ -430,5 +443,48 @@ def test_doctor_lists_the_device_ports_and_gids(capsys: pytest.CaptureFixture[st
     out = capsys.readouterr().out
     assert re.search(rf"\[ +ok\] RDMA devices: .*{DEVICE}", out)
     assert re.search(r"port 1: ACTIVE", out)
-    assert "<- gid=auto" in out  # the GID the native client and the memory node pick by default
+    assert re.search(r"gid \d+: .* RoCE v2 .*<- gid=auto", out)  # what client and node pick by default
     assert "native build: verbs backend built in" in out
+
+
+def _fake_node(answers: list[bytes]) -> tuple[int, list[bytes]]:
+    """A TCP listener that plays a broken memory node: for each client it reads the CONNECT and
+    sends the next answer (b"" = hang up). Returns (port, the requests it got)."""
+    import threading
+
+    srv = socket.create_server(("127.0.0.1", 0))
+    got: list[bytes] = []
+
+    def run() -> None:
+        with srv:
+            for answer in answers:
+                conn, _ = srv.accept()
+                with conn:
+                    conn.settimeout(60)
+                    got.append(conn.recv(48, socket.MSG_WAITALL))
+                    if answer:
+                        conn.sendall(answer)
+
+    threading.Thread(target=run, daemon=True).start()
+    return srv.getsockname()[1], got
+
+
+def test_client_rejects_bad_answers_from_a_node() -> None:
+    good_qp = vm.QPInfo(qpn=99, psn=1, lid=0, mtu=3, rd_atomic=1, gid=bytes(10) + b"\xff\xff" + bytes(4))
+    bad_region = vm.RegionInfo(node_id=300, rkey=1, size=1 << 20, base=1 << 40)
+    cases = [
+        (vm.encode_reject("node is full of itself"), "rejected the connection: node is full of itself"),
+        (b"HTTP/1.1 400 Bad Request\r\n\r\n", "not a kvdm verbs memory node"),
+        (vm.encode_accept(good_qp, bad_region), r"malformed answer \(node id 300"),
+        (vm.encode_header(vm.ACCEPT, 4000), r"malformed answer \(type 2, length 4000\)"),
+        (b"", "closed the connection without answering"),
+    ]
+    port, got = _fake_node([answer for answer, _ in cases])
+    for _, message in cases:
+        with pytest.raises(DMError, match=message) as err:
+            DMContext(uris=[f"verbs://127.0.0.1:{port}?dev={DEVICE}&timeout=60"])
+        assert err.value.code == lib.DM_EPROTO
+    # every request the client sent was a well-formed CONNECT
+    for request in got:
+        assert vm.decode_header(request[:16]) == (vm.CONNECT, 32)
+        vm.decode_qpinfo(request[16:])

@@ -42,6 +42,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from kvdm.transport.lifecycle import stop_on_signals
@@ -207,7 +208,7 @@ def gid_ipv4(raw: bytes) -> str | None:
 class GidEntry:
     index: int
     gid: bytes
-    type: str  # "IB", "RoCE v1", "RoCE v2" or "?"
+    type: str  # "RoCE v2", "IB/RoCE v1" or "?"
 
 
 def query_gids(ctx: Any, port: int, table_len: int) -> list[GidEntry]:
@@ -220,11 +221,19 @@ def query_gids(ctx: Any, port: int, table_len: int) -> list[GidEntry]:
             continue
         if not any(raw):
             continue
-        kind = "?"
-        with contextlib.suppress(Exception):
-            kind = {0: "IB", 1: "RoCE v1", 2: "RoCE v2"}.get(int(ctx.query_gid_type(port, i)), "?")
-        out.append(GidEntry(i, raw, kind))
+        out.append(GidEntry(i, raw, gid_type(ctx, port, i)))
     return out
+
+
+def gid_type(ctx: Any, port: int, index: int) -> str:
+    """"RoCE v2", "IB/RoCE v1" (the kernel does not tell them apart) or "?"."""
+    name = ctx.name.decode() if isinstance(ctx.name, bytes) else str(ctx.name)
+    sysfs = Path(f"/sys/class/infiniband/{name}/ports/{port}/gid_attrs/types/{index}")
+    with contextlib.suppress(OSError):
+        return sysfs.read_text().strip() or "?"
+    with contextlib.suppress(Exception):  # ibv_query_gid_type: enum ibv_gid_type_sysfs
+        return {0: "IB/RoCE v1", 1: "RoCE v2"}.get(int(ctx.query_gid_type(port, index)), "?")
+    return "?"
 
 
 def pick_gid(entries: list[GidEntry]) -> GidEntry | None:

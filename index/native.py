@@ -205,8 +205,9 @@ class NativeIndex(Index):
 
     def close(self) -> None:
         if self._h is not None:
-            self._c("close")(ffi.gc(self._h, None))
-            self._h = None
+            h, self._h = self._h, None
+            ffi.gc(h, None)  # detach the destructor, then free now
+            self._c("close")(h)
 
 
 def open_chime(transport: DMContext, key_bytes: int, **options: Any) -> NativeIndex:

@@ -174,6 +174,19 @@ static void yield_after(unsigned tries) {
     if (tries > 4) sched_yield();
 }
 
+/* A read came back torn: count it, let the writer run, and give up (DM_EPROTO) if the node
+ * stays inconsistent for max_wait_ms (a writer that crashed mid-write, or not a chime node). */
+static int torn(CH_T *h, unsigned tries, uint64_t *t0, dm_gaddr g) {
+    h->st.torn_retry++;
+    yield_after(tries);
+    if (tries < 64) return DM_OK;
+    if (!*t0) *t0 = kvidx_wall_ms();
+    else if (kvidx_wall_ms() - *t0 > h->lk.max_wait_ms)
+        return herr(h, DM_EPROTO, "node 0x%016llx stayed inconsistent for %u ms (a client crashed mid-write, "
+                    "or the root slot holds another index)", (unsigned long long)untag(g), h->lk.max_wait_ms);
+    return DM_OK;
+}
+
 /* Child of internal node n for key: the last entry whose separator <= key, else leftmost. */
 static dm_gaddr search(const uint8_t *n, const uint8_t *key) {
     int lo = 0, hi = nkeys(n); /* first entry with separator > key */
@@ -198,15 +211,15 @@ static int agree(const uint8_t *nv, const uint8_t *uv, int nlines) {
 /* Read a whole node (retrying torn reads); payload gets its decoded content. */
 static int fetch_node(CH_T *h, dm_gaddr g, uint8_t *payload, int *ver, uint8_t *uver) {
     uint8_t raw[NODE_BYTES], nv[NODE_LINES], uv[NODE_LINES];
+    uint64_t t0 = 0;
     for (unsigned tries = 0;; tries++) {
         int rc = dm_read(h->ctx, raw, untag(g), NODE_BYTES);
         if (rc == DM_OK) rc = dm_submit(h->ctx);
         if (rc != DM_OK) return dmerr(h, rc);
         kvidx_unpack(raw, NODE_LINES, payload, nv, uv);
         int v = agree(nv, uv, NODE_LINES);
-        if (v < 0) {
-            h->st.torn_retry++;
-            yield_after(tries);
+        if (v < 0 && payload[H_KIND] == KIND) {
+            if ((rc = torn(h, tries, &t0, g)) != DM_OK) return rc;
             continue;
         }
         if (payload[H_KIND] != KIND)
@@ -397,6 +410,7 @@ static int get_one(CH_T *h, const uint8_t *key, uint64_t *val, uint8_t *found) {
     int exp = p.ver;
     leafread r;
     buckets_of(key, r.b);
+    uint64_t t0 = 0;
     for (unsigned tries = 0;; tries++) {
         int hdr = exp < 0;
         kvidx_read rd[3];
@@ -404,8 +418,7 @@ static int get_one(CH_T *h, const uint8_t *key, uint64_t *val, uint8_t *found) {
         if (rc != DM_OK) return rc;
         int v = leaf_decode(&r, hdr);
         if (v < 0) {
-            h->st.torn_retry++;
-            yield_after(tries);
+            if ((rc = torn(h, tries, &t0, leaf)) != DM_OK) return rc;
             continue;
         }
         if (!hdr && v != exp) {
@@ -441,6 +454,7 @@ static int lock_leaf(CH_T *h, const uint8_t *key, path *p, leafread *r, dm_gaddr
                      int *ver) {
     dm_gaddr leaf = p->leaf;
     int exp = p->ver;
+    uint64_t t0 = 0;
     buckets_of(key, r->b);
     for (unsigned tries = 0;; tries++) {
         int hdr = exp < 0;
@@ -461,10 +475,9 @@ static int lock_leaf(CH_T *h, const uint8_t *key, path *p, leafread *r, dm_gaddr
             hdr = 1;
         }
         if (v < 0) { /* only if a lease was taken over mid-write: drop the lock and retry */
-            h->st.torn_retry++;
             rc = kvidx_unlock(&h->lk, lock_of(leaf), *word);
             if (rc != DM_OK) return dmerr(h, rc);
-            yield_after(tries);
+            if ((rc = torn(h, tries, &t0, leaf)) != DM_OK) return rc;
             continue;
         }
         if (hdr && above_high(r->pay[0], key)) {
@@ -612,6 +625,7 @@ static int insert_parent(CH_T *h, path *p, int lvl, const uint8_t *sep, dm_gaddr
     }
     uint8_t raw[NODE_BYTES], nv[NODE_LINES], uv[NODE_LINES];
     uint8_t n[NODE_PAYLOAD + ENTRY]; /* room for one entry over capacity before a split */
+    uint64_t t0 = 0;
     for (unsigned tries = 0;; tries++) {
         uint64_t word;
         kvidx_read rd = {raw, untag(g), NODE_BYTES};
@@ -624,8 +638,7 @@ static int insert_parent(CH_T *h, path *p, int lvl, const uint8_t *sep, dm_gaddr
             if (rc != DM_OK) return dmerr(h, rc);
             if (v >= 0) return herr(h, DM_EPROTO, "node 0x%016llx: expected a level-%d chime node",
                                     (unsigned long long)g, lvl);
-            h->st.torn_retry++;
-            yield_after(tries);
+            if ((rc = torn(h, tries, &t0, g)) != DM_OK) return rc;
             continue;
         }
         if (above_high(n, sep)) {

@@ -1,0 +1,72 @@
+"""Helpers shared by the native index tests: key generation for both widths and worker
+processes (spawned, each with its own transport context) for the concurrency tests."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Any
+
+import kvdm.index as kindex
+import numpy as np
+from kvdm.transport import TransportConfig, connect
+
+
+def make_keys(ints: Any, key_bytes: int) -> np.ndarray:
+    """Distinct non-reserved keys from positive integers: the integers themselves (8 B) or
+    their SHA-256 (32 B)."""
+    ints = np.asarray(ints, dtype=np.uint64).reshape(-1)
+    if key_bytes == 8:
+        return ints.copy()
+    rows = [hashlib.sha256(int(i).to_bytes(8, "little")).digest() for i in ints]
+    return np.frombuffer(b"".join(rows), dtype=np.uint8).reshape(-1, 32).copy()
+
+
+def key_of(k: Any, key_bytes: int) -> Any:
+    """A hashable, ordered Python form of one key."""
+    return int(k) if key_bytes == 8 else bytes(k)
+
+
+def encode(ints: np.ndarray, writer: int) -> np.ndarray:
+    """Value naming its key and its writer, so readers can check they never see garbage."""
+    return (np.asarray(ints, dtype=np.uint64) << np.uint64(8)) | np.uint64(writer)
+
+
+def open_client(uri: str, name: str, key_bytes: int, tear: bool = False, **options: Any) -> Any:
+    ctx = connect(TransportConfig(tear=tear), [uri])
+    return kindex.open(name, ctx, key_bytes, **options)
+
+
+def writer_proc(uri: str, name: str, key_bytes: int, tear: bool, ints: np.ndarray, writer: int,
+                batch: int, options: dict[str, Any]) -> None:
+    """Insert ints (as keys) with values encode(ints, writer), in batches."""
+    idx = open_client(uri, name, key_bytes, tear, **options)
+    keys = make_keys(ints, key_bytes)
+    vals = encode(ints, writer)
+    for i in range(0, len(ints), batch):
+        idx.put(keys[i:i + batch], vals[i:i + batch])
+    idx.close()
+
+
+def reader_proc(uri: str, name: str, key_bytes: int, tear: bool, ints: np.ndarray, writers: list[int],
+                rounds: int, out: Any, options: dict[str, Any]) -> None:
+    """Read ints repeatedly; report values that no writer wrote for that key."""
+    idx = open_client(uri, name, key_bytes, tear, **options)
+    keys = make_keys(ints, key_bytes)
+    bad = 0
+    seen = 0
+    for _ in range(rounds):
+        vals, found = idx.get(keys)
+        v = vals[found]
+        ok = ((v >> np.uint64(8)) == ints[found]) & np.isin(v & np.uint64(0xFF), np.array(writers, np.uint64))
+        bad += int((~ok).sum())
+        seen += int(found.sum())
+    out.put((os.getpid(), bad, seen, idx.counters()))
+    idx.close()
+
+
+def crash_holding_lock(uri: str, name: str, key_bytes: int, key_int: int, options: dict[str, Any]) -> None:
+    """Take a leaf lock and die without releasing it."""
+    idx = open_client(uri, name, key_bytes, **options)
+    idx.debug_hold_lock(make_keys([key_int], key_bytes))
+    os._exit(0)

@@ -1,0 +1,93 @@
+"""Native index API details: options, reserved keys, attach, root slots, protocol costs
+(round trips and bytes per operation counted by the transport, not timed)."""
+
+from __future__ import annotations
+
+import kvdm.index as kindex
+import numpy as np
+import pytest
+
+from tests.index_helpers import make_keys, open_client
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_unknown_option_lists_valid_ones(dm) -> None:
+    with pytest.raises(ValueError, match="unknown option.*cache_gb.*valid: cache_mb, root_slot, lease_ms"):
+        kindex.open("chime", dm, 8, cache_gb=1)
+
+
+def test_needs_a_transport() -> None:
+    with pytest.raises(ValueError, match="needs a connected"):
+        kindex.open("chime", None, 8)
+
+
+@pytest.mark.parametrize("bad", [0, 2**64 - 1])
+def test_reserved_8_byte_keys_rejected(dm, bad: int) -> None:
+    idx = kindex.open("chime", dm, 8)
+    with pytest.raises(ValueError, match="reserved"):
+        idx.put(np.array([5, bad], dtype=np.uint64), np.array([1, 2], dtype=np.uint64))
+    assert idx.get_one(5) is None  # the batch was rejected before any write
+
+
+def test_reserved_32_byte_key_rejected(dm) -> None:
+    idx = kindex.open("chime", dm, 32)
+    with pytest.raises(ValueError, match="all-zero"):
+        idx.put(np.zeros((1, 32), np.uint8), np.array([1], dtype=np.uint64))
+
+
+def test_bad_root_slot(dm) -> None:
+    with pytest.raises(ValueError, match="root_slot 64 not in 0..63"):
+        kindex.open("chime", dm, 8, root_slot=64)
+
+
+def test_root_slot_holding_another_index_is_refused(dm) -> None:
+    kindex.open("chime", dm, 8).put_one(5, 1)  # slot 0 holds an 8-byte-key chime
+    with pytest.raises(Exception, match="not a chime 32-byte-key node"):
+        kindex.open("chime", dm, 32, root_slot=0)
+
+
+def test_second_client_attaches_to_the_same_index(shm_node) -> None:
+    a = open_client(shm_node.uri, "chime", 32)
+    keys = make_keys(np.arange(1, 2001), 32)
+    a.put(keys, np.arange(2000, dtype=np.uint64))
+    b = open_client(shm_node.uri, "chime", 32)
+    vals, found = b.get(keys)
+    assert found.all() and (vals == np.arange(2000, dtype=np.uint64)).all()
+    # separate root slots keep separate indexes on one memory node
+    c = open_client(shm_node.uri, "chime", 32, root_slot=9)
+    assert not c.get(keys)[1].any()
+
+
+def test_values_use_all_64_bits(dm) -> None:
+    idx = kindex.open("chime", dm, 8)
+    idx.put_one(3, 2**64 - 1)
+    assert idx.get_one(3) == 2**64 - 1
+
+
+@pytest.mark.parametrize("key_bytes,lookup_bytes", [(8, 128), (32, 256)])
+def test_protocol_costs_on_a_warm_cache(dm, key_bytes: int, lookup_bytes: int) -> None:
+    """Lookup: 1 round trip reading two bucket units (a miss too); insert and delete without
+    a split: 2 round trips (lock CAS || bucket READ, then WRITE || unlock CAS)."""
+    idx = kindex.open("chime", dm, key_bytes, cache_mb=8)
+    keys = make_keys(np.arange(1, 20001), key_bytes)
+    idx.put(keys, np.arange(20000, dtype=np.uint64))
+    idx.get(keys)  # warm the cache (and let parents learn every leaf's version)
+    idx.reset_counters()
+    _, found = idx.get(keys)
+    assert found.all()
+    c = idx.counters()
+    assert c["rtts"] == 20000 and c["cache_miss"] == 0
+    assert c["bytes_read"] <= lookup_bytes * 20000 and c["bytes_read"] >= lookup_bytes * 20000 * 0.99
+    absent = make_keys(np.arange(50001, 51001), key_bytes)
+    idx.reset_counters()
+    assert not idx.get(absent)[1].any()
+    assert idx.counters()["rtts"] == 1000  # a miss is conclusive in one round trip
+    idx.reset_counters()
+    idx.put(keys[:1000], np.ones(1000, dtype=np.uint64))  # updates: never split
+    c = idx.counters()
+    assert c["rtts"] == 2000 and c["writes"] == 1000 and c["cas"] == 2000
+    idx.reset_counters()
+    assert idx.delete(keys[:1000]).all()
+    assert idx.counters()["rtts"] == 2000
+    assert not idx.get(keys[:1000])[1].any()

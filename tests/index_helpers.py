@@ -7,8 +7,9 @@ import hashlib
 import os
 from typing import Any
 
-import kvdm.index as kindex
 import numpy as np
+
+import kvdm.index as kindex
 from kvdm.transport import TransportConfig, connect
 
 

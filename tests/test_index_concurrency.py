@@ -9,9 +9,9 @@ import time
 
 import numpy as np
 import pytest
-from kvdm.transport import MemoryNodeFull, ShmMemoryNode, TransportConfig, connect
+from index_helpers import crash_holding_lock, encode, make_keys, open_client, reader_proc, writer_proc
 
-from tests.index_helpers import crash_holding_lock, encode, make_keys, open_client, reader_proc, writer_proc
+from kvdm.transport import MemoryNodeFull, ShmMemoryNode, TransportConfig, connect
 
 BACKENDS = ["chime"]
 SPAWN = mp.get_context("spawn")

@@ -14,9 +14,9 @@ import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
-from kvdm.transport import ShmMemoryNode
+from index_helpers import key_of, make_keys, open_client
 
-from tests.index_helpers import key_of, make_keys, open_client
+from kvdm.transport import ShmMemoryNode
 
 BACKENDS = ["chime"]
 DOMAIN = 6000  # key integers 1..DOMAIN: overlaps make updates and deletes hit

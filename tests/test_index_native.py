@@ -3,11 +3,11 @@
 
 from __future__ import annotations
 
-import kvdm.index as kindex
 import numpy as np
 import pytest
+from index_helpers import make_keys, open_client
 
-from tests.index_helpers import make_keys, open_client
+import kvdm.index as kindex
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -40,7 +40,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from kvdm.transport.lifecycle import on_exit
+from kvdm.transport.lifecycle import on_exit, pid_running
 
 HOST = "127.0.0.1"
 SLOTS = 16384
@@ -145,23 +145,6 @@ def started_pids() -> list[int]:
     """PIDs of every server this process ever started (stopped ones included)."""
     with _live_lock:
         return list(_started)
-
-
-def pid_running(pid: int) -> bool:
-    """Whether ``pid`` is a live process (a zombie awaiting its reaper counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
-    except OSError:  # no /proc: fall back to signal 0
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
 
 
 @dataclass

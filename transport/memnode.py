@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from kvdm.native import ffi, lib
 from kvdm.transport.dm import RegionMissing, check_buf
-from kvdm.transport.lifecycle import on_exit
+from kvdm.transport.lifecycle import on_exit, pid_running
 
 PREFIX = "kvdm-"
 SHM_DIR = "/dev/shm"
@@ -47,19 +47,7 @@ class RegionInfo:
 
     @property
     def owner_alive(self) -> bool:
-        return pid_alive(self.owner_pid)
-
-
-def pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        return pid_running(self.owner_pid)
 
 
 def region_info(name: str) -> RegionInfo:

@@ -509,20 +509,49 @@ static int write_unit_unlock(CH_T *h, dm_gaddr leaf, leafread *r, int u, int ver
 
 static int cmp_entry(const void *a, const void *b) { return kcmp(((const entry *)a)->key, ((const entry *)b)->key); }
 
-/* Place entries into a fresh leaf payload (emptier of the two buckets); 0 if a bucket pair
- * overflows. */
-static int place(uint8_t *pay, const entry *e, int n) {
-    int fill[NBUCKETS] = {0};
-    for (int i = 0; i < n; i++) {
-        int b[2];
-        buckets_of(e[i].key, b);
-        int c = fill[b[0]] <= fill[b[1]] ? b[0] : b[1];
-        if (fill[c] >= SLOTS) return 0;
-        uint8_t *s = pay + (size_t)(1 + c) * UNIT_PAYLOAD + (size_t)fill[c] * ENTRY;
-        memcpy(s, e[i].key, KB);
-        put64(s + KB, e[i].val);
-        fill[c]++;
+/* Place entries into a fresh leaf payload, each in one of its two buckets. A maximum
+ * bipartite matching (augmenting paths that move earlier entries to their other bucket), so
+ * it fails only when no placement exists; returns 0 then. */
+typedef struct placer {
+    int kb[LEAF_CAP + 1][2];
+    int occ[NBUCKETS][SLOTS];
+    int fill[NBUCKETS];
+    int vis[NBUCKETS];
+} placer;
+
+static int augment(placer *pl, int k) {
+    for (int t = 0; t < 2; t++) {
+        int c = pl->kb[k][t];
+        if (pl->vis[c]) continue;
+        pl->vis[c] = 1;
+        if (pl->fill[c] < SLOTS) {
+            pl->occ[c][pl->fill[c]++] = k;
+            return 1;
+        }
+        for (int s = 0; s < SLOTS; s++)
+            if (augment(pl, pl->occ[c][s])) { /* that entry moved to its other bucket */
+                pl->occ[c][s] = k;
+                return 1;
+            }
     }
+    return 0;
+}
+
+static int place(uint8_t *pay, const entry *e, int n) {
+    placer pl;
+    if (n > LEAF_CAP) return 0;
+    memset(pl.fill, 0, sizeof pl.fill);
+    for (int i = 0; i < n; i++) {
+        buckets_of(e[i].key, pl.kb[i]);
+        memset(pl.vis, 0, sizeof pl.vis);
+        if (!augment(&pl, i)) return 0;
+    }
+    for (int c = 0; c < NBUCKETS; c++)
+        for (int s = 0; s < pl.fill[c]; s++) {
+            uint8_t *sl = pay + (size_t)(1 + c) * UNIT_PAYLOAD + (size_t)s * ENTRY;
+            memcpy(sl, e[pl.occ[c][s]].key, KB);
+            put64(sl + KB, e[pl.occ[c][s]].val);
+        }
     return 1;
 }
 

@@ -91,3 +91,17 @@ def test_protocol_costs_on_a_warm_cache(dm, key_bytes: int, lookup_bytes: int) -
     assert idx.delete(keys[:1000]).all()
     assert idx.counters()["rtts"] == 2000
     assert not idx.get(keys[:1000])[1].any()
+
+
+@pytest.mark.timeout(120)
+def test_dense_leaves_split_cleanly(dm) -> None:
+    """200k pseudo-random inserts: leaves fill up to where a split must move entries between
+    buckets to place them (this once failed with 'no split point fits the buckets')."""
+    from kvdm.experiments.cmd_bench_index import key_space
+
+    idx = kindex.open("chime", dm, 8)
+    keys = key_space(np.arange(200_000), 8)
+    idx.put(keys, np.arange(200_000, dtype=np.uint64))
+    vals, found = idx.get(keys)
+    assert found.all() and (vals == np.arange(200_000, dtype=np.uint64)).all()
+    assert idx.counters()["splits"] > 4000

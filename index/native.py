@@ -1,4 +1,4 @@
-"""The native remote-memory indexes (C over dm.h): ``chime`` (and later ``sherman``, ``race``).
+"""The native remote-memory indexes (C over dm.h): ``chime`` and ``sherman`` (``race`` to come).
 
 Each batch call is one C call over the numpy arrays (``ffi.from_buffer``); the C side runs
 the protocol, issues the verbs and counts. A handle belongs to one client thread; clients
@@ -52,6 +52,7 @@ class Backend:
 
 
 CHIME = Backend("chime", "chime", (0, 1))
+SHERMAN = Backend("sherman", "sherman", (2, 3))
 
 
 def check_keys(keys: np.ndarray, key_bytes: int) -> None:
@@ -213,3 +214,8 @@ class NativeIndex(Index):
 def open_chime(transport: DMContext, key_bytes: int, **options: Any) -> NativeIndex:
     """Registry factory for ``chime``."""
     return NativeIndex(CHIME, transport, key_bytes, **options)
+
+
+def open_sherman(transport: DMContext, key_bytes: int, **options: Any) -> NativeIndex:
+    """Registry factory for ``sherman``."""
+    return NativeIndex(SHERMAN, transport, key_bytes, **options)

@@ -13,7 +13,7 @@ from kvdm.transport import MemoryNodeFull, ShmMemoryNode, TransportConfig, conne
 
 from tests.index_helpers import crash_holding_lock, encode, make_keys, open_client, reader_proc, writer_proc
 
-BACKENDS = ["chime"]
+BACKENDS = ["chime", "sherman"]
 SPAWN = mp.get_context("spawn")
 
 

@@ -18,7 +18,7 @@ from kvdm.transport import ShmMemoryNode
 
 from tests.index_helpers import key_of, make_keys, open_client
 
-BACKENDS = ["chime"]
+BACKENDS = ["chime", "sherman"]
 DOMAIN = 6000  # key integers 1..DOMAIN: overlaps make updates and deletes hit
 
 

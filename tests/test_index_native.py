@@ -105,3 +105,21 @@ def test_dense_leaves_split_cleanly(dm) -> None:
     vals, found = idx.get(keys)
     assert found.all() and (vals == np.arange(200_000, dtype=np.uint64)).all()
     assert idx.counters()["splits"] > 4000
+
+
+@pytest.mark.parametrize("key_bytes,leaf_bytes", [(8, 1024), (32, 2048)])
+def test_sherman_protocol_costs(dm, key_bytes: int, leaf_bytes: int) -> None:
+    """sherman: a lookup is one READ of the whole leaf; a write is lock CAS || leaf READ, then
+    leaf WRITE || unlock CAS (2 round trips) when it does not split."""
+    idx = kindex.open("sherman", dm, key_bytes, cache_mb=8)
+    keys = make_keys(np.arange(1, 5001), key_bytes)
+    idx.put(keys, np.arange(5000, dtype=np.uint64))
+    idx.get(keys)
+    idx.reset_counters()
+    assert idx.get(keys)[1].all()
+    c = idx.counters()
+    assert c["rtts"] == 5000 and c["bytes_read"] == leaf_bytes * 5000 and c["cache_miss"] == 0
+    idx.reset_counters()
+    idx.put(keys[:500], np.zeros(500, dtype=np.uint64))
+    c = idx.counters()
+    assert c["rtts"] == 1000 and c["bytes_written"] == 500 * (leaf_bytes + 16)

@@ -35,16 +35,39 @@
 #include <string.h>
 #include <unistd.h>
 
+#ifndef KVDM_SHERMAN
+#define KVDM_SHERMAN 0
+#endif
+#if KVDM_SHERMAN
+#define NAME "sherman"
+#define KIND_BASE 0x50
+#if KVDM_KEY_BYTES == 8
+#define CH(x) sherman_k8_##x
+#define CH_T sherman_k8
+#else
+#define CH(x) sherman_k32_##x
+#define CH_T sherman_k32
+#endif
+#else
+#define NAME "chime"
+#define KIND_BASE 0x40
+#if KVDM_KEY_BYTES == 8
+#define CH(x) chime_k8_##x
+#define CH_T chime_k8
+#else
+#define CH(x) chime_k32_##x
+#define CH_T chime_k32
+#endif
+#endif
+/* chime's leaf versions ride in the parent's child pointers; sherman's change on every write */
+#define LEAF_TAGS (!KVDM_SHERMAN)
+
 #if KVDM_KEY_BYTES == 8
 #define KB 8
 #define BL 1
-#define CH(x) chime_k8_##x
-#define CH_T chime_k8
 #elif KVDM_KEY_BYTES == 32
 #define KB 32
 #define BL 2
-#define CH(x) chime_k32_##x
-#define CH_T chime_k32
 #else
 #error "KVDM_KEY_BYTES must be 8 or 32"
 #endif
@@ -72,7 +95,7 @@
 #define H_BYTES (24 + 2 * KB)
 #define ICAP ((NODE_PAYLOAD - H_BYTES) / ENTRY)
 #define F_HIGH_INF 1
-#define KIND (0x40 | (KB == 8 ? 1 : 2))
+#define KIND (KIND_BASE | (KB == 8 ? 1 : 2))
 #define MAXH 16
 #define POOL_MAX 24
 
@@ -223,7 +246,7 @@ static int fetch_node(CH_T *h, dm_gaddr g, uint8_t *payload, int *ver, uint8_t *
             continue;
         }
         if (payload[H_KIND] != KIND)
-            return herr(h, DM_EPROTO, "node 0x%016llx is not a chime %d-byte-key node (kind 0x%02x): does the "
+            return herr(h, DM_EPROTO, "node 0x%016llx is not a " NAME " %d-byte-key node (kind 0x%02x): does the "
                         "root slot hold another index?", (unsigned long long)untag(g), KB, payload[H_KIND]);
         if (ver) *ver = v;
         if (uver) memcpy(uver, uv, NODE_LINES);
@@ -340,6 +363,15 @@ static int find_leaf(CH_T *h, const uint8_t *key, path *p) {
     return descend(h, key, 0, p, &g);
 }
 
+static int submit_reads(CH_T *h, const kvidx_read *rd, int n) {
+    int rc = DM_OK;
+    for (int i = 0; i < n && rc == DM_OK; i++) rc = dm_read(h->ctx, rd[i].local, rd[i].remote, rd[i].len);
+    if (rc == DM_OK) rc = dm_submit(h->ctx);
+    else dm_discard(h->ctx);
+    return dmerr(h, rc);
+}
+
+#if !KVDM_SHERMAN
 /* ---- leaf bucket reads ---- */
 
 typedef struct leafread {
@@ -392,14 +424,6 @@ static int scan(const leafread *r, const uint8_t *key, int *slot) {
     return 0;
 }
 
-static int submit_reads(CH_T *h, const kvidx_read *rd, int n) {
-    int rc = DM_OK;
-    for (int i = 0; i < n && rc == DM_OK; i++) rc = dm_read(h->ctx, rd[i].local, rd[i].remote, rd[i].len);
-    if (rc == DM_OK) rc = dm_submit(h->ctx);
-    else dm_discard(h->ctx);
-    return dmerr(h, rc);
-}
-
 /* ---- lookup ---- */
 
 static int get_one(CH_T *h, const uint8_t *key, uint64_t *val, uint8_t *found) {
@@ -431,7 +455,7 @@ static int get_one(CH_T *h, const uint8_t *key, uint64_t *val, uint8_t *found) {
         }
         if (hdr) {
             if (r.pay[0][H_KIND] != KIND || r.pay[0][H_LEVEL] != 0)
-                return herr(h, DM_EPROTO, "0x%016llx is not a chime leaf", (unsigned long long)leaf);
+                return herr(h, DM_EPROTO, "0x%016llx is not a " NAME " leaf", (unsigned long long)leaf);
             if (above_high(r.pay[0], key)) {
                 h->st.go_right++;
                 leaf = untag(get64(r.pay[0] + H_SIB));
@@ -507,8 +531,11 @@ static int write_unit_unlock(CH_T *h, dm_gaddr leaf, leafread *r, int u, int ver
     return dmerr(h, rc);
 }
 
-static int cmp_entry(const void *a, const void *b) { return kcmp(((const entry *)a)->key, ((const entry *)b)->key); }
 
+static int cmp_entry(const void *a, const void *b) { return kcmp(((const entry *)a)->key, ((const entry *)b)->key); }
+#endif /* chime leaves */
+
+#if !KVDM_SHERMAN
 /* Place entries into a fresh leaf payload, each in one of its two buckets. A maximum
  * bipartite matching (augmenting paths that move earlier entries to their other bucket), so
  * it fails only when no placement exists; returns 0 then. */
@@ -555,6 +582,8 @@ static int place(uint8_t *pay, const entry *e, int n) {
     return 1;
 }
 
+#endif
+
 static void set_header(uint8_t *pay, int level, const uint8_t *low, const uint8_t *high, int high_inf,
                        dm_gaddr sib) {
     pay[H_KIND] = KIND;
@@ -589,9 +618,9 @@ static int publish_split(CH_T *h, path *p, dm_gaddr g, int lvl, uint64_t word, u
         memset(np, 0, sizeof np);
         static const uint8_t zero[KB];
         set_header(np, lvl + 1, zero, NULL, 1, 0);
-        put64(np + H_LEFT, DM_GADDR_WITH_TAG(g, lvl == 0 ? nv : 0));
+        put64(np + H_LEFT, DM_GADDR_WITH_TAG(g, lvl == 0 && LEAF_TAGS ? nv : 0));
         memcpy(ient(np, 0), sep, KB);
-        put64(ient(np, 0) + KB, DM_GADDR_WITH_TAG(s, lvl == 0 ? 1 : 0));
+        put64(ient(np, 0) + KB, DM_GADDR_WITH_TAG(s, lvl == 0 && LEAF_TAGS ? 1 : 0));
         set_nkeys(np, 1);
         kvidx_pack(nraw, NODE_LINES, np, 1, 0);
         rc = dm_write(h->ctx, s, rraw, NODE_BYTES);
@@ -665,7 +694,7 @@ static int insert_parent(CH_T *h, path *p, int lvl, const uint8_t *sep, dm_gaddr
         if (v < 0 || n[H_KIND] != KIND || n[H_LEVEL] != lvl) {
             rc = kvidx_unlock(&h->lk, lock_of(g), word);
             if (rc != DM_OK) return dmerr(h, rc);
-            if (v >= 0) return herr(h, DM_EPROTO, "node 0x%016llx: expected a level-%d chime node",
+            if (v >= 0) return herr(h, DM_EPROTO, "node 0x%016llx: expected a level-%d " NAME " node",
                                     (unsigned long long)g, lvl);
             if ((rc = torn(h, tries, &t0, g)) != DM_OK) return rc;
             continue;
@@ -689,11 +718,11 @@ static int insert_parent(CH_T *h, path *p, int lvl, const uint8_t *sep, dm_gaddr
             /* the right child's tag is valid only if the next separator is its high fence */
             int next_inf = i + 1 >= k + 1 ? (n[H_FLAGS] & F_HIGH_INF) : 0;
             const uint8_t *next = i + 1 >= k + 1 ? n + H_HIGH : cient(n, i + 1);
-            int exact = lvl == 1 && (next_inf ? rhigh_inf : (!rhigh_inf && kcmp(next, rhigh) == 0));
+            int exact = lvl == 1 && LEAF_TAGS && (next_inf ? rhigh_inf : (!rhigh_inf && kcmp(next, rhigh) == 0));
             put64(ient(n, i) + KB, DM_GADDR_WITH_TAG(right, exact ? rver : 0));
             set_nkeys(n, ++k);
         }
-        if (lvl == 1 && untag(get64(lptr)) == untag(left)) put64(lptr, DM_GADDR_WITH_TAG(left, lver));
+        if (lvl == 1 && LEAF_TAGS && untag(get64(lptr)) == untag(left)) put64(lptr, DM_GADDR_WITH_TAG(left, lver));
         if (k <= ICAP) {
             uint8_t out[NODE_BYTES];
             kvidx_pack(out, NODE_LINES, n, kvidx_next_ver((uint8_t)v), 0);
@@ -734,6 +763,7 @@ static int insert_parent(CH_T *h, path *p, int lvl, const uint8_t *sep, dm_gaddr
     }
 }
 
+#if !KVDM_SHERMAN
 /* Split the locked leaf (node_ver ver) while inserting key -> val. */
 static int split_leaf(CH_T *h, path *p, dm_gaddr leaf, int ver, uint64_t word, const uint8_t *key, uint64_t val) {
     int rc = fill_pool(h); /* allocate first: a full memory node must leave the leaf untouched */
@@ -823,6 +853,37 @@ static int write_one(CH_T *h, const uint8_t *key, uint64_t val, int del, uint8_t
     return write_unit_unlock(h, leaf, &r, u, ver, word);
 }
 
+/* The leaf's entries with cur <= key <= hi, sorted. */
+static int collect_leaf(const uint8_t *pay, const uint8_t *cur, const uint8_t *hi, entry *e) {
+    int n = 0;
+    for (int u = 1; u < NUNITS; u++)
+        for (int s = 0; s < SLOTS; s++) {
+            const uint8_t *sl = pay + (size_t)u * UNIT_PAYLOAD + (size_t)s * ENTRY;
+            if (kzero(sl) || kcmp(sl, cur) < 0 || kcmp(sl, hi) > 0) continue;
+            memcpy(e[n].key, sl, KB);
+            e[n].val = get64(sl + KB);
+            n++;
+        }
+    qsort(e, (size_t)n, sizeof e[0], cmp_entry);
+    return n;
+}
+
+/* Test hook body: lock the leaf covering key and return holding it. */
+static int debug_lock_leaf(CH_T *h, const uint8_t *key) {
+    path p;
+    int rc = find_leaf(h, key, &p);
+    if (rc != DM_OK) return rc;
+    leafread r;
+    dm_gaddr leaf;
+    uint64_t word;
+    int ver;
+    return lock_leaf(h, key, &p, &r, &leaf, &word, &ver);
+}
+#define LEAF_MAX LEAF_CAP
+#else
+#include "sherman_leaf_internal.h"
+#endif
+
 /* ---- range ---- */
 
 static int range_grow(CH_T *h, size_t need) {
@@ -856,17 +917,8 @@ static int range_scan(CH_T *h, const uint8_t *lo, const uint8_t *hi, uint64_t li
             g = untag(get64(pay + H_SIB));
             continue;
         }
-        entry e[LEAF_CAP];
-        int n = 0;
-        for (int u = 1; u < NUNITS; u++)
-            for (int s = 0; s < SLOTS; s++) {
-                const uint8_t *sl = pay + (size_t)u * UNIT_PAYLOAD + (size_t)s * ENTRY;
-                if (kzero(sl) || kcmp(sl, cur) < 0 || kcmp(sl, hi) > 0) continue;
-                memcpy(e[n].key, sl, KB);
-                e[n].val = get64(sl + KB);
-                n++;
-            }
-        qsort(e, (size_t)n, sizeof e[0], cmp_entry);
+        entry e[LEAF_MAX];
+        int n = collect_leaf(pay, cur, hi, e);
         rc = range_grow(h, h->rn + (size_t)n);
         if (rc != DM_OK) return rc;
         for (int i = 0; i < n && (!limit || h->rn < limit); i++) {
@@ -929,7 +981,7 @@ int CH(open)(dm_ctx *ctx, const kvidx_opts *o, CH_T **out, char *err, size_t err
         rc = fetch_node(h, h->root, pay, NULL, NULL);
     }
     if (rc != DM_OK) {
-        snprintf(err, errlen, "opening chime (%d-byte keys) at root slot %d: %s", KB, o->root_slot,
+        snprintf(err, errlen, "opening " NAME " (%d-byte keys) at root slot %d: %s", KB, o->root_slot,
                  h->err[0] ? h->err : dm_last_error(ctx));
         CH(close)(h);
         return rc;
@@ -1018,13 +1070,4 @@ void CH(reset_stats)(CH_T *h) {
 }
 
 /* Test hook: take the lock of the leaf covering key and keep it (as a client that crashed). */
-int CH(debug_lock)(CH_T *h, const uint8_t *key) {
-    path p;
-    int rc = find_leaf(h, key, &p);
-    if (rc != DM_OK) return rc;
-    leafread r;
-    dm_gaddr leaf;
-    uint64_t word;
-    int ver;
-    return lock_leaf(h, key, &p, &r, &leaf, &word, &ver);
-}
+int CH(debug_lock)(CH_T *h, const uint8_t *key) { return debug_lock_leaf(h, key); }

@@ -1,4 +1,5 @@
-"""The native remote-memory indexes (C over dm.h): ``chime`` and ``sherman`` (``race`` to come).
+"""The native remote-memory indexes (C over dm.h): ``chime`` and ``sherman`` (``race`` is reserved
+but not implemented yet).
 
 Each batch call is one C call over the numpy arrays (``ffi.from_buffer``); the C side runs
 the protocol, issues the verbs and counts. A handle belongs to one client thread; clients
@@ -219,3 +220,8 @@ def open_chime(transport: DMContext, key_bytes: int, **options: Any) -> NativeIn
 def open_sherman(transport: DMContext, key_bytes: int, **options: Any) -> NativeIndex:
     """Registry factory for ``sherman``."""
     return NativeIndex(SHERMAN, transport, key_bytes, **options)
+
+
+def open_race(transport: DMContext, key_bytes: int, **options: Any) -> NativeIndex:
+    """Registry entry for ``race`` (one-sided extendible hashing): not implemented yet."""
+    raise ValueError("index 'race' is not implemented yet in this build; use chime or sherman")

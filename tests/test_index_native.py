@@ -123,3 +123,8 @@ def test_sherman_protocol_costs(dm, key_bytes: int, leaf_bytes: int) -> None:
     idx.put(keys[:500], np.zeros(500, dtype=np.uint64))
     c = idx.counters()
     assert c["rtts"] == 1000 and c["bytes_written"] == 500 * (leaf_bytes + 16)
+
+
+def test_race_is_reserved_but_says_it_is_missing(dm) -> None:
+    with pytest.raises(ValueError, match="race.*not implemented"):
+        kindex.open("race", dm, 8)

@@ -17,7 +17,10 @@ typedef struct kvidx_opts {
     int root_slot;        /* root slot on memory node 0 holding this index's root (0..63) */
     uint32_t lease_ms;    /* lock lease: a lock older than this may be taken over */
     uint32_t max_wait_ms; /* give up (DM_ETIMEDOUT) after waiting this long for one lock */
+    uint32_t window;      /* lookups whose first READs share one doorbell (1..KVIDX_MAX_WINDOW) */
 } kvidx_opts;
+
+#define KVIDX_MAX_WINDOW 64
 
 /* Cumulative counters of one handle (transport counters come from dm_get_counters). */
 typedef struct kvidx_stats {

@@ -112,6 +112,7 @@ typedef struct CH_T {
     unsigned rr;
     dm_gaddr pool[POOL_MAX];
     int npool;
+    struct probe *probes; /* window > 1: one per key of a lookup group */
     uint8_t *rkeys; /* last range result */
     uint64_t *rvals;
     size_t rn, rcap;
@@ -880,6 +881,36 @@ static int debug_lock_leaf(CH_T *h, const uint8_t *key) {
     return lock_leaf(h, key, &p, &r, &leaf, &word, &ver);
 }
 #define LEAF_MAX LEAF_CAP
+
+/* Batched lookups: the first attempt of up to `window` keys shares one doorbell. */
+typedef struct probe {
+    path p;
+    leafread r;
+    int hdr;
+} probe;
+
+static int probe_post(CH_T *h, const uint8_t *key, probe *q) {
+    int rc = find_leaf(h, key, &q->p);
+    if (rc != DM_OK) return rc;
+    q->hdr = q->p.ver < 0;
+    buckets_of(key, q->r.b);
+    kvidx_read rd[3];
+    int n = leaf_reads(q->p.leaf, &q->r, q->hdr, rd);
+    for (int i = 0; i < n && rc == DM_OK; i++) rc = dm_read(h->ctx, rd[i].local, rd[i].remote, rd[i].len);
+    return dmerr(h, rc);
+}
+
+/* 1 if the probe answered; 0 sends the key down the single-key path (it retries, counts). */
+static int probe_finish(const uint8_t *key, probe *q, uint64_t *val, uint8_t *found) {
+    int v = leaf_decode(&q->r, q->hdr);
+    if (v < 0 || (!q->hdr && v != q->p.ver)) return 0;
+    if (q->hdr && (q->r.pay[0][H_KIND] != KIND || q->r.pay[0][H_LEVEL] != 0 || above_high(q->r.pay[0], key)))
+        return 0;
+    int slot, u = scan(&q->r, key, &slot);
+    *found = u != 0;
+    *val = u ? get64(q->r.pay[u] + slot * ENTRY + KB) : 0;
+    return 1;
+}
 #else
 #include "sherman_leaf_internal.h"
 #endif
@@ -939,6 +970,8 @@ int CH(open)(dm_ctx *ctx, const kvidx_opts *o, CH_T **out, char *err, size_t err
         return kvidx_fail_buf(err, errlen, DM_EINVAL, "root_slot %d not in 0..%d", o->root_slot, DM_NUM_ROOTS - 1);
     if (o->cache_mb < 0) return kvidx_fail_buf(err, errlen, DM_EINVAL, "cache_mb must be >= 0 (got %g)", o->cache_mb);
     if (o->lease_ms < 1) return kvidx_fail_buf(err, errlen, DM_EINVAL, "lease_ms must be >= 1");
+    if (o->window < 1 || o->window > KVIDX_MAX_WINDOW)
+        return kvidx_fail_buf(err, errlen, DM_EINVAL, "window %u not in 1..%d", o->window, KVIDX_MAX_WINDOW);
     if (dm_node_size(ctx, 0) == 0)
         return kvidx_fail_buf(err, errlen, DM_ENODE, "memory node 0 is not attached (it holds the root slots)");
     CH_T *h = calloc(1, sizeof *h);
@@ -952,7 +985,9 @@ int CH(open)(dm_ctx *ctx, const kvidx_opts *o, CH_T **out, char *err, size_t err
                           sizeof h->err};
     h->rr = owner;
     int rc = kvidx_cache_init(&h->cache, o->cache_mb, NODE_PAYLOAD, &h->st);
+    if (rc == DM_OK && o->window > 1 && !(h->probes = calloc(o->window, sizeof *h->probes))) rc = DM_ENOMEM;
     if (rc != DM_OK) {
+        kvidx_cache_free(&h->cache);
         free(h);
         return kvidx_fail_buf(err, errlen, rc, "cannot allocate a %g MB node cache", o->cache_mb);
     }
@@ -993,6 +1028,7 @@ int CH(open)(dm_ctx *ctx, const kvidx_opts *o, CH_T **out, char *err, size_t err
 void CH(close)(CH_T *h) {
     if (!h) return;
     kvidx_cache_free(&h->cache);
+    free(h->probes);
     free(h->rkeys);
     free(h->rvals);
     free(h);
@@ -1003,7 +1039,32 @@ const char *CH(error)(const CH_T *h) { return h->err; }
 #define LAT_BEGIN uint64_t t0 = lat ? dm_now_ns() : 0
 #define LAT_END(i) if (lat) lat[i] = dm_now_ns() - t0
 
+/* Lookups in groups of `window` keys: one doorbell carries every key's first READ(s); the
+ * keys whose read needs a retry or a go-right finish one by one. Each key's latency is its
+ * group's. */
+static int get_windowed(CH_T *h, const uint8_t *keys, size_t n, uint64_t *vals, uint8_t *found, uint64_t *lat) {
+    for (size_t s = 0; s < n; s += h->o.window) {
+        size_t m = n - s < h->o.window ? n - s : h->o.window;
+        uint64_t t0 = lat ? dm_now_ns() : 0;
+        int rc = DM_OK;
+        for (size_t j = 0; j < m && rc == DM_OK; j++) rc = probe_post(h, keys + (s + j) * KB, &h->probes[j]);
+        if (rc == DM_OK) rc = dmerr(h, dm_submit(h->ctx));
+        else dm_discard(h->ctx);
+        for (size_t j = 0; j < m && rc == DM_OK; j++) {
+            size_t i = s + j;
+            if (!probe_finish(keys + i * KB, &h->probes[j], &vals[i], &found[i]))
+                rc = get_one(h, keys + i * KB, &vals[i], &found[i]);
+            h->st.gets++;
+            h->st.found += found[i];
+        }
+        if (rc != DM_OK) return rc;
+        for (size_t j = 0; lat && j < m; j++) lat[s + j] = dm_now_ns() - t0;
+    }
+    return DM_OK;
+}
+
 int CH(get)(CH_T *h, const uint8_t *keys, size_t n, uint64_t *vals, uint8_t *found, uint64_t *lat) {
+    if (h->o.window > 1) return get_windowed(h, keys, n, vals, found, lat);
     for (size_t i = 0; i < n; i++) {
         LAT_BEGIN;
         int rc = get_one(h, keys + i * KB, &vals[i], &found[i]);

@@ -155,3 +155,26 @@ static int debug_lock_leaf(CH_T *h, const uint8_t *key) {
     dm_gaddr leaf;
     return sh_leaf(h, key, p.leaf, 1, pay, &v, &word, &leaf);
 }
+
+/* Batched lookups: the first whole-leaf READ of up to `window` keys shares one doorbell. */
+typedef struct probe {
+    path p;
+    uint8_t raw[NODE_BYTES];
+} probe;
+
+static int probe_post(CH_T *h, const uint8_t *key, probe *q) {
+    int rc = find_leaf(h, key, &q->p);
+    if (rc == DM_OK) rc = dmerr(h, dm_read(h->ctx, q->raw, q->p.leaf, NODE_BYTES));
+    return rc;
+}
+
+/* 1 if the probe answered; 0 sends the key down the single-key path. */
+static int probe_finish(const uint8_t *key, probe *q, uint64_t *val, uint8_t *found) {
+    uint8_t pay[NODE_PAYLOAD], nv[NODE_LINES], uv[NODE_LINES];
+    kvidx_unpack(q->raw, NODE_LINES, pay, nv, uv);
+    if (agree(nv, uv, NODE_LINES) < 0 || pay[H_KIND] != KIND || pay[H_LEVEL] != 0 || above_high(pay, key)) return 0;
+    int pos;
+    *found = (uint8_t)lsearch(pay, key, &pos);
+    *val = *found ? get64(cient(pay, pos) + KB) : 0;
+    return 1;
+}

@@ -128,3 +128,18 @@ def test_sherman_protocol_costs(dm, key_bytes: int, leaf_bytes: int) -> None:
 def test_race_is_reserved_but_says_it_is_missing(dm) -> None:
     with pytest.raises(ValueError, match="race.*not implemented"):
         kindex.open("race", dm, 8)
+
+
+@pytest.mark.parametrize("name", ["chime", "sherman"])
+def test_window_batches_lookups_into_one_doorbell(dm, name: str) -> None:
+    idx = kindex.open(name, dm, 8, window=64, root_slot=20)
+    keys = make_keys(np.arange(1, 3001), 8)
+    idx.put(keys, np.arange(3000, dtype=np.uint64))
+    probe = np.concatenate([keys[:600], make_keys(np.arange(90001, 90041), 8)])
+    idx.get(probe)
+    idx.reset_counters()
+    vals, found = idx.get(probe)
+    assert found[:600].all() and not found[600:].any() and (vals[:600] == np.arange(600)).all()
+    assert idx.counters()["rtts"] == 10  # 640 keys / 64 per doorbell
+    with pytest.raises(ValueError, match="window 65 not in 1..64"):
+        kindex.open(name, dm, 8, window=65, root_slot=21)

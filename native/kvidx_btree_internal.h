@@ -113,6 +113,7 @@ typedef struct CH_T {
     dm_gaddr pool[POOL_MAX];
     int npool;
     struct probe *probes; /* window > 1: one per key of a lookup group */
+    uint8_t *scan;        /* range prefetch buffer */
     uint8_t *rkeys; /* last range result */
     uint64_t *rvals;
     size_t rn, rcap;
@@ -930,6 +931,25 @@ static int range_grow(CH_T *h, size_t need) {
     return DM_OK;
 }
 
+/* Append the entries of leaf payload pay in [cur, hi]; 1 when the scan is complete. */
+static int range_take(CH_T *h, const uint8_t *pay, const uint8_t *cur, const uint8_t *hi, uint64_t limit,
+                      int *rc) {
+    entry e[LEAF_MAX];
+    int n = collect_leaf(pay, cur, hi, e);
+    if ((*rc = range_grow(h, h->rn + (size_t)n)) != DM_OK) return 1;
+    for (int i = 0; i < n && (!limit || h->rn < limit); i++) {
+        memcpy(h->rkeys + h->rn * KB, e[i].key, KB);
+        h->rvals[h->rn++] = e[i].val;
+    }
+    return (limit && h->rn >= limit) || (pay[H_FLAGS] & F_HIGH_INF) || kcmp(pay + H_HIGH, hi) > 0;
+}
+
+#define SCAN_PREFETCH 32
+
+/* Leaves the cached parent lists for [lo, hi], read in one doorbell; each is used only if its
+ * lines agree and it starts exactly where the previous one ended (B-link: a leaf owns
+ * [low, high) at its version). The first leaf that fails that, and any leaf past the
+ * prefetched ones, is read on its own following sibling pointers. */
 static int range_scan(CH_T *h, const uint8_t *lo, const uint8_t *hi, uint64_t limit) {
     h->rn = 0;
     if (kcmp(lo, hi) > 0) return DM_OK;
@@ -939,6 +959,34 @@ static int range_scan(CH_T *h, const uint8_t *lo, const uint8_t *hi, uint64_t li
     dm_gaddr g = p.leaf;
     uint8_t cur[KB], pay[NODE_PAYLOAD];
     memcpy(cur, lo, KB);
+    const uint8_t *par = p.parent ? kvidx_cache_get(&h->cache, p.parent) : NULL;
+    dm_gaddr list[SCAN_PREFETCH];
+    int nl = 0;
+    if (par) {
+        int k = nkeys(par), pos = 0;
+        while (pos < k && kcmp(cient(par, pos), lo) <= 0) pos++; /* entries before pos hold keys <= lo */
+        list[nl++] = g;
+        for (; pos < k && nl < SCAN_PREFETCH && kcmp(cient(par, pos), hi) <= 0; pos++)
+            list[nl++] = untag(get64(cient(par, pos) + KB));
+    }
+    if (nl > 1) {
+        if (!h->scan && !(h->scan = malloc((size_t)SCAN_PREFETCH * NODE_BYTES)))
+            return herr(h, DM_ENOMEM, "out of local memory for range prefetch");
+        for (int i = 0; i < nl && rc == DM_OK; i++) rc = dm_read(h->ctx, h->scan + (size_t)i * NODE_BYTES, list[i], NODE_BYTES);
+        if (rc == DM_OK) rc = dm_submit(h->ctx);
+        else dm_discard(h->ctx);
+        if (rc != DM_OK) return dmerr(h, rc);
+        for (int i = 0; i < nl; i++) {
+            uint8_t nv[NODE_LINES], uv[NODE_LINES];
+            kvidx_unpack(h->scan + (size_t)i * NODE_BYTES, NODE_LINES, pay, nv, uv);
+            if (untag(list[i]) != untag(g) || agree(nv, uv, NODE_LINES) < 0 || pay[H_KIND] != KIND ||
+                pay[H_LEVEL] != 0 || above_high(pay, cur) || (i > 0 && kcmp(pay + H_LOW, cur) != 0))
+                break; /* continue below, one leaf at a time */
+            if (range_take(h, pay, cur, hi, limit, &rc)) return rc;
+            memcpy(cur, pay + H_HIGH, KB);
+            g = untag(get64(pay + H_SIB));
+        }
+    }
     for (;;) {
         rc = fetch_node(h, g, pay, NULL, NULL);
         if (rc != DM_OK) return rc;
@@ -948,15 +996,7 @@ static int range_scan(CH_T *h, const uint8_t *lo, const uint8_t *hi, uint64_t li
             g = untag(get64(pay + H_SIB));
             continue;
         }
-        entry e[LEAF_MAX];
-        int n = collect_leaf(pay, cur, hi, e);
-        rc = range_grow(h, h->rn + (size_t)n);
-        if (rc != DM_OK) return rc;
-        for (int i = 0; i < n && (!limit || h->rn < limit); i++) {
-            memcpy(h->rkeys + h->rn * KB, e[i].key, KB);
-            h->rvals[h->rn++] = e[i].val;
-        }
-        if ((limit && h->rn >= limit) || (pay[H_FLAGS] & F_HIGH_INF) || kcmp(pay + H_HIGH, hi) > 0) return DM_OK;
+        if (range_take(h, pay, cur, hi, limit, &rc)) return rc;
         memcpy(cur, pay + H_HIGH, KB);
         g = untag(get64(pay + H_SIB));
     }
@@ -1029,6 +1069,7 @@ void CH(close)(CH_T *h) {
     if (!h) return;
     kvidx_cache_free(&h->cache);
     free(h->probes);
+    free(h->scan);
     free(h->rkeys);
     free(h->rvals);
     free(h);

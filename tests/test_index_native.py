@@ -143,3 +143,17 @@ def test_window_batches_lookups_into_one_doorbell(dm, name: str) -> None:
     assert idx.counters()["rtts"] == 10  # 640 keys / 64 per doorbell
     with pytest.raises(ValueError, match="window 65 not in 1..64"):
         kindex.open(name, dm, 8, window=65, root_slot=21)
+
+
+@pytest.mark.parametrize("name", ["chime", "sherman"])
+def test_range_prefetches_the_leaves_of_the_cached_parent(dm, name: str) -> None:
+    """A range over a few leaves reads them in one doorbell (listed by the cached parent)."""
+    idx = kindex.open(name, dm, 8, root_slot=30)
+    keys = np.arange(1, 20001, dtype=np.uint64)
+    idx.put(keys, keys)
+    idx.get(keys)
+    idx.reset_counters()
+    got, vals = idx.range(np.uint64(5000), np.uint64(5400))
+    assert (got == np.arange(5000, 5401)).all() and (vals == got).all()
+    c = idx.counters()
+    assert c["reads"] > 3 and c["rtts"] <= 2

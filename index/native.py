@@ -1,4 +1,5 @@
-"""The native remote-memory indexes (C over dm.h): ``chime`` (and later ``sherman``, ``race``).
+"""The native remote-memory indexes (C over dm.h): ``chime`` and ``sherman`` (``race`` is reserved
+but not implemented yet).
 
 Each batch call is one C call over the numpy arrays (``ffi.from_buffer``); the C side runs
 the protocol, issues the verbs and counts. A handle belongs to one client thread; clients
@@ -15,7 +16,10 @@ Options (keyword arguments; anything else is a ValueError listing these):
 * ``cache_mb`` (100): compute-side cache of internal nodes, in MB (0 disables it);
 * ``root_slot``: root slot on memory node 0 (default above);
 * ``lease_ms`` (1000): lock lease; a lock held longer (a crashed client) is taken over;
-* ``max_wait_ms`` (10000): give up on one lock after this long (TimeoutError).
+* ``max_wait_ms`` (10000): give up on one lock after this long (TimeoutError);
+* ``window`` (1): lookups whose first READs share one doorbell (1..64): a batch of N keys
+  then costs about N/window round trips (what a prefix match of chained block keys wants);
+  each key's latency is its group's.
 
 Reserved keys: 0 and 2**64-1 for 8-byte keys, the all-zero key for 32-byte keys.
 """
@@ -31,7 +35,8 @@ from kvdm.index.api import Index, as_keys, as_values
 from kvdm.native import ffi, lib
 from kvdm.transport.dm import DMContext, DMError, raise_for
 
-DEFAULTS: dict[str, Any] = {"cache_mb": 100.0, "root_slot": None, "lease_ms": 1000, "max_wait_ms": 10000}
+DEFAULTS: dict[str, Any] = {"cache_mb": 100.0, "root_slot": None, "lease_ms": 1000, "max_wait_ms": 10000,
+                            "window": 1}
 STAT_FIELDS = tuple(name for name, _ in ffi.typeof("kvidx_stats").fields)
 DM_FIELDS = ("rtts", "doorbells", "reads", "writes", "cas", "faa", "cas_failed", "bytes_read",
              "bytes_written", "torn_lines")
@@ -53,6 +58,7 @@ class Backend:
 
 
 CHIME = Backend("chime", "chime", (0, 1))
+SHERMAN = Backend("sherman", "sherman", (2, 3))
 
 
 def check_keys(keys: np.ndarray, key_bytes: int) -> None:
@@ -96,6 +102,7 @@ class NativeIndex(Index):
         c_opts.root_slot = int(opts["root_slot"])
         c_opts.lease_ms = int(opts["lease_ms"])
         c_opts.max_wait_ms = int(opts["max_wait_ms"])
+        c_opts.window = int(opts["window"])
         out = ffi.new(f"{backend.prefix}_k{key_bytes} **")
         err = ffi.new("char[512]")
         rc = self._c("open")(transport.ptr, c_opts, out, err, 512)
@@ -213,3 +220,13 @@ class NativeIndex(Index):
 def open_chime(transport: DMContext, key_bytes: int, **options: Any) -> NativeIndex:
     """Registry factory for ``chime``."""
     return NativeIndex(CHIME, transport, key_bytes, **options)
+
+
+def open_sherman(transport: DMContext, key_bytes: int, **options: Any) -> NativeIndex:
+    """Registry factory for ``sherman``."""
+    return NativeIndex(SHERMAN, transport, key_bytes, **options)
+
+
+def open_race(transport: DMContext, key_bytes: int, **options: Any) -> NativeIndex:
+    """Registry entry for ``race`` (one-sided extendible hashing): not implemented yet."""
+    raise ValueError("index 'race' is not implemented yet in this build; use chime or sherman")

@@ -1,4 +1,4 @@
-/* chime_k8.c - chime compiled for 8-byte keys (the implementation is chime_internal.h). */
+/* chime_k8.c - chime compiled for 8-byte keys (the implementation is kvidx_btree_internal.h). */
 #define KVDM_KEY_BYTES 8
 #include "chime.h"
-#include "chime_internal.h"
+#include "kvidx_btree_internal.h"

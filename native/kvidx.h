@@ -6,7 +6,10 @@
 #ifndef KVDM_KVIDX_H
 #define KVDM_KVIDX_H
 
+#include <stddef.h>
 #include <stdint.h>
+
+#include "dm.h"
 
 /* Options of an index handle (one per client thread; not thread-safe). */
 typedef struct kvidx_opts {
@@ -14,7 +17,10 @@ typedef struct kvidx_opts {
     int root_slot;        /* root slot on memory node 0 holding this index's root (0..63) */
     uint32_t lease_ms;    /* lock lease: a lock older than this may be taken over */
     uint32_t max_wait_ms; /* give up (DM_ETIMEDOUT) after waiting this long for one lock */
+    uint32_t window;      /* lookups whose first READs share one doorbell (1..KVIDX_MAX_WINDOW) */
 } kvidx_opts;
+
+#define KVIDX_MAX_WINDOW 64
 
 /* Cumulative counters of one handle (transport counters come from dm_get_counters). */
 typedef struct kvidx_stats {
@@ -32,5 +38,24 @@ typedef struct kvidx_stats {
     uint64_t lease_lost;       /* our lock was taken over before we released it */
     uint64_t root_reads;       /* root-slot reads (open, root changed) */
 } kvidx_stats;
+
+/* The C API of one index compiled for one key width (P = chime_k8, sherman_k32, ...).
+ * One handle per client thread. Keys: k8 = uint64 array, k32 = 32-byte rows; values uint64.
+ * Every call returns DM_OK or a dm_status with P_error(h) saying why. */
+#define KVIDX_DECLARE(P)                                                                                  \
+    typedef struct P P;                                                                                   \
+    int P##_open(dm_ctx *ctx, const kvidx_opts *opts, P **out, char *err, size_t errlen);                 \
+    void P##_close(P *h);                                                                                 \
+    const char *P##_error(const P *h);                                                                    \
+    int P##_get(P *h, const uint8_t *keys, size_t n, uint64_t *vals, uint8_t *found, uint64_t *lat_ns);   \
+    int P##_put(P *h, const uint8_t *keys, const uint64_t *vals, size_t n, uint64_t *lat_ns);             \
+    int P##_delete(P *h, const uint8_t *keys, size_t n, uint8_t *found, uint64_t *lat_ns);                \
+    int P##_range(P *h, const uint8_t *lo, const uint8_t *hi, uint64_t limit, size_t *count);             \
+    void P##_range_fetch(const P *h, uint8_t *keys, uint64_t *vals);                                      \
+    int P##_range_count(P *h, const uint8_t *los, const uint8_t *his, size_t n, int64_t *counts,          \
+                        uint64_t *lat_ns);                                                                \
+    void P##_stats(const P *h, kvidx_stats *out);                                                         \
+    void P##_reset_stats(P *h);                                                                           \
+    int P##_debug_lock(P *h, const uint8_t *key); /* test hook: take a leaf lock, never release */
 
 #endif /* KVDM_KVIDX_H */

@@ -13,7 +13,7 @@ from index_helpers import crash_holding_lock, encode, make_keys, open_client, re
 
 from kvdm.transport import MemoryNodeFull, ShmMemoryNode, TransportConfig, connect
 
-BACKENDS = ["chime"]
+BACKENDS = ["chime", "sherman"]
 SPAWN = mp.get_context("spawn")
 
 

@@ -18,16 +18,16 @@ from index_helpers import key_of, make_keys, open_client
 
 from kvdm.transport import ShmMemoryNode
 
-BACKENDS = ["chime"]
+BACKENDS = ["chime", "sherman"]
 DOMAIN = 6000  # key integers 1..DOMAIN: overlaps make updates and deletes hit
 
 
 def machine(name: str, key_bytes: int) -> type[RuleBasedStateMachine]:
     class IndexModel(RuleBasedStateMachine):
-        @initialize(cache_mb=st.sampled_from([0.0, 0.01, 4.0]))
-        def setup(self, cache_mb: float) -> None:
+        @initialize(cache_mb=st.sampled_from([0.0, 0.01, 4.0]), window=st.sampled_from([1, 8]))
+        def setup(self, cache_mb: float, window: int) -> None:
             self.node = ShmMemoryNode(32 << 20)
-            self.clients = [open_client(self.node.uri, name, key_bytes, cache_mb=cache_mb),
+            self.clients = [open_client(self.node.uri, name, key_bytes, cache_mb=cache_mb, window=window),
                             open_client(self.node.uri, name, key_bytes, cache_mb=cache_mb)]
             self.model: dict = {}
 

@@ -35,16 +35,39 @@
 #include <string.h>
 #include <unistd.h>
 
+#ifndef KVDM_SHERMAN
+#define KVDM_SHERMAN 0
+#endif
+#if KVDM_SHERMAN
+#define NAME "sherman"
+#define KIND_BASE 0x50
+#if KVDM_KEY_BYTES == 8
+#define CH(x) sherman_k8_##x
+#define CH_T sherman_k8
+#else
+#define CH(x) sherman_k32_##x
+#define CH_T sherman_k32
+#endif
+#else
+#define NAME "chime"
+#define KIND_BASE 0x40
+#if KVDM_KEY_BYTES == 8
+#define CH(x) chime_k8_##x
+#define CH_T chime_k8
+#else
+#define CH(x) chime_k32_##x
+#define CH_T chime_k32
+#endif
+#endif
+/* chime's leaf versions ride in the parent's child pointers; sherman's change on every write */
+#define LEAF_TAGS (!KVDM_SHERMAN)
+
 #if KVDM_KEY_BYTES == 8
 #define KB 8
 #define BL 1
-#define CH(x) chime_k8_##x
-#define CH_T chime_k8
 #elif KVDM_KEY_BYTES == 32
 #define KB 32
 #define BL 2
-#define CH(x) chime_k32_##x
-#define CH_T chime_k32
 #else
 #error "KVDM_KEY_BYTES must be 8 or 32"
 #endif
@@ -72,7 +95,7 @@
 #define H_BYTES (24 + 2 * KB)
 #define ICAP ((NODE_PAYLOAD - H_BYTES) / ENTRY)
 #define F_HIGH_INF 1
-#define KIND (0x40 | (KB == 8 ? 1 : 2))
+#define KIND (KIND_BASE | (KB == 8 ? 1 : 2))
 #define MAXH 16
 #define POOL_MAX 24
 
@@ -89,6 +112,8 @@ typedef struct CH_T {
     unsigned rr;
     dm_gaddr pool[POOL_MAX];
     int npool;
+    struct probe *probes; /* window > 1: one per key of a lookup group */
+    uint8_t *scan;        /* range prefetch buffer */
     uint8_t *rkeys; /* last range result */
     uint64_t *rvals;
     size_t rn, rcap;
@@ -223,7 +248,7 @@ static int fetch_node(CH_T *h, dm_gaddr g, uint8_t *payload, int *ver, uint8_t *
             continue;
         }
         if (payload[H_KIND] != KIND)
-            return herr(h, DM_EPROTO, "node 0x%016llx is not a chime %d-byte-key node (kind 0x%02x): does the "
+            return herr(h, DM_EPROTO, "node 0x%016llx is not a " NAME " %d-byte-key node (kind 0x%02x): does the "
                         "root slot hold another index?", (unsigned long long)untag(g), KB, payload[H_KIND]);
         if (ver) *ver = v;
         if (uver) memcpy(uver, uv, NODE_LINES);
@@ -340,6 +365,15 @@ static int find_leaf(CH_T *h, const uint8_t *key, path *p) {
     return descend(h, key, 0, p, &g);
 }
 
+static int submit_reads(CH_T *h, const kvidx_read *rd, int n) {
+    int rc = DM_OK;
+    for (int i = 0; i < n && rc == DM_OK; i++) rc = dm_read(h->ctx, rd[i].local, rd[i].remote, rd[i].len);
+    if (rc == DM_OK) rc = dm_submit(h->ctx);
+    else dm_discard(h->ctx);
+    return dmerr(h, rc);
+}
+
+#if !KVDM_SHERMAN
 /* ---- leaf bucket reads ---- */
 
 typedef struct leafread {
@@ -392,14 +426,6 @@ static int scan(const leafread *r, const uint8_t *key, int *slot) {
     return 0;
 }
 
-static int submit_reads(CH_T *h, const kvidx_read *rd, int n) {
-    int rc = DM_OK;
-    for (int i = 0; i < n && rc == DM_OK; i++) rc = dm_read(h->ctx, rd[i].local, rd[i].remote, rd[i].len);
-    if (rc == DM_OK) rc = dm_submit(h->ctx);
-    else dm_discard(h->ctx);
-    return dmerr(h, rc);
-}
-
 /* ---- lookup ---- */
 
 static int get_one(CH_T *h, const uint8_t *key, uint64_t *val, uint8_t *found) {
@@ -431,7 +457,7 @@ static int get_one(CH_T *h, const uint8_t *key, uint64_t *val, uint8_t *found) {
         }
         if (hdr) {
             if (r.pay[0][H_KIND] != KIND || r.pay[0][H_LEVEL] != 0)
-                return herr(h, DM_EPROTO, "0x%016llx is not a chime leaf", (unsigned long long)leaf);
+                return herr(h, DM_EPROTO, "0x%016llx is not a " NAME " leaf", (unsigned long long)leaf);
             if (above_high(r.pay[0], key)) {
                 h->st.go_right++;
                 leaf = untag(get64(r.pay[0] + H_SIB));
@@ -507,24 +533,58 @@ static int write_unit_unlock(CH_T *h, dm_gaddr leaf, leafread *r, int u, int ver
     return dmerr(h, rc);
 }
 
-static int cmp_entry(const void *a, const void *b) { return kcmp(((const entry *)a)->key, ((const entry *)b)->key); }
 
-/* Place entries into a fresh leaf payload (emptier of the two buckets); 0 if a bucket pair
- * overflows. */
-static int place(uint8_t *pay, const entry *e, int n) {
-    int fill[NBUCKETS] = {0};
-    for (int i = 0; i < n; i++) {
-        int b[2];
-        buckets_of(e[i].key, b);
-        int c = fill[b[0]] <= fill[b[1]] ? b[0] : b[1];
-        if (fill[c] >= SLOTS) return 0;
-        uint8_t *s = pay + (size_t)(1 + c) * UNIT_PAYLOAD + (size_t)fill[c] * ENTRY;
-        memcpy(s, e[i].key, KB);
-        put64(s + KB, e[i].val);
-        fill[c]++;
+static int cmp_entry(const void *a, const void *b) { return kcmp(((const entry *)a)->key, ((const entry *)b)->key); }
+#endif /* chime leaves */
+
+#if !KVDM_SHERMAN
+/* Place entries into a fresh leaf payload, each in one of its two buckets. A maximum
+ * bipartite matching (augmenting paths that move earlier entries to their other bucket), so
+ * it fails only when no placement exists; returns 0 then. */
+typedef struct placer {
+    int kb[LEAF_CAP + 1][2];
+    int occ[NBUCKETS][SLOTS];
+    int fill[NBUCKETS];
+    int vis[NBUCKETS];
+} placer;
+
+static int augment(placer *pl, int k) {
+    for (int t = 0; t < 2; t++) {
+        int c = pl->kb[k][t];
+        if (pl->vis[c]) continue;
+        pl->vis[c] = 1;
+        if (pl->fill[c] < SLOTS) {
+            pl->occ[c][pl->fill[c]++] = k;
+            return 1;
+        }
+        for (int s = 0; s < SLOTS; s++)
+            if (augment(pl, pl->occ[c][s])) { /* that entry moved to its other bucket */
+                pl->occ[c][s] = k;
+                return 1;
+            }
     }
+    return 0;
+}
+
+static int place(uint8_t *pay, const entry *e, int n) {
+    placer pl;
+    if (n > LEAF_CAP) return 0;
+    memset(pl.fill, 0, sizeof pl.fill);
+    for (int i = 0; i < n; i++) {
+        buckets_of(e[i].key, pl.kb[i]);
+        memset(pl.vis, 0, sizeof pl.vis);
+        if (!augment(&pl, i)) return 0;
+    }
+    for (int c = 0; c < NBUCKETS; c++)
+        for (int s = 0; s < pl.fill[c]; s++) {
+            uint8_t *sl = pay + (size_t)(1 + c) * UNIT_PAYLOAD + (size_t)s * ENTRY;
+            memcpy(sl, e[pl.occ[c][s]].key, KB);
+            put64(sl + KB, e[pl.occ[c][s]].val);
+        }
     return 1;
 }
+
+#endif
 
 static void set_header(uint8_t *pay, int level, const uint8_t *low, const uint8_t *high, int high_inf,
                        dm_gaddr sib) {
@@ -560,9 +620,9 @@ static int publish_split(CH_T *h, path *p, dm_gaddr g, int lvl, uint64_t word, u
         memset(np, 0, sizeof np);
         static const uint8_t zero[KB];
         set_header(np, lvl + 1, zero, NULL, 1, 0);
-        put64(np + H_LEFT, DM_GADDR_WITH_TAG(g, lvl == 0 ? nv : 0));
+        put64(np + H_LEFT, DM_GADDR_WITH_TAG(g, lvl == 0 && LEAF_TAGS ? nv : 0));
         memcpy(ient(np, 0), sep, KB);
-        put64(ient(np, 0) + KB, DM_GADDR_WITH_TAG(s, lvl == 0 ? 1 : 0));
+        put64(ient(np, 0) + KB, DM_GADDR_WITH_TAG(s, lvl == 0 && LEAF_TAGS ? 1 : 0));
         set_nkeys(np, 1);
         kvidx_pack(nraw, NODE_LINES, np, 1, 0);
         rc = dm_write(h->ctx, s, rraw, NODE_BYTES);
@@ -636,7 +696,7 @@ static int insert_parent(CH_T *h, path *p, int lvl, const uint8_t *sep, dm_gaddr
         if (v < 0 || n[H_KIND] != KIND || n[H_LEVEL] != lvl) {
             rc = kvidx_unlock(&h->lk, lock_of(g), word);
             if (rc != DM_OK) return dmerr(h, rc);
-            if (v >= 0) return herr(h, DM_EPROTO, "node 0x%016llx: expected a level-%d chime node",
+            if (v >= 0) return herr(h, DM_EPROTO, "node 0x%016llx: expected a level-%d " NAME " node",
                                     (unsigned long long)g, lvl);
             if ((rc = torn(h, tries, &t0, g)) != DM_OK) return rc;
             continue;
@@ -660,11 +720,11 @@ static int insert_parent(CH_T *h, path *p, int lvl, const uint8_t *sep, dm_gaddr
             /* the right child's tag is valid only if the next separator is its high fence */
             int next_inf = i + 1 >= k + 1 ? (n[H_FLAGS] & F_HIGH_INF) : 0;
             const uint8_t *next = i + 1 >= k + 1 ? n + H_HIGH : cient(n, i + 1);
-            int exact = lvl == 1 && (next_inf ? rhigh_inf : (!rhigh_inf && kcmp(next, rhigh) == 0));
+            int exact = lvl == 1 && LEAF_TAGS && (next_inf ? rhigh_inf : (!rhigh_inf && kcmp(next, rhigh) == 0));
             put64(ient(n, i) + KB, DM_GADDR_WITH_TAG(right, exact ? rver : 0));
             set_nkeys(n, ++k);
         }
-        if (lvl == 1 && untag(get64(lptr)) == untag(left)) put64(lptr, DM_GADDR_WITH_TAG(left, lver));
+        if (lvl == 1 && LEAF_TAGS && untag(get64(lptr)) == untag(left)) put64(lptr, DM_GADDR_WITH_TAG(left, lver));
         if (k <= ICAP) {
             uint8_t out[NODE_BYTES];
             kvidx_pack(out, NODE_LINES, n, kvidx_next_ver((uint8_t)v), 0);
@@ -705,6 +765,7 @@ static int insert_parent(CH_T *h, path *p, int lvl, const uint8_t *sep, dm_gaddr
     }
 }
 
+#if !KVDM_SHERMAN
 /* Split the locked leaf (node_ver ver) while inserting key -> val. */
 static int split_leaf(CH_T *h, path *p, dm_gaddr leaf, int ver, uint64_t word, const uint8_t *key, uint64_t val) {
     int rc = fill_pool(h); /* allocate first: a full memory node must leave the leaf untouched */
@@ -794,6 +855,67 @@ static int write_one(CH_T *h, const uint8_t *key, uint64_t val, int del, uint8_t
     return write_unit_unlock(h, leaf, &r, u, ver, word);
 }
 
+/* The leaf's entries with cur <= key <= hi, sorted. */
+static int collect_leaf(const uint8_t *pay, const uint8_t *cur, const uint8_t *hi, entry *e) {
+    int n = 0;
+    for (int u = 1; u < NUNITS; u++)
+        for (int s = 0; s < SLOTS; s++) {
+            const uint8_t *sl = pay + (size_t)u * UNIT_PAYLOAD + (size_t)s * ENTRY;
+            if (kzero(sl) || kcmp(sl, cur) < 0 || kcmp(sl, hi) > 0) continue;
+            memcpy(e[n].key, sl, KB);
+            e[n].val = get64(sl + KB);
+            n++;
+        }
+    qsort(e, (size_t)n, sizeof e[0], cmp_entry);
+    return n;
+}
+
+/* Test hook body: lock the leaf covering key and return holding it. */
+static int debug_lock_leaf(CH_T *h, const uint8_t *key) {
+    path p;
+    int rc = find_leaf(h, key, &p);
+    if (rc != DM_OK) return rc;
+    leafread r;
+    dm_gaddr leaf;
+    uint64_t word;
+    int ver;
+    return lock_leaf(h, key, &p, &r, &leaf, &word, &ver);
+}
+#define LEAF_MAX LEAF_CAP
+
+/* Batched lookups: the first attempt of up to `window` keys shares one doorbell. */
+typedef struct probe {
+    path p;
+    leafread r;
+    int hdr;
+} probe;
+
+static int probe_post(CH_T *h, const uint8_t *key, probe *q) {
+    int rc = find_leaf(h, key, &q->p);
+    if (rc != DM_OK) return rc;
+    q->hdr = q->p.ver < 0;
+    buckets_of(key, q->r.b);
+    kvidx_read rd[3];
+    int n = leaf_reads(q->p.leaf, &q->r, q->hdr, rd);
+    for (int i = 0; i < n && rc == DM_OK; i++) rc = dm_read(h->ctx, rd[i].local, rd[i].remote, rd[i].len);
+    return dmerr(h, rc);
+}
+
+/* 1 if the probe answered; 0 sends the key down the single-key path (it retries, counts). */
+static int probe_finish(const uint8_t *key, probe *q, uint64_t *val, uint8_t *found) {
+    int v = leaf_decode(&q->r, q->hdr);
+    if (v < 0 || (!q->hdr && v != q->p.ver)) return 0;
+    if (q->hdr && (q->r.pay[0][H_KIND] != KIND || q->r.pay[0][H_LEVEL] != 0 || above_high(q->r.pay[0], key)))
+        return 0;
+    int slot, u = scan(&q->r, key, &slot);
+    *found = u != 0;
+    *val = u ? get64(q->r.pay[u] + slot * ENTRY + KB) : 0;
+    return 1;
+}
+#else
+#include "sherman_leaf_internal.h"
+#endif
+
 /* ---- range ---- */
 
 static int range_grow(CH_T *h, size_t need) {
@@ -809,6 +931,25 @@ static int range_grow(CH_T *h, size_t need) {
     return DM_OK;
 }
 
+/* Append the entries of leaf payload pay in [cur, hi]; 1 when the scan is complete. */
+static int range_take(CH_T *h, const uint8_t *pay, const uint8_t *cur, const uint8_t *hi, uint64_t limit,
+                      int *rc) {
+    entry e[LEAF_MAX];
+    int n = collect_leaf(pay, cur, hi, e);
+    if ((*rc = range_grow(h, h->rn + (size_t)n)) != DM_OK) return 1;
+    for (int i = 0; i < n && (!limit || h->rn < limit); i++) {
+        memcpy(h->rkeys + h->rn * KB, e[i].key, KB);
+        h->rvals[h->rn++] = e[i].val;
+    }
+    return (limit && h->rn >= limit) || (pay[H_FLAGS] & F_HIGH_INF) || kcmp(pay + H_HIGH, hi) > 0;
+}
+
+#define SCAN_PREFETCH 32
+
+/* Leaves the cached parent lists for [lo, hi], read in one doorbell; each is used only if its
+ * lines agree and it starts exactly where the previous one ended (B-link: a leaf owns
+ * [low, high) at its version). The first leaf that fails that, and any leaf past the
+ * prefetched ones, is read on its own following sibling pointers. */
 static int range_scan(CH_T *h, const uint8_t *lo, const uint8_t *hi, uint64_t limit) {
     h->rn = 0;
     if (kcmp(lo, hi) > 0) return DM_OK;
@@ -818,6 +959,34 @@ static int range_scan(CH_T *h, const uint8_t *lo, const uint8_t *hi, uint64_t li
     dm_gaddr g = p.leaf;
     uint8_t cur[KB], pay[NODE_PAYLOAD];
     memcpy(cur, lo, KB);
+    const uint8_t *par = p.parent ? kvidx_cache_get(&h->cache, p.parent) : NULL;
+    dm_gaddr list[SCAN_PREFETCH];
+    int nl = 0;
+    if (par) {
+        int k = nkeys(par), pos = 0;
+        while (pos < k && kcmp(cient(par, pos), lo) <= 0) pos++; /* entries before pos hold keys <= lo */
+        list[nl++] = g;
+        for (; pos < k && nl < SCAN_PREFETCH && kcmp(cient(par, pos), hi) <= 0; pos++)
+            list[nl++] = untag(get64(cient(par, pos) + KB));
+    }
+    if (nl > 1) {
+        if (!h->scan && !(h->scan = malloc((size_t)SCAN_PREFETCH * NODE_BYTES)))
+            return herr(h, DM_ENOMEM, "out of local memory for range prefetch");
+        for (int i = 0; i < nl && rc == DM_OK; i++) rc = dm_read(h->ctx, h->scan + (size_t)i * NODE_BYTES, list[i], NODE_BYTES);
+        if (rc == DM_OK) rc = dm_submit(h->ctx);
+        else dm_discard(h->ctx);
+        if (rc != DM_OK) return dmerr(h, rc);
+        for (int i = 0; i < nl; i++) {
+            uint8_t nv[NODE_LINES], uv[NODE_LINES];
+            kvidx_unpack(h->scan + (size_t)i * NODE_BYTES, NODE_LINES, pay, nv, uv);
+            if (untag(list[i]) != untag(g) || agree(nv, uv, NODE_LINES) < 0 || pay[H_KIND] != KIND ||
+                pay[H_LEVEL] != 0 || above_high(pay, cur) || (i > 0 && kcmp(pay + H_LOW, cur) != 0))
+                break; /* continue below, one leaf at a time */
+            if (range_take(h, pay, cur, hi, limit, &rc)) return rc;
+            memcpy(cur, pay + H_HIGH, KB);
+            g = untag(get64(pay + H_SIB));
+        }
+    }
     for (;;) {
         rc = fetch_node(h, g, pay, NULL, NULL);
         if (rc != DM_OK) return rc;
@@ -827,24 +996,7 @@ static int range_scan(CH_T *h, const uint8_t *lo, const uint8_t *hi, uint64_t li
             g = untag(get64(pay + H_SIB));
             continue;
         }
-        entry e[LEAF_CAP];
-        int n = 0;
-        for (int u = 1; u < NUNITS; u++)
-            for (int s = 0; s < SLOTS; s++) {
-                const uint8_t *sl = pay + (size_t)u * UNIT_PAYLOAD + (size_t)s * ENTRY;
-                if (kzero(sl) || kcmp(sl, cur) < 0 || kcmp(sl, hi) > 0) continue;
-                memcpy(e[n].key, sl, KB);
-                e[n].val = get64(sl + KB);
-                n++;
-            }
-        qsort(e, (size_t)n, sizeof e[0], cmp_entry);
-        rc = range_grow(h, h->rn + (size_t)n);
-        if (rc != DM_OK) return rc;
-        for (int i = 0; i < n && (!limit || h->rn < limit); i++) {
-            memcpy(h->rkeys + h->rn * KB, e[i].key, KB);
-            h->rvals[h->rn++] = e[i].val;
-        }
-        if ((limit && h->rn >= limit) || (pay[H_FLAGS] & F_HIGH_INF) || kcmp(pay + H_HIGH, hi) > 0) return DM_OK;
+        if (range_take(h, pay, cur, hi, limit, &rc)) return rc;
         memcpy(cur, pay + H_HIGH, KB);
         g = untag(get64(pay + H_SIB));
     }
@@ -858,6 +1010,8 @@ int CH(open)(dm_ctx *ctx, const kvidx_opts *o, CH_T **out, char *err, size_t err
         return kvidx_fail_buf(err, errlen, DM_EINVAL, "root_slot %d not in 0..%d", o->root_slot, DM_NUM_ROOTS - 1);
     if (o->cache_mb < 0) return kvidx_fail_buf(err, errlen, DM_EINVAL, "cache_mb must be >= 0 (got %g)", o->cache_mb);
     if (o->lease_ms < 1) return kvidx_fail_buf(err, errlen, DM_EINVAL, "lease_ms must be >= 1");
+    if (o->window < 1 || o->window > KVIDX_MAX_WINDOW)
+        return kvidx_fail_buf(err, errlen, DM_EINVAL, "window %u not in 1..%d", o->window, KVIDX_MAX_WINDOW);
     if (dm_node_size(ctx, 0) == 0)
         return kvidx_fail_buf(err, errlen, DM_ENODE, "memory node 0 is not attached (it holds the root slots)");
     CH_T *h = calloc(1, sizeof *h);
@@ -871,7 +1025,9 @@ int CH(open)(dm_ctx *ctx, const kvidx_opts *o, CH_T **out, char *err, size_t err
                           sizeof h->err};
     h->rr = owner;
     int rc = kvidx_cache_init(&h->cache, o->cache_mb, NODE_PAYLOAD, &h->st);
+    if (rc == DM_OK && o->window > 1 && !(h->probes = calloc(o->window, sizeof *h->probes))) rc = DM_ENOMEM;
     if (rc != DM_OK) {
+        kvidx_cache_free(&h->cache);
         free(h);
         return kvidx_fail_buf(err, errlen, rc, "cannot allocate a %g MB node cache", o->cache_mb);
     }
@@ -900,7 +1056,7 @@ int CH(open)(dm_ctx *ctx, const kvidx_opts *o, CH_T **out, char *err, size_t err
         rc = fetch_node(h, h->root, pay, NULL, NULL);
     }
     if (rc != DM_OK) {
-        snprintf(err, errlen, "opening chime (%d-byte keys) at root slot %d: %s", KB, o->root_slot,
+        snprintf(err, errlen, "opening " NAME " (%d-byte keys) at root slot %d: %s", KB, o->root_slot,
                  h->err[0] ? h->err : dm_last_error(ctx));
         CH(close)(h);
         return rc;
@@ -912,6 +1068,8 @@ int CH(open)(dm_ctx *ctx, const kvidx_opts *o, CH_T **out, char *err, size_t err
 void CH(close)(CH_T *h) {
     if (!h) return;
     kvidx_cache_free(&h->cache);
+    free(h->probes);
+    free(h->scan);
     free(h->rkeys);
     free(h->rvals);
     free(h);
@@ -922,7 +1080,32 @@ const char *CH(error)(const CH_T *h) { return h->err; }
 #define LAT_BEGIN uint64_t t0 = lat ? dm_now_ns() : 0
 #define LAT_END(i) if (lat) lat[i] = dm_now_ns() - t0
 
+/* Lookups in groups of `window` keys: one doorbell carries every key's first READ(s); the
+ * keys whose read needs a retry or a go-right finish one by one. Each key's latency is its
+ * group's. */
+static int get_windowed(CH_T *h, const uint8_t *keys, size_t n, uint64_t *vals, uint8_t *found, uint64_t *lat) {
+    for (size_t s = 0; s < n; s += h->o.window) {
+        size_t m = n - s < h->o.window ? n - s : h->o.window;
+        uint64_t t0 = lat ? dm_now_ns() : 0;
+        int rc = DM_OK;
+        for (size_t j = 0; j < m && rc == DM_OK; j++) rc = probe_post(h, keys + (s + j) * KB, &h->probes[j]);
+        if (rc == DM_OK) rc = dmerr(h, dm_submit(h->ctx));
+        else dm_discard(h->ctx);
+        for (size_t j = 0; j < m && rc == DM_OK; j++) {
+            size_t i = s + j;
+            if (!probe_finish(keys + i * KB, &h->probes[j], &vals[i], &found[i]))
+                rc = get_one(h, keys + i * KB, &vals[i], &found[i]);
+            h->st.gets++;
+            h->st.found += found[i];
+        }
+        if (rc != DM_OK) return rc;
+        for (size_t j = 0; lat && j < m; j++) lat[s + j] = dm_now_ns() - t0;
+    }
+    return DM_OK;
+}
+
 int CH(get)(CH_T *h, const uint8_t *keys, size_t n, uint64_t *vals, uint8_t *found, uint64_t *lat) {
+    if (h->o.window > 1) return get_windowed(h, keys, n, vals, found, lat);
     for (size_t i = 0; i < n; i++) {
         LAT_BEGIN;
         int rc = get_one(h, keys + i * KB, &vals[i], &found[i]);
@@ -989,13 +1172,4 @@ void CH(reset_stats)(CH_T *h) {
 }
 
 /* Test hook: take the lock of the leaf covering key and keep it (as a client that crashed). */
-int CH(debug_lock)(CH_T *h, const uint8_t *key) {
-    path p;
-    int rc = find_leaf(h, key, &p);
-    if (rc != DM_OK) return rc;
-    leafread r;
-    dm_gaddr leaf;
-    uint64_t word;
-    int ver;
-    return lock_leaf(h, key, &p, &r, &leaf, &word, &ver);
-}
+int CH(debug_lock)(CH_T *h, const uint8_t *key) { return debug_lock_leaf(h, key); }

@@ -147,7 +147,8 @@ def test_window_batches_lookups_into_one_doorbell(dm, name: str) -> None:
 
 @pytest.mark.parametrize("name", ["chime", "sherman"])
 def test_range_prefetches_the_leaves_of_the_cached_parent(dm, name: str) -> None:
-    """A range over a few leaves reads them in one doorbell (listed by the cached parent)."""
+    """A range over a dozen or more leaves reads them in a few doorbells (one per cached parent
+    it crosses, plus one leaf read at each parent boundary), not one round trip per leaf."""
     idx = kindex.open(name, dm, 8, root_slot=30)
     keys = np.arange(1, 20001, dtype=np.uint64)
     idx.put(keys, keys)
@@ -156,4 +157,4 @@ def test_range_prefetches_the_leaves_of_the_cached_parent(dm, name: str) -> None
     got, vals = idx.range(np.uint64(5000), np.uint64(5400))
     assert (got == np.arange(5000, 5401)).all() and (vals == got).all()
     c = idx.counters()
-    assert c["reads"] > 3 and c["rtts"] <= 2
+    assert c["reads"] >= 10 and c["rtts"] <= 4

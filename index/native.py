@@ -102,6 +102,7 @@ class NativeIndex(Index):
         c_opts.lease_ms = int(opts["lease_ms"])
         c_opts.max_wait_ms = int(opts["max_wait_ms"])
         c_opts.window = int(opts["window"])
+        c_opts.add_virtual_ns = int(transport.config.latency_model == "virtual")
         out = ffi.new(f"{backend.prefix}_k{key_bytes} **")
         err = ffi.new("char[512]")
         rc = self._c("open")(transport.ptr, c_opts, out, err, 512)

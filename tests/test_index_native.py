@@ -158,3 +158,18 @@ def test_range_prefetches_the_leaves_of_the_cached_parent(dm, name: str) -> None
     assert (got == np.arange(5000, 5401)).all() and (vals == got).all()
     c = idx.counters()
     assert c["reads"] >= 10 and c["rtts"] <= 4
+
+
+def test_virtual_latency_model_adds_modelled_time(shm_node) -> None:
+    """With latency model virtual, per-key latencies include the modelled round trips (one
+    5 us RTT per warm lookup), which nothing waited for."""
+    from kvdm.transport import TransportConfig, connect
+
+    ctx = connect(TransportConfig(latency_model="virtual", rtt_us=5.0), [shm_node.uri])
+    idx = kindex.open("chime", ctx, 8)
+    keys = np.arange(1, 101, dtype=np.uint64)
+    idx.put(keys, keys)
+    idx.get(keys)
+    lat = np.zeros(100, dtype=np.uint64)
+    idx.get(keys, lat_ns=lat)
+    assert (lat >= 5000).all()

@@ -173,3 +173,11 @@ def test_virtual_latency_model_adds_modelled_time(shm_node) -> None:
     lat = np.zeros(100, dtype=np.uint64)
     idx.get(keys, lat_ns=lat)
     assert (lat >= 5000).all()
+
+
+def test_closed_handle_is_an_error_not_a_crash(dm) -> None:
+    idx = kindex.open("chime", dm, 8)
+    idx.close()
+    idx.close()
+    with pytest.raises(ValueError, match="closed"):
+        idx.get(np.array([1], dtype=np.uint64))

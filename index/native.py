@@ -81,7 +81,7 @@ class NativeIndex(Index):
 
     def __init__(self, backend: Backend, transport: DMContext, key_bytes: int = 8, **options: Any) -> None:
         super().__init__(key_bytes)
-        if not isinstance(transport, DMContext):
+        if not isinstance(transport, DMContext) or transport.ptr is None:
             raise ValueError(f"{backend.name} needs a connected kvdm.transport.DMContext, "
                              f"got {type(transport).__name__}")
         unknown = sorted(set(options) - set(DEFAULTS))
@@ -121,6 +121,8 @@ class NativeIndex(Index):
     def _live(self) -> Any:
         if self._h is None:
             raise ValueError(f"this {self.name} index handle is closed")
+        if self.transport.ptr is None:
+            raise ValueError(f"the transport context of this {self.name} index was closed")
         return self._h
 
     def _check(self, rc: int) -> None:

@@ -181,3 +181,15 @@ def test_closed_handle_is_an_error_not_a_crash(dm) -> None:
     idx.close()
     with pytest.raises(ValueError, match="closed"):
         idx.get(np.array([1], dtype=np.uint64))
+
+
+def test_closed_transport_is_an_error_not_a_crash(shm_node) -> None:
+    from kvdm.transport import TransportConfig, connect
+
+    ctx = connect(TransportConfig(), [shm_node.uri])
+    idx = kindex.open("chime", ctx, 8)
+    ctx.close()
+    with pytest.raises(ValueError, match="transport context .* was closed"):
+        idx.put_one(5, 1)
+    with pytest.raises(ValueError, match="needs a connected"):
+        kindex.open("chime", ctx, 8)

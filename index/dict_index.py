@@ -68,7 +68,9 @@ class DictIndex(Index):
             self._base = np.sort(np.array(list(self._data), dtype=self._key_dtype))
             self._delta, self._stale = [], False
         base = self._base
-        ks = base[np.searchsorted(base, lo_k, "left"):np.searchsorted(base, hi_k, "right")].tolist()
+        # bounds in the array's own dtype: a Python int would be compared through float64
+        lo_a, hi_a = np.array(lo_k, dtype=self._key_dtype), np.array(hi_k, dtype=self._key_dtype)
+        ks = base[np.searchsorted(base, lo_a, "left"):np.searchsorted(base, hi_a, "right")].tolist()
         if self.key_bytes == 32:  # numpy's S32 drops trailing zero bytes (the order is unaffected)
             ks = [k.ljust(32, b"\0") for k in ks]
         d = self._delta

@@ -82,7 +82,7 @@ class NativeIndex(Index):
 
     def __init__(self, backend: Backend, transport: DMContext, key_bytes: int = 8, **options: Any) -> None:
         super().__init__(key_bytes)
-        if not isinstance(transport, DMContext):
+        if not isinstance(transport, DMContext) or transport.ptr is None:
             raise ValueError(f"{backend.name} needs a connected kvdm.transport.DMContext, "
                              f"got {type(transport).__name__}")
         unknown = sorted(set(options) - set(DEFAULTS))
@@ -103,6 +103,7 @@ class NativeIndex(Index):
         c_opts.lease_ms = int(opts["lease_ms"])
         c_opts.max_wait_ms = int(opts["max_wait_ms"])
         c_opts.window = int(opts["window"])
+        c_opts.add_virtual_ns = int(transport.config.latency_model == "virtual")
         out = ffi.new(f"{backend.prefix}_k{key_bytes} **")
         err = ffi.new("char[512]")
         rc = self._c("open")(transport.ptr, c_opts, out, err, 512)
@@ -117,6 +118,13 @@ class NativeIndex(Index):
     # -- plumbing --
     def _c(self, op: str) -> Any:
         return getattr(lib, self._f + op)
+
+    def _live(self) -> Any:
+        if self._h is None:
+            raise ValueError(f"this {self.name} index handle is closed")
+        if self.transport.ptr is None:
+            raise ValueError(f"the transport context of this {self.name} index was closed")
+        return self._h
 
     def _check(self, rc: int) -> None:
         if rc == lib.DM_OK:
@@ -149,7 +157,7 @@ class NativeIndex(Index):
         n = k.shape[0]
         vals = np.zeros(n, dtype=np.uint64)
         found = np.zeros(n, dtype=np.uint8)
-        self._check(self._c("get")(self._h, _ptr(k), n, _ptr(vals, "uint64_t *"), _ptr(found),
+        self._check(self._c("get")(self._live(), _ptr(k), n, _ptr(vals, "uint64_t *"), _ptr(found),
                                    self._lat(lat_ns, n)))
         return vals, found.astype(bool)
 
@@ -157,20 +165,20 @@ class NativeIndex(Index):
         """Insert or update every key, in order."""
         k = self._keys(keys)
         v = as_values(values, k.shape[0])
-        self._check(self._c("put")(self._h, _ptr(k), _ptr(v, "uint64_t *"), k.shape[0],
+        self._check(self._c("put")(self._live(), _ptr(k), _ptr(v, "uint64_t *"), k.shape[0],
                                    self._lat(lat_ns, k.shape[0])))
 
     def delete(self, keys: np.ndarray, lat_ns: np.ndarray | None = None) -> np.ndarray:
         k = self._keys(keys, check=False)
         found = np.zeros(k.shape[0], dtype=np.uint8)
-        self._check(self._c("delete")(self._h, _ptr(k), k.shape[0], _ptr(found),
+        self._check(self._c("delete")(self._live(), _ptr(k), k.shape[0], _ptr(found),
                                       self._lat(lat_ns, k.shape[0])))
         return found.astype(bool)
 
     def range(self, lo: Any, hi: Any, limit: int = 0) -> tuple[np.ndarray, np.ndarray]:
         lo_k, hi_k = self._keys(lo, check=False), self._keys(hi, check=False)
         count = ffi.new("size_t *")
-        self._check(self._c("range")(self._h, _ptr(lo_k), _ptr(hi_k), max(0, int(limit)), count))
+        self._check(self._c("range")(self._live(), _ptr(lo_k), _ptr(hi_k), max(0, int(limit)), count))
         n = int(count[0])
         keys = np.zeros(n, dtype=np.uint64) if self.key_bytes == 8 else np.zeros((n, 32), dtype=np.uint8)
         vals = np.zeros(n, dtype=np.uint64)
@@ -183,7 +191,7 @@ class NativeIndex(Index):
         if lo_k.shape[0] != hi_k.shape[0]:
             raise ValueError(f"{lo_k.shape[0]} lower bounds but {hi_k.shape[0]} upper bounds")
         counts = np.zeros(lo_k.shape[0], dtype=np.int64)
-        self._check(self._c("range_count")(self._h, _ptr(lo_k), _ptr(hi_k), lo_k.shape[0],
+        self._check(self._c("range_count")(self._live(), _ptr(lo_k), _ptr(hi_k), lo_k.shape[0],
                                            _ptr(counts, "int64_t *"), self._lat(lat_ns, lo_k.shape[0])))
         return counts
 
@@ -198,18 +206,18 @@ class NativeIndex(Index):
         now = self._dm_counters()
         out = {k: now[k] - self._base[k] for k in DM_FIELDS}
         st = ffi.new("kvidx_stats *")
-        self._c("stats")(self._h, st)
+        self._c("stats")(self._live(), st)
         out.update({name: int(getattr(st, name)) for name in STAT_FIELDS})
         return out
 
     def reset_counters(self) -> None:
-        self._c("reset_stats")(self._h)
+        self._c("reset_stats")(self._live())
         self._base = self._dm_counters()
 
     def debug_hold_lock(self, key: Any) -> None:
         """Test hook: take the lock of the leaf holding ``key`` and never release it (what a
         client that crashed mid-write leaves behind)."""
-        self._check(self._c("debug_lock")(self._h, _ptr(self._keys(key))))
+        self._check(self._c("debug_lock")(self._live(), _ptr(self._keys(key))))
 
     def close(self) -> None:
         if self._h is not None:

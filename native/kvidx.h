@@ -18,6 +18,7 @@ typedef struct kvidx_opts {
     uint32_t lease_ms;    /* lock lease: a lock older than this may be taken over */
     uint32_t max_wait_ms; /* give up (DM_ETIMEDOUT) after waiting this long for one lock */
     uint32_t window;      /* lookups whose first READs share one doorbell (1..KVIDX_MAX_WINDOW) */
+    int add_virtual_ns;   /* latency model `virtual`: add the modelled time to per-key latencies */
 } kvidx_opts;
 
 #define KVIDX_MAX_WINDOW 64

@@ -135,6 +135,10 @@ int dm_attach(dm_ctx *ctx, const char *uri, unsigned *node_id_out);
 uint64_t dm_node_size(const dm_ctx *ctx, unsigned node_id);
 int dm_num_nodes(const dm_ctx *ctx);
 
+/* Format an error message into a caller's buffer (NULL-safe) and return code: the same
+ * reporting convention for code that fails before it has a ctx (creation, option checks). */
+int dm_fail_buf(char *err, size_t errlen, int code, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+
 /* ---- verbs --------------------------------------------------------------------------------- */
 
 int dm_read(dm_ctx *ctx, void *local, dm_gaddr remote, uint32_t len);

@@ -99,83 +99,57 @@ int dm_num_nodes(const dm_ctx *ctx) { return ctx->num_nodes; }
 
 /* ---- posting ---- */
 
-static int check_target(dm_ctx *ctx, const char *verb, dm_gaddr g, uint64_t len, uint64_t align, uint64_t *off) {
+static const char *const VERB_NAME[] = {"READ", "WRITE", "CAS", "FAA"};
+
+/* Validate v's target and append it to the batch; a failed post leaves the batch as it was. */
+static int post(dm_ctx *ctx, dm_verb v, dm_gaddr g) {
+    const char *verb = VERB_NAME[v.op];
     unsigned nid = DM_GADDR_NODE(g);
     uint64_t o = DM_GADDR_OFFSET(g);
     if (nid > DM_MAX_NODES || !ctx->nodes[nid])
         return dm_fail(ctx, DM_ENODE, "%s: memory node %u is not attached (address 0x%016llx)", verb, nid,
                        (unsigned long long)g);
-    if (o % align)
-        return dm_fail(ctx, DM_EALIGN, "%s: address 0x%016llx (node %u offset %llu) is not %llu-byte aligned", verb,
-                       (unsigned long long)g, nid, (unsigned long long)o, (unsigned long long)align);
+    if (o % 8)
+        return dm_fail(ctx, DM_EALIGN, "%s: address 0x%016llx (node %u offset %llu) is not 8-byte aligned", verb,
+                       (unsigned long long)g, nid, (unsigned long long)o);
     uint64_t size = ctx->nodes[nid]->size;
-    if (o < DM_HDR_ROOTS && !(o == DM_HDR_ALLOC && len == 8 && align == 8 && verb[0] == 'F'))
+    /* the header is off limits, but for the allocator's FAA word */
+    if (o < DM_HDR_ROOTS && !(v.op == DM_OP_FAA && o == DM_HDR_ALLOC))
         return dm_fail(ctx, DM_ERANGE, "%s: offset %llu on node %u is inside the node header", verb,
                        (unsigned long long)o, nid);
-    if (o >= size || len > size - o)
+    if (o >= size || v.len > size - o)
         return dm_fail(ctx, DM_ERANGE, "%s: [%llu, +%llu) is outside node %u's region of %llu bytes", verb,
-                       (unsigned long long)o, (unsigned long long)len, nid, (unsigned long long)size);
-    *off = o;
+                       (unsigned long long)o, (unsigned long long)v.len, nid, (unsigned long long)size);
+    if (ctx->nbatch >= DM_MAX_BATCH)
+        return dm_fail(ctx, DM_EBATCH, "%s: batch full (%d verbs); call dm_submit first", verb, DM_MAX_BATCH);
+    v.node = (uint16_t)nid;
+    v.offset = o;
+    ctx->batch[ctx->nbatch++] = v;
     return DM_OK;
 }
 
-static dm_verb *next_slot(dm_ctx *ctx, const char *verb) {
-    if (ctx->nbatch >= DM_MAX_BATCH) {
-        dm_fail(ctx, DM_EBATCH, "%s: batch full (%d verbs); call dm_submit first", verb, DM_MAX_BATCH);
-        return NULL;
-    }
-    return &ctx->batch[ctx->nbatch];
+static int post_xfer(dm_ctx *ctx, dm_verb v, dm_gaddr remote, const void *buf) {
+    if (v.len == 0 || v.len > DM_MAX_XFER)
+        return dm_fail(ctx, DM_EINVAL, "%s: length %u not in 1..%u", VERB_NAME[v.op], v.len, DM_MAX_XFER);
+    if (!buf) return dm_fail(ctx, DM_EINVAL, "%s: local buffer is NULL", VERB_NAME[v.op]);
+    return post(ctx, v, remote);
 }
 
 int dm_read(dm_ctx *ctx, void *local, dm_gaddr remote, uint32_t len) {
-    uint64_t off;
-    if (len == 0 || len > DM_MAX_XFER)
-        return dm_fail(ctx, DM_EINVAL, "READ: length %u not in 1..%u", len, DM_MAX_XFER);
-    if (!local) return dm_fail(ctx, DM_EINVAL, "READ: local buffer is NULL");
-    int rc = check_target(ctx, "READ", remote, len, 8, &off);
-    if (rc) return rc;
-    dm_verb *v = next_slot(ctx, "READ");
-    if (!v) return DM_EBATCH;
-    *v = (dm_verb){.op = DM_OP_READ, .node = (uint16_t)DM_GADDR_NODE(remote), .len = len, .offset = off,
-                   .local = local};
-    ctx->nbatch++;
-    return DM_OK;
+    return post_xfer(ctx, (dm_verb){.op = DM_OP_READ, .len = len, .local = local}, remote, local);
 }
 
 int dm_write(dm_ctx *ctx, dm_gaddr remote, const void *local, uint32_t len) {
-    uint64_t off;
-    if (len == 0 || len > DM_MAX_XFER)
-        return dm_fail(ctx, DM_EINVAL, "WRITE: length %u not in 1..%u", len, DM_MAX_XFER);
-    if (!local) return dm_fail(ctx, DM_EINVAL, "WRITE: local buffer is NULL");
-    int rc = check_target(ctx, "WRITE", remote, len, 8, &off);
-    if (rc) return rc;
-    dm_verb *v = next_slot(ctx, "WRITE");
-    if (!v) return DM_EBATCH;
-    *v = (dm_verb){.op = DM_OP_WRITE, .node = (uint16_t)DM_GADDR_NODE(remote), .len = len, .offset = off,
-                   .src = local};
-    ctx->nbatch++;
-    return DM_OK;
-}
-
-static int post_atomic(dm_ctx *ctx, const char *verb, int op, dm_gaddr remote, uint64_t a, uint64_t b,
-                       uint64_t *old_out) {
-    uint64_t off;
-    int rc = check_target(ctx, verb, remote, 8, 8, &off);
-    if (rc) return rc;
-    dm_verb *v = next_slot(ctx, verb);
-    if (!v) return DM_EBATCH;
-    *v = (dm_verb){.op = (uint8_t)op, .node = (uint16_t)DM_GADDR_NODE(remote), .len = 8, .offset = off,
-                   .compare = a, .swap = b, .old_out = old_out};
-    ctx->nbatch++;
-    return DM_OK;
+    return post_xfer(ctx, (dm_verb){.op = DM_OP_WRITE, .len = len, .src = local}, remote, local);
 }
 
 int dm_cas(dm_ctx *ctx, dm_gaddr remote, uint64_t expected, uint64_t desired, uint64_t *old_out) {
-    return post_atomic(ctx, "CAS", DM_OP_CAS, remote, expected, desired, old_out);
+    return post(ctx, (dm_verb){.op = DM_OP_CAS, .len = 8, .compare = expected, .swap = desired, .old_out = old_out},
+                remote);
 }
 
 int dm_faa(dm_ctx *ctx, dm_gaddr remote, uint64_t add, uint64_t *old_out) {
-    return post_atomic(ctx, "FAA", DM_OP_FAA, remote, add, 0, old_out);
+    return post(ctx, (dm_verb){.op = DM_OP_FAA, .len = 8, .compare = add, .old_out = old_out}, remote);
 }
 
 static unsigned verb_node(const dm_verb *v) { return v->node; }
@@ -272,7 +246,7 @@ int dm_alloc(dm_ctx *ctx, unsigned node_id, uint64_t len, uint64_t align, dm_gad
     uint64_t old = 0;
     int pending = ctx->nbatch;
     if (pending >= DM_MAX_BATCH) return dm_fail(ctx, DM_EBATCH, "alloc: batch full; submit first");
-    int rc = post_atomic(ctx, "FAA", DM_OP_FAA, DM_GADDR(node_id, DM_HDR_ALLOC), want, 0, &old);
+    int rc = dm_faa(ctx, DM_GADDR(node_id, DM_HDR_ALLOC), want, &old);
     if (rc) return rc;
     ctx->nbatch = pending;
     rc = run_verbs(ctx, &ctx->batch[pending], 1);

@@ -54,9 +54,6 @@ struct dm_ctx {
 
 /* Set ctx's error message and return code (so `return dm_fail(ctx, DM_EINVAL, ...)`). */
 int dm_fail(dm_ctx *ctx, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-/* Format into a caller's err buffer (NULL-safe) and return code. */
-int dm_fail_buf(char *err, size_t errlen, int code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
 
 uint64_t dm_rand(dm_ctx *ctx);
 

@@ -3,8 +3,6 @@
 #include "kvidx_internal.h"
 
 #include <sched.h>
-#include <stdarg.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -25,16 +23,6 @@ void kvidx_pack(uint8_t *raw, int nlines, const uint8_t *payload, uint8_t nver, 
         line[1] = uver;
         memcpy(line + KVIDX_LINE_META, payload + (size_t)i * KVIDX_LINE_PAYLOAD, KVIDX_LINE_PAYLOAD);
     }
-}
-
-int kvidx_fail_buf(char *err, size_t errlen, int code, const char *fmt, ...) {
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return code;
 }
 
 uint64_t kvidx_wall_ms(void) {
@@ -79,7 +67,7 @@ int kvidx_lock_and_read(kvidx_locker *lk, dm_gaddr lock_addr, const kvidx_read *
         expect = ((now & LEASE_MASK) - deadline) & LEASE_MASK;
         expect = (expect > 0 && expect < (LEASE_MASK >> 1)) ? old : 0;
         if (now - start > lk->max_wait_ms)
-            return kvidx_fail_buf(lk->err, lk->errlen, DM_ETIMEDOUT,
+            return dm_fail_buf(lk->err, lk->errlen, DM_ETIMEDOUT,
                            "gave up on lock 0x%016llx after %u ms: held by client %u (lease word 0x%016llx)",
                            (unsigned long long)lock_addr, lk->max_wait_ms, (unsigned)(old >> LEASE_BITS),
                            (unsigned long long)old);

@@ -820,16 +820,21 @@ static int split_leaf(CH_T *h, path *p, dm_gaddr leaf, int ver, uint64_t word, c
     return publish_split(h, p, leaf, 0, word, lp, kvidx_next_ver((uint8_t)v), s, rp, e[m].key, is_root_node(old));
 }
 
+/* Descend to the leaf covering key and lock it (lock CAS || leaf READ). */
+static int find_and_lock_leaf(CH_T *h, const uint8_t *key, path *p, leafread *r, dm_gaddr *leaf, uint64_t *word,
+                              int *ver) {
+    int rc = find_leaf(h, key, p);
+    return rc != DM_OK ? rc : lock_leaf(h, key, p, r, leaf, word, ver);
+}
+
 /* put (del = 0) or delete (del = 1) of one key. */
 static int write_one(CH_T *h, const uint8_t *key, uint64_t val, int del, uint8_t *found) {
     path p;
-    int rc = find_leaf(h, key, &p);
-    if (rc != DM_OK) return rc;
     leafread r;
     dm_gaddr leaf;
     uint64_t word;
     int ver;
-    rc = lock_leaf(h, key, &p, &r, &leaf, &word, &ver);
+    int rc = find_and_lock_leaf(h, key, &p, &r, &leaf, &word, &ver);
     if (rc != DM_OK) return rc;
     int slot, u = scan(&r, key, &slot);
     if (found) *found = u != 0;
@@ -873,13 +878,11 @@ static int collect_leaf(const uint8_t *pay, const uint8_t *cur, const uint8_t *h
 /* Test hook body: lock the leaf covering key and return holding it. */
 static int debug_lock_leaf(CH_T *h, const uint8_t *key) {
     path p;
-    int rc = find_leaf(h, key, &p);
-    if (rc != DM_OK) return rc;
     leafread r;
     dm_gaddr leaf;
     uint64_t word;
     int ver;
-    return lock_leaf(h, key, &p, &r, &leaf, &word, &ver);
+    return find_and_lock_leaf(h, key, &p, &r, &leaf, &word, &ver);
 }
 #define LEAF_MAX LEAF_CAP
 
@@ -1023,15 +1026,15 @@ static int range_scan(CH_T *h, const uint8_t *lo, const uint8_t *hi, uint64_t li
 int CH(open)(dm_ctx *ctx, const kvidx_opts *o, CH_T **out, char *err, size_t errlen) {
     *out = NULL;
     if (o->root_slot < 0 || o->root_slot >= DM_NUM_ROOTS)
-        return kvidx_fail_buf(err, errlen, DM_EINVAL, "root_slot %d not in 0..%d", o->root_slot, DM_NUM_ROOTS - 1);
-    if (o->cache_mb < 0) return kvidx_fail_buf(err, errlen, DM_EINVAL, "cache_mb must be >= 0 (got %g)", o->cache_mb);
-    if (o->lease_ms < 1) return kvidx_fail_buf(err, errlen, DM_EINVAL, "lease_ms must be >= 1");
+        return dm_fail_buf(err, errlen, DM_EINVAL, "root_slot %d not in 0..%d", o->root_slot, DM_NUM_ROOTS - 1);
+    if (o->cache_mb < 0) return dm_fail_buf(err, errlen, DM_EINVAL, "cache_mb must be >= 0 (got %g)", o->cache_mb);
+    if (o->lease_ms < 1) return dm_fail_buf(err, errlen, DM_EINVAL, "lease_ms must be >= 1");
     if (o->window < 1 || o->window > KVIDX_MAX_WINDOW)
-        return kvidx_fail_buf(err, errlen, DM_EINVAL, "window %u not in 1..%d", o->window, KVIDX_MAX_WINDOW);
+        return dm_fail_buf(err, errlen, DM_EINVAL, "window %u not in 1..%d", o->window, KVIDX_MAX_WINDOW);
     if (dm_node_size(ctx, 0) == 0)
-        return kvidx_fail_buf(err, errlen, DM_ENODE, "memory node 0 is not attached (it holds the root slots)");
+        return dm_fail_buf(err, errlen, DM_ENODE, "memory node 0 is not attached (it holds the root slots)");
     CH_T *h = calloc(1, sizeof *h);
-    if (!h) return kvidx_fail_buf(err, errlen, DM_ENOMEM, "out of local memory");
+    if (!h) return dm_fail_buf(err, errlen, DM_ENOMEM, "out of local memory");
     h->ctx = ctx;
     h->o = *o;
     for (unsigned id = 0; id <= DM_MAX_NODES; id++)
@@ -1045,7 +1048,7 @@ int CH(open)(dm_ctx *ctx, const kvidx_opts *o, CH_T **out, char *err, size_t err
     if (rc != DM_OK) {
         kvidx_cache_free(&h->cache);
         free(h);
-        return kvidx_fail_buf(err, errlen, rc, "cannot allocate a %g MB node cache", o->cache_mb);
+        return dm_fail_buf(err, errlen, rc, "cannot allocate a %g MB node cache", o->cache_mb);
     }
     /* create the index (a root leaf, published by CAS) unless someone did already */
     uint64_t w = 0;

@@ -58,7 +58,6 @@ typedef struct kvidx_locker {
 } kvidx_locker;
 
 /* Format into err (NULL-safe) and return code. */
-int kvidx_fail_buf(char *err, size_t errlen, int code, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 
 /* Acquire the lock at lock_addr and, in the same doorbell(s), perform the reads. On success
  * returns DM_OK with *word the value now in the lock (needed by kvidx_post_unlock). A lock

@@ -13,19 +13,19 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import time
-from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from kvdm.experiments.cli import UsageError, choices_type, group
 from kvdm.experiments.cmd_replay import RETRY_COUNTERS, add_index_options, derived_columns, index_spec
 from kvdm.experiments.metrics import Histogram
 from kvdm.experiments.options import add_transport_options, transport_config
-from kvdm.experiments.replay import NATIVE_INDEXES
-from kvdm.index import IndexSpec, open_spec
-from kvdm.transport import TransportConfig, connect, memory_nodes, parse_size
+from kvdm.experiments.replay import NATIVE_INDEXES, backend_session, open_client
+from kvdm.index import IndexSpec
+from kvdm.transport import TransportConfig, parse_size
 
 OPS = ("get", "put", "mixed")
 PRELOAD_BATCH = 4096
@@ -77,8 +77,7 @@ def register(sub: Any) -> None:
 
 def _client(cfg: BenchIndexConfig, uris: list[str], client: int, barrier: Any, out: Any) -> None:
     try:
-        ctx = connect(cfg.transport, uris) if cfg.index.name in NATIVE_INDEXES else None
-        index = open_spec(cfg.index, ctx)
+        index = open_client(cfg.index, cfg.transport, uris)
         out.put(measure(cfg, index, client, barrier))
         index.close()
     except Exception as exc:
@@ -103,8 +102,7 @@ def measure(cfg: BenchIndexConfig, index: Any, client: int, barrier: Any) -> tup
         for _ in range(64):
             is_get = cfg.op == "get" or (cfg.op == "mixed" and rng.random() < cfg.read_ratio)
             if is_get:
-                keys = make_keys(int(rng.integers(0, cfg.keys - cfg.batch + 1)), cfg.batch, kb) \
-                    if cfg.batch > 1 else make_keys(int(rng.integers(0, cfg.keys)), 1, kb)
+                keys = make_keys(int(rng.integers(0, cfg.keys - cfg.batch + 1)), cfg.batch, kb)
             else:
                 keys = make_keys(next_new, cfg.batch, kb)
                 next_new += cfg.batch
@@ -137,13 +135,9 @@ def cmd_bench_index(args: argparse.Namespace) -> int:
           f"{args.key_bytes} B, op {cfg.op}, {cfg.clients} client(s), {cfg.batch} key(s)/call, {cfg.seconds:g} s")
     if native:
         print(f"# transport: {cfg.transport.describe()}")
-    with ExitStack() as stack:
-        uris = stack.enter_context(memory_nodes(cfg.transport)) if native else []
-        if cfg.index.name == "redis":
-            from kvdm.experiments.options_redis import redis_session
-
-            cfg = replace(cfg, index=replace(cfg.index, options=stack.enter_context(redis_session(cfg.index.options))))
-        owner = open_spec(cfg.index, connect(cfg.transport, uris) if native else None)
+    with backend_session(cfg.index, cfg.transport) as (uris, shared):
+        cfg = replace(cfg, index=shared)
+        owner = open_client(cfg.index, cfg.transport, uris)
         t0 = time.perf_counter()
         for i in range(0, cfg.keys, PRELOAD_BATCH):
             n = min(PRELOAD_BATCH, cfg.keys - i)
@@ -165,8 +159,6 @@ def cmd_bench_index(args: argparse.Namespace) -> int:
     print(f"{'Mops':>8} {'Mkeys/s':>8} {'p50 us':>8} {'p99 us':>8} {'p99.9 us':>9} {'RTT/key':>8} {'READ/key':>8} "
           f"{'B read/key':>10} {'B wr/key':>9} {'retries/key':>11} {'cache hit %':>11} {'srv CPU us/key':>14}")
     per = {k: v / max(keys_done, 1) for k, v in counters.items()}
-    import pandas as pd
-
     row = pd.DataFrame([{f"{k}_per_op": v for k, v in per.items()}])
     derived = {k: float(v.iloc[0]) for k, v in derived_columns(row).items()}
     calls_per_s = lat.size / cfg.seconds / 1e6

@@ -98,7 +98,7 @@ def config_from_args(args: argparse.Namespace) -> ReplayConfig:
         trace=args.trace, index=index_spec(args, key_bytes), transport=transport_config(args),
         clients=args.clients, mapping=args.mapping, key_scheme=args.key_scheme, inserts=args.inserts,
         mode=args.mode, duration_s=args.duration, warmup_min=args.warmup_min, bin_min=args.bin_min,
-        name=args.out or "",
+        name=args.out or f"results/run-{time.strftime('%Y%m%d-%H%M%S')}-{args.index}",
     )
 
 
@@ -141,8 +141,6 @@ def print_summary(res: RunResults) -> None:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
-    out = args.out or f"results/run-{time.strftime('%Y%m%d-%H%M%S')}-{cfg.index.name}"
-    cfg.name = out
     print("# kvdm replay")
     for k, v in cfg.describe():
         print(f"#   {k:<10} {v}")
@@ -150,6 +148,6 @@ def cmd_replay(args: argparse.Namespace) -> int:
     print_summary(res)
     if res.meta["run"]["interrupted"]:
         print("# interrupted: the figures cover what ran before Ctrl-C")
-    path = res.write(out)
+    path = res.write(cfg.name)
     print(f"# results: {path}/results.parquet (+ .csv, run.json)")
     return 130 if res.meta["run"]["interrupted"] else 0

@@ -23,7 +23,8 @@ import queue
 import signal
 import sys
 import time
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -35,9 +36,27 @@ from kvdm.experiments.results import RunResults, machine_description, row_key
 from kvdm.index import IndexSpec, open_spec
 from kvdm.transport import TransportConfig, connect, memory_nodes
 
-MODES = ("closed", "realtime", "compressed:X")
 NATIVE_INDEXES = ("chime", "sherman", "race")
 PROGRESS_EVERY_S = 0.25
+
+
+@contextmanager
+def backend_session(index: IndexSpec, transport: TransportConfig) -> Iterator[tuple[list[str], IndexSpec]]:
+    """What every client of a run shares, for the duration of the block: the memory nodes of a
+    native index (embedded ones unless the config names some), or the Redis server(s) (started
+    here unless a URL is given). Yields the node URIs and the IndexSpec clients should open."""
+    with ExitStack() as stack:
+        uris = stack.enter_context(memory_nodes(transport)) if index.name in NATIVE_INDEXES else []
+        if index.name == "redis":
+            from kvdm.experiments.options_redis import redis_session
+
+            index = replace(index, options=stack.enter_context(redis_session(index.options)))
+        yield uris, index
+
+
+def open_client(index: IndexSpec, transport: TransportConfig, uris: list[str]) -> Any:
+    """One client's handle on the run's index (a native index gets its own transport context)."""
+    return open_spec(index, connect(transport, uris) if index.name in NATIVE_INDEXES else None)
 
 
 def parse_mode(mode: str) -> float:
@@ -141,11 +160,8 @@ def _op_hits(index: Any, stream: Any, j: int, kind: int, keys: np.ndarray) -> in
 def _client_main(cfg: ReplayConfig, client: int, uris: list[str], stream: Any, start_at: float,
                  stop: Any, progress: Any, results: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
-    ctx = None
     try:
-        native = cfg.index.name in NATIVE_INDEXES
-        ctx = connect(cfg.transport, uris) if native else None
-        index = open_spec(cfg.index, ctx)
+        index = open_client(cfg.index, cfg.transport, uris)
         res = run_client(cfg, client, index, stream, start_at, stop, progress)
         index.close()
     except Exception as exc:  # reported by the parent with the client's number
@@ -200,9 +216,7 @@ def run_client(cfg: ReplayConfig, client: int, index: Any, stream: Any, start_at
             prev = cur
             if virtual:
                 elapsed += delta.get("virtual_ns", 0)
-            acc = counters.setdefault((b, kind), {})
-            for k, v in delta.items():
-                acc[k] = acc.get(k, 0) + v
+            add_counts(counters.setdefault((b, kind), {}), delta)
             ops[done], lat[done], hits[done] = j, elapsed, h
             done += 1
         requests_done += 1
@@ -261,17 +275,11 @@ def replay(cfg: ReplayConfig, stream: Any = None, quiet: bool = False) -> RunRes
     native = cfg.index.name in NATIVE_INDEXES
     mpc = mp.get_context("spawn")
     interrupted = False
-    with ExitStack() as stack:
-        uris = stack.enter_context(memory_nodes(cfg.transport)) if native else []
-        if cfg.index.name == "redis":  # one server (or cluster) shared by every client
-            from kvdm.experiments.options_redis import redis_session
-
-            shared = stack.enter_context(redis_session(cfg.index.options))
-            cfg = replace(cfg, index=replace(cfg.index, options=shared))
-        owner_ctx = owner = None
+    with backend_session(cfg.index, cfg.transport) as (uris, shared):
+        cfg = replace(cfg, index=shared)
+        owner = None
         if native:  # create the index (and its root) before the clients attach to it
-            owner_ctx = connect(cfg.transport, uris)
-            owner = open_spec(cfg.index, owner_ctx)
+            owner = open_client(cfg.index, cfg.transport, uris)
         elif cfg.index.name != "dict":
             open_spec(cfg.index).close()  # fail early (e.g. an unreachable server)
         if stream.preload_keys.size and stream.inserts == "none":
@@ -312,7 +320,6 @@ def replay(cfg: ReplayConfig, stream: Any = None, quiet: bool = False) -> RunRes
                 p.terminate()
         if owner is not None:
             owner.close()
-            owner_ctx.close()
     errors = [f"client {c.client}: {c.error}" for c in collected if c.error]
     if errors:
         raise RuntimeError("replay failed: " + "; ".join(errors))
@@ -328,8 +335,7 @@ def _drain(q: Any, prog: Progress) -> None:
 
 
 def _preload(cfg: ReplayConfig, uris: list[str], stream: Any) -> None:
-    ctx = connect(cfg.transport, uris) if cfg.index.name in NATIVE_INDEXES else None
-    with open_spec(cfg.index, ctx) as index:
+    with open_client(cfg.index, cfg.transport, uris) as index:
         keys = stream.preload_keys
         for i in range(0, len(keys), 4096):
             chunk = keys[i:i + 4096]
@@ -352,28 +358,25 @@ def summarise(cfg: ReplayConfig, stream: Any, clients: list[ClientResult], inter
     timed = stream.timed[ops]
     blocks = np.diff(stream.key_offsets)[ops]
     expected = stream.expected_hits[ops]
-    warm = bins * bin_ms < cfg.warmup_min * 60_000.0
+    warmup_ms = cfg.warmup_min * 60_000.0
+    warm = bins * bin_ms < warmup_ms
     counter_sums: dict[tuple[int, int], dict[str, int]] = {}
     for c in clients:
         for key, d in c.counters.items():
-            acc = counter_sums.setdefault(key, {})
-            for k, v in d.items():
-                acc[k] = acc.get(k, 0) + v
+            add_counts(counter_sums.setdefault(key, {}), d)
     rows: list[dict[str, Any]] = []
     hists: dict[str, Histogram] = {}
-    measured_wall = wall  # throughput is over the whole run's wall time
     groups = [(int(b), int(k)) for b, k in sorted(set(zip(bins.tolist(), kinds.tolist(), strict=True)))]
     for b, k in groups + [(-1, k) for k in sorted(set(kinds.tolist()))]:
         if b >= 0:
             m = (bins == b) & (kinds == k) & timed
-            cnt = {kk: v for (bb, kind), d in counter_sums.items() if bb == b and kind == k for kk, v in d.items()}
-        else:
+            cnt = counter_sums.get((b, k), {})
+        else:  # the whole measured period: every bin but the warm-up ones
             m = (~warm) & (kinds == k) & timed
             cnt = {}
             for (bb, kind), d in counter_sums.items():
-                if kind == k and not bb * bin_ms < cfg.warmup_min * 60_000.0:
-                    for kk, v in d.items():
-                        cnt[kk] = cnt.get(kk, 0) + v
+                if kind == k and not bb * bin_ms < warmup_ms:
+                    add_counts(cnt, d)
         n = int(m.sum())
         if n == 0:
             continue
@@ -381,15 +384,16 @@ def summarise(cfg: ReplayConfig, stream: Any, clients: list[ClientResult], inter
         h.record(lat[m])
         hists[row_key(b, OP_NAMES[k])] = h
         checked = m & (hits >= 0)
+        n_blocks = int(blocks[m].sum())
         row = {
             "run": cfg.name, "index": cfg.index.name, "bin": b,
             "bin_start_min": b * cfg.bin_min if b >= 0 else -1.0,
-            "warmup": bool(b >= 0 and b * bin_ms < cfg.warmup_min * 60_000.0), "op": OP_NAMES[k],
-            "ops": n, "blocks": int(blocks[m].sum()),
-            **{f"{name}_us": v for name, v in zip(("p50", "p90", "p99", "p999"),
-                                                   [h.percentile(q) / 1e3 for q in (50, 90, 99, 99.9)], strict=True)},
+            "warmup": bool(b >= 0 and b * bin_ms < warmup_ms), "op": OP_NAMES[k],
+            "ops": n, "blocks": n_blocks,
+            "p50_us": h.percentile(50) / 1e3, "p90_us": h.percentile(90) / 1e3,
+            "p99_us": h.percentile(99) / 1e3, "p999_us": h.percentile(99.9) / 1e3,
             "mean_us": h.mean_ns / 1e3, "max_us": h.max_ns / 1e3,
-            "ops_per_s": n / measured_wall, "block_ops_per_s": int(blocks[m].sum()) / measured_wall,
+            "ops_per_s": n / wall, "block_ops_per_s": n_blocks / wall,  # over the whole run's wall time
             "hits": int(hits[checked].sum()), "expected_hits": int(expected[checked].sum()),
             "hit_mismatch": int((hits[checked] != expected[checked]).sum()),
         }
@@ -407,6 +411,12 @@ def summarise(cfg: ReplayConfig, stream: Any, clients: list[ClientResult], inter
                 "max_lag_ms": max((c.max_lag_ms for c in clients), default=0.0), "pid": os.getpid()},
     }
     return RunResults(df, meta, hists)
+
+
+def add_counts(acc: dict[str, int], delta: dict[str, int]) -> None:
+    """Add counter values into ``acc``."""
+    for k, v in delta.items():
+        acc[k] = acc.get(k, 0) + v
 
 
 def _config_dict(cfg: ReplayConfig) -> dict[str, Any]:

@@ -3,7 +3,9 @@ machine description in JSON, and each row's latency histogram so runs can be re-
 
 Layout of ``DIR``::
 
-    results.parquet   rows (see ROW_COLUMNS); bin -1 = the whole measured period (warm-up excluded)
+    results.parquet   rows: run, index, bin, bin_start_min, warmup, op, ops, blocks, p50/p90/p99/p999/mean/max
+                      _us, ops_per_s, block_ops_per_s, hits, expected_hits, hit_mismatch, then every
+                      backend counter as <name>_per_op; bin -1 = the whole measured period (warm-up excluded)
     results.csv       the same rows
     run.json          {"config": ..., "machine": ..., "trace": ..., "histograms": {row_key: sparse}}
 """
@@ -22,11 +24,6 @@ from typing import Any
 import pandas as pd
 
 from kvdm.experiments.metrics import Histogram
-
-ROW_COLUMNS = (
-    "run", "index", "bin", "bin_start_min", "warmup", "op", "ops", "blocks", "p50_us", "p90_us", "p99_us",
-    "p999_us", "mean_us", "max_us", "ops_per_s", "block_ops_per_s", "hits", "expected_hits", "hit_mismatch",
-)
 
 
 def machine_description() -> dict[str, Any]:

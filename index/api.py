@@ -53,13 +53,6 @@ def as_values(values: Any, n: int) -> np.ndarray:
     return arr
 
 
-def key_to_bytes(key: Any, key_bytes: int) -> bytes:
-    """One key as the big-endian byte string whose byte order equals the key order."""
-    if key_bytes == 8:
-        return int(key).to_bytes(8, "big")
-    return bytes(np.asarray(key, dtype=np.uint8).reshape(32))
-
-
 @dataclass
 class IndexSpec:
     """Everything needed to open an index, picklable so client processes can open their own.

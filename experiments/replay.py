@@ -37,6 +37,7 @@ from kvdm.index import IndexSpec, open_spec
 from kvdm.transport import TransportConfig, connect, memory_nodes
 
 NATIVE_INDEXES = ("chime", "sherman", "race")
+PRIVATE_INDEXES = ("dict",)  # live inside each client process
 PROGRESS_EVERY_S = 0.25
 
 
@@ -162,6 +163,8 @@ def _client_main(cfg: ReplayConfig, client: int, uris: list[str], stream: Any, s
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     try:
         index = open_client(cfg.index, cfg.transport, uris)
+        if needs_preload(stream) and cfg.index.name in PRIVATE_INDEXES:
+            preload(index, stream)  # a private index must be filled by its own client
         res = run_client(cfg, client, index, stream, start_at, stop, progress)
         index.close()
     except Exception as exc:  # reported by the parent with the client's number
@@ -282,8 +285,9 @@ def replay(cfg: ReplayConfig, stream: Any = None, quiet: bool = False) -> RunRes
             owner = open_client(cfg.index, cfg.transport, uris)
         elif cfg.index.name != "dict":
             open_spec(cfg.index).close()  # fail early (e.g. an unreachable server)
-        if stream.preload_keys.size and stream.inserts == "none":
-            _preload(cfg, uris, stream)
+        if needs_preload(stream) and cfg.index.name not in PRIVATE_INDEXES:
+            with open_client(cfg.index, cfg.transport, uris) as index:
+                preload(index, stream)
         stop, progress_q, results_q = mpc.Event(), mpc.Queue(), mpc.Queue()
         start_at = time.time() + 1.0 + 0.3 * cfg.clients  # let every client start first
         procs = [mpc.Process(target=_client_main, args=(cfg, c, uris, stream, start_at, stop, progress_q, results_q),
@@ -334,12 +338,17 @@ def _drain(q: Any, prog: Progress) -> None:
             return
 
 
-def _preload(cfg: ReplayConfig, uris: list[str], stream: Any) -> None:
-    with open_client(cfg.index, cfg.transport, uris) as index:
-        keys = stream.preload_keys
-        for i in range(0, len(keys), 4096):
-            chunk = keys[i:i + 4096]
-            index.put(chunk, np.arange(i, i + len(chunk), dtype=np.uint64))
+def needs_preload(stream: Any) -> bool:
+    """Whether the stream issues no inserts and expects every key to be present beforehand."""
+    return bool(stream.preload_keys.size) and stream.inserts == "none"
+
+
+def preload(index: Any, stream: Any) -> None:
+    """Put every key of the stream (``--inserts none``)."""
+    keys = stream.preload_keys
+    for i in range(0, len(keys), 4096):
+        chunk = keys[i:i + 4096]
+        index.put(chunk, np.arange(i, i + len(chunk), dtype=np.uint64))
 
 
 def summarise(cfg: ReplayConfig, stream: Any, clients: list[ClientResult], interrupted: bool = False) -> RunResults:

@@ -39,6 +39,21 @@ def test_dict_replay_reproduces_the_trace_hits_exactly(mapping: str, scheme: str
     assert res.meta["run"]["ops_done"] == stream.n_ops
 
 
+@pytest.mark.parametrize("index", ["dict", "chime"])
+def test_preloaded_replay_hits_every_lookup(index: str) -> None:
+    """--inserts none: every key is put first (by each client for the private dict), so every
+    lookup hits, as the ground truth says."""
+    from kvdm.traces.mapping import map_trace
+    from kvdm.traces.registry import load
+
+    stream = map_trace(load(FIXTURE_TRACE, limit=100), "paper", "id", "none")
+    cfg = ReplayConfig(trace=FIXTURE_TRACE, index=IndexSpec(index, 8), clients=1, inserts="none")
+    res = replay(cfg, stream, quiet=True)
+    whole = res.rows[res.rows["bin"] == -1]
+    assert whole["hits"].sum() == whole["expected_hits"].sum() == whole["blocks"].sum() > 0
+    assert whole["hit_mismatch"].sum() == 0
+
+
 def test_results_round_trip(tmp_path: Path) -> None:
     cfg = ReplayConfig(trace=FIXTURE_TRACE, index=IndexSpec("dict", 8), clients=2, bin_min=1.0, warmup_min=1.0)
     res = replay(cfg, quiet=True)

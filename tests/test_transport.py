@@ -111,6 +111,16 @@ def test_root_slots_are_cas_words(dm: DMContext) -> None:
 # ---- multi-process ---------------------------------------------------------------------------
 
 
+def run_processes(target: object, args_list: list[tuple], timeout: float) -> None:
+    """Run target(*args) in one spawned process per args, all at once; each must exit 0."""
+    procs = [SPAWN.Process(target=target, args=args) for args in args_list]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout)
+        assert p.exitcode == 0, f"{target} exited with {p.exitcode}"
+
+
 def _faa_worker(uri: str, g: int, m: int) -> None:
     ctx = connect(TransportConfig(), [uri])
     for _ in range(m // 16):
@@ -122,12 +132,7 @@ def _faa_worker(uri: str, g: int, m: int) -> None:
 def test_concurrent_faa_sums_exactly(dm: DMContext, shm_node: ShmMemoryNode) -> None:
     k, m = 4, 4000
     g = dm.alloc(0, 64)
-    procs = [SPAWN.Process(target=_faa_worker, args=(shm_node.uri, g, m)) for _ in range(k)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(60)
-        assert p.exitcode == 0
+    run_processes(_faa_worker, [(shm_node.uri, g, m)] * k, timeout=60)
     assert u64(dm.read(g, 8)) == k * m
 
 
@@ -146,13 +151,7 @@ def _lock_worker(uri: str, lock: int, counter: int, rounds: int, me: int) -> Non
 def test_cas_lock_mutual_exclusion_across_processes(dm: DMContext, shm_node: ShmMemoryNode) -> None:
     k, rounds = 4, 400
     lock, counter = dm.alloc(0, 64), dm.alloc(0, 64)
-    procs = [SPAWN.Process(target=_lock_worker, args=(shm_node.uri, lock, counter, rounds, i + 1))
-             for i in range(k)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(120)
-        assert p.exitcode == 0
+    run_processes(_lock_worker, [(shm_node.uri, lock, counter, rounds, i + 1) for i in range(k)], timeout=120)
     assert u64(dm.read(counter, 8)) == k * rounds
 
 

@@ -35,9 +35,27 @@ def add_index_options(parser: argparse.ArgumentParser, default: str = "chime") -
                    help=f"index backend: {', '.join(available())} (default {default})")
     g.add_argument("--cache-mb", type=float, default=None,
                    help="compute-side cache budget of the native indexes in MB (backend default if unset)")
+    g.add_argument("--index-opt", action="append", default=[], metavar="KEY=VALUE", type=parse_index_opt,
+                   help="a backend option, repeatable, e.g. window=16 (native indexes: lookups sharing "
+                   "one doorbell), lease_ms=1000, max_wait_ms=10000; an unknown key lists the valid ones")
     redis_opts = _redis_options_module()
     if redis_opts is not None:
         redis_opts.add_redis_options(parser)
+
+
+def parse_index_opt(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` -> (key, int | float | str value)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    value: Any = raw
+    for convert in (int, float):
+        try:
+            value = convert(raw)
+            break
+        except ValueError:
+            continue
+    return key.strip(), value
 
 
 def _redis_options_module() -> Any:
@@ -52,6 +70,7 @@ def index_spec(args: argparse.Namespace, key_bytes: int) -> IndexSpec:
     options: dict[str, Any] = {}
     if args.index in ("chime", "sherman", "race") and args.cache_mb is not None:
         options["cache_mb"] = args.cache_mb
+    options.update(dict(getattr(args, "index_opt", [])))  # the backend's factory rejects unknown keys
     redis_opts = _redis_options_module()
     if redis_opts is not None:
         redis_opts.check_redis_flags(args, args.index)

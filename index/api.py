@@ -73,6 +73,11 @@ class Index(abc.ABC):
     name: str = "?"
     #: whether ``range`` is supported
     ordered: bool = True
+    #: Time (ns) the most recent data call spent in the backend itself, for backends that can
+    #: measure it apart from their Python wrapper (the native indexes time the C call); None
+    #: where the wrapper is part of the cost (Redis: the client library) or no such split exists.
+    #: Replay reports this instead of its own clock so µs-scale latencies are not the harness's.
+    last_call_ns: int | None = None
 
     def __init__(self, key_bytes: int = 8) -> None:
         if key_bytes not in KEY_WIDTHS:

@@ -26,6 +26,7 @@ Reserved keys: 0 and 2**64-1 for 8-byte keys, the all-zero key for 32-byte keys.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -126,6 +127,14 @@ class NativeIndex(Index):
             raise ValueError(f"the transport context of this {self.name} index was closed")
         return self._h
 
+    def _call(self, op: str, *args: Any) -> int:
+        """Run one C entry point, timing it alone (``last_call_ns``); returns its status."""
+        fn = self._c(op)
+        t0 = time.perf_counter_ns()
+        rc = fn(*args)
+        self.last_call_ns = time.perf_counter_ns() - t0
+        return rc
+
     def _check(self, rc: int) -> None:
         if rc == lib.DM_OK:
             return
@@ -157,7 +166,7 @@ class NativeIndex(Index):
         n = k.shape[0]
         vals = np.zeros(n, dtype=np.uint64)
         found = np.zeros(n, dtype=np.uint8)
-        self._check(self._c("get")(self._live(), _ptr(k), n, _ptr(vals, "uint64_t *"), _ptr(found),
+        self._check(self._call("get", self._live(), _ptr(k), n, _ptr(vals, "uint64_t *"), _ptr(found),
                                    self._lat(lat_ns, n)))
         return vals, found.astype(bool)
 
@@ -165,25 +174,27 @@ class NativeIndex(Index):
         """Insert or update every key, in order."""
         k = self._keys(keys)
         v = as_values(values, k.shape[0])
-        self._check(self._c("put")(self._live(), _ptr(k), _ptr(v, "uint64_t *"), k.shape[0],
+        self._check(self._call("put", self._live(), _ptr(k), _ptr(v, "uint64_t *"), k.shape[0],
                                    self._lat(lat_ns, k.shape[0])))
 
     def delete(self, keys: np.ndarray, lat_ns: np.ndarray | None = None) -> np.ndarray:
         k = self._keys(keys, check=False)
         found = np.zeros(k.shape[0], dtype=np.uint8)
-        self._check(self._c("delete")(self._live(), _ptr(k), k.shape[0], _ptr(found),
+        self._check(self._call("delete", self._live(), _ptr(k), k.shape[0], _ptr(found),
                                       self._lat(lat_ns, k.shape[0])))
         return found.astype(bool)
 
     def range(self, lo: Any, hi: Any, limit: int = 0) -> tuple[np.ndarray, np.ndarray]:
         lo_k, hi_k = self._keys(lo, check=False), self._keys(hi, check=False)
         count = ffi.new("size_t *")
-        self._check(self._c("range")(self._live(), _ptr(lo_k), _ptr(hi_k), max(0, int(limit)), count))
+        self._check(self._call("range", self._live(), _ptr(lo_k), _ptr(hi_k), max(0, int(limit)), count))
+        scan_ns = self.last_call_ns or 0
         n = int(count[0])
         keys = np.zeros(n, dtype=np.uint64) if self.key_bytes == 8 else np.zeros((n, 32), dtype=np.uint8)
         vals = np.zeros(n, dtype=np.uint64)
-        if n:
-            self._c("range_fetch")(self._h, _ptr(keys), _ptr(vals, "uint64_t *"))
+        if n:  # copying the scanned entries out is part of the query
+            self._call("range_fetch", self._h, _ptr(keys), _ptr(vals, "uint64_t *"))
+            self.last_call_ns = scan_ns + (self.last_call_ns or 0)
         return keys, vals
 
     def range_count(self, los: np.ndarray, his: np.ndarray, lat_ns: np.ndarray | None = None) -> np.ndarray:
@@ -191,7 +202,7 @@ class NativeIndex(Index):
         if lo_k.shape[0] != hi_k.shape[0]:
             raise ValueError(f"{lo_k.shape[0]} lower bounds but {hi_k.shape[0]} upper bounds")
         counts = np.zeros(lo_k.shape[0], dtype=np.int64)
-        self._check(self._c("range_count")(self._live(), _ptr(lo_k), _ptr(hi_k), lo_k.shape[0],
+        self._check(self._call("range_count", self._live(), _ptr(lo_k), _ptr(hi_k), lo_k.shape[0],
                                            _ptr(counts, "int64_t *"), self._lat(lat_ns, lo_k.shape[0])))
         return counts
 

@@ -193,3 +193,20 @@ def test_closed_transport_is_an_error_not_a_crash(shm_node) -> None:
         idx.put_one(5, 1)
     with pytest.raises(ValueError, match="needs a connected"):
         kindex.open("chime", ctx, 8)
+
+
+@pytest.mark.parametrize("name", ["chime", "sherman"])
+def test_last_call_ns_times_the_c_call_alone(dm, name: str) -> None:
+    import time
+
+    idx = kindex.open(name, dm, 8, root_slot=9)
+    keys = make_keys(np.arange(1, 2001), 8)
+    idx.put(keys, keys)
+    for call in (lambda: idx.get(keys), lambda: idx.put(keys[:5], keys[:5]), lambda: idx.range(keys.min(), keys.max()),
+                 lambda: idx.delete(keys[:3])):
+        idx.last_call_ns = None
+        t0 = time.perf_counter_ns()
+        call()
+        around = time.perf_counter_ns() - t0
+        assert idx.last_call_ns is not None and 0 < idx.last_call_ns <= around
+    assert kindex.open("dict", None, 8).last_call_ns is None  # measured by the caller instead

@@ -297,6 +297,13 @@ static int pool_pop(CH_T *h, dm_gaddr *out) {
 
 /* ---- descent ---- */
 
+/* A go-right means the cached parent that sent us here predates a split: drop it, so the
+ * next descent re-reads it instead of walking the same sibling chain again (for ever). */
+static void drop_stale_parent(CH_T *h, dm_gaddr *parent) {
+    if (*parent) kvidx_cache_del(&h->cache, *parent);
+    *parent = 0;
+}
+
 /* Walk from the root to the node at level stop (>= 1) covering key, or to the leaf (stop 0).
  * Internal nodes come from the cache when present. */
 static int descend(CH_T *h, const uint8_t *key, int stop, path *p, dm_gaddr *out) {
@@ -331,6 +338,7 @@ static int descend(CH_T *h, const uint8_t *key, int stop, path *p, dm_gaddr *out
         if (above_high(n, key)) { /* B-link: the node split after our parent pointed to it */
             h->st.go_right++;
             if (g == h->root) h->root_level = -1; /* the root split: reload the slot next time */
+            if (lvl + 1 < MAXH) drop_stale_parent(h, &p->node[lvl + 1]);
             g = untag(get64(n + H_SIB));
             continue;
         }
@@ -460,6 +468,7 @@ static int get_one(CH_T *h, const uint8_t *key, uint64_t *val, uint8_t *found) {
                 return herr(h, DM_EPROTO, "0x%016llx is not a " NAME " leaf", (unsigned long long)leaf);
             if (above_high(r.pay[0], key)) {
                 h->st.go_right++;
+                drop_stale_parent(h, &p.parent);
                 leaf = untag(get64(r.pay[0] + H_SIB));
                 continue;
             }
@@ -508,6 +517,7 @@ static int lock_leaf(CH_T *h, const uint8_t *key, path *p, leafread *r, dm_gaddr
         }
         if (hdr && above_high(r->pay[0], key)) {
             h->st.go_right++;
+            drop_stale_parent(h, &p->parent);
             rc = kvidx_unlock(&h->lk, lock_of(leaf), *word);
             if (rc != DM_OK) return dmerr(h, rc);
             leaf = untag(get64(r->pay[0] + H_SIB));
@@ -1007,7 +1017,7 @@ static int range_scan(CH_T *h, const uint8_t *lo, const uint8_t *hi, uint64_t li
         if (above_high(pay, cur)) {
             h->st.go_right++;
             g = untag(get64(pay + H_SIB));
-            p.parent = 0;
+            drop_stale_parent(h, &p.parent);
             continue;
         }
         if (range_take(h, pay, cur, hi, limit, &rc)) return rc;

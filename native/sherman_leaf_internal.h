@@ -12,8 +12,9 @@
 
 /* Read the whole leaf covering key starting at leaf (following siblings), retrying torn
  * reads; with lock != 0 its lock is taken in the same doorbell and held on return. */
-static int sh_leaf(CH_T *h, const uint8_t *key, dm_gaddr leaf, int lock, uint8_t *pay, int *ver, uint64_t *word,
+static int sh_leaf(CH_T *h, const uint8_t *key, path *p, int lock, uint8_t *pay, int *ver, uint64_t *word,
                    dm_gaddr *out) {
+    dm_gaddr leaf = p->leaf;
     uint8_t raw[NODE_BYTES], nv[NODE_LINES], uv[NODE_LINES];
     uint64_t t0 = 0;
     for (unsigned tries = 0;; tries++) {
@@ -33,6 +34,7 @@ static int sh_leaf(CH_T *h, const uint8_t *key, dm_gaddr leaf, int lock, uint8_t
         if (bad) return herr(h, DM_EPROTO, "0x%016llx is not a " NAME " leaf", (unsigned long long)leaf);
         if (right) {
             h->st.go_right++;
+            drop_stale_parent(h, &p->parent);
             leaf = untag(get64(pay + H_SIB));
             continue;
         }
@@ -59,7 +61,7 @@ static int get_one(CH_T *h, const uint8_t *key, uint64_t *val, uint8_t *found) {
     uint8_t pay[NODE_PAYLOAD];
     int v, pos;
     dm_gaddr leaf;
-    rc = sh_leaf(h, key, p.leaf, 0, pay, &v, NULL, &leaf);
+    rc = sh_leaf(h, key, &p, 0, pay, &v, NULL, &leaf);
     if (rc != DM_OK) return rc;
     *found = (uint8_t)lsearch(pay, key, &pos);
     *val = *found ? get64(cient(pay, pos) + KB) : 0;
@@ -87,7 +89,7 @@ static int write_one(CH_T *h, const uint8_t *key, uint64_t val, int del, uint8_t
     int v, pos;
     uint64_t word;
     dm_gaddr leaf;
-    rc = sh_leaf(h, key, p.leaf, 1, pay, &v, &word, &leaf);
+    rc = sh_leaf(h, key, &p, 1, pay, &v, &word, &leaf);
     if (rc != DM_OK) return rc;
     int hit = lsearch(pay, key, &pos), k = nkeys(pay);
     if (found) *found = (uint8_t)hit;
@@ -153,7 +155,7 @@ static int debug_lock_leaf(CH_T *h, const uint8_t *key) {
     int v;
     uint64_t word;
     dm_gaddr leaf;
-    return sh_leaf(h, key, p.leaf, 1, pay, &v, &word, &leaf);
+    return sh_leaf(h, key, &p, 1, pay, &v, &word, &leaf);
 }
 
 /* Batched lookups: the first whole-leaf READ of up to `window` keys shares one doorbell. */

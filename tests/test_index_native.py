@@ -210,3 +210,24 @@ def test_last_call_ns_times_the_c_call_alone(dm, name: str) -> None:
         around = time.perf_counter_ns() - t0
         assert idx.last_call_ns is not None and 0 < idx.last_call_ns <= around
     assert kindex.open("dict", None, 8).last_call_ns is None  # measured by the caller instead
+
+
+@pytest.mark.parametrize("name", ["chime", "sherman"])
+def test_stale_cache_is_repaired_after_other_clients_split(shm_node, name: str) -> None:
+    """A client whose cached internal nodes predate another client's splits goes right once,
+    drops the stale parent and is back at one READ per lookup (it used to walk the sibling
+    chain on every lookup: thousands of READs each)."""
+    a, b = open_client(shm_node.uri, name, 8), open_client(shm_node.uri, name, 8)
+    keys = make_keys(np.arange(1, 60_001), 8)
+    a.put(keys[:2000], keys[:2000])
+    a.get(keys[:2000])  # a caches the small tree
+    for i in range(2000, keys.size, 512):
+        b.put(keys[i:i + 512], keys[i:i + 512])
+    probe = keys[::29]
+    a.get(probe)  # repairs its cache
+    a.reset_counters()
+    vals, found = a.get(probe)
+    assert found.all() and (vals == probe).all()
+    c = a.counters()
+    assert c["go_right"] == 0 and c["cache_miss"] == 0
+    assert c["reads"] <= 1.1 * probe.size

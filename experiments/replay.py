@@ -187,8 +187,10 @@ def run_client(cfg: ReplayConfig, client: int, index: Any, stream: Any, start_at
     lat = np.empty(n_ops, np.int64)
     hits = np.empty(n_ops, np.int64)
     bin_ms = cfg.bin_min * 60_000.0
-    counters: dict[tuple[int, int], dict[str, int]] = {}
-    prev = index.counters()
+    names = index.counter_names()
+    vi = names.index("virtual_ns") if virtual else -1
+    sums: dict[tuple[int, int], np.ndarray] = {}
+    prev = index.counter_vector()
     done = 0
     max_lag = 0.0
     last_report = 0.0
@@ -220,12 +222,16 @@ def run_client(cfg: ReplayConfig, client: int, index: Any, stream: Any, start_at
             elapsed = clock() - t_start
             if index.last_call_ns is not None:  # the backend's own time, without the harness
                 elapsed = index.last_call_ns
-            cur = index.counters()
-            delta = {k: v - prev.get(k, 0) for k, v in cur.items()}
+            cur = index.counter_vector()
+            delta = cur - prev
             prev = cur
             if virtual:
-                elapsed += delta.get("virtual_ns", 0)
-            add_counts(counters.setdefault((b, kind), {}), delta)
+                elapsed += int(delta[vi])
+            acc = sums.get((b, kind))
+            if acc is None:
+                sums[(b, kind)] = delta
+            else:
+                acc += delta
             ops[done], lat[done], hits[done] = j, elapsed, h
             done += 1
         requests_done += 1
@@ -237,6 +243,7 @@ def run_client(cfg: ReplayConfig, client: int, index: Any, stream: Any, start_at
             progress.put((client, requests_done, done, p99))
     wall = time.perf_counter() - t0
     progress.put((client, requests_done, done, 0.0))
+    counters = {key: dict(zip(names, v.tolist(), strict=True)) for key, v in sums.items()}
     return ClientResult(client, ops[:done], lat[:done], hits[:done], counters, wall, requests_done, max_lag)
 
 

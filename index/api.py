@@ -123,6 +123,18 @@ class Index(abc.ABC):
     def reset_counters(self) -> None:
         """Zero the counters."""
 
+    def counter_names(self) -> tuple[str, ...]:
+        """The names of :meth:`counter_vector`'s entries (fixed for the life of the handle)."""
+        if not hasattr(self, "_counter_names"):
+            self._counter_names = tuple(self.counters())
+        return self._counter_names
+
+    def counter_vector(self) -> np.ndarray:
+        """:meth:`counters` as an int64 array in :meth:`counter_names` order: what a per-op
+        measuring loop snapshots (backends override it when they can do it without a dict)."""
+        c = self.counters()
+        return np.array([c.get(n, 0) for n in self.counter_names()], dtype=np.int64)
+
     # -- lifecycle --
     def close(self) -> None:
         """Release connections (the data stays where the backend keeps it)."""

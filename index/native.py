@@ -39,8 +39,9 @@ from kvdm.transport.dm import DMContext, DMError, raise_for
 DEFAULTS: dict[str, Any] = {"cache_mb": 100.0, "root_slot": None, "lease_ms": 1000, "max_wait_ms": 10000,
                             "window": 1}
 STAT_FIELDS = tuple(name for name, _ in ffi.typeof("kvidx_stats").fields)
-DM_FIELDS = ("rtts", "doorbells", "reads", "writes", "cas", "faa", "cas_failed", "bytes_read",
-             "bytes_written", "torn_lines")
+DM_FIELDS = tuple(name for name, _ in ffi.typeof("dm_counters").fields)
+# counter_vector reads both structs as uint64 arrays
+assert ffi.sizeof("dm_counters") == 8 * len(DM_FIELDS) and ffi.sizeof("kvidx_stats") == 8 * len(STAT_FIELDS)
 _U64_MAX = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 
@@ -114,7 +115,13 @@ class NativeIndex(Index):
                 raise ValueError(msg)
             raise_for(rc, msg)
         self._h = ffi.gc(out[0], self._c("close"))
-        self._base = self._dm_counters()
+        # counter snapshots land in these structs; the numpy views read them without copies
+        self._dm_snap = ffi.new("dm_counters *")
+        self._st_snap = ffi.new("kvidx_stats *")
+        self._dm_view = np.frombuffer(ffi.buffer(self._dm_snap), dtype=np.uint64)
+        self._st_view = np.frombuffer(ffi.buffer(self._st_snap), dtype=np.uint64)
+        self._base = np.zeros(len(DM_FIELDS), np.int64)
+        self._base = self._dm_vector()
 
     # -- plumbing --
     def _c(self, op: str) -> Any:
@@ -207,23 +214,30 @@ class NativeIndex(Index):
         return counts
 
     # -- statistics --
-    def _dm_counters(self) -> dict[str, int]:
-        c = self.transport.counters()
-        return {k: c[k] for k in DM_FIELDS}
+    def _dm_vector(self) -> np.ndarray:
+        self._live()
+        lib.dm_get_counters(self.transport.ptr, self._dm_snap)
+        return self._dm_view.astype(np.int64) - self._base
+
+    def counter_names(self) -> tuple[str, ...]:
+        return DM_FIELDS + STAT_FIELDS
+
+    def counter_vector(self) -> np.ndarray:
+        """Transport counters since the last reset, then the index's own: two C calls and
+        one array, cheap enough to snapshot around every operation."""
+        dm = self._dm_vector()
+        self._c("stats")(self._h, self._st_snap)
+        return np.concatenate((dm, self._st_view.astype(np.int64)))
 
     def counters(self) -> dict[str, int]:
-        """Transport counters since the last reset (``rtts``, ``bytes_read``, ...) plus the
-        index's own (``lock_fail``, ``version_mismatch``, ``go_right``, ``cache_hit``, ...)."""
-        now = self._dm_counters()
-        out = {k: now[k] - self._base[k] for k in DM_FIELDS}
-        st = ffi.new("kvidx_stats *")
-        self._c("stats")(self._live(), st)
-        out.update({name: int(getattr(st, name)) for name in STAT_FIELDS})
-        return out
+        """Transport counters since the last reset (``rtts``, ``bytes_read``, ``virtual_ns``,
+        ...) plus the index's own (``lock_fail``, ``version_mismatch``, ``go_right``,
+        ``cache_hit``, ...)."""
+        return dict(zip(self.counter_names(), self.counter_vector().tolist(), strict=True))
 
     def reset_counters(self) -> None:
         self._c("reset_stats")(self._live())
-        self._base = self._dm_counters()
+        self._base = self._base + self._dm_vector()
 
     def debug_hold_lock(self, key: Any) -> None:
         """Test hook: take the lock of the leaf holding ``key`` and never release it (what a

@@ -121,3 +121,19 @@ def test_replay_cli_errors_are_clear() -> None:
     out = subprocess.run([sys.executable, "-m", "kvdm.experiments.cli", "replay", "--mode", "warp"],
                          capture_output=True, text=True)
     assert out.returncode == 2 and "compressed:X" in out.stderr
+
+
+def test_virtual_latency_model_adds_the_modelled_round_trips() -> None:
+    """With latency model virtual every native op's latency is its C time plus exactly its
+    modelled time (RTTs x rtt + bytes / bandwidth): a 1-RTT get at 200 us sits just above 200."""
+    from kvdm.transport import TransportConfig
+
+    cfg = ReplayConfig(trace=FIXTURE_TRACE, index=IndexSpec("chime", 8), clients=1,
+                       transport=TransportConfig(latency_model="virtual", rtt_us=200.0))
+    res = replay(cfg, quiet=True)
+    whole = res.rows[res.rows["bin"] == -1].set_index("op")
+    for op in ("get", "range", "insert"):
+        modelled_us = whole.loc[op, "virtual_ns_per_op"] / 1e3
+        assert modelled_us >= 200.0 * whole.loc[op, "rtts_per_op"]
+        assert whole.loc[op, "mean_us"] >= modelled_us
+    assert 200.0 <= whole.loc["get", "p50_us"] < 260.0

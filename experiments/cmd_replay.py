@@ -11,7 +11,7 @@ import pandas as pd
 
 from kvdm.experiments.cli import choices_type
 from kvdm.experiments.options import add_transport_options, transport_config
-from kvdm.experiments.replay import ReplayConfig, parse_mode, replay
+from kvdm.experiments.replay import DRIVERS, ReplayConfig, parse_mode, replay
 from kvdm.experiments.results import RunResults
 from kvdm.index import IndexSpec, available
 
@@ -106,6 +106,10 @@ def register(sub: Any) -> None:
                    help="minutes of trace time excluded from the whole-run figures (the paper uses 10)")
     p.add_argument("--bin-min", type=float, default=10.0, help="minutes of trace time per bin (default 10)")
     p.add_argument("--out", default=None, help="results directory (default results/run-<time>-<index>)")
+    p.add_argument("--driver", type=choices_type(DRIVERS, "driver"), default="auto",
+                   help="measuring loop: c (native indexes: each op run and timed in C, no Python per op), "
+                   "python (op by op from Python: what bounds the harness), auto (c where the backend has "
+                   "it; default)")
     add_index_options(p)
     add_transport_options(p)
     p.set_defaults(func=cmd_replay)
@@ -117,6 +121,7 @@ def config_from_args(args: argparse.Namespace) -> ReplayConfig:
         trace=args.trace, index=index_spec(args, key_bytes), transport=transport_config(args),
         clients=args.clients, mapping=args.mapping, key_scheme=args.key_scheme, inserts=args.inserts,
         mode=args.mode, duration_s=args.duration, warmup_min=args.warmup_min, bin_min=args.bin_min,
+        driver=args.driver,
         name=args.out or f"results/run-{time.strftime('%Y%m%d-%H%M%S')}-{args.index}",
     )
 

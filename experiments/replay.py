@@ -95,6 +95,7 @@ class ReplayConfig:
     warmup_min: float = 0.0
     bin_min: float = 10.0
     name: str = ""
+    driver: str = "auto"         # auto: the backend's C loop where it has one (native indexes), else Python
 
     def __post_init__(self) -> None:
         parse_mode(self.mode)
@@ -102,6 +103,8 @@ class ReplayConfig:
             raise ValueError("--clients must be >= 1")
         if self.bin_min <= 0:
             raise ValueError("--bin-min must be > 0")
+        if self.driver not in DRIVERS:
+            raise ValueError(f"unknown driver {self.driver!r}; valid: {', '.join(DRIVERS)}")
 
     def describe(self) -> list[tuple[str, str]]:
         """The config echo every run prints."""
@@ -110,7 +113,7 @@ class ReplayConfig:
         return [
             ("backend", self.index.name + (f" {self.index.options}" if self.index.options else "")),
             ("transport", t.describe() if native else "n/a (not a remote-memory index)"),
-            ("clients", f"{self.clients} processes"),
+            ("clients", f"{self.clients} processes, measuring loop: {self.driver}"),
             ("trace", self.trace),
             ("mapping", f"{self.mapping}, inserts {self.inserts}"),
             ("keys", f"{self.key_scheme} ({self.index.key_bytes} B)"),
@@ -176,45 +179,66 @@ def _client_main(cfg: ReplayConfig, client: int, uris: list[str], stream: Any, s
     results.put(res)
 
 
-def run_client(cfg: ReplayConfig, client: int, index: Any, stream: Any, start_at: float, stop: Any,
-               progress: Any) -> ClientResult:
-    """Execute this client's share of the stream; the measuring loop."""
-    speed = parse_mode(cfg.mode)
-    virtual = cfg.transport.latency_model == "virtual" and cfg.index.name in NATIVE_INDEXES
-    reqs = np.arange(client, stream.n_requests, cfg.clients)
-    n_ops = int(sum(stream.req_offsets[r + 1] - stream.req_offsets[r] for r in reqs))
-    ops = np.empty(n_ops, np.int64)
-    lat = np.empty(n_ops, np.int64)
-    hits = np.empty(n_ops, np.int64)
-    bin_ms = cfg.bin_min * 60_000.0
-    names = index.counter_names()
-    vi = names.index("virtual_ns") if virtual else -1
-    sums: dict[tuple[int, int], np.ndarray] = {}
-    prev = index.counter_vector()
-    done = 0
-    max_lag = 0.0
-    last_report = 0.0
-    while time.time() < start_at:
-        time.sleep(min(0.01, max(0.0, start_at - time.time())))
-    t0 = time.perf_counter()
-    deadline = t0 + cfg.duration_s if cfg.duration_s > 0 else float("inf")
-    clock = time.perf_counter_ns
-    requests_done = 0
-    for r in reqs:
-        if stop.is_set():
-            break
-        now = time.perf_counter()
-        if now >= deadline:
-            break
-        ts = float(stream.req_timestamp_ms[r])
-        if speed > 0:
-            due = t0 + ts / 1000.0 / speed
-            if due > now and stop.wait(due - now):
-                break
-            max_lag = max(max_lag, (time.perf_counter() - due) * 1e3)
-        b = int(ts // bin_ms)
-        for j in range(int(stream.req_offsets[r]), int(stream.req_offsets[r + 1])):
-            kind = int(stream.kind[j])
+DRIVERS = ("auto", "c", "python")
+CHUNK_REQUESTS = 128  # closed loop: requests per measuring call (stop, deadline and progress are checked between)
+
+
+def ops_of_requests(stream: Any, reqs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The op ids of requests ``reqs`` in order, and each op's request."""
+    starts, ends = stream.req_offsets[reqs], stream.req_offsets[reqs + 1]
+    lengths = (ends - starts).astype(np.int64)
+    first = np.cumsum(lengths) - lengths
+    op_req = np.repeat(reqs, lengths)
+    op_ids = np.arange(int(lengths.sum()), dtype=np.int64) - np.repeat(first, lengths) + np.repeat(starts, lengths)
+    return op_ids, op_req
+
+
+def use_c_driver(cfg: ReplayConfig, index: Any) -> bool:
+    """Whether this client runs its ops through the backend's C loop (``--driver``)."""
+    has = callable(getattr(index, "drive", None))
+    if cfg.driver == "c" and not has:
+        raise ValueError(f"--driver c: the {cfg.index.name} backend has no C loop (native indexes only); "
+                         "use --driver auto or python")
+    return has and cfg.driver != "python"
+
+
+class _Measure:
+    """Runs ops and accumulates per-(bin, kind) counter sums, through the backend's C loop
+    (``Index.drive``) or op by op in Python."""
+
+    def __init__(self, cfg: ReplayConfig, index: Any, stream: Any) -> None:
+        self.index, self.stream = index, stream
+        self.c_loop = use_c_driver(cfg, index)
+        self.virtual = cfg.transport.latency_model == "virtual" and cfg.index.name in NATIVE_INDEXES
+        self.names = index.counter_names()
+        self.vi = self.names.index("virtual_ns") if self.virtual else -1
+        self.sums: dict[tuple[int, int], np.ndarray] = {}
+        self.prev = index.counter_vector()
+
+    def _add(self, key: tuple[int, int], delta: np.ndarray) -> None:
+        acc = self.sums.get(key)
+        if acc is None:
+            self.sums[key] = delta.copy()
+        else:
+            acc += delta
+
+    def run(self, op_ids: np.ndarray, bins: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Latency (ns) and hits of each op."""
+        kinds = self.stream.kind[op_ids].astype(np.int64)
+        if self.c_loop:
+            uniq, groups = np.unique(bins * 4 + kinds, return_inverse=True)
+            lat, hits, acc = self.index.drive(self.stream, op_ids, groups, len(uniq), self.virtual)
+            for g, u in enumerate(uniq.tolist()):
+                self._add((u // 4, u % 4), acc[g])
+            return lat, hits
+        return self._run_python(op_ids, bins, kinds)
+
+    def _run_python(self, op_ids: np.ndarray, bins: np.ndarray, kinds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        index, stream = self.index, self.stream
+        lat = np.empty(op_ids.size, np.int64)
+        hits = np.empty(op_ids.size, np.int64)
+        clock = time.perf_counter_ns
+        for i, (j, b, kind) in enumerate(zip(op_ids.tolist(), bins.tolist(), kinds.tolist(), strict=True)):
             keys = stream.keys[stream.key_offsets[j]:stream.key_offsets[j + 1]]
             index.last_call_ns = None
             t_start = clock()
@@ -223,18 +247,53 @@ def run_client(cfg: ReplayConfig, client: int, index: Any, stream: Any, start_at
             if index.last_call_ns is not None:  # the backend's own time, without the harness
                 elapsed = index.last_call_ns
             cur = index.counter_vector()
-            delta = cur - prev
-            prev = cur
-            if virtual:
-                elapsed += int(delta[vi])
-            acc = sums.get((b, kind))
-            if acc is None:
-                sums[(b, kind)] = delta
-            else:
-                acc += delta
-            ops[done], lat[done], hits[done] = j, elapsed, h
-            done += 1
-        requests_done += 1
+            delta = cur - self.prev
+            self.prev = cur
+            if self.virtual:
+                elapsed += int(delta[self.vi])
+            self._add((b, kind), delta)
+            lat[i], hits[i] = elapsed, h
+        return lat, hits
+
+    def counters(self) -> dict[tuple[int, int], dict[str, int]]:
+        return {key: dict(zip(self.names, v.tolist(), strict=True)) for key, v in self.sums.items()}
+
+
+def run_client(cfg: ReplayConfig, client: int, index: Any, stream: Any, start_at: float, stop: Any,
+               progress: Any) -> ClientResult:
+    """Execute this client's share of the stream; the measuring loop. Closed loop runs
+    CHUNK_REQUESTS requests per call; timed modes wait for each request's due time."""
+    speed = parse_mode(cfg.mode)
+    measure = _Measure(cfg, index, stream)
+    reqs = np.arange(client, stream.n_requests, cfg.clients)
+    all_ops, all_req = ops_of_requests(stream, reqs)
+    req_bin = (stream.req_timestamp_ms // (cfg.bin_min * 60_000.0)).astype(np.int64)
+    lat = np.empty(all_ops.size, np.int64)
+    hits = np.empty(all_ops.size, np.int64)
+    req_end = np.cumsum(stream.req_offsets[reqs + 1] - stream.req_offsets[reqs])  # ops done after each request
+    done = 0
+    max_lag = 0.0
+    last_report = 0.0
+    while time.time() < start_at:
+        time.sleep(min(0.01, max(0.0, start_at - time.time())))
+    t0 = time.perf_counter()
+    deadline = t0 + cfg.duration_s if cfg.duration_s > 0 else float("inf")
+    requests_done = 0
+    step = 1 if speed > 0 else CHUNK_REQUESTS
+    while requests_done < reqs.size and not stop.is_set():
+        now = time.perf_counter()
+        if now >= deadline:
+            break
+        if speed > 0:
+            due = t0 + float(stream.req_timestamp_ms[reqs[requests_done]]) / 1000.0 / speed
+            if due > now and stop.wait(due - now):
+                break
+            max_lag = max(max_lag, (time.perf_counter() - due) * 1e3)
+        upto = min(requests_done + step, reqs.size)
+        end = int(req_end[upto - 1])
+        op_ids = all_ops[done:end]
+        lat[done:end], hits[done:end] = measure.run(op_ids, req_bin[all_req[done:end]])
+        done, requests_done = end, upto
         now = time.perf_counter()
         if now - last_report >= PROGRESS_EVERY_S:
             last_report = now
@@ -243,8 +302,8 @@ def run_client(cfg: ReplayConfig, client: int, index: Any, stream: Any, start_at
             progress.put((client, requests_done, done, p99))
     wall = time.perf_counter() - t0
     progress.put((client, requests_done, done, 0.0))
-    counters = {key: dict(zip(names, v.tolist(), strict=True)) for key, v in sums.items()}
-    return ClientResult(client, ops[:done], lat[:done], hits[:done], counters, wall, requests_done, max_lag)
+    return ClientResult(client, all_ops[:done], lat[:done], hits[:done], measure.counters(), wall, requests_done,
+                        max_lag)
 
 
 class Progress:

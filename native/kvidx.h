@@ -40,6 +40,19 @@ typedef struct kvidx_stats {
     uint64_t root_reads;       /* root-slot reads (open, root changed) */
 } kvidx_stats;
 
+/* The data-path entry points of one index at one key width, behind an untyped handle, so
+ * generic C (the replay driver, driver.h) can run any index. P##_ops() returns them. */
+typedef struct kvidx_ops {
+    const char *name;
+    size_t key_bytes;
+    int (*get)(void *h, const uint8_t *keys, size_t n, uint64_t *vals, uint8_t *found, uint64_t *lat_ns);
+    int (*put)(void *h, const uint8_t *keys, const uint64_t *vals, size_t n, uint64_t *lat_ns);
+    int (*range)(void *h, const uint8_t *lo, const uint8_t *hi, uint64_t limit, size_t *count);
+    void (*range_fetch)(const void *h, uint8_t *keys, uint64_t *vals);
+    void (*stats)(const void *h, kvidx_stats *out);
+    const char *(*error)(const void *h);
+} kvidx_ops;
+
 /* The C API of one index compiled for one key width (P = chime_k8, sherman_k32, ...).
  * One handle per client thread. Keys: k8 = uint64 array, k32 = 32-byte rows; values uint64.
  * Every call returns DM_OK or a dm_status with P_error(h) saying why. */
@@ -57,6 +70,27 @@ typedef struct kvidx_stats {
                         uint64_t *lat_ns);                                                                \
     void P##_stats(const P *h, kvidx_stats *out);                                                         \
     void P##_reset_stats(P *h);                                                                           \
-    int P##_debug_lock(P *h, const uint8_t *key); /* test hook: take a leaf lock, never release */
+    int P##_debug_lock(P *h, const uint8_t *key); /* test hook: take a leaf lock, never release */   \
+    const kvidx_ops *P##_ops(void);
+
+/* Defines P##_ops() from the P##_ functions (place once, in the file that defines them; P may
+ * be a macro naming the prefix). An index without range support passes NULL-returning stubs. */
+#define KVIDX_DEFINE_OPS(P, KEYB) KVIDX_DEFINE_OPS_(P, KEYB)
+#define KVIDX_DEFINE_OPS_(P, KEYB)                                                                        \
+    static int P##_ops_get(void *h, const uint8_t *k, size_t n, uint64_t *v, uint8_t *f, uint64_t *l) {   \
+        return P##_get((P *)h, k, n, v, f, l);                                                            \
+    }                                                                                                     \
+    static int P##_ops_put(void *h, const uint8_t *k, const uint64_t *v, size_t n, uint64_t *l) {         \
+        return P##_put((P *)h, k, v, n, l);                                                               \
+    }                                                                                                     \
+    static int P##_ops_range(void *h, const uint8_t *lo, const uint8_t *hi, uint64_t lim, size_t *c) {    \
+        return P##_range((P *)h, lo, hi, lim, c);                                                         \
+    }                                                                                                     \
+    static void P##_ops_fetch(const void *h, uint8_t *k, uint64_t *v) { P##_range_fetch((const P *)h, k, v); } \
+    static void P##_ops_stats(const void *h, kvidx_stats *o) { P##_stats((const P *)h, o); }              \
+    static const char *P##_ops_error(const void *h) { return P##_error((const P *)h); }                   \
+    static const kvidx_ops P##_ops_table = {#P, KEYB, P##_ops_get, P##_ops_put, P##_ops_range,           \
+                                            P##_ops_fetch, P##_ops_stats, P##_ops_error};                 \
+    const kvidx_ops *P##_ops(void) { return &P##_ops_table; }
 
 #endif /* KVDM_KVIDX_H */

@@ -1210,3 +1210,5 @@ void CH(reset_stats)(CH_T *h) {
 
 /* Test hook: take the lock of the leaf covering key and keep it (as a client that crashed). */
 int CH(debug_lock)(CH_T *h, const uint8_t *key) { return debug_lock_leaf(h, key); }
+
+KVIDX_DEFINE_OPS(CH_T, KB)

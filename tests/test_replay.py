@@ -137,3 +137,11 @@ def test_virtual_latency_model_adds_the_modelled_round_trips() -> None:
         assert modelled_us >= 200.0 * whole.loc[op, "rtts_per_op"]
         assert whole.loc[op, "mean_us"] >= modelled_us
     assert 200.0 <= whole.loc["get", "p50_us"] < 260.0
+
+
+def test_c_loop_is_for_native_indexes_only() -> None:
+    cfg = ReplayConfig(trace=FIXTURE_TRACE, index=IndexSpec("dict", 8), clients=1, driver="c")
+    with pytest.raises(RuntimeError, match="--driver c: the dict backend has no C loop"):
+        replay(cfg, quiet=True)
+    with pytest.raises(ValueError, match="unknown driver 'fast'; valid: auto, c, python"):
+        ReplayConfig(driver="fast")

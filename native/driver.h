@@ -1,0 +1,49 @@
+/*
+ * driver.h - the replay engine's measuring loop in C. It runs operations of an operation
+ * stream (the arrays of kvdm.traces.mapping.OpStream) against one native index handle and
+ * times each operation with nothing of Python inside it, so µs-scale latencies and closed-loop
+ * throughputs are the index's, not the harness's.
+ */
+#ifndef KVDM_DRIVER_H
+#define KVDM_DRIVER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "dm.h"
+#include "kvidx.h"
+
+/* Operation kinds, as in kvdm.traces.mapping. */
+enum { KVDM_OP_GET = 0, KVDM_OP_RANGE = 1, KVDM_OP_PREFIX = 2, KVDM_OP_INSERT = 3 };
+
+/* An operation stream's arrays, borrowed for the call. */
+typedef struct kvdm_stream {
+    const uint8_t *kind;        /* [n_ops] */
+    const int64_t *key_offsets; /* [n_ops + 1]: keys of op j are keys[key_offsets[j] .. key_offsets[j+1]) */
+    const uint8_t *keys;        /* [n_keys * key_bytes] */
+    const int64_t *key_block;   /* [n_keys]: the value an insert stores with each key */
+    const uint8_t *range_lo;    /* [n_ops * key_bytes]: inclusive bounds of range ops */
+    const uint8_t *range_hi;
+    const int64_t *range_limit; /* [n_ops] or NULL: a range op returns at most this many entries (0 = all) */
+    size_t n_ops, n_keys, key_bytes;
+} kvdm_stream;
+
+/* What a run measured. counters: per group, the summed per-op deltas of the transport's
+ * dm_counters followed by the index's kvidx_stats (kvdm_drive_counters() values each). */
+typedef struct kvdm_drive_out {
+    int64_t *latency_ns; /* [n]: wall time of the op, plus its modelled time when add_virtual_ns */
+    int64_t *hits;       /* [n]: get/range: the op's keys found; prefix: matched length; insert: -1 */
+    uint64_t *counters;  /* [n_groups * kvdm_drive_counters()] */
+    size_t done;         /* ops completed: n, unless an error stopped the run there */
+} kvdm_drive_out;
+
+size_t kvdm_drive_counters(void);
+
+/* Run ops op_ids[0..n) in order; op i's counters go to group groups[i] (< n_groups). Returns
+ * DM_OK, DM_EINVAL for a malformed stream (nothing run), or the index's error (out->done ops
+ * ran); err says why. */
+int kvdm_drive(const kvidx_ops *ix, void *h, dm_ctx *ctx, const kvdm_stream *s, const int64_t *op_ids,
+               const int32_t *groups, size_t n, size_t n_groups, int add_virtual_ns, kvdm_drive_out *out,
+               char *err, size_t errlen);
+
+#endif /* KVDM_DRIVER_H */

@@ -25,6 +25,7 @@ import os
 import queue
 import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -42,6 +43,7 @@ from kvdm.transport import TransportConfig, connect, memory_nodes
 NATIVE_INDEXES = ("chime", "sherman", "race")
 PRIVATE_INDEXES = ("dict",)  # live inside each client process
 PROGRESS_EVERY_S = 0.25
+START_TIMEOUT_S = 900.0  # clients wait this long at the start barrier for the slowest to be ready
 
 
 @contextmanager
@@ -135,6 +137,8 @@ class ClientResult:
     requests_done: int
     max_lag_ms: float
     error: str = ""
+    started: float = 0.0     # time.time() when it passed the start barrier
+    ended: float = 0.0
 
 
 def _load_stream(cfg: ReplayConfig) -> Any:
@@ -164,18 +168,21 @@ def _op_hits(index: Any, stream: Any, j: int, kind: int, keys: np.ndarray) -> in
     raise ValueError(f"unknown op kind {kind}")
 
 
-def _client_main(cfg: ReplayConfig, client: int, uris: list[str], stream: Any, start_at: float,
+def _client_main(cfg: ReplayConfig, client: int, uris: list[str], stream: Any, start: Any,
                  stop: Any, progress: Any, results: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     try:
         index = open_client(cfg.index, cfg.transport, uris)
         if needs_preload(stream) and cfg.index.name in PRIVATE_INDEXES:
             preload(index, stream)  # a private index must be filled by its own client
-        res = run_client(cfg, client, index, stream, start_at, stop, progress)
+        res = run_client(cfg, client, index, stream, start, stop, progress)
         index.close()
     except Exception as exc:  # reported by the parent with the client's number
+        start.abort()  # release the others from the start barrier
+        error = "another client failed before the start" if isinstance(exc, threading.BrokenBarrierError) \
+            else f"{type(exc).__name__}: {exc}"
         res = ClientResult(client, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64), {}, 0.0, 0,
-                           0.0, error=f"{type(exc).__name__}: {exc}")
+                           0.0, error=error)
     results.put(res)
 
 
@@ -259,10 +266,12 @@ class _Measure:
         return {key: dict(zip(self.names, v.tolist(), strict=True)) for key, v in self.sums.items()}
 
 
-def run_client(cfg: ReplayConfig, client: int, index: Any, stream: Any, start_at: float, stop: Any,
+def run_client(cfg: ReplayConfig, client: int, index: Any, stream: Any, start: Any, stop: Any,
                progress: Any) -> ClientResult:
-    """Execute this client's share of the stream; the measuring loop. Closed loop runs
-    CHUNK_REQUESTS requests per call; timed modes wait for each request's due time."""
+    """Execute this client's share of the stream; the measuring loop. ``start`` is a barrier
+    shared by the clients (``start.wait()`` returns when all are ready), so their loads
+    overlap. Closed loop runs CHUNK_REQUESTS requests per call; timed modes wait for each
+    request's due time."""
     speed = parse_mode(cfg.mode)
     measure = _Measure(cfg, index, stream)
     reqs = np.arange(client, stream.n_requests, cfg.clients)
@@ -274,8 +283,8 @@ def run_client(cfg: ReplayConfig, client: int, index: Any, stream: Any, start_at
     done = 0
     max_lag = 0.0
     last_report = 0.0
-    while time.time() < start_at:
-        time.sleep(min(0.01, max(0.0, start_at - time.time())))
+    start.wait(START_TIMEOUT_S)
+    started = time.time()
     t0 = time.perf_counter()
     deadline = t0 + cfg.duration_s if cfg.duration_s > 0 else float("inf")
     requests_done = 0
@@ -303,7 +312,7 @@ def run_client(cfg: ReplayConfig, client: int, index: Any, stream: Any, start_at
     wall = time.perf_counter() - t0
     progress.put((client, requests_done, done, 0.0))
     return ClientResult(client, all_ops[:done], lat[:done], hits[:done], measure.counters(), wall, requests_done,
-                        max_lag)
+                        max_lag, started=started, ended=time.time())
 
 
 class Progress:
@@ -361,8 +370,9 @@ def replay(cfg: ReplayConfig, stream: Any = None, quiet: bool = False) -> RunRes
             with open_client(cfg.index, cfg.transport, uris) as index:
                 preload(index, stream)
         stop, progress_q, results_q = mpc.Event(), mpc.Queue(), mpc.Queue()
-        start_at = time.time() + 1.0 + 0.3 * cfg.clients  # let every client start first
-        procs = [mpc.Process(target=_client_main, args=(cfg, c, uris, stream, start_at, stop, progress_q, results_q),
+        start = mpc.Barrier(cfg.clients)
+        start_at = time.time()
+        procs = [mpc.Process(target=_client_main, args=(cfg, c, uris, stream, start, stop, progress_q, results_q),
                              daemon=True) for c in range(cfg.clients)]
         for p in procs:
             p.start()
@@ -376,11 +386,14 @@ def replay(cfg: ReplayConfig, stream: Any = None, quiet: bool = False) -> RunRes
                 try:
                     collected.append(results_q.get(timeout=0.2))
                 except queue.Empty:
+                    if any(p.exitcode for p in procs):
+                        start.abort()  # a client crashed: do not keep the others at the start barrier
                     if not any(p.is_alive() for p in procs) and results_q.empty():
                         raise RuntimeError("a replay client died without reporting (see its error above)") from None
         except KeyboardInterrupt:
             interrupted = True
             stop.set()
+            start.abort()
             print("\nkvdm: interrupted: stopping the clients and writing what was measured", file=sys.stderr)
             while len(collected) < cfg.clients:
                 try:
@@ -430,7 +443,11 @@ def summarise(cfg: ReplayConfig, stream: Any, clients: list[ClientResult], inter
     ops = np.concatenate([c.ops for c in clients]) if clients else np.zeros(0, np.int64)
     lat = np.concatenate([c.latency_ns for c in clients]) if clients else np.zeros(0, np.int64)
     hits = np.concatenate([c.hits for c in clients]) if clients else np.zeros(0, np.int64)
-    wall = max((c.wall_s for c in clients), default=0.0) or 1e-9
+    # rates over the span from the first start to the last end, whatever the clients' overlap
+    ran = [c for c in clients if c.ended]
+    wall = (max(c.ended for c in ran) - min(c.started for c in ran)) if ran else 0.0
+    wall = wall or 1e-9
+    start_skew = (max(c.started for c in ran) - min(c.started for c in ran)) if ran else 0.0
     req_of_op = np.repeat(np.arange(stream.n_requests), np.diff(stream.req_offsets))
     ts = stream.req_timestamp_ms[req_of_op[ops]]
     bin_ms = cfg.bin_min * 60_000.0
@@ -487,7 +504,7 @@ def summarise(cfg: ReplayConfig, stream: Any, clients: list[ClientResult], inter
         "machine": machine_description(),
         "trace": {"name": cfg.trace, "requests": stream.n_requests, "ops": stream.n_ops,
                   "summary": stream.summary()},
-        "run": {"wall_s": wall, "requests_done": sum(c.requests_done for c in clients),
+        "run": {"wall_s": wall, "start_skew_s": start_skew, "requests_done": sum(c.requests_done for c in clients),
                 "ops_done": int(ops.size), "interrupted": interrupted,
                 "max_lag_ms": max((c.max_lag_ms for c in clients), default=0.0), "pid": os.getpid()},
     }

@@ -161,6 +161,11 @@ def print_summary(res: RunResults) -> None:
     hits, expected = int(rows["hits"].sum()), int(rows["expected_hits"].sum())
     mism = int(rows["hit_mismatch"].sum())
     print(f"block hits {hits:,} (infinite-cache ground truth {expected:,}; {mism} ops differ)")
+    run = res.meta.get("run", {})
+    if run.get("in_ops_share") is not None:
+        skew_ms = 1e3 * run.get("start_skew_s", 0.0)
+        print(f"clients spent {100 * run['in_ops_share']:.1f}% of their time inside index ops (the rest is the "
+              f"harness); run span {run['wall_s']:.2f} s, clients started {skew_ms:.1f} ms apart")
 
 
 def cmd_replay(args: argparse.Namespace) -> int:

@@ -448,6 +448,10 @@ def summarise(cfg: ReplayConfig, stream: Any, clients: list[ClientResult], inter
     wall = (max(c.ended for c in ran) - min(c.started for c in ran)) if ran else 0.0
     wall = wall or 1e-9
     start_skew = (max(c.started for c in ran) - min(c.started for c in ran)) if ran else 0.0
+    # share of the clients' time spent inside index ops: the rest is the harness (meaningless
+    # when latencies carry modelled time that was never waited for)
+    busy = sum(c.wall_s for c in ran)
+    in_ops_share = None if cfg.transport.latency_model == "virtual" or not busy else float(lat.sum()) / 1e9 / busy
     req_of_op = np.repeat(np.arange(stream.n_requests), np.diff(stream.req_offsets))
     ts = stream.req_timestamp_ms[req_of_op[ops]]
     bin_ms = cfg.bin_min * 60_000.0
@@ -504,7 +508,8 @@ def summarise(cfg: ReplayConfig, stream: Any, clients: list[ClientResult], inter
         "machine": machine_description(),
         "trace": {"name": cfg.trace, "requests": stream.n_requests, "ops": stream.n_ops,
                   "summary": stream.summary()},
-        "run": {"wall_s": wall, "start_skew_s": start_skew, "requests_done": sum(c.requests_done for c in clients),
+        "run": {"wall_s": wall, "start_skew_s": start_skew, "in_ops_share": in_ops_share,
+                "requests_done": sum(c.requests_done for c in clients),
                 "ops_done": int(ops.size), "interrupted": interrupted,
                 "max_lag_ms": max((c.max_lag_ms for c in clients), default=0.0), "pid": os.getpid()},
     }

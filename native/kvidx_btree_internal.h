@@ -882,7 +882,9 @@ static int debug_lock_leaf(CH_T *h, const uint8_t *key) {
     dm_gaddr leaf;
     uint64_t word;
     int ver;
-    return find_and_lock_leaf(h, key, &p, &r, &leaf, &word, &ver);
+    int rc = find_and_lock_leaf(h, key, &p, &r, &leaf, &word, &ver);
+    if (rc == DM_OK) kvidx_local_forget(&h->lk, lock_of(leaf)); /* as if this process died */
+    return rc;
 }
 #define LEAF_MAX LEAF_CAP
 
@@ -1041,7 +1043,7 @@ int CH(open)(dm_ctx *ctx, const kvidx_opts *o, CH_T **out, char *err, size_t err
         if (dm_node_size(ctx, id)) h->nodes[h->nnodes++] = id;
     uint32_t owner = (uint32_t)(kvidx_mix64((uint64_t)getpid() ^ dm_now_ns() ^ (uintptr_t)h) & 0xffffff);
     h->lk = (kvidx_locker){ctx, &h->st, owner ? owner : 1, o->lease_ms, o->max_wait_ms ? o->max_wait_ms : 10000, h->err,
-                          sizeof h->err};
+                          sizeof h->err, o->local_locks};
     h->rr = owner;
     int rc = kvidx_cache_init(&h->cache, o->cache_mb, NODE_PAYLOAD, &h->st);
     if (rc == DM_OK && o->window > 1 && !(h->probes = calloc(o->window, sizeof *h->probes))) rc = DM_ENOMEM;

@@ -153,7 +153,9 @@ static int debug_lock_leaf(CH_T *h, const uint8_t *key) {
     int v;
     uint64_t word;
     dm_gaddr leaf;
-    return sh_leaf(h, key, p.leaf, 1, pay, &v, &word, &leaf);
+    rc = sh_leaf(h, key, p.leaf, 1, pay, &v, &word, &leaf);
+    if (rc == DM_OK) kvidx_local_forget(&h->lk, lock_of(leaf)); /* as if this process died */
+    return rc;
 }
 
 /* Batched lookups: the first whole-leaf READ of up to `window` keys shares one doorbell. */

@@ -82,6 +82,7 @@ static int remote_lock_and_read(kvidx_locker *lk, dm_gaddr lock_addr, const kvid
 /* ---- local lock table (handover between the threads of one process) ---- */
 
 #define LLT_SLOTS 4096
+#define LLT_SPINS 64
 
 typedef struct llt_slot {
     pthread_mutex_t m;
@@ -152,6 +153,12 @@ static int llt_enter(kvidx_locker *lk, dm_gaddr lock_addr, int *handed, uint64_t
         dl.tv_sec += (time_t)(ns / 1000000000u);
         dl.tv_nsec = (long)(ns % 1000000000u);
         s->waiters++;
+        /* a holder keeps the slot for a round trip or two: yield a while before sleeping */
+        for (int spin = 0; s->held && spin < LLT_SPINS; spin++) {
+            pthread_mutex_unlock(&s->m);
+            sched_yield();
+            pthread_mutex_lock(&s->m);
+        }
         int e = 0;
         while (s->held && e != ETIMEDOUT) e = pthread_cond_timedwait(&s->cv, &s->m, &dl);
         s->waiters--;

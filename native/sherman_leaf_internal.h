@@ -117,6 +117,8 @@ static int write_one(CH_T *h, const uint8_t *key, uint64_t val, int del, uint8_t
         kvidx_unlock(&h->lk, lock_of(leaf), word);
         return rc;
     }
+    h->st.split_entries += (uint64_t)(k - 1);
+    h->st.split_capacity += ICAP;
     int m = k / 2;
     uint8_t lp[NODE_PAYLOAD], rp[NODE_PAYLOAD], sep[KB];
     memset(lp, 0, sizeof lp);

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from index_helpers import encode, make_keys, open_client
 
+import kvdm.index as kindex
 from kvdm.index.native import LocalLockTable
-from kvdm.transport import ShmMemoryNode
+from kvdm.transport import ShmMemoryNode, TransportConfig, connect
 
 BACKENDS = ["chime", "sherman"]
 HOT = np.arange(1, 25, dtype=np.uint64)  # a few leaves' worth of hot keys
@@ -26,7 +27,9 @@ def hammer(uri: str, name: str, key_bytes: int, threads: int, first_writer: int,
     insert their own keys; returns their summed counters."""
     shared = LocalLockTable() if table else None
     opts: dict[str, Any] = {"cache_mb": 1.0, "local_locks": shared}
-    handles = [open_client(uri, name, key_bytes, tear, **opts) for _ in range(threads)]
+    # modelled round trips (spin) keep locks held long enough for threads to meet on them
+    cfg = TransportConfig(tear=tear, latency_model="spin", rtt_us=5.0)
+    handles = [kindex.open(name, connect(cfg, [uri]), key_bytes, **opts) for _ in range(threads)]
     start = threading.Barrier(threads)
     errors: list[BaseException] = []
 

@@ -549,6 +549,12 @@ typedef struct placer {
 } placer;
 
 static int augment(placer *pl, int k) {
+    int b0 = pl->kb[k][0], b1 = pl->kb[k][1]; /* the emptier bucket first: keeps room in both */
+    if (!pl->vis[b0] && !pl->vis[b1] && pl->fill[b1] < pl->fill[b0] && pl->fill[b1] < SLOTS) {
+        pl->vis[b1] = 1;
+        pl->occ[b1][pl->fill[b1]++] = k;
+        return 1;
+    }
     for (int t = 0; t < 2; t++) {
         int c = pl->kb[k][t];
         if (pl->vis[c]) continue;

@@ -203,6 +203,9 @@ def cmd_bench_index(args: argparse.Namespace) -> int:
           f"{per.get('bytes_read', float('nan')):>10.1f} {per.get('bytes_written', float('nan')):>9.1f} "
           f"{derived.get('retries_per_op', 0.0):>11.4f} {derived.get('cache_hit_pct', float('nan')):>11.2f} "
           f"{per.get('server_cpu_us', float('nan')):>14.2f}")
+    if "handovers" in counters:
+        print(f"# locks: {per.get('cas', 0):.3f} CAS/key (lock + unlock + failed), {per['lock_fail']:.4f} failed lock "
+              f"CAS/key, {per['handovers']:.4f} handovers/key, {per['local_waits']:.4f} local waits/key")
     print(f"# retries counted: {', '.join(c for c in RETRY_COUNTERS if c in counters) or 'none reported'}; "
           "latency is per call, measured in Python around the index call")
     return 0

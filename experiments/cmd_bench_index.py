@@ -2,7 +2,10 @@
 
 Preloads ``--keys`` keys (batched puts), then ``--clients`` processes issue ``--op`` operations
 for ``--seconds`` each: ``get`` of preloaded keys (uniform), ``put`` of new keys, or ``mixed``
-(``--read-ratio`` gets, the rest puts of new keys). Every call carries ``--batch`` keys. A
+(``--read-ratio`` gets, the rest puts of new keys; with ``--hot-keys N`` puts update the first N
+preloaded keys instead, a skewed hot-key workload). ``--threads T`` runs T threads per client
+process, each with its own handle and transport context; ``--handover`` gives a process's
+threads one shared local lock table (native indexes). Every call carries ``--batch`` keys. A
 native index's call is timed around its C call alone (``Index.last_call_ns``); other backends
 are timed around the Python call (Redis: the client library is part of its cost). With
 ``--latency-model virtual`` the transport's modelled time is added. Prints Mops, p50/p99 per
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import threading
 import time
 from dataclasses import dataclass, replace
 from typing import Any
@@ -58,6 +62,9 @@ class BenchIndexConfig:
     seconds: float
     read_ratio: float
     seed: int = 1000
+    threads: int = 1
+    hot_keys: int = 0
+    handover: bool = False
 
 
 def register(sub: Any) -> None:
@@ -73,19 +80,39 @@ def register(sub: Any) -> None:
     p.add_argument("--seconds", type=float, default=5.0, help="measuring time per client (default 5)")
     p.add_argument("--read-ratio", type=float, default=0.5, help="share of gets with --op mixed (default 0.5)")
     p.add_argument("--seed", type=int, default=1000, help="seed of the key choice; client c uses seed+c (default 1000)")
+    p.add_argument("--threads", type=int, default=1, help="threads per client process, a handle each (default 1)")
+    p.add_argument("--hot-keys", type=int, default=0,
+                   help="puts update keys drawn from the first N preloaded keys (0: insert new keys; default 0)")
+    p.add_argument("--handover", action="store_true",
+                   help="threads of a process share a local lock table (sherman/chime lock handover)")
     add_index_options(p)
     add_transport_options(p)
     p.set_defaults(func=cmd_bench_index)
 
 
 def _client(cfg: BenchIndexConfig, uris: list[str], client: int, barrier: Any, out: Any) -> None:
-    try:
-        index = open_client(cfg.index, cfg.transport, uris)
-        out.put(measure(cfg, index, client, barrier))
-        index.close()
-    except Exception as exc:
-        out.put(f"client {client}: {type(exc).__name__}: {exc}")
-        barrier.abort()
+    """One client process: cfg.threads threads, each with its own handle, one result each."""
+    spec = cfg.index
+    if cfg.handover:
+        from kvdm.index.native import LocalLockTable
+
+        spec = replace(spec, options={**spec.options, "local_locks": LocalLockTable()})
+
+    def run(t: int) -> None:
+        who = client * cfg.threads + t
+        try:
+            index = open_client(spec, cfg.transport, uris)
+            out.put(measure(cfg, index, who, barrier))
+            index.close()
+        except Exception as exc:
+            out.put(f"client {client} thread {t}: {type(exc).__name__}: {exc}")
+            barrier.abort()
+
+    threads = [threading.Thread(target=run, args=(t,)) for t in range(cfg.threads)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
 
 
 def measure(cfg: BenchIndexConfig, index: Any, client: int, barrier: Any) -> tuple[np.ndarray, dict[str, int], int]:
@@ -107,6 +134,8 @@ def measure(cfg: BenchIndexConfig, index: Any, client: int, barrier: Any) -> tup
             is_get = cfg.op == "get" or (cfg.op == "mixed" and rng.random() < cfg.read_ratio)
             if is_get:
                 keys = make_keys(int(rng.integers(0, cfg.keys - cfg.batch + 1)), cfg.batch, kb)
+            elif cfg.hot_keys:
+                keys = make_keys(int(rng.integers(0, cfg.hot_keys - cfg.batch + 1)), cfg.batch, kb)
             else:
                 keys = make_keys(next_new, cfg.batch, kb)
                 next_new += cfg.batch
@@ -133,11 +162,18 @@ def cmd_bench_index(args: argparse.Namespace) -> int:
         raise UsageError("--read-ratio must be in [0, 1]")
     if args.index == "dict" and args.clients > 1:
         raise UsageError("the dict backend lives in one process: use --clients 1")
+    if args.threads < 1 or (args.hot_keys and not args.batch <= args.hot_keys <= args.keys):
+        raise UsageError("--threads must be positive and --hot-keys in [--batch, --keys] (or 0)")
+    if (args.threads > 1 or args.handover) and args.index not in NATIVE_INDEXES:
+        raise UsageError(f"--threads and --handover need a native index ({', '.join(NATIVE_INDEXES)})")
     cfg = BenchIndexConfig(index_spec(args, args.key_bytes), transport_config(args), args.keys, args.op,
-                           args.clients, args.batch, args.seconds, args.read_ratio, args.seed)
+                           args.clients, args.batch, args.seconds, args.read_ratio, args.seed, args.threads,
+                           args.hot_keys, args.handover)
     native = cfg.index.name in NATIVE_INDEXES
     print(f"# kvdm bench index: {cfg.index.name} {cfg.index.options or ''}, {cfg.keys:,} keys of "
-          f"{args.key_bytes} B, op {cfg.op}, {cfg.clients} client(s), {cfg.batch} key(s)/call, {cfg.seconds:g} s")
+          f"{args.key_bytes} B, op {cfg.op}, {cfg.clients} client(s) x {cfg.threads} thread(s), "
+          f"{cfg.batch} key(s)/call, {cfg.seconds:g} s, hot keys {cfg.hot_keys or 'none'}, "
+          f"handover {'on' if cfg.handover else 'off'}")
     if native:
         print(f"# transport: {cfg.transport.describe()}")
     with backend_session(cfg.index, cfg.transport) as (uris, shared):
@@ -173,6 +209,9 @@ def cmd_bench_index(args: argparse.Namespace) -> int:
           f"{derived.get('retries_per_op', 0.0):>11.4f} {derived.get('cache_hit_pct', float('nan')):>11.2f} "
           f"{per.get('server_cpu_us', float('nan')):>14.2f}")
     clock = "around the C call" if native else "in Python around the index call"
+    if "handovers" in counters:
+        print(f"# locks: {per.get('cas', 0):.3f} CAS/key (lock + unlock + failed), {per['lock_fail']:.4f} failed lock "
+              f"CAS/key, {per['handovers']:.4f} handovers/key, {per['local_waits']:.4f} local waits/key")
     print(f"# retries counted: {', '.join(c for c in RETRY_COUNTERS if c in counters) or 'none reported'}; "
           f"latency is per call, measured {clock}")
     return 0
@@ -188,11 +227,11 @@ def _run_inline(cfg: BenchIndexConfig, index: Any) -> tuple[np.ndarray, dict[str
 
 def _run_clients(cfg: BenchIndexConfig, uris: list[str]) -> list[tuple[np.ndarray, dict[str, int], int]]:
     mpc = mp.get_context("spawn")
-    barrier, out = mpc.Barrier(cfg.clients), mpc.Queue()
+    barrier, out = mpc.Barrier(cfg.clients * cfg.threads), mpc.Queue()
     procs = [mpc.Process(target=_client, args=(cfg, uris, c, barrier, out), daemon=True) for c in range(cfg.clients)]
     for p in procs:
         p.start()
-    results = [out.get(timeout=cfg.seconds + 300) for _ in procs]
+    results = [out.get(timeout=cfg.seconds + 300) for _ in range(cfg.clients * cfg.threads)]
     for p in procs:
         p.join(30)
     errors = [r for r in results if isinstance(r, str)]

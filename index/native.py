@@ -20,6 +20,8 @@ Options (keyword arguments; anything else is a ValueError listing these):
 * ``window`` (1): lookups whose first READs share one doorbell (1..64): a batch of N keys
   then costs about N/window round trips (what a prefix match of chained block keys wants);
   each key's latency is its group's.
+* ``local_locks`` (None): a :class:`LocalLockTable` shared by the handles of several threads
+  of this process: they queue on a leaf lock locally and hand the remote lock over.
 
 Reserved keys: 0 and 2**64-1 for 8-byte keys, the all-zero key for 32-byte keys.
 """
@@ -37,12 +39,28 @@ from kvdm.native import ffi, lib
 from kvdm.transport.dm import DMContext, DMError, raise_for
 
 DEFAULTS: dict[str, Any] = {"cache_mb": 100.0, "root_slot": None, "lease_ms": 1000, "max_wait_ms": 10000,
-                            "window": 1}
+                            "window": 1, "local_locks": None}
 STAT_FIELDS = tuple(name for name, _ in ffi.typeof("kvidx_stats").fields)
 DM_FIELDS = tuple(name for name, _ in ffi.typeof("dm_counters").fields)
 # counter_vector reads both structs as uint64 arrays
 assert ffi.sizeof("dm_counters") == 8 * len(DM_FIELDS) and ffi.sizeof("kvidx_stats") == 8 * len(STAT_FIELDS)
 _U64_MAX = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+class LocalLockTable:
+    """Sherman's local lock table (HOCL) for the threads of one process: give the same table
+    to each thread's handle (``local_locks=``); threads contending on a lock queue locally and
+    a releasing thread hands the remote lock to the next one, at most ``max_handover`` times
+    in a row. Handles keep their table alive."""
+
+    def __init__(self, max_handover: int = 4) -> None:
+        if not 0 <= max_handover < 2**32:
+            raise ValueError(f"max_handover must be in 0..2**32-1, got {max_handover}")
+        ptr = lib.kvidx_llt_create(max_handover)
+        if ptr == ffi.NULL:
+            raise MemoryError("cannot allocate a local lock table")
+        self.ptr = ffi.gc(ptr, lib.kvidx_llt_destroy)
+        self.max_handover = max_handover
 
 
 class LockTimeout(DMError, TimeoutError):
@@ -106,6 +124,10 @@ class NativeIndex(Index):
         c_opts.max_wait_ms = int(opts["max_wait_ms"])
         c_opts.window = int(opts["window"])
         c_opts.add_virtual_ns = int(transport.config.latency_model == "virtual")
+        table = opts["local_locks"]
+        if table is not None and not isinstance(table, LocalLockTable):
+            raise ValueError(f"local_locks must be a LocalLockTable, got {type(table).__name__}")
+        c_opts.local_locks = table.ptr if table is not None else ffi.NULL
         out = ffi.new(f"{backend.prefix}_k{key_bytes} **")
         err = ffi.new("char[512]")
         rc = self._c("open")(transport.ptr, c_opts, out, err, 512)

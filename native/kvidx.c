@@ -2,7 +2,10 @@
 #define _GNU_SOURCE
 #include "kvidx_internal.h"
 
+#include <errno.h>
+#include <pthread.h>
 #include <sched.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -49,7 +52,8 @@ static int post_lock_round(kvidx_locker *lk, dm_gaddr lock_addr, uint64_t expect
     return rc;
 }
 
-int kvidx_lock_and_read(kvidx_locker *lk, dm_gaddr lock_addr, const kvidx_read *reads, int nreads, uint64_t *word) {
+static int remote_lock_and_read(kvidx_locker *lk, dm_gaddr lock_addr, const kvidx_read *reads, int nreads,
+                                uint64_t *word) {
     uint64_t start = kvidx_wall_ms(), expect = 0;
     for (unsigned attempt = 0;; attempt++) {
         uint64_t want = lock_word(lk), old = 0;
@@ -75,8 +79,163 @@ int kvidx_lock_and_read(kvidx_locker *lk, dm_gaddr lock_addr, const kvidx_read *
     }
 }
 
+/* ---- local lock table (handover between the threads of one process) ---- */
+
+#define LLT_SLOTS 4096
+#define LLT_SPINS 64
+
+typedef struct llt_slot {
+    pthread_mutex_t m;
+    pthread_cond_t cv;
+    int held;        /* a local thread owns the slot (and the remote lock it is working on) */
+    int waiters;     /* local threads queued on the slot */
+    dm_gaddr addr;   /* remote lock left held for the next local holder (0 = none) */
+    uint64_t word;   /* its lock word */
+    uint32_t chain;  /* consecutive handovers of the current remote acquisition */
+} llt_slot;
+
+struct kvidx_llt {
+    uint32_t max_handover;
+    llt_slot s[LLT_SLOTS];
+};
+
+kvidx_llt *kvidx_llt_create(uint32_t max_handover) {
+    kvidx_llt *t = calloc(1, sizeof *t);
+    if (!t) return NULL;
+    t->max_handover = max_handover;
+    for (int i = 0; i < LLT_SLOTS; i++) {
+        pthread_mutex_init(&t->s[i].m, NULL);
+        pthread_cond_init(&t->s[i].cv, NULL);
+    }
+    return t;
+}
+
+void kvidx_llt_destroy(kvidx_llt *t) {
+    if (!t) return;
+    for (int i = 0; i < LLT_SLOTS; i++) {
+        pthread_mutex_destroy(&t->s[i].m);
+        pthread_cond_destroy(&t->s[i].cv);
+    }
+    free(t);
+}
+
+static llt_slot *slot_of(const kvidx_locker *lk, dm_gaddr lock_addr) {
+    return &lk->llt->s[kvidx_mix64(lock_addr) % LLT_SLOTS];
+}
+
+/* Leave the slot of lock_addr, handing the remote lock (word) to the next local holder. */
+static void llt_exit(kvidx_locker *lk, dm_gaddr lock_addr, int handover, uint64_t word) {
+    llt_slot *s = slot_of(lk, lock_addr);
+    pthread_mutex_lock(&s->m);
+    if (handover) {
+        s->addr = lock_addr;
+        s->word = word;
+        s->chain++;
+    } else {
+        s->chain = 0;
+    }
+    s->held = 0;
+    pthread_cond_signal(&s->cv);
+    pthread_mutex_unlock(&s->m);
+}
+
+/* Queue for the slot of lock_addr (at most max_wait_ms). *handed = 1 when the previous local
+ * holder left that very lock held for us, its word in *word. A lock of another address left
+ * in the slot (hash collision) is released first. */
+static int llt_enter(kvidx_locker *lk, dm_gaddr lock_addr, int *handed, uint64_t *word) {
+    llt_slot *s = slot_of(lk, lock_addr);
+    pthread_mutex_lock(&s->m);
+    if (s->held) {
+        lk->st->local_waits++;
+        struct timespec dl;
+        clock_gettime(CLOCK_REALTIME, &dl);
+        uint64_t ns = (uint64_t)dl.tv_nsec + (uint64_t)lk->max_wait_ms * 1000000u;
+        dl.tv_sec += (time_t)(ns / 1000000000u);
+        dl.tv_nsec = (long)(ns % 1000000000u);
+        s->waiters++;
+        /* a holder keeps the slot for a round trip or two: yield a while before sleeping */
+        for (int spin = 0; s->held && spin < LLT_SPINS; spin++) {
+            pthread_mutex_unlock(&s->m);
+            sched_yield();
+            pthread_mutex_lock(&s->m);
+        }
+        int e = 0;
+        while (s->held && e != ETIMEDOUT) e = pthread_cond_timedwait(&s->cv, &s->m, &dl);
+        s->waiters--;
+        if (s->held) {
+            pthread_mutex_unlock(&s->m);
+            return dm_fail_buf(lk->err, lk->errlen, DM_ETIMEDOUT,
+                               "gave up on lock 0x%016llx after %u ms: a thread of this process holds it",
+                               (unsigned long long)lock_addr, lk->max_wait_ms);
+        }
+    }
+    s->held = 1;
+    dm_gaddr pending = s->addr;
+    uint64_t pword = s->word;
+    s->addr = 0;
+    *handed = pending == lock_addr;
+    if (*handed) *word = pword;
+    else s->chain = 0;
+    pthread_mutex_unlock(&s->m);
+    if (pending && !*handed) {
+        uint64_t old = 0;
+        int rc = dm_cas(lk->ctx, pending, pword, 0, &old);
+        if (rc == DM_OK) rc = dm_submit(lk->ctx);
+        if (rc != DM_OK) {
+            llt_exit(lk, lock_addr, 0, 0);
+            return rc;
+        }
+    }
+    return DM_OK;
+}
+
+/* Hand over only to a waiter, at most max_handover times in a row, and only with at least
+ * half a lease left (the next holder must finish before the lease expires). */
+static int llt_should_hand(kvidx_locker *lk, dm_gaddr lock_addr, uint64_t word) {
+    llt_slot *s = slot_of(lk, lock_addr);
+    uint64_t left = ((word & LEASE_MASK) - (kvidx_wall_ms() & LEASE_MASK)) & LEASE_MASK;
+    pthread_mutex_lock(&s->m);
+    int hand = s->waiters > 0 && s->chain < lk->llt->max_handover && left < (LEASE_MASK >> 1) &&
+               left > lk->lease_ms / 2;
+    pthread_mutex_unlock(&s->m);
+    return hand;
+}
+
+int kvidx_lock_and_read(kvidx_locker *lk, dm_gaddr lock_addr, const kvidx_read *reads, int nreads, uint64_t *word) {
+    if (!lk->llt) return remote_lock_and_read(lk, lock_addr, reads, nreads, word);
+    int handed = 0;
+    int rc = llt_enter(lk, lock_addr, &handed, word);
+    if (rc != DM_OK) return rc;
+    if (!handed) {
+        rc = remote_lock_and_read(lk, lock_addr, reads, nreads, word);
+        if (rc != DM_OK) llt_exit(lk, lock_addr, 0, 0);
+        return rc;
+    }
+    /* the lock came from a local thread whose writes completed: read the protected lines */
+    lk->st->handovers++;
+    for (int i = 0; i < nreads && rc == DM_OK; i++) rc = dm_read(lk->ctx, reads[i].local, reads[i].remote, reads[i].len);
+    if (rc == DM_OK) rc = dm_submit(lk->ctx);
+    else dm_discard(lk->ctx);
+    if (rc != DM_OK) {
+        uint64_t old = 0;
+        if (dm_cas(lk->ctx, lock_addr, *word, 0, &old) == DM_OK) dm_submit(lk->ctx);
+        llt_exit(lk, lock_addr, 0, 0);
+    }
+    return rc;
+}
+
 int kvidx_post_unlock(kvidx_locker *lk, dm_gaddr lock_addr, uint64_t word, uint64_t *old_out) {
-    return dm_cas(lk->ctx, lock_addr, word, 0, old_out);
+    if (!lk->llt) return dm_cas(lk->ctx, lock_addr, word, 0, old_out);
+    int hand = llt_should_hand(lk, lock_addr, word);
+    int rc = hand ? DM_OK : dm_cas(lk->ctx, lock_addr, word, 0, old_out);
+    if (rc == DM_OK) rc = dm_submit(lk->ctx); /* the writes land before anyone local goes on */
+    if (rc == DM_OK && hand) *old_out = word;
+    llt_exit(lk, lock_addr, rc == DM_OK && hand, word);
+    return rc;
+}
+
+void kvidx_local_forget(kvidx_locker *lk, dm_gaddr lock_addr) {
+    if (lk->llt) llt_exit(lk, lock_addr, 0, 0);
 }
 
 int kvidx_unlock(kvidx_locker *lk, dm_gaddr lock_addr, uint64_t word) {

@@ -19,6 +19,7 @@ typedef struct kvidx_opts {
     uint32_t max_wait_ms; /* give up (DM_ETIMEDOUT) after waiting this long for one lock */
     uint32_t window;      /* lookups whose first READs share one doorbell (1..KVIDX_MAX_WINDOW) */
     int add_virtual_ns;   /* latency model `virtual`: add the modelled time to per-key latencies */
+    struct kvidx_llt *local_locks; /* NULL, or a local lock table shared by handles of one process */
 } kvidx_opts;
 
 #define KVIDX_MAX_WINDOW 64
@@ -38,6 +39,10 @@ typedef struct kvidx_stats {
     uint64_t lease_steals;     /* expired locks taken over */
     uint64_t lease_lost;       /* our lock was taken over before we released it */
     uint64_t root_reads;       /* root-slot reads (open, root changed) */
+    uint64_t handovers;        /* remote locks received from another local thread (no CAS) */
+    uint64_t local_waits;      /* lock acquisitions that queued behind a local thread */
+    uint64_t split_entries, split_capacity; /* leaf entries / slots summed over leaf splits */
+    uint64_t leaf_rebuilds;    /* chime leaves re-placed whole (displacement) instead of split */
 } kvidx_stats;
 
 /* The data-path entry points of one index at one key width, behind an untyped handle, so
@@ -52,6 +57,15 @@ typedef struct kvidx_ops {
     void (*stats)(const void *h, kvidx_stats *out);
     const char *(*error)(const void *h);
 } kvidx_ops;
+
+/* Local lock table (Sherman's HOCL): threads of one process whose handles share a table queue
+ * locally on a lock (slots indexed by a hash of its address) and a releasing thread hands the
+ * still-held remote lock to the next local waiter, at most max_handover times in a row (then it
+ * releases it, so other processes get their turn). The caller owns the table: destroy it only
+ * after closing every handle using it. NULL when out of memory. */
+typedef struct kvidx_llt kvidx_llt;
+kvidx_llt *kvidx_llt_create(uint32_t max_handover);
+void kvidx_llt_destroy(kvidx_llt *t);
 
 /* The C API of one index compiled for one key width (P = chime_k8, sherman_k32, ...).
  * One handle per client thread. Keys: k8 = uint64 array, k32 = 32-byte rows; values uint64.

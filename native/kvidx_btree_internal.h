@@ -559,6 +559,12 @@ typedef struct placer {
 } placer;
 
 static int augment(placer *pl, int k) {
+    int b0 = pl->kb[k][0], b1 = pl->kb[k][1]; /* the emptier bucket first: keeps room in both */
+    if (!pl->vis[b0] && !pl->vis[b1] && pl->fill[b1] < pl->fill[b0] && pl->fill[b1] < SLOTS) {
+        pl->vis[b1] = 1;
+        pl->occ[b1][pl->fill[b1]++] = k;
+        return 1;
+    }
     for (int t = 0; t < 2; t++) {
         int c = pl->kb[k][t];
         if (pl->vis[c]) continue;
@@ -776,16 +782,63 @@ static int insert_parent(CH_T *h, path *p, int lvl, const uint8_t *sep, dm_gaddr
 }
 
 #if !KVDM_SHERMAN
-/* Split the locked leaf (node_ver ver) while inserting key -> val. */
-static int split_leaf(CH_T *h, path *p, dm_gaddr leaf, int ver, uint64_t word, const uint8_t *key, uint64_t val) {
-    int rc = fill_pool(h); /* allocate first: a full memory node must leave the leaf untouched */
-    if (rc != DM_OK) {
-        kvidx_unlock(&h->lk, lock_of(leaf), word);
-        return rc;
+/* The locked leaf was rewritten in place (same fences) from node_ver ov to nv: move its tag
+ * in the parent along so that lookups keep answering in one READ. Best effort: a tag that
+ * moved on (a split published meanwhile) or an unverified one stays as it is. */
+static int retag_parent(CH_T *h, const path *p, const uint8_t *key, dm_gaddr leaf, uint8_t ov, uint8_t nv) {
+    dm_gaddr g = p->node[1];
+    if (!g) return DM_OK; /* the leaf is the root */
+    uint8_t raw[NODE_BYTES], n[NODE_PAYLOAD], nvs[NODE_LINES], uv[NODE_LINES];
+    uint64_t t0 = 0;
+    for (unsigned tries = 0;; tries++) {
+        uint64_t word;
+        kvidx_read rd = {raw, untag(g), NODE_BYTES};
+        int rc = kvidx_lock_and_read(&h->lk, lock_of(g), &rd, 1, &word);
+        if (rc != DM_OK) return dmerr(h, rc);
+        kvidx_unpack(raw, NODE_LINES, n, nvs, uv);
+        int v = agree(nvs, uv, NODE_LINES);
+        int ok = v >= 0 && n[H_KIND] == KIND && n[H_LEVEL] == 1;
+        if (!ok || above_high(n, key)) {
+            if ((rc = kvidx_unlock(&h->lk, lock_of(g), word)) != DM_OK) return dmerr(h, rc);
+            if (v >= 0 && !ok) return DM_OK; /* the tree changed shape under us: leave it */
+            if (v < 0) {
+                if ((rc = torn(h, tries, &t0, g)) != DM_OK) return rc;
+            } else {
+                h->st.go_right++;
+                g = untag(get64(n + H_SIB));
+            }
+            continue;
+        }
+        uint8_t *ptr = NULL;
+        if (untag(get64(n + H_LEFT)) == untag(leaf)) ptr = n + H_LEFT;
+        for (int i = 0; !ptr && i < nkeys(n); i++)
+            if (untag(get64(ient(n, i) + KB)) == untag(leaf)) ptr = ient(n, i) + KB;
+        if (!ptr || DM_GADDR_TAG(get64(ptr)) != ov) return dmerr(h, kvidx_unlock(&h->lk, lock_of(g), word));
+        put64(ptr, DM_GADDR_WITH_TAG(leaf, nv));
+        uint8_t out[NODE_BYTES];
+        kvidx_pack(out, NODE_LINES, n, kvidx_next_ver((uint8_t)v), 0);
+        uint64_t old = 0;
+        rc = dm_write(h->ctx, g, out, NODE_BYTES);
+        if (rc == DM_OK) rc = kvidx_post_unlock(&h->lk, lock_of(g), word, &old);
+        if (rc == DM_OK) rc = dm_submit(h->ctx);
+        else dm_discard(h->ctx);
+        if (rc != DM_OK) return dmerr(h, rc);
+        if (old != word) h->st.lease_lost++;
+        uint8_t *c = kvidx_cache_put(&h->cache, g);
+        if (c) memcpy(c, n, NODE_PAYLOAD);
+        return DM_OK;
     }
+}
+
+/* Both buckets of key are full in the locked leaf. Hopscotch-style displacement first: re-place
+ * every entry (each still within its two buckets, so lookups stay one READ) with the new key
+ * by a maximum matching and rewrite the leaf whole with node_ver+1 (readers see the new
+ * version, never a half-moved entry), then move the parent's tag along. Only when no placement
+ * exists does the leaf split. */
+static int leaf_full(CH_T *h, path *p, dm_gaddr leaf, uint64_t word, const uint8_t *key, uint64_t val) {
     uint8_t old[NODE_PAYLOAD];
     int v;
-    rc = fetch_node(h, leaf, old, &v, NULL);
+    int rc = fetch_node(h, leaf, old, &v, NULL);
     if (rc != DM_OK) {
         kvidx_unlock(&h->lk, lock_of(leaf), word);
         return rc;
@@ -803,8 +856,29 @@ static int split_leaf(CH_T *h, path *p, dm_gaddr leaf, int ver, uint64_t word, c
     memcpy(e[n].key, key, KB);
     e[n].val = val;
     n++;
-    qsort(e, (size_t)n, sizeof e[0], cmp_entry);
     uint8_t lp[NODE_PAYLOAD], rp[NODE_PAYLOAD];
+    memset(lp, 0, sizeof lp);
+    memcpy(lp, old, UNIT_PAYLOAD); /* the header unit */
+    if (place(lp, e, n)) {
+        uint8_t raw[NODE_BYTES], nv = kvidx_next_ver((uint8_t)v);
+        kvidx_pack(raw, NODE_LINES, lp, nv, 0);
+        uint64_t prev = 0;
+        rc = dm_write(h->ctx, leaf, raw, NODE_BYTES);
+        if (rc == DM_OK) rc = kvidx_post_unlock(&h->lk, lock_of(leaf), word, &prev);
+        if (rc == DM_OK) rc = dm_submit(h->ctx);
+        else dm_discard(h->ctx);
+        if (rc != DM_OK) return dmerr(h, rc);
+        if (prev != word) h->st.lease_lost++;
+        h->st.leaf_rebuilds++;
+        return retag_parent(h, p, key, leaf, (uint8_t)v, nv);
+    }
+    if ((rc = fill_pool(h)) != DM_OK) { /* allocate first: a full memory node leaves the leaf intact */
+        kvidx_unlock(&h->lk, lock_of(leaf), word);
+        return rc;
+    }
+    h->st.split_entries += (uint64_t)(n - 1);
+    h->st.split_capacity += LEAF_CAP;
+    qsort(e, (size_t)n, sizeof e[0], cmp_entry);
     int m = -1;
     for (int d = 0; d < n && m < 0; d++) {
         int cand = n / 2 + ((d & 1) ? -(d + 1) / 2 : d / 2);
@@ -862,7 +936,7 @@ static int write_one(CH_T *h, const uint8_t *key, uint64_t val, int del, uint8_t
             }
         if (r.b[0] == r.b[1]) fill[2] = SLOTS; /* one bucket only (cannot happen with 15) */
         u = free_slot[1] >= 0 && (free_slot[2] < 0 || fill[1] <= fill[2]) ? 1 : (free_slot[2] >= 0 ? 2 : 0);
-        if (!u) return split_leaf(h, &p, leaf, ver, word, key, val);
+        if (!u) return leaf_full(h, &p, leaf, word, key, val);
         slot = free_slot[u];
         memcpy(r.pay[u] + slot * ENTRY, key, KB);
     }
@@ -892,7 +966,9 @@ static int debug_lock_leaf(CH_T *h, const uint8_t *key) {
     dm_gaddr leaf;
     uint64_t word;
     int ver;
-    return find_and_lock_leaf(h, key, &p, &r, &leaf, &word, &ver);
+    int rc = find_and_lock_leaf(h, key, &p, &r, &leaf, &word, &ver);
+    if (rc == DM_OK) kvidx_local_forget(&h->lk, lock_of(leaf)); /* as if this process died */
+    return rc;
 }
 #define LEAF_MAX LEAF_CAP
 
@@ -1051,7 +1127,7 @@ int CH(open)(dm_ctx *ctx, const kvidx_opts *o, CH_T **out, char *err, size_t err
         if (dm_node_size(ctx, id)) h->nodes[h->nnodes++] = id;
     uint32_t owner = (uint32_t)(kvidx_mix64((uint64_t)getpid() ^ dm_now_ns() ^ (uintptr_t)h) & 0xffffff);
     h->lk = (kvidx_locker){ctx, &h->st, owner ? owner : 1, o->lease_ms, o->max_wait_ms ? o->max_wait_ms : 10000, h->err,
-                          sizeof h->err};
+                          sizeof h->err, o->local_locks};
     h->rr = owner;
     int rc = kvidx_cache_init(&h->cache, o->cache_mb, NODE_PAYLOAD, &h->st);
     if (rc == DM_OK && o->window > 1 && !(h->probes = calloc(o->window, sizeof *h->probes))) rc = DM_ENOMEM;

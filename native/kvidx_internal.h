@@ -55,6 +55,7 @@ typedef struct kvidx_locker {
     uint32_t lease_ms, max_wait_ms;
     char *err;            /* where a lock time-out is explained (the handle's error buffer) */
     size_t errlen;
+    kvidx_llt *llt;       /* local lock table shared with other threads' handles, or NULL */
 } kvidx_locker;
 
 /* Format into err (NULL-safe) and return code. */
@@ -64,8 +65,13 @@ typedef struct kvidx_locker {
  * not obtained within max_wait_ms is DM_ETIMEDOUT, explained in lk->err. */
 int kvidx_lock_and_read(kvidx_locker *lk, dm_gaddr lock_addr, const kvidx_read *reads, int nreads,
                         uint64_t *word);
-/* Post the release CAS (the caller submits it, normally together with its writes). */
+/* Post the release CAS (the caller submits it, normally together with its writes). With a
+ * local lock table this submits the caller's posted writes itself: then either hands the
+ * remote lock to a local waiter (no CAS; *old_out = word) or releases it, and frees the local
+ * slot; the caller's own dm_submit then has nothing left to send. */
 int kvidx_post_unlock(kvidx_locker *lk, dm_gaddr lock_addr, uint64_t word, uint64_t *old_out);
+/* Leave the local slot of a lock kept held remotely (test hook: a crashed client). */
+void kvidx_local_forget(kvidx_locker *lk, dm_gaddr lock_addr);
 /* Release now (one RTT), counting a lost lease. */
 int kvidx_unlock(kvidx_locker *lk, dm_gaddr lock_addr, uint64_t word);
 

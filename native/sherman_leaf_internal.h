@@ -119,6 +119,8 @@ static int write_one(CH_T *h, const uint8_t *key, uint64_t val, int del, uint8_t
         kvidx_unlock(&h->lk, lock_of(leaf), word);
         return rc;
     }
+    h->st.split_entries += (uint64_t)(k - 1);
+    h->st.split_capacity += ICAP;
     int m = k / 2;
     uint8_t lp[NODE_PAYLOAD], rp[NODE_PAYLOAD], sep[KB];
     memset(lp, 0, sizeof lp);
@@ -155,7 +157,9 @@ static int debug_lock_leaf(CH_T *h, const uint8_t *key) {
     int v;
     uint64_t word;
     dm_gaddr leaf;
-    return sh_leaf(h, key, &p, 1, pay, &v, &word, &leaf);
+    rc = sh_leaf(h, key, &p, 1, pay, &v, &word, &leaf);
+    if (rc == DM_OK) kvidx_local_forget(&h->lk, lock_of(leaf)); /* as if this process died */
+    return rc;
 }
 
 /* Batched lookups: the first whole-leaf READ of up to `window` keys shares one doorbell. */

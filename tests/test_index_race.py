@@ -114,7 +114,8 @@ def test_insert_and_update_costs(dm, key_bytes: int) -> None:
 def test_two_writers_of_the_same_keys_leave_one_copy(tear: bool) -> None:
     """Two processes insert the same 4000 keys (32-byte) into a fresh index, so subtables split
     under concurrent inserts of the same keys: every key holds a value one of them wrote, and one
-    delete removes each key for good (no duplicate copy survived RACE's re-read check)."""
+    delete removes each key for good (a duplicate copy that two concurrent inserts can leave
+    would make the key reappear unless deletes clear every copy)."""
     ints = np.arange(1, 4001, dtype=np.uint64)
     with ShmMemoryNode(32 << 20) as node:
         open_client(node.uri, "race", 32).close()

@@ -97,6 +97,7 @@ typedef struct probe {
     dm_gaddr st;            /* subtable read (from the cached directory) */
     int b[2];               /* first bucket of each combined bucket */
     uint64_t line[2][2][8]; /* [candidate][line][word] */
+    int stale_depth;        /* probe_check: depth of the header that disowned the key */
     int nm;                 /* fingerprint matches, by ascending slot address */
     dm_gaddr maddr[NCAND_SLOTS];
     uint64_t mword[NCAND_SLOTS];
@@ -194,13 +195,14 @@ static int too_many(RC_T *h, unsigned tries, uint64_t *t0, const char *what) {
 
 /* ---- directory ---- */
 
-/* Re-read the directory range covered by the (stale) cached entry of h1: every entry a split
- * of that subtable can have changed. */
-static int refresh_dir(RC_T *h, uint64_t h1) {
-    size_t i = dir_index(h, h1);
-    int l = (int)DM_GADDR_TAG(h->dir[i]);
-    if (l > h->D) l = 0;
-    size_t n = (size_t)1 << (h->D - l), start = i & ~(n - 1);
+/* Re-read the directory entries of the hash-prefix block that holds h1 at local depth `depth`
+ * (the depth in the header that said our cached entry is stale: the split that produced that
+ * header rewrote entries inside this block only). Small for deep subtables (2^(D-depth)
+ * entries); remote tags are not used since a split leaves the tags of the half it keeps as they
+ * were. */
+static int refresh_dir(RC_T *h, uint64_t h1, int depth) {
+    if (depth < 0 || depth > h->D) depth = 0;
+    size_t i = dir_index(h, h1), n = (size_t)1 << (h->D - depth), start = i & ~(n - 1);
     int rc = dm_read(h->ctx, h->dir + start, h->dirg + start * 8, (uint32_t)(n * 8));
     if (rc == DM_OK) rc = dm_submit(h->ctx);
     h->st.root_reads++;
@@ -225,15 +227,19 @@ static int probe_post(RC_T *h, const uint8_t *key, probe *q) {
 
 enum { P_OK = 0, P_STALE = 1, P_SPLITTING = 2, P_BAD = 3 };
 
-/* Check the four bucket headers: P_STALE if one does not own the key (stale directory),
- * P_SPLITTING if a split is in progress, P_BAD if the line is no race bucket of this width. */
-static int probe_check(const probe *q) {
+/* Check the four bucket headers: P_STALE if one does not own the key (stale directory; its
+ * depth goes to q->stale_depth), P_SPLITTING if a split is in progress, P_BAD if the line is
+ * no race bucket of this width. */
+static int probe_check(probe *q) {
     int r = P_OK;
     for (int c = 0; c < 2; c++)
         for (int l = 0; l < 2; l++) {
             uint64_t hd = q->line[c][l][0];
             if (hdr_kind(hd) != KIND) return P_BAD;
-            if (!owns(hd, q->h1)) return P_STALE;
+            if (!owns(hd, q->h1)) {
+                q->stale_depth = hdr_depth(hd);
+                return P_STALE;
+            }
             if (hdr_flags(hd) & F_SPLITTING) r = P_SPLITTING;
         }
     return r;
@@ -315,7 +321,7 @@ static int get_one(RC_T *h, const uint8_t *key, uint64_t *val, uint8_t *found) {
             return herr(h, DM_EPROTO, "subtable 0x%016llx holds no race %d-byte-key bucket (header 0x%016llx)",
                         (unsigned long long)q->st, KB, (unsigned long long)q->line[0][0][0]);
         if (c == P_STALE) {
-            if ((rc = refresh_dir(h, q->h1)) != DM_OK || (rc = too_many(h, tries, &t0, "directory")) != DM_OK)
+            if ((rc = refresh_dir(h, q->h1, q->stale_depth)) != DM_OK || (rc = too_many(h, tries, &t0, "directory")) != DM_OK)
                 return rc;
             continue;
         }
@@ -485,7 +491,7 @@ static int write_one(RC_T *h, const uint8_t *key, uint64_t val, int del, uint8_t
         int c = probe_check(q);
         if (c == P_BAD) return herr(h, DM_EPROTO, "subtable 0x%016llx holds no race bucket", (unsigned long long)q->st);
         if (c == P_STALE) {
-            if ((rc = refresh_dir(h, q->h1)) != DM_OK) return rc;
+            if ((rc = refresh_dir(h, q->h1, q->stale_depth)) != DM_OK) return rc;
             continue;
         }
         if (c == P_SPLITTING) { /* help: wait for (or recover) the split, then retry */

@@ -40,9 +40,9 @@
  *     the lower address wins, the other is CASed to 0 by its owner (and lookups, updates and
  *     deletes always act on the lowest copy first and clear the others).
  *   delete: find as a lookup, CAS every copy to 0 with the same re-read check.
- *   split (both candidates full): lease lock of the subtable (kvidx_lock_and_read, lock CAS and
- *     subtable READ in one doorbell); allocate the new subtable first (memory full leaves the
- *     index intact); WRITE every header with SPLITTING and READ the subtable (after the marks:
+ *   split (both candidates full): lease lock of the subtable (kvidx_lock_and_read: lock CAS
+ *     and READ of the first bucket header in one doorbell); allocate the new subtable first
+ *     (memory full leaves the index intact); WRITE every header with SPLITTING and READ the subtable (after the marks:
  *     a slot CAS that lands after this READ sees the mark in its re-read and redoes); READ all
  *     KV blocks; WRITE the new subtable (moved slots keep their bucket and position, so they
  *     fit); WRITE the directory range of the new half; WRITE the old subtable's headers with
@@ -369,7 +369,7 @@ static int unlock_only(RC_T *h, dm_gaddr st, uint64_t word) { return dmerr(h, kv
 static int split(RC_T *h, dm_gaddr st, int depth) {
     st = untag(st);
     uint64_t word;
-    kvidx_read rd = {h->sbuf, st, ST_BYTES};
+    kvidx_read rd = {h->sbuf, st, DM_LINE}; /* the first bucket's header says what to do */
     int rc = kvidx_lock_and_read(&h->lk, lock_of(st), &rd, 1, &word);
     if (rc != DM_OK) return dmerr(h, rc);
     uint64_t hd = h->sbuf[0];
@@ -391,6 +391,7 @@ static int split(RC_T *h, dm_gaddr st, int depth) {
     if (resume) { /* a split was left half done: did it publish the new half already? */
         uint64_t e = 0;
         rc = dm_read(h->ctx, &e, h->dirg + rstart * 8, 8);
+        if (rc == DM_OK) rc = dm_read(h->ctx, h->sbuf, st, ST_BYTES); /* marked already */
         if (rc == DM_OK) rc = dm_submit(h->ctx);
         if (rc != DM_OK) return dmerr(h, rc);
         if (untag(e) != st && (int)DM_GADDR_TAG(e) == l + 1) nst = untag(e);
@@ -588,7 +589,7 @@ static int write_one(RC_T *h, const uint8_t *key, uint64_t val, int del, uint8_t
 static int debug_crash_split(RC_T *h, const uint8_t *key) {
     uint64_t h1 = khash(key), word;
     dm_gaddr st = untag(h->dir[dir_index(h, h1)]);
-    kvidx_read rd = {h->sbuf, st, ST_BYTES};
+    kvidx_read rd = {h->sbuf, st, DM_LINE};
     int rc = kvidx_lock_and_read(&h->lk, lock_of(st), &rd, 1, &word);
     if (rc != DM_OK) return dmerr(h, rc);
     uint64_t mark = mkhdr(hdr_depth(h->sbuf[0]), hdr_prefix(h->sbuf[0]), F_SPLITTING);

@@ -23,6 +23,15 @@ Options (keyword arguments; anything else is a ValueError listing these):
   each key's latency is its group's.
 
 Reserved keys: 0 and 2**64-1 for 8-byte keys, the all-zero key for 32-byte keys.
+
+race (protocol in native/race_internal.h): lookups read both combined buckets in one doorbell,
+then the fingerprint-matching KV block (2 RTT; ``window`` shares both doorbells among a group
+of lookups); inserts 2 RTT, updates and deletes 3 RTT; ``range``/``range_count`` raise
+RangeNotSupported. Its counters reuse the shared names: ``splits`` (subtable splits),
+``version_mismatch`` and ``root_reads`` (stale cached directory entries re-read),
+``lock_fail``/``lease_steals`` (subtable split locks), ``torn_retry`` (a KV block whose
+checksum failed), ``go_right`` (an insert that dropped its copy to a concurrent insert of the
+same key: RACE's duplicate check).
 """
 
 from __future__ import annotations

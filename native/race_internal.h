@@ -368,11 +368,13 @@ static int unlock_only(RC_T *h, dm_gaddr st, uint64_t word) { return dmerr(h, kv
  * client left half done. Returns DM_OK when the caller should simply retry its operation. */
 static int split(RC_T *h, dm_gaddr st, int depth) {
     st = untag(st);
-    uint64_t word;
-    kvidx_read rd = {h->sbuf, st, DM_LINE}; /* the first bucket's header says what to do */
-    int rc = kvidx_lock_and_read(&h->lk, lock_of(st), &rd, 1, &word);
+    uint64_t word, last[8];
+    /* Marks and unmarks go bucket 0 first, in one doorbell (executed in order): a split that
+     * died half way left the first bucket marked (while marking) or the last (while unmarking). */
+    kvidx_read rd[2] = {{h->sbuf, st, DM_LINE}, {last, bucket_addr(st, NBUCKETS - 1), DM_LINE}};
+    int rc = kvidx_lock_and_read(&h->lk, lock_of(st), rd, 2, &word);
     if (rc != DM_OK) return dmerr(h, rc);
-    uint64_t hd = h->sbuf[0];
+    uint64_t hd = (hdr_flags(last[0]) & F_SPLITTING) ? last[0] : h->sbuf[0];
     if (hdr_kind(hd) != KIND) {
         unlock_only(h, st, word);
         return herr(h, DM_EPROTO, "subtable 0x%016llx is not a race subtable", (unsigned long long)st);
@@ -391,7 +393,6 @@ static int split(RC_T *h, dm_gaddr st, int depth) {
     if (resume) { /* a split was left half done: did it publish the new half already? */
         uint64_t e = 0;
         rc = dm_read(h->ctx, &e, h->dirg + rstart * 8, 8);
-        if (rc == DM_OK) rc = dm_read(h->ctx, h->sbuf, st, ST_BYTES); /* marked already */
         if (rc == DM_OK) rc = dm_submit(h->ctx);
         if (rc != DM_OK) return dmerr(h, rc);
         if (untag(e) != st && (int)DM_GADDR_TAG(e) == l + 1) nst = untag(e);
@@ -401,14 +402,14 @@ static int split(RC_T *h, dm_gaddr st, int depth) {
         unlock_only(h, st, word);
         return rc;
     }
-    if (!resume) { /* mark every bucket, then read the subtable (ordered after the marks) */
-        uint64_t mark = mkhdr(l, p, F_SPLITTING);
-        for (int b = 0; b < NBUCKETS && rc == DM_OK; b++) rc = dm_write(h->ctx, bucket_addr(st, b), &mark, 8);
-        if (rc == DM_OK) rc = dm_read(h->ctx, h->sbuf, st, ST_BYTES);
-        if (rc == DM_OK) rc = dm_submit(h->ctx);
-        else dm_discard(h->ctx);
-        if (rc != DM_OK) return dmerr(h, rc);
-    }
+    /* Mark every bucket (again, if a dead splitter marked only some), then read the subtable:
+     * the READ executes after the marks. A published new half means every bucket is marked. */
+    uint64_t mark = mkhdr(l, p, F_SPLITTING);
+    for (int b = 0; fresh && b < NBUCKETS && rc == DM_OK; b++) rc = dm_write(h->ctx, bucket_addr(st, b), &mark, 8);
+    if (rc == DM_OK) rc = dm_read(h->ctx, h->sbuf, st, ST_BYTES);
+    if (rc == DM_OK) rc = dm_submit(h->ctx);
+    else dm_discard(h->ctx);
+    if (rc != DM_OK) return dmerr(h, rc);
     /* read every KV block */
     for (int i = 0; i < ST_SLOTS && rc == DM_OK; i++) {
         uint64_t w = h->sbuf[(i / SLOTS) * 8 + i % SLOTS + 1];

@@ -1,5 +1,5 @@
-"""The native remote-memory indexes (C over dm.h): ``chime`` and ``sherman`` (``race`` is reserved
-but not implemented yet).
+"""The native remote-memory indexes (C over dm.h): ``chime``, ``sherman`` (ordered B+trees) and
+``race`` (one-sided extendible hashing: point operations only).
 
 Each batch call is one C call over the numpy arrays (``ffi.from_buffer``); the C side runs
 the protocol, issues the verbs and counts. A handle belongs to one client thread; clients
@@ -13,7 +13,8 @@ backend and key width (override with ``root_slot=`` to keep several indexes side
 
 Options (keyword arguments; anything else is a ValueError listing these):
 
-* ``cache_mb`` (100): compute-side cache of internal nodes, in MB (0 disables it);
+* ``cache_mb`` (100): compute-side cache of internal nodes, in MB (0 disables it); race always
+  caches its whole directory (at most 512 KB) and ignores it;
 * ``root_slot``: root slot on memory node 0 (default above);
 * ``lease_ms`` (1000): lock lease; a lock held longer (a crashed client) is taken over;
 * ``max_wait_ms`` (10000): give up on one lock after this long (TimeoutError);
@@ -24,6 +25,15 @@ Options (keyword arguments; anything else is a ValueError listing these):
   of this process: they queue on a leaf lock locally and hand the remote lock over.
 
 Reserved keys: 0 and 2**64-1 for 8-byte keys, the all-zero key for 32-byte keys.
+
+race (protocol in native/race_internal.h): lookups read both combined buckets in one doorbell,
+then the fingerprint-matching KV block (2 RTT; ``window`` shares both doorbells among a group
+of lookups); inserts 2 RTT, updates and deletes 3 RTT; ``range``/``range_count`` raise
+RangeNotSupported. Its counters reuse the shared names: ``splits`` (subtable splits),
+``version_mismatch`` and ``root_reads`` (stale cached directory entries re-read),
+``lock_fail``/``lease_steals`` (subtable split locks), ``torn_retry`` (a KV block whose
+checksum failed), ``go_right`` (an insert that dropped its copy to a concurrent insert of the
+same key: RACE's duplicate check).
 """
 
 from __future__ import annotations
@@ -34,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from kvdm.index.api import Index, as_keys, as_values
+from kvdm.index.api import Index, RangeNotSupported, as_keys, as_values
 from kvdm.native import ffi, lib
 from kvdm.transport.dm import DMContext, DMError, raise_for
 
@@ -79,6 +89,7 @@ class Backend:
 
 CHIME = Backend("chime", "chime", (0, 1))
 SHERMAN = Backend("sherman", "sherman", (2, 3))
+RACE = Backend("race", "race", (4, 5), ordered=False)
 
 
 def check_keys(keys: np.ndarray, key_bytes: int) -> None:
@@ -214,7 +225,13 @@ class NativeIndex(Index):
                                       self._lat(lat_ns, k.shape[0])))
         return found.astype(bool)
 
+    def _ordered_only(self) -> None:
+        if not self.ordered:
+            raise RangeNotSupported(f"range queries are not supported by {self.name} (a hash index); "
+                                    "use chime or sherman")
+
     def range(self, lo: Any, hi: Any, limit: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        self._ordered_only()
         lo_k, hi_k = self._keys(lo, check=False), self._keys(hi, check=False)
         count = ffi.new("size_t *")
         self._check(self._call("range", self._live(), _ptr(lo_k), _ptr(hi_k), max(0, int(limit)), count))
@@ -228,6 +245,7 @@ class NativeIndex(Index):
         return keys, vals
 
     def range_count(self, los: np.ndarray, his: np.ndarray, lat_ns: np.ndarray | None = None) -> np.ndarray:
+        self._ordered_only()
         lo_k, hi_k = self._keys(los, check=False), self._keys(his, check=False)
         if lo_k.shape[0] != hi_k.shape[0]:
             raise ValueError(f"{lo_k.shape[0]} lower bounds but {hi_k.shape[0]} upper bounds")
@@ -323,8 +341,9 @@ class NativeIndex(Index):
         return view
 
     def debug_hold_lock(self, key: Any) -> None:
-        """Test hook: take the lock of the leaf holding ``key`` and never release it (what a
-        client that crashed mid-write leaves behind)."""
+        """Test hook: take the lock of the leaf (race: the subtable) holding ``key`` and never
+        release it, what a client that crashed mid-write leaves behind (race also marks the
+        subtable's buckets as splitting: a splitter that crashed mid-split)."""
         self._check(self._c("debug_lock")(self._live(), _ptr(self._keys(key))))
 
     def close(self) -> None:
@@ -344,5 +363,5 @@ def open_sherman(transport: DMContext, key_bytes: int, **options: Any) -> Native
 
 
 def open_race(transport: DMContext, key_bytes: int, **options: Any) -> NativeIndex:
-    """Registry entry for ``race`` (one-sided extendible hashing): not implemented yet."""
-    raise ValueError("index 'race' is not implemented yet in this build; use chime or sherman")
+    """Registry factory for ``race`` (one-sided extendible hashing; no range queries)."""
+    return NativeIndex(RACE, transport, key_bytes, **options)

@@ -12,6 +12,10 @@ import numpy as np
 import kvdm.index as kindex
 from kvdm.transport import TransportConfig, connect
 
+#: every native index backend, and those that keep key order (range queries)
+NATIVE_BACKENDS = ["chime", "sherman", "race"]
+ORDERED_BACKENDS = ["chime", "sherman"]
+
 
 def make_keys(ints: Any, key_bytes: int) -> np.ndarray:
     """Distinct non-reserved keys from positive integers: the integers themselves (8 B) or

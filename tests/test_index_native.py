@@ -125,11 +125,6 @@ def test_sherman_protocol_costs(dm, key_bytes: int, leaf_bytes: int) -> None:
     assert c["rtts"] == 1000 and c["bytes_written"] == 500 * (leaf_bytes + 16)
 
 
-def test_race_is_reserved_but_says_it_is_missing(dm) -> None:
-    with pytest.raises(ValueError, match="race.*not implemented"):
-        kindex.open("race", dm, 8)
-
-
 @pytest.mark.parametrize("name", ["chime", "sherman"])
 def test_window_batches_lookups_into_one_doorbell(dm, name: str) -> None:
     idx = kindex.open(name, dm, 8, window=64, root_slot=20)

@@ -1,0 +1,4 @@
+/* race_k32.c - race compiled for 32-byte keys (the implementation is race_internal.h). */
+#define KVDM_KEY_BYTES 32
+#include "race.h"
+#include "race_internal.h"

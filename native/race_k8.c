@@ -1,0 +1,4 @@
+/* race_k8.c - race compiled for 8-byte keys (the implementation is race_internal.h). */
+#define KVDM_KEY_BYTES 8
+#include "race.h"
+#include "race_internal.h"

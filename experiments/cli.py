@@ -60,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class CommandFailed(RuntimeError):
+    """A command ran and failed for a reason its message says (a replay client's error, ...):
+    printed without a traceback, exit status 1."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -74,6 +79,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, PackageUsageError, ValueError, DMError, FileNotFoundError) as exc:
         print(f"kvdm: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        # by name: under `python -m` this module is loaded twice, so there are two such classes
+        if not any(c.__name__ == "CommandFailed" for c in type(exc).__mro__):
+            raise
+        print(f"kvdm: error: {exc}", file=sys.stderr)
+        return 1
     return int(status or 0)
 
 

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from kvdm.experiments.cli import CommandFailed
 from kvdm.experiments.metrics import Histogram
 from kvdm.experiments.results import RunResults, machine_description, row_key
 from kvdm.index import IndexSpec, open_spec
@@ -364,6 +365,11 @@ def replay(cfg: ReplayConfig, stream: Any = None, quiet: bool = False) -> RunRes
         owner = None
         if native:  # create the index (and its root) before the clients attach to it
             owner = open_client(cfg.index, cfg.transport, uris)
+            from kvdm.traces.mapping import OP_RANGE
+
+            if not owner.ordered and bool((stream.kind == OP_RANGE).any()):
+                raise ValueError(f"{cfg.index.name} keeps no key order, but the {cfg.mapping} mapping issues range "
+                                 "queries: use --mapping prefix, or an ordered index (chime, sherman)")
         elif cfg.index.name != "dict":
             open_spec(cfg.index).close()  # fail early (e.g. an unreachable server)
         if needs_preload(stream) and cfg.index.name not in PRIVATE_INDEXES:
@@ -389,7 +395,7 @@ def replay(cfg: ReplayConfig, stream: Any = None, quiet: bool = False) -> RunRes
                     if any(p.exitcode for p in procs):
                         start.abort()  # a client crashed: do not keep the others at the start barrier
                     if not any(p.is_alive() for p in procs) and results_q.empty():
-                        raise RuntimeError("a replay client died without reporting (see its error above)") from None
+                        raise CommandFailed("a replay client died without reporting (see its error above)") from None
         except KeyboardInterrupt:
             interrupted = True
             stop.set()
@@ -411,7 +417,7 @@ def replay(cfg: ReplayConfig, stream: Any = None, quiet: bool = False) -> RunRes
             owner.close()
     errors = [f"client {c.client}: {c.error}" for c in collected if c.error]
     if errors:
-        raise RuntimeError("replay failed: " + "; ".join(errors))
+        raise CommandFailed("replay failed: " + "; ".join(errors))
     return summarise(cfg, stream, collected, interrupted)
 
 

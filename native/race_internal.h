@@ -795,3 +795,5 @@ void RC(reset_stats)(RC_T *h) {
 }
 
 int RC(debug_lock)(RC_T *h, const uint8_t *key) { return debug_crash_split(h, key); }
+
+KVIDX_DEFINE_OPS(RC_T, KB)

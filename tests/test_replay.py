@@ -145,3 +145,12 @@ def test_c_loop_is_for_native_indexes_only() -> None:
         replay(cfg, quiet=True)
     with pytest.raises(ValueError, match="unknown driver 'fast'; valid: auto, c, python"):
         ReplayConfig(driver="fast")
+
+
+def test_unordered_index_refuses_range_mappings_up_front() -> None:
+    cfg = ReplayConfig(trace=FIXTURE_TRACE, index=IndexSpec("race", 8), clients=1, mapping="paper")
+    with pytest.raises(ValueError, match="race keeps no key order.*use --mapping prefix"):
+        replay(cfg, quiet=True)
+    res = replay(ReplayConfig(trace=FIXTURE_TRACE, index=IndexSpec("race", 8), clients=1, mapping="prefix"), quiet=True)
+    whole = res.rows[res.rows["bin"] == -1]
+    assert whole["hit_mismatch"].sum() == 0 and whole["hits"].sum() == whole["expected_hits"].sum() > 0

@@ -28,7 +28,7 @@ from kvdm.experiments.cli import UsageError, choices_type, group
 from kvdm.experiments.cmd_replay import RETRY_COUNTERS, add_index_options, derived_columns, index_spec
 from kvdm.experiments.metrics import Histogram
 from kvdm.experiments.options import add_transport_options, transport_config
-from kvdm.experiments.replay import NATIVE_INDEXES, backend_session, open_client
+from kvdm.experiments.replay import DRIVERS, NATIVE_INDEXES, backend_session, open_client, use_c_driver
 from kvdm.index import IndexSpec
 from kvdm.transport import TransportConfig, parse_size
 
@@ -38,7 +38,12 @@ PRELOAD_BATCH = 4096
 
 def make_keys(start: int, count: int, key_bytes: int) -> np.ndarray:
     """Keys number start..start+count: distinct, spread over the key space, never reserved."""
-    i = np.arange(start, start + count, dtype=np.uint64)
+    return keys_of(np.arange(start, start + count, dtype=np.uint64), key_bytes)
+
+
+def keys_of(i: np.ndarray, key_bytes: int) -> np.ndarray:
+    """The keys numbered ``i`` (any uint64 array), as :func:`make_keys` numbers them."""
+    count = i.size
     with np.errstate(over="ignore"):
         x = (i + np.uint64(1)) * np.uint64(0x9E3779B97F4A7C15)
         x ^= x >> np.uint64(31)
@@ -62,6 +67,7 @@ class BenchIndexConfig:
     seconds: float
     read_ratio: float
     seed: int = 1000
+    driver: str = "auto"
     threads: int = 1
     hot_keys: int = 0
     handover: bool = False
@@ -80,6 +86,9 @@ def register(sub: Any) -> None:
     p.add_argument("--seconds", type=float, default=5.0, help="measuring time per client (default 5)")
     p.add_argument("--read-ratio", type=float, default=0.5, help="share of gets with --op mixed (default 0.5)")
     p.add_argument("--seed", type=int, default=1000, help="seed of the key choice; client c uses seed+c (default 1000)")
+    p.add_argument("--driver", type=choices_type(DRIVERS, "driver"), default="auto",
+                   help="measuring loop: c (native indexes: calls generated in chunks, each run and timed in C), "
+                   "python (one Python call per index call), auto (c where the backend has it; default)")
     p.add_argument("--threads", type=int, default=1, help="threads per client process, a handle each (default 1)")
     p.add_argument("--hot-keys", type=int, default=0,
                    help="puts update keys drawn from the first N preloaded keys (0: insert new keys; default 0)")
@@ -117,6 +126,8 @@ def _client(cfg: BenchIndexConfig, uris: list[str], client: int, barrier: Any, o
 
 def measure(cfg: BenchIndexConfig, index: Any, client: int, barrier: Any) -> tuple[np.ndarray, dict[str, int], int]:
     """The measuring loop: returns per-call latencies (ns), counter deltas, keys touched."""
+    if use_c_driver(cfg, index):
+        return _measure_c(cfg, index, client, barrier)
     rng = np.random.default_rng(cfg.seed + client)
     kb = cfg.index.key_bytes
     virtual = cfg.transport.latency_model == "virtual" and cfg.index.name in NATIVE_INDEXES
@@ -155,6 +166,57 @@ def measure(cfg: BenchIndexConfig, index: Any, client: int, barrier: Any) -> tup
     return np.array(lat, dtype=np.int64), {k: v - before.get(k, 0) for k, v in after.items()}, keys_done
 
 
+@dataclass
+class _CallStream:
+    """Bench calls as an operation stream for the C loop: op i = one call of ``batch`` keys."""
+
+    kind: np.ndarray
+    key_offsets: np.ndarray
+    keys: np.ndarray
+    key_block: np.ndarray
+    range_lo: np.ndarray
+    range_hi: np.ndarray
+
+
+def _measure_c(cfg: BenchIndexConfig, index: Any, client: int, barrier: Any) -> tuple[np.ndarray, dict[str, int], int]:
+    """:func:`measure` through the index's C loop (``Index.drive``): calls are generated in
+    chunks with numpy and each is run and timed in C, with no Python per call."""
+    from kvdm.traces.mapping import OP_GET, OP_INSERT
+
+    rng = np.random.default_rng(cfg.seed + client)
+    kb, b = cfg.index.key_bytes, cfg.batch
+    virtual = cfg.transport.latency_model == "virtual"
+    next_new = cfg.keys + client * (1 << 40)
+    lats: list[np.ndarray] = []
+    total = np.zeros(len(index.counter_names()), np.int64)
+    chunk, keys_done = 256, 0
+    barrier.wait()
+    deadline = time.perf_counter() + cfg.seconds
+    while time.perf_counter() < deadline:
+        is_get = np.full(chunk, cfg.op == "get") if cfg.op != "mixed" else rng.random(chunk) < cfg.read_ratio
+        n_put = int((~is_get).sum())
+        first = rng.integers(0, cfg.keys - b + 1, size=chunk).astype(np.uint64)
+        if cfg.hot_keys:
+            first[~is_get] = rng.integers(0, cfg.hot_keys - b + 1, size=n_put).astype(np.uint64)
+        else:
+            first[~is_get] = np.uint64(next_new) + np.arange(n_put, dtype=np.uint64) * np.uint64(b)
+            next_new += n_put * b
+        numbers = (first[:, None] + np.arange(b, dtype=np.uint64)).ravel()
+        keys = keys_of(numbers, kb)
+        bounds = np.zeros((chunk, kb), np.uint8) if kb == 32 else np.zeros(chunk, np.uint64)
+        calls = _CallStream(np.where(is_get, OP_GET, OP_INSERT).astype(np.uint8),
+                            np.arange(0, chunk * b + 1, b, dtype=np.int64), keys,
+                            np.arange(numbers.size, dtype=np.int64), bounds, bounds)
+        t = time.perf_counter()
+        lat, _, acc = index.drive(calls, np.arange(chunk), np.zeros(chunk, np.int32), 1, virtual)
+        lats.append(lat)
+        total += acc[0]
+        keys_done += chunk * b
+        if time.perf_counter() - t < 0.05 and chunk < 65536:
+            chunk *= 2  # fewer, longer C calls once a call is known to be fast
+    return np.concatenate(lats), dict(zip(index.counter_names(), total.tolist(), strict=True)), keys_done
+
+
 def cmd_bench_index(args: argparse.Namespace) -> int:
     if args.clients < 1 or args.batch < 1 or args.seconds <= 0 or args.keys < args.batch:
         raise UsageError("--clients, --batch and --seconds must be positive and --keys >= --batch")
@@ -167,8 +229,8 @@ def cmd_bench_index(args: argparse.Namespace) -> int:
     if (args.threads > 1 or args.handover) and args.index not in NATIVE_INDEXES:
         raise UsageError(f"--threads and --handover need a native index ({', '.join(NATIVE_INDEXES)})")
     cfg = BenchIndexConfig(index_spec(args, args.key_bytes), transport_config(args), args.keys, args.op,
-                           args.clients, args.batch, args.seconds, args.read_ratio, args.seed, args.threads,
-                           args.hot_keys, args.handover)
+                           args.clients, args.batch, args.seconds, args.read_ratio, seed=args.seed,
+                           threads=args.threads, hot_keys=args.hot_keys, handover=args.handover, driver=args.driver)
     native = cfg.index.name in NATIVE_INDEXES
     print(f"# kvdm bench index: {cfg.index.name} {cfg.index.options or ''}, {cfg.keys:,} keys of "
           f"{args.key_bytes} B, op {cfg.op}, {cfg.clients} client(s) x {cfg.threads} thread(s), "
@@ -208,7 +270,8 @@ def cmd_bench_index(args: argparse.Namespace) -> int:
           f"{per.get('bytes_read', float('nan')):>10.1f} {per.get('bytes_written', float('nan')):>9.1f} "
           f"{derived.get('retries_per_op', 0.0):>11.4f} {derived.get('cache_hit_pct', float('nan')):>11.2f} "
           f"{per.get('server_cpu_us', float('nan')):>14.2f}")
-    clock = "around the C call" if native else "in Python around the index call"
+    clock = {True: "in C (the C loop)", False: "around the C call"}[cfg.driver != "python"] if native \
+        else "in Python around the index call"
     if "handovers" in counters:
         print(f"# locks: {per.get('cas', 0):.3f} CAS/key (lock + unlock + failed), {per['lock_fail']:.4f} failed lock "
               f"CAS/key, {per['handovers']:.4f} handovers/key, {per['local_waits']:.4f} local waits/key")

@@ -201,8 +201,9 @@ def ops_of_requests(stream: Any, reqs: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return op_ids, op_req
 
 
-def use_c_driver(cfg: ReplayConfig, index: Any) -> bool:
-    """Whether this client runs its ops through the backend's C loop (``--driver``)."""
+def use_c_driver(cfg: Any, index: Any) -> bool:
+    """Whether a client runs its ops through the backend's C loop (``cfg.driver``; any config
+    with ``driver`` and ``index``)."""
     has = callable(getattr(index, "drive", None))
     if cfg.driver == "c" and not has:
         raise ValueError(f"--driver c: the {cfg.index.name} backend has no C loop (native indexes only); "

@@ -42,3 +42,24 @@ def test_bench_index_rejects_bad_values() -> None:
     assert out.returncode == 2 and "valid: get, put, mixed" in out.stderr
     out = _bench("--index", "dict", "--clients", "2", "--keys", "1000", "--seconds", "0.2")
     assert out.returncode == 2 and "--clients 1" in out.stderr
+
+
+@pytest.mark.parametrize(("index", "op", "rtt"), [("chime", "get", 1.0), ("sherman", "get", 1.0), ("race", "get", 2.0)])
+def test_c_loop_counts_the_protocol_per_key(index: str, op: str, rtt: float) -> None:
+    """The C loop (default for native indexes) runs the calls it reports: exact round trips
+    per key of a warm-cache lookup, over both key widths' generator."""
+    for key_bytes in ("8", "32"):
+        out = _bench("--index", index, "--keys", "3000", "--seconds", "0.3", "--op", op, "--key-bytes", key_bytes,
+                     "--node-size", "64M", "--driver", "c")
+        assert out.returncode == 0, out.stderr
+        assert "measured in C" in out.stdout
+        row = [line for line in out.stdout.splitlines() if not line.startswith("#")][1].split()
+        assert float(row[0]) > 0 and abs(float(row[5]) - rtt) < 0.02
+
+
+def test_keys_of_numbers_the_keys_as_make_keys() -> None:
+    from kvdm.experiments.cmd_bench_index import keys_of
+
+    nums = np.array([7, 3, 99], dtype=np.uint64)
+    for kb in (8, 32):
+        assert np.array_equal(keys_of(nums, kb)[1], make_keys(3, 1, kb)[0])

@@ -158,7 +158,7 @@ def _op_hits(index: Any, stream: Any, j: int, kind: int, keys: np.ndarray) -> in
     if kind == OP_PREFIX:
         return int(index.prefix_match(keys))
     if kind == OP_RANGE:
-        got, _ = index.range(stream.range_lo[j], stream.range_hi[j])
+        got, _ = index.range(stream.range_lo[j], stream.range_hi[j], int(stream.range_limit[j]))
         if keys.ndim == 1:
             return int(np.isin(keys, got).sum())
         view = np.dtype((np.void, keys.shape[1]))

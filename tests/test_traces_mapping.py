@@ -21,6 +21,7 @@ from kvdm.traces.mapping import (
     OP_INSERT,
     OP_PREFIX,
     OP_RANGE,
+    RANGE_SEMANTICS,
     OpStream,
     block_keys,
     key_codes,
@@ -44,15 +45,23 @@ def replay(ops: OpStream) -> np.ndarray:
         kind = ops.kind[j]
         if kind == OP_PREFIX:
             got[j] = idx.prefix_match(keys)
+        elif kind == OP_RANGE:
+            limit = int(ops.range_limit[j])
+            returned, _ = idx.range(ops.range_lo[j], ops.range_hi[j], limit)
+            assert len(returned) == ops.expected_range_count[j]
+            got[j] = len({k.tobytes() for k in returned} & {k.tobytes() for k in keys})  # the run's keys returned
+            if ops.range_semantics == "bounds":
+                assert limit == 0
+                assert idx.range_count(ops.range_lo[j:j + 1], ops.range_hi[j:j + 1])[0] == len(returned)
+                assert got[j] == idx.get(keys)[1].sum()  # [min, max] holds every present key of the run
+                if ops.key_scheme == "id":  # a run is a dense interval: the range is exactly the run
+                    assert len(returned) == got[j]
+            else:
+                assert limit == len(keys) and len(returned) <= limit
+                assert returned[:1].tobytes() == keys[:1].tobytes() or not idx.get(keys[:1])[1][0]
         else:
             got[j] = int(idx.get(keys)[1].sum())
-            if kind == OP_RANGE:
-                count = idx.range_count(ops.range_lo[j:j + 1], ops.range_hi[j:j + 1])[0]
-                assert count == ops.expected_range_count[j]
-                if ops.key_scheme == "id":  # a run is a dense interval: the range is exactly the run
-                    assert count == got[j]
-            else:
-                assert ops.expected_range_count[j] == -1
+            assert ops.expected_range_count[j] == -1
             if kind == OP_INSERT:
                 idx.put(keys, np.full(len(keys), j, dtype=np.uint64))
     return got
@@ -86,24 +95,27 @@ def check_structure(trace: Trace, ops: OpStream, keys: np.ndarray) -> None:
     assert np.all(ops.timed[ops.kind == OP_INSERT] == (ops.inserts == "timed"))
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(requests_st, st.sampled_from(KEY_SCHEMES), st.sampled_from(("paper", "prefix")),
-       st.sampled_from(INSERT_MODES))
-def test_stream_invariants_and_exact_replay(reqs, scheme, mapping, inserts):
+       st.sampled_from(INSERT_MODES), st.sampled_from(RANGE_SEMANTICS))
+def test_stream_invariants_and_exact_replay(reqs, scheme, mapping, inserts, semantics):
     trace = Trace.from_lists(reqs)
     keys = block_keys(trace, scheme)
-    ops = map_trace(trace, mapping, scheme, inserts, keys=keys)
+    ops = map_trace(trace, mapping, scheme, inserts, keys=keys, range_semantics=semantics)
     check_structure(trace, ops, keys)
     assert np.array_equal(replay(ops), ops.expected_hits)
     hits = seen_before(key_codes(keys), trace.request_of_block())
+    exact_runs = semantics == "bounds" or scheme == "id"  # a range returns every present key of its run
     if inserts == "none":
-        assert np.array_equal(ops.expected_hits[ops.kind != OP_PREFIX], ops.n_blocks[ops.kind != OP_PREFIX])
+        if exact_runs:
+            assert np.array_equal(ops.expected_hits[ops.kind != OP_PREFIX], ops.n_blocks[ops.kind != OP_PREFIX])
     elif mapping == "paper":
         # inserts put exactly the keys absent before the request, once each
         ins = ops.kind[np.repeat(np.arange(ops.n_ops), ops.n_blocks)] == OP_INSERT
         assert len(np.unique(key_codes(ops.keys[ins]))) == ins.sum() == len(np.unique(key_codes(keys)))
         assert not hits[ops.key_block[ins]].any()
-        assert ops.expected_hits[ops.kind != OP_INSERT].sum() == hits.sum()
+        if exact_runs:
+            assert ops.expected_hits[ops.kind != OP_INSERT].sum() == hits.sum()
 
 
 @settings(max_examples=60, deadline=None)
@@ -188,26 +200,48 @@ def test_conversation_ground_truth(shared_traces: Path):
 
 
 @pytest.mark.parametrize("scheme", KEY_SCHEMES)
-def test_fixture_exact_replay(scheme):
+@pytest.mark.parametrize("semantics", RANGE_SEMANTICS)
+def test_fixture_exact_replay(scheme, semantics):
     """The real trace's head, replayed op by op on the dict index, range counts included."""
-    ops = map_trace(load_trace(FIXTURE), "paper", scheme)
+    ops = map_trace(load_trace(FIXTURE), "paper", scheme, range_semantics=semantics)
     assert np.array_equal(replay(ops), ops.expected_hits)
     ranges = ops.kind == OP_RANGE
     if scheme == "id":
         assert np.array_equal(ops.expected_range_count[ranges], ops.expected_hits[ranges])
-    else:  # hash order scatters a run: its [min, max] interval holds many unrelated keys
+    elif semantics == "bounds":  # hash order scatters a run: its [min, max] interval holds many unrelated keys
         assert ops.expected_range_count[ranges].sum() > 10 * ops.expected_hits[ranges].sum()
+    else:  # a scan returns at most the run's length, mostly keys that follow the run's first one
+        assert np.all(ops.expected_range_count[ranges] <= ops.n_blocks[ranges])
+        assert ops.expected_hits[ranges].sum() < ops.expected_range_count[ranges].sum()
+    bounds = map_trace(load_trace(FIXTURE), "paper", scheme)
+    assert np.array_equal(bounds.kind, ops.kind)  # the semantics changes what a range asks, not the ops
+
+
+def test_scan_range_starts_at_the_runs_first_key():
+    trace = Trace.from_lists([[5, 6, 7, 9], [5, 6, 7]])
+    for scheme in KEY_SCHEMES:
+        ops = map_trace(trace, "paper", scheme, range_semantics="scan")
+        rng = np.flatnonzero(ops.kind == OP_RANGE)
+        assert ops.range_limit[rng].tolist() == [3, 3] and ops.range_limit[ops.kind != OP_RANGE].sum() == 0
+        for j in rng:
+            assert ops.range_lo[j].tobytes() == ops.op_keys(j)[0].tobytes()
+            assert ops.range_hi[j].tobytes() == b"\xff" * (32 if scheme == "sha256" else 8)
+        assert ops.expected_hits[rng[0]] == ops.expected_range_count[rng[0]] == 0  # an empty index
+        if scheme == "id":  # the second request's scan returns exactly its run, inserted by the first
+            assert ops.expected_hits[rng[1]] == ops.expected_range_count[rng[1]] == 3
+        else:  # hash order: the scan starts at the run's first key (present) and goes on in key order
+            assert 1 <= ops.expected_hits[rng[1]] <= ops.expected_range_count[rng[1]] <= 3
 
 
 def test_save_load_round_trip(tmp_path):
     trace = load_trace(FIXTURE)
-    for scheme in ("id", "sha256"):
-        ops = map_trace(trace, "paper", scheme, "untimed")
+    for scheme, semantics in (("id", "bounds"), ("sha256", "scan")):
+        ops = map_trace(trace, "paper", scheme, "untimed", range_semantics=semantics)
         ops.save(tmp_path / "ops.npz")
         back = OpStream.load(tmp_path / "ops.npz")
-        assert (back.mapping, back.key_scheme, back.inserts, back.key_bytes) == ("paper", scheme, "untimed",
-                                                                                  ops.key_bytes)
-        for a in OpStream._ARRAYS:
+        assert (back.mapping, back.key_scheme, back.inserts, back.key_bytes, back.range_semantics) == (
+            "paper", scheme, "untimed", ops.key_bytes, semantics)
+        for a in OpStream._ARRAYS + OpStream._OPTIONAL:
             assert np.array_equal(getattr(back, a), getattr(ops, a)), a
 
 
@@ -219,3 +253,5 @@ def test_bad_options():
         map_trace(trace, "paper", "md5")
     with pytest.raises(ValueError, match="valid: timed, untimed, none"):
         map_trace(trace, "paper", "id", "sometimes")
+    with pytest.raises(ValueError, match="valid: bounds, scan"):
+        map_trace(trace, "paper", "id", range_semantics="all")

@@ -20,10 +20,19 @@ Mappings (:data:`MAPPINGS`), per request, in trace order:
 * ``paper``: the request's blocks are cut into maximal runs of consecutive ids
   (``b[i+1] == b[i] + 1``); a run of >= 2 blocks is one ``range`` op, a lone block one
   ``get`` op, in block order. Then one ``insert`` op puts the request's blocks that were
-  not in the index (first occurrence in the request, block order). **Range over the hash
-  schemes does not mean adjacency**: the op's bounds are the min and max of the run's keys,
-  so on ``u64``/``sha256`` the interval also holds unrelated keys; only ``id`` keeps a run a
-  dense interval.
+  not in the index (first occurrence in the request, block order). What a range op asks
+  is set by the range semantics (:data:`RANGE_SEMANTICS`):
+
+  - ``bounds`` (default): ``[min, max]`` of the run's keys, no limit. **Range over the hash
+    schemes does not mean adjacency**: on ``u64``/``sha256`` the interval also holds
+    unrelated keys (on conversation with ``sha256`` an 18-block run's interval holds ~69,000
+    entries); only ``id`` keeps a run a dense interval.
+  - ``scan``: a scan that starts at the run's first key (block order) and returns at most the
+    run's length entries (``range_lo`` = that key, ``range_hi`` = the largest key,
+    ``range_limit`` = run length): what a B+tree range "over a run" costs when the run is
+    adjacent in key space, whatever the key scheme. On ``id`` keys it returns exactly the
+    run when all of it is present; on hash schemes it returns the first key and whatever
+    follows it in key order, so the op measures the scan's cost, not the run's contents.
 * ``prefix``: one ``prefix_match`` op over all the request's keys (what an engine asks before
   prefill), then one ``insert`` op of the suffix from the first miss to the end.
 
@@ -40,6 +49,7 @@ The stream (:class:`OpStream`), all numpy, grouped per request:
   :data:`OP_INSERT` 3), ``key_offsets`` int64[N+1] (keys of op j are
   ``keys[key_offsets[j]:key_offsets[j+1]]``; ``n_blocks`` = their count), ``range_lo`` /
   ``range_hi`` (key layout, one row per op; zero except for range ops; inclusive bounds),
+  ``range_limit`` int64[N] (the most entries a range op returns; 0 = no limit),
   ``expected_hits`` int64[N], ``timed`` bool[N];
 * keys: ``keys`` (uint64[K] or uint8[K, 32]), ``key_block`` int64[K] (the index into the
   trace's flat block array of each key, to map results back to blocks).
@@ -50,10 +60,12 @@ op's own keys are present (for ``range`` on the ``id`` scheme this equals ``rang
 hash schemes ``range_count`` may be larger, so compare the run's keys among the returned
 ones); ``prefix_match``: the longest present prefix (what ``Index.prefix_match`` returns);
 ``insert``: how many of its keys were already present (0 on prefix-chained keys).
-``expected_range_count`` int64[N] is, for ``range`` ops, what ``Index.range_count(lo, hi)``
-must return: every key present in ``[range_lo, range_hi]``, the run's own and (on hash
-schemes) unrelated ones; -1 for other ops. A replay against the ``dict`` backend must
-reproduce both exactly.
+``expected_range_count`` int64[N] is, for ``range`` ops, how many entries
+``Index.range(range_lo, range_hi, range_limit)`` must return: every key present in
+``[range_lo, range_hi]`` (the run's own and, on hash schemes, unrelated ones; this is
+``Index.range_count(lo, hi)`` under ``bounds``), at most ``range_limit`` of them; -1 for other
+ops. For ``range`` ops under ``scan``, ``expected_hits`` counts the run's keys among the
+returned entries. A replay against the ``dict`` backend must reproduce both exactly.
 """
 
 from __future__ import annotations
@@ -70,6 +82,7 @@ from kvdm.traces.loaders import Trace
 KEY_SCHEMES = ("id", "u64", "sha256")
 MAPPINGS = ("paper", "prefix")
 INSERT_MODES = ("timed", "untimed", "none")
+RANGE_SEMANTICS = ("bounds", "scan")
 OP_GET, OP_RANGE, OP_PREFIX, OP_INSERT = 0, 1, 2, 3
 OP_NAMES = ("get", "range", "prefix_match", "insert")
 
@@ -206,6 +219,12 @@ class OpStream:
     expected_range_count: np.ndarray
     timed: np.ndarray
     preload_keys: np.ndarray
+    range_limit: np.ndarray | None = None  # None: no limits (streams saved before scan existed)
+    range_semantics: str = "bounds"
+
+    def __post_init__(self) -> None:
+        if self.range_limit is None:
+            self.range_limit = np.zeros(self.kind.shape[0], dtype=np.int64)
 
     @property
     def key_bytes(self) -> int:
@@ -248,25 +267,29 @@ class OpStream:
 
     _ARRAYS = ("req_offsets", "req_timestamp_ms", "kind", "key_offsets", "keys", "key_block", "range_lo",
                "range_hi", "expected_hits", "expected_range_count", "timed", "preload_keys")
+    _OPTIONAL = ("range_limit",)
 
     def save(self, path: str | Path) -> None:
         """Write the stream as one ``.npz`` (the replay engine can cache streams)."""
         meta = {"mapping": self.mapping, "key_scheme": self.key_scheme, "inserts": self.inserts,
-                "trace_name": self.trace_name}
-        np.savez(path, meta=np.array(json.dumps(meta)), **{a: getattr(self, a) for a in self._ARRAYS})
+                "trace_name": self.trace_name, "range_semantics": self.range_semantics}
+        np.savez(path, meta=np.array(json.dumps(meta)),
+                 **{a: getattr(self, a) for a in self._ARRAYS + self._OPTIONAL})
 
     @classmethod
     def load(cls, path: str | Path) -> OpStream:
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
-            return cls(**meta, **{a: z[a] for a in cls._ARRAYS})
+            optional = {a: z[a] for a in cls._OPTIONAL if a in z.files}
+            return cls(**meta, **{a: z[a] for a in cls._ARRAYS}, **optional)
 
 
 def map_trace(trace: Trace, mapping: str = "paper", key_scheme: str = "id", inserts: str = "timed",
-              keys: np.ndarray | None = None) -> OpStream:
+              keys: np.ndarray | None = None, range_semantics: str = "bounds") -> OpStream:
     """Map ``trace`` to an :class:`OpStream` (``keys`` may pass precomputed :func:`block_keys`)."""
     _check(mapping, MAPPINGS, "mapping")
     _check(inserts, INSERT_MODES, "insert mode")
+    _check(range_semantics, RANGE_SEMANTICS, "range semantics")
     if keys is None:
         keys = block_keys(trace, key_scheme)
     m = trace.n_blocks
@@ -343,31 +366,19 @@ def map_trace(trace: Trace, mapping: str = "paper", key_scheme: str = "id", inse
 
     range_lo = np.zeros((op_first.size,) + keys.shape[1:], dtype=keys.dtype)
     range_hi = np.zeros_like(range_lo)
+    range_limit = np.zeros(op_first.size, dtype=np.int64)
+    range_count = np.full(op_first.size, -1, dtype=np.int64)
     rng = np.flatnonzero(kind == OP_RANGE)
     if rng.size:
-        if keys.ndim == 1:
-            range_lo[rng] = np.minimum.reduceat(op_keys, op_first)[rng]
-            range_hi[rng] = np.maximum.reduceat(op_keys, op_first)[rng]
+        _, first = np.unique(codes, return_index=True)
+        first_req = req[first] if inserts != "none" else None
+        # key_codes ranks keys in key order (numeric for uint64, memcmp for 32 B), so a key
+        # interval is a code interval and "present keys in it" a count over codes
+        args = (op_keys, codes[e_block], op_first, key_offsets, op_req, rng, first_req)
+        if range_semantics == "bounds":
+            _bounds_ranges(*args, key_scheme, expected, range_lo, range_hi, range_count)
         else:
-            for j in rng:
-                rows = [bytes(r) for r in op_keys[key_offsets[j]:key_offsets[j + 1]]]
-                range_lo[j] = np.frombuffer(min(rows), dtype=np.uint8)
-                range_hi[j] = np.frombuffer(max(rows), dtype=np.uint8)
-
-    # key_codes ranks keys in key order (numeric for uint64, memcmp for 32 B), so a range
-    # [lo, hi] over keys is the code interval [min code, max code] of the run
-    range_count = np.full(op_first.size, -1, dtype=np.int64)
-    if rng.size:
-        op_codes = codes[e_block]
-        lo_c = np.minimum.reduceat(op_codes, op_first)[rng]
-        hi_c = np.maximum.reduceat(op_codes, op_first)[rng]
-        if key_scheme == "id":  # a run is a dense key interval: the range holds the run only
-            range_count[rng] = expected[rng]
-        elif inserts == "none":
-            range_count[rng] = hi_c - lo_c + 1
-        else:
-            _, first = np.unique(codes, return_index=True)
-            range_count[rng] = _range_counts(lo_c, hi_c, op_req[rng], req[first])
+            _scan_ranges(*args, expected, range_lo, range_hi, range_limit, range_count)
 
     timed = (kind != OP_INSERT) | (inserts == "timed")
     req_offsets = np.searchsorted(op_req, np.arange(trace.n_requests + 1), side="left").astype(np.int64)
@@ -376,4 +387,62 @@ def map_trace(trace: Trace, mapping: str = "paper", key_scheme: str = "id", inse
                     kind=kind, key_offsets=key_offsets, keys=op_keys, key_block=e_block,
                     range_lo=range_lo, range_hi=range_hi, expected_hits=expected.astype(np.int64),
                     expected_range_count=range_count,
-                    timed=np.asarray(timed, dtype=bool), preload_keys=preload)
+                    timed=np.asarray(timed, dtype=bool), preload_keys=preload, range_limit=range_limit,
+                    range_semantics=range_semantics)
+
+
+def _present_in(lo: np.ndarray, hi: np.ndarray, q_req: np.ndarray, first_req: np.ndarray | None) -> np.ndarray:
+    """Keys present in code interval [lo, hi] when request q_req runs (all of them if preloaded)."""
+    if first_req is None:
+        return hi - lo + 1
+    return _range_counts(lo, hi, q_req, first_req, chunk=64)
+
+
+def _bounds_ranges(op_keys: np.ndarray, op_codes: np.ndarray, op_first: np.ndarray, key_offsets: np.ndarray,
+                   op_req: np.ndarray, rng: np.ndarray, first_req: np.ndarray | None, key_scheme: str,
+                   expected: np.ndarray, range_lo: np.ndarray, range_hi: np.ndarray,
+                   range_count: np.ndarray) -> None:
+    """``bounds``: [min, max] of the run's keys, no limit (fills the range ops' rows in place)."""
+    if op_keys.ndim == 1:
+        range_lo[rng] = np.minimum.reduceat(op_keys, op_first)[rng]
+        range_hi[rng] = np.maximum.reduceat(op_keys, op_first)[rng]
+    else:
+        for j in rng:
+            rows = [bytes(r) for r in op_keys[key_offsets[j]:key_offsets[j + 1]]]
+            range_lo[j] = np.frombuffer(min(rows), dtype=np.uint8)
+            range_hi[j] = np.frombuffer(max(rows), dtype=np.uint8)
+    if key_scheme == "id":  # a run is a dense key interval: the range holds the run only
+        range_count[rng] = expected[rng]
+        return
+    lo_c = np.minimum.reduceat(op_codes, op_first)[rng]
+    hi_c = np.maximum.reduceat(op_codes, op_first)[rng]
+    range_count[rng] = _present_in(lo_c, hi_c, op_req[rng], first_req)
+
+
+def _scan_ranges(op_keys: np.ndarray, op_codes: np.ndarray, op_first: np.ndarray, key_offsets: np.ndarray,
+                 op_req: np.ndarray, rng: np.ndarray, first_req: np.ndarray | None, expected: np.ndarray,
+                 range_lo: np.ndarray, range_hi: np.ndarray, range_limit: np.ndarray,
+                 range_count: np.ndarray) -> None:
+    """``scan``: from the run's first key, at most run-length entries (fills rows in place).
+
+    A run key ``c`` is returned iff it is present, ``c >= first`` and at most ``limit`` present
+    keys lie in ``[first, c]``; the op returns ``min(limit, present keys >= first)`` entries.
+    """
+    n_codes = int(op_codes.max()) + 1
+    range_lo[rng] = op_keys[op_first[rng]]
+    range_hi[rng] = np.iinfo(np.uint64).max if op_keys.ndim == 1 else 0xFF
+    limit = np.diff(key_offsets)[rng]
+    range_limit[rng] = limit
+    c0, q = op_codes[op_first[rng]], op_req[rng]
+    range_count[rng] = np.minimum(limit, _present_in(c0, np.full(rng.size, n_codes - 1), q, first_req))
+    # every key of every range op, with its op's start code, request and limit
+    owner = np.repeat(np.arange(rng.size), limit)
+    entry = np.concatenate([np.arange(key_offsets[j], key_offsets[j + 1]) for j in rng])
+    c = op_codes[entry]
+    cand = c >= c0[owner]
+    if first_req is not None:
+        cand &= first_req[c] < q[owner]
+    idx = np.flatnonzero(cand)
+    hit = np.zeros(c.size, dtype=bool)
+    hit[idx] = _present_in(c0[owner[idx]], c[idx], q[owner[idx]], first_req) <= limit[owner[idx]]
+    expected[rng] = np.bincount(owner, weights=hit, minlength=rng.size).astype(np.int64)

@@ -1,0 +1,100 @@
+"""``kvdm reproduce``: regenerate the paper's figures, the load curves, and a report (see
+:mod:`kvdm.experiments.reproduce`)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from kvdm.experiments.cli import UsageError, choices_type
+from kvdm.experiments.options import add_transport_options, transport_config
+from kvdm.experiments.options_redis import add_redis_options, given_redis_flags, redis_options
+
+
+def _csv(kind: Any, what: str) -> Any:
+    def parse(text: str) -> tuple:
+        try:
+            return tuple(kind(x) for x in text.split(",") if x.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what}: expected a comma-separated list, got {text!r}") from None
+
+    parse.__name__ = what
+    return parse
+
+
+def register(sub: Any) -> None:
+    from kvdm.experiments.reproduce import STEPS
+    from kvdm.traces.mapping import RANGE_SEMANTICS
+
+    p = sub.add_parser(
+        "reproduce", help="regenerate the paper's figures (Fig. 1-3), load curves and a report",
+        description="One command for every figure of the paper we have data for: Fig. 1a/1b/2a/2b of each "
+        "trace, Fig. 3a/3b (range and get p99 per 10-minute bin for chime, sherman, redis: 32 B SHA-256 keys, "
+        "8 B values, 10 min warm-up, shm transport with a latency model printed on the figure), plus load "
+        "curves (closed-loop client sweep, compressed open-loop replays) and RTT/byte costs per op. Fig. 3 "
+        "uses a compressed, unloaded replay by default (1 client, ops back to back, binned by trace time: the "
+        "same latencies as the 59-minute real-time run); --realtime replays at the trace's timestamps. Writes "
+        "OUT/figures/*.png (+ .csv for trace figures), OUT/runs/<run>/ (for `kvdm plot`), OUT/report.md "
+        "and OUT/report.html.")
+    p.add_argument("--out", default="reproduction", help="output folder (default ./reproduction)")
+    p.add_argument("--quick", action="store_true",
+                   help="small version (the 400-request conversation fixture, 0.5-min bins, clients 1,2, "
+                   "compress x10,x100, 2 s per load point): a few minutes, what CI runs; explicit flags override")
+    p.add_argument("--traces", type=_csv(str, "trace list"), default=None, metavar="A,B",
+                   help="traces for Fig. 1-2 (default conversation,synthetic)")
+    p.add_argument("--fig3-traces", type=_csv(str, "trace list"), default=None, metavar="A,B",
+                   help="traces replayed for Fig. 3; the first also drives the load curves (default conversation)")
+    p.add_argument("--backends", type=_csv(str, "backend list"), default=None, metavar="A,B",
+                   help="index backends for Fig. 3 and the load curves (default chime,sherman,redis)")
+    p.add_argument("--limit", type=int, default=0, metavar="N", help="use only the first N requests of each trace")
+    p.add_argument("--realtime", action="store_true",
+                   help="Fig. 3 at the trace's own timestamps (the full conversation trace takes 59 min per backend)")
+    p.add_argument("--range-semantics", type=choices_type(RANGE_SEMANTICS, "range semantics"), default="scan",
+                   help="scan (default: from the run's first key, at most run-length entries) or bounds "
+                   "([min, max] of the run's keys: ~69,000 entries per range on SHA-256 keys, very slow)")
+    p.add_argument("--warmup-min", type=float, default=None, help="warm-up minutes of trace time (default 10)")
+    p.add_argument("--bin-min", type=float, default=None, help="minutes of trace time per bin (default 10)")
+    p.add_argument("--clients", type=_csv(int, "client counts"), default=None, metavar="1,2,4",
+                   help="closed-loop client sweep of the load curves (default 1,2,4)")
+    p.add_argument("--compress", type=_csv(float, "compression factors"), default=None, metavar="10,100",
+                   help="open-loop compression factors of the load curves (default 10,100,300,1000)")
+    p.add_argument("--load-duration", type=float, default=None, metavar="S",
+                   help="wall seconds per load-curve point (default 15)")
+    p.add_argument("--steps", type=_csv(str, "steps"), default=STEPS, metavar="A,B",
+                   help=f"steps to run: {', '.join(STEPS)} (default all)")
+    p.add_argument("--resume", action="store_true", help="keep runs already under OUT/runs instead of re-running")
+    p.add_argument("--cache-mb", type=float, default=None,
+                   help="compute-side cache budget of the native indexes in MB (backend default if unset)")
+    add_transport_options(p)
+    p.set_defaults(latency_model="virtual")
+    add_redis_options(p)
+    p.set_defaults(func=cmd_reproduce)
+
+
+def config_from_args(args: argparse.Namespace) -> Any:
+    from kvdm.experiments.reproduce import ReproduceConfig
+    from kvdm.index import available
+
+    given = {k: v for k, v in {
+        "traces": args.traces, "fig3_traces": args.fig3_traces, "backends": args.backends,
+        "warmup_min": args.warmup_min, "bin_min": args.bin_min, "clients": args.clients,
+        "compress": args.compress, "load_duration_s": args.load_duration}.items() if v is not None}
+    for b in given.get("backends", ()):
+        if b not in available():
+            raise UsageError(f"unknown backend {b!r}; valid: {', '.join(available())}")
+    if given_redis_flags(args) and "redis" not in given.get("backends", ("redis",)):
+        raise UsageError(f"{', '.join(given_redis_flags(args))} only apply when redis is among --backends")
+    common = {"out": Path(args.out), "limit": args.limit, "realtime": args.realtime,
+              "range_semantics": args.range_semantics, "transport": transport_config(args),
+              "cache_mb": args.cache_mb, "redis_options": redis_options(args, start_local=False),
+              "steps": tuple(args.steps), "resume": args.resume, **given}
+    return ReproduceConfig.quick_defaults(**common) if args.quick else ReproduceConfig(**common)
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from kvdm.experiments.reproduce import reproduce
+
+    md, ht = reproduce(config_from_args(args))
+    print(f"report: {md}\nreport: {ht}")
+    return 0

@@ -1,0 +1,237 @@
+"""Figures from stored runs (``results.parquet`` + ``run.json`` directories), without code.
+
+:func:`load_runs` finds runs (a run directory, or any folder holding run directories below it);
+:func:`plot_runs` draws one metric of one op type against a chosen axis:
+
+* ``by="bin"``: the metric per time bin of trace time, one line per run (warm-up bins shaded);
+* ``by="clients"``: the whole-run metric against the run's client count, one line per series;
+* ``by="throughput"``: the whole-run metric against the run's throughput (all op types, ops/s),
+  one line per series (a load curve);
+* ``by="op"``: grouped bars, one group per op type, one bar per run (``--op`` is ignored).
+
+A *series* groups runs that differ only in clients and mode (the points of one load curve); the
+label of a run or series names what differs between the runs being compared (backend, transport,
+latency model, ...), so comparing backends, transports or latency models needs no option.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402 (the backend must be chosen first)
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from kvdm.experiments.results import RunResults  # noqa: E402
+
+#: --metric name -> (results column, axis label)
+METRICS = {
+    "p50": ("p50_us", "p50 latency (µs)"),
+    "p90": ("p90_us", "p90 latency (µs)"),
+    "p99": ("p99_us", "p99 latency (µs)"),
+    "p999": ("p999_us", "p99.9 latency (µs)"),
+    "mean": ("mean_us", "mean latency (µs)"),
+    "ops": ("ops_per_s", "throughput (ops/s)"),
+    "block-ops": ("block_ops_per_s", "throughput (block-ops/s)"),
+    "rtts": ("rtts_per_op", "round trips per op"),
+    "bytes": ("bytes_read_per_op", "bytes read per op"),
+    "bytes-written": ("bytes_written_per_op", "bytes written per op"),
+}
+AXES = ("bin", "clients", "throughput", "op")
+OPS = ("get", "range", "prefix_match", "insert")
+#: config fields that tell runs apart, in label order: (name, getter)
+_LABEL_FIELDS: tuple[tuple[str, Any], ...] = (
+    ("index", lambda c: c["index"]["name"]),
+    ("transport", lambda c: c["transport"]["transport"] if c["index"]["name"] in _NATIVE else "-"),
+    ("latency", lambda c: (f"{c['transport']['latency_model']} {c['transport']['rtt_us']:g}us"
+                           if c["index"]["name"] in _NATIVE else "-")),
+    ("trace", lambda c: Path(str(c["trace"])).name),
+    ("keys", lambda c: c["key_scheme"]),
+    ("mapping", lambda c: c["mapping"]),
+    ("clients", lambda c: f"{c['clients']} clients"),
+    ("mode", lambda c: c["mode"]),
+)
+_NATIVE = ("chime", "sherman", "race")
+_SERIES_EXCLUDE = ("clients", "mode")
+
+
+@dataclass
+class Run:
+    """A stored run and where it came from."""
+
+    path: Path
+    results: RunResults
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.results.meta.get("config", {})
+
+    @property
+    def whole(self) -> pd.DataFrame:
+        """The whole-run rows (bin -1), indexed by op."""
+        rows = self.results.rows
+        return rows[rows["bin"] == -1].set_index("op")
+
+    def throughput(self) -> float:
+        """Operations per second over the run, every op type (warm-up excluded)."""
+        return float(self.whole["ops_per_s"].sum())
+
+
+def load_runs(paths: Sequence[str | Path]) -> list[Run]:
+    """Every run under ``paths`` (a run directory, or a folder with run directories below it)."""
+    runs: list[Run] = []
+    for p in map(Path, paths):
+        if not p.exists():
+            raise FileNotFoundError(f"{p}: no such file or directory")
+        dirs = [p] if (p / "results.parquet").exists() else sorted(d.parent for d in p.rglob("results.parquet"))
+        if not dirs:
+            raise FileNotFoundError(f"{p} holds no kvdm run (no results.parquet in it or below it)")
+        for d in dirs:
+            if not (d / "run.json").exists():
+                raise FileNotFoundError(f"{d} has results.parquet but no run.json: not a complete kvdm run")
+            runs.append(Run(d, RunResults.read(d)))
+    return runs
+
+
+def labels(runs: Sequence[Run], exclude: Sequence[str] = (), unique: bool = True) -> list[str]:
+    """A label per run naming the config fields that differ between ``runs`` (the backend if none);
+    ``unique`` tells runs with equal labels apart by their folder."""
+    cfgs = [r.config for r in runs]
+    varying = [(n, f) for n, f in _LABEL_FIELDS if n not in exclude and len({f(c) for c in cfgs}) > 1]
+    if not varying:
+        varying = [_LABEL_FIELDS[0]]
+    out = [", ".join(str(f(c)) for _, f in varying if f(c) != "-") or str(varying[0][1](c)) for c in cfgs]
+    if not unique:
+        return out
+    return [lab if out.count(lab) == 1 else f"{lab} ({r.path.name})" for lab, r in zip(out, runs, strict=True)]
+
+
+def _column(runs: Sequence[Run], metric: str) -> str:
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; valid: {', '.join(METRICS)}")
+    col = METRICS[metric][0]
+    have = [r for r in runs if col in r.results.rows.columns]
+    if not have:
+        raise ValueError(f"no run reports {metric} ({col}); e.g. bytes are counted by the native indexes only")
+    return col
+
+
+def _check_op(runs: Sequence[Run], op: str) -> None:
+    if op not in OPS:
+        raise ValueError(f"unknown op {op!r}; valid: {', '.join(OPS)}")
+    if not any(op in set(r.results.rows["op"]) for r in runs):
+        present = sorted({o for r in runs for o in r.results.rows["op"]})
+        raise ValueError(f"no run measured {op!r} ops (they have: {', '.join(present) or 'nothing'}); "
+                         "range and get come from --mapping paper, prefix_match from --mapping prefix")
+
+
+def plot_runs(runs: Sequence[Run], metric: str, op: str, by: str, out: str | Path, title: str = "",
+              note: str = "", reference: tuple[float, str] | None = None, log_y: bool = False) -> Path:
+    """Draw ``metric`` of ``op`` against ``by`` for ``runs`` into the PNG ``out`` (returned).
+
+    ``note`` is printed under the plot (e.g. the latency model); ``reference`` draws a
+    horizontal line (value, label), e.g. a number the paper gives.
+    """
+    if not runs:
+        raise ValueError("no runs to plot")
+    if by not in AXES:
+        raise ValueError(f"unknown --by {by!r}; valid: {', '.join(AXES)}")
+    col = _column(runs, metric)
+    if by != "op":
+        _check_op(runs, op)
+    fig, ax = plt.subplots(figsize=(7.5, 4.6))
+    ylabel = METRICS[metric][1]
+    if by == "bin":
+        _by_bin(ax, runs, col, op)
+    elif by == "op":
+        _by_op(ax, runs, col)
+    else:
+        _by_load(ax, runs, col, op, by)
+    if reference is not None:
+        ax.axhline(reference[0], color="tab:red", ls="--", lw=1.2, label=reference[1])
+    ax.set_ylabel(ylabel if by == "op" else f"{op}: {ylabel}")
+    if log_y:
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title or f"{op if by != 'op' else 'per op'} {metric} by {by}", fontsize=10)
+    bottom = 0.0
+    if note:
+        lines = [w for line in note.split("\n") for w in textwrap.wrap(line, 150)]
+        fig.text(0.01, 0.01, "\n".join(lines), fontsize=7, color="0.3")
+        bottom = 0.01 + 0.028 * len(lines)
+    fig.tight_layout(rect=(0, bottom, 1, 1))
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _by_bin(ax: Any, runs: Sequence[Run], col: str, op: str) -> None:
+    bin_mins = {float(r.config.get("bin_min", 0)) for r in runs}
+    if len(bin_mins) > 1:
+        raise ValueError(f"runs have different bin widths ({', '.join(f'{b:g}' for b in sorted(bin_mins))} min): "
+                         "per-bin figures compare runs binned alike (--bin-min)")
+    width = bin_mins.pop() if bin_mins else 10.0
+    warm_end = 0.0
+    for run, lab in zip(runs, labels(runs), strict=True):
+        rows = run.results.rows
+        rows = rows[(rows["bin"] >= 0) & (rows["op"] == op)].sort_values("bin_start_min")
+        if rows.empty or col not in rows:
+            continue
+        ax.plot(rows["bin_start_min"], rows[col], marker="o", label=lab)
+        warm = rows[rows["warmup"]]
+        if not warm.empty:
+            warm_end = max(warm_end, float(warm["bin_start_min"].max()) + width)
+    if warm_end > 0:  # points sit at bin starts: shade up to just before the first measured bin
+        ax.axvspan(-0.05 * width, warm_end - 0.05 * width, color="0.9",
+                   label="warm-up (left out of whole-run numbers)")
+    ax.set_xlabel("trace time, start of bin (min)")
+
+
+def _by_load(ax: Any, runs: Sequence[Run], col: str, op: str, by: str) -> None:
+    series: dict[str, list[Run]] = {}
+    for run, lab in zip(runs, labels(runs, exclude=_SERIES_EXCLUDE, unique=False), strict=True):
+        series.setdefault(lab, []).append(run)
+    for lab, group in series.items():
+        pts = []
+        for r in group:
+            whole = r.whole
+            if op in whole.index and col in whole.columns and not pd.isna(whole.loc[op, col]):
+                x = float(r.config.get("clients", 0)) if by == "clients" else r.throughput()
+                pts.append((x, float(whole.loc[op, col]), r))
+        pts.sort(key=lambda p: p[0])
+        if not pts:
+            continue
+        line = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=lab)[0]
+        if by == "throughput":  # name each point: N clients or the compression factor
+            for x, y, r in pts:
+                c = r.config
+                tag = f"{c['clients']}c" if c.get("mode") == "closed" else str(c.get("mode", "")).replace(
+                    "compressed:", "x")
+                ax.annotate(tag, (x, y), fontsize=6, color=line.get_color(), xytext=(3, 3),
+                            textcoords="offset points")
+    ax.set_xlabel("client processes" if by == "clients" else "throughput, all op types (ops/s)")
+
+
+def _by_op(ax: Any, runs: Sequence[Run], col: str) -> None:
+    ops = [o for o in OPS if any(o in r.whole.index for r in runs)]
+    width = 0.8 / len(runs)
+    x = np.arange(len(ops))
+    for i, (run, lab) in enumerate(zip(runs, labels(runs), strict=True)):
+        whole = run.whole
+        vals = [float(whole.loc[o, col]) if o in whole.index and col in whole.columns else np.nan for o in ops]
+        bars = ax.bar(x + (i - (len(runs) - 1) / 2) * width, np.nan_to_num(vals), width, label=lab)
+        for b, v in zip(bars, vals, strict=True):
+            ax.annotate("n/a" if np.isnan(v) else f"{v:,.3g}", (b.get_x() + b.get_width() / 2, b.get_height()),
+                        ha="center", va="bottom", fontsize=6)
+    ax.set_xticks(x, ops)
+    ax.set_xlabel("op type")

@@ -1,0 +1,263 @@
+"""``kvdm reproduce``: every figure of the paper we have data for, the load curves beyond it, and a
+report that puts each figure beside the paper's claim.
+
+Steps (each can be left out with ``steps``):
+
+1. ``traces``: Fig. 1a, 1b, 2a, 2b of each trace (:mod:`kvdm.experiments.trace_figures`);
+2. ``fig3``: per backend, a replay of the Fig. 3 trace as the paper: ``paper`` mapping, 32 B
+   SHA-256 keys, 8 B values, inserts of new blocks issued and timed, 10-minute bins of trace
+   time, the first 10 minutes warm-up. By default the replay is *compressed and unloaded*: one
+   client issuing operations one at a time, back to back (closed loop), binned by trace time.
+   The real-time trace offers ~13 index ops/s, far below what one client serves, so every op of
+   the real-time run also finds the system idle: the per-op latencies are the same, measured in
+   a minute instead of an hour per backend. ``realtime=True`` replays at the trace's timestamps.
+   Range ops use ``range_semantics`` (default ``scan``, see :mod:`kvdm.traces.mapping`). Fig.
+   3a/3b (range / get p99 per bin) and the RTT and byte costs per op come from these runs;
+3. ``load``: per backend, a closed-loop sweep of client counts and open-loop replays compressed
+   by several factors (one client), each capped at ``load_duration_s`` of wall time, drawn as
+   p99 against throughput (load curves).
+
+Every run is kept under ``OUT/runs/<name>/`` (results.parquet + run.json) for ``kvdm plot``;
+figures go to ``OUT/figures/``; ``OUT/report.md`` and ``OUT/report.html`` come last.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kvdm.experiments.plots import Run, load_runs, plot_runs
+from kvdm.experiments.replay import ReplayConfig, replay
+from kvdm.experiments.report import Report
+from kvdm.experiments.results import RunResults
+from kvdm.index import IndexSpec
+from kvdm.transport import TransportConfig
+
+STEPS = ("traces", "fig3", "load")
+NATIVE = ("chime", "sherman", "race")
+#: the paper's Fig. 3 claims (Zhu et al., CLOUD 2025, toolagent trace)
+PAPER_REDIS_P99_US = 100.0
+PAPER_SHERMAN_RANGE_GAIN = 10.3   # % lower range p99 than CHIME
+PAPER_CHIME_GET_GAIN = 5.5        # % lower get p99 than Sherman
+
+
+@dataclass
+class ReproduceConfig:
+    """What ``kvdm reproduce`` runs; the defaults are the full reproduction."""
+
+    out: Path = Path("reproduction")
+    quick: bool = False
+    traces: tuple[str, ...] = ("conversation", "synthetic")   # Fig. 1-2
+    fig3_traces: tuple[str, ...] = ("conversation",)          # Fig. 3 and the load curves (first one)
+    backends: tuple[str, ...] = ("chime", "sherman", "redis")
+    limit: int = 0                    # requests of each trace (0 = all)
+    transport: TransportConfig = field(default_factory=lambda: TransportConfig(latency_model="virtual"))
+    realtime: bool = False
+    range_semantics: str = "scan"
+    warmup_min: float = 10.0
+    bin_min: float = 10.0
+    clients: tuple[int, ...] = (1, 2, 4)
+    compress: tuple[float, ...] = (10.0, 100.0, 300.0, 1000.0)
+    load_duration_s: float = 15.0
+    cache_mb: float | None = None
+    redis_options: dict[str, Any] = field(default_factory=dict)
+    steps: tuple[str, ...] = STEPS
+    resume: bool = False              # keep runs already under OUT/runs instead of re-running them
+
+    @classmethod
+    def quick_defaults(cls, **overrides: Any) -> ReproduceConfig:
+        """The CI-sized version: the 400-request fixture, 0.5-minute bins, a small sweep."""
+        from kvdm.traces.registry import FIXTURE
+
+        base = {"quick": True, "traces": (str(FIXTURE),), "fig3_traces": (str(FIXTURE),), "warmup_min": 0.5,
+                "bin_min": 0.5, "clients": (1, 2), "compress": (10.0, 100.0), "load_duration_s": 2.0}
+        base.update(overrides)
+        return cls(**base)
+
+    def __post_init__(self) -> None:
+        bad = [s for s in self.steps if s not in STEPS]
+        if bad:
+            raise ValueError(f"unknown step(s) {', '.join(bad)}; valid: {', '.join(STEPS)}")
+        if not self.backends:
+            raise ValueError("--backends: give at least one backend")
+        if any(c < 1 for c in self.clients) or any(x <= 0 for x in self.compress):
+            raise ValueError("--clients values must be >= 1 and --compress factors > 0")
+
+    def latency_note(self) -> str:
+        t = self.transport
+        model = {"none": "latency model none (memory speed, no network time)",
+                 "spin": f"latency model spin (busy-waits {t.rtt_us:g} µs per round trip + bytes at {t.gbps:g} Gb/s)",
+                 "virtual": f"latency model virtual ({t.rtt_us:g} µs per round trip + bytes at {t.gbps:g} Gb/s "
+                            "added to each measured op, no waiting)"}[t.latency_model]
+        return f"chime/sherman: {t.transport} transport, {model}; redis: a real redis-server over loopback TCP"
+
+    def mode_note(self) -> str:
+        if self.realtime:
+            return "real-time replay at the trace's timestamps, 1 client"
+        return ("compressed, unloaded replay: 1 client, ops one at a time back to back, binned by trace time "
+                "(the real-time run offers ~13 ops/s: same per-op latencies; --realtime for the real-time run)")
+
+
+def log(msg: str) -> None:
+    """A progress line on stderr."""
+    print(f"[reproduce {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+class Reproduction:
+    """Runs the steps of a :class:`ReproduceConfig` and writes the report."""
+
+    def __init__(self, cfg: ReproduceConfig) -> None:
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self.figs = self.out / "figures"
+        self.runs_dir = self.out / "runs"
+        self.stats: dict[str, Any] = {}            # trace name -> TraceStats
+        self.trace_figs: dict[str, list[Path]] = {}
+        self.fig3: dict[str, list[Run]] = {}       # trace name -> one run per backend
+        self.load: dict[str, list[Run]] = {"closed": [], "compressed": []}
+        self.load_figs: list[Path] = []
+        self.fig3_figs: dict[str, list[Path]] = {}
+        self.timings: list[tuple[str, float]] = []
+        self._streams: dict[str, Any] = {}
+
+    # ---- steps ---------------------------------------------------------------------------
+    def run(self) -> tuple[Path, Path]:
+        self.figs.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        if "traces" in self.cfg.steps:
+            self._timed("Fig. 1-2 (trace figures)", self.trace_figures)
+        if "fig3" in self.cfg.steps:
+            self._timed("Fig. 3 replays", self.fig3_runs)
+        if "load" in self.cfg.steps:
+            self._timed("load curves", self.load_runs)
+        self.timings.append(("total", time.perf_counter() - t0))
+        md, ht = self.write_report()
+        log(f"done in {time.perf_counter() - t0:,.0f} s: {md}, {ht}")
+        return md, ht
+
+    def _timed(self, what: str, fn: Any) -> None:
+        t = time.perf_counter()
+        fn()
+        self.timings.append((what, time.perf_counter() - t))
+
+    def _trace(self, name: str) -> Any:
+        from kvdm.traces.registry import load
+
+        return load(name, limit=self.cfg.limit)
+
+    def trace_figures(self) -> None:
+        from kvdm.experiments.trace_figures import fig1a, fig1b, fig2a, fig2b
+        from kvdm.traces.characterise import compute_stats
+
+        for name in self.cfg.traces:
+            log(f"trace figures of {name}")
+            trace = self._trace(name)
+            self.stats[trace.name] = compute_stats(trace)
+            self.trace_figs[trace.name] = [f(trace, self.figs) for f in (fig1a, fig1b, fig2a, fig2b)]
+
+    def stream(self, name: str) -> Any:
+        """The Fig. 3 operation stream of a trace (mapped once, shared by every run)."""
+        if name not in self._streams:
+            from kvdm.traces.mapping import map_trace
+
+            log(f"mapping {name}: paper mapping, sha256 keys, {self.cfg.range_semantics} ranges")
+            self._streams[name] = map_trace(self._trace(name), "paper", "sha256", "timed",
+                                            range_semantics=self.cfg.range_semantics)
+        return self._streams[name]
+
+    def index_spec(self, backend: str) -> IndexSpec:
+        options: dict[str, Any] = {}
+        if backend in NATIVE and self.cfg.cache_mb is not None:
+            options["cache_mb"] = self.cfg.cache_mb
+        if backend == "redis":
+            options.update(self.cfg.redis_options)
+        return IndexSpec(backend, 32, options)
+
+    def replay_run(self, run_name: str, trace: str, backend: str, role: str, **kw: Any) -> Run:
+        """One replay into OUT/runs/run_name (or the stored one with ``resume``)."""
+        d = self.runs_dir / run_name
+        if self.cfg.resume and (d / "run.json").exists():
+            log(f"{run_name}: kept from an earlier run")
+            return load_runs([d])[0]
+        stream = self.stream(trace)
+        rc = ReplayConfig(trace=trace, index=self.index_spec(backend), transport=self.cfg.transport,
+                          mapping="paper", key_scheme="sha256", inserts="timed", name=run_name, **kw)
+        log(f"{run_name}: {backend}, {rc.clients} client(s), mode {rc.mode}"
+            + (f", at most {rc.duration_s:g} s" if rc.duration_s else "") + f" ({stream.n_ops:,} ops in the trace)")
+        t = time.perf_counter()
+        res = replay(rc, stream)
+        res.meta["reproduce"] = {"role": role, "range_semantics": self.cfg.range_semantics,
+                                 "latency_note": self.cfg.latency_note(), "wall_s": time.perf_counter() - t}
+        res.write(d)
+        return Run(d, RunResults.read(d))
+
+    def fig3_runs(self) -> None:
+        cfg = self.cfg
+        mode = "realtime" if cfg.realtime else "closed"
+        for trace in cfg.fig3_traces:
+            tname = self.stream(trace).trace_name
+            runs = [self.replay_run(f"fig3-{tname}-{b}", trace, b, "fig3", clients=1, mode=mode,
+                                    warmup_min=cfg.warmup_min, bin_min=cfg.bin_min) for b in cfg.backends]
+            self.fig3[tname] = runs
+            note = (f"{cfg.latency_note()}.\n{cfg.mode_note()}.\n32 B SHA-256 keys, 8 B values; "
+                    f"range = {_range_note(cfg.range_semantics)}")
+            ref = (PAPER_REDIS_P99_US, "paper: Redis p99 > 100 µs") if "redis" in cfg.backends else None
+            self.fig3_figs[tname] = [
+                plot_runs(runs, "p99", "range", "bin", self.figs / f"fig3a_{tname}.png", reference=ref, log_y=True,
+                          title=f"Fig. 3a: range-query p99 per {cfg.bin_min:g}-min bin ({tname})", note=note),
+                plot_runs(runs, "p99", "get", "bin", self.figs / f"fig3b_{tname}.png", reference=ref, log_y=True,
+                          title=f"Fig. 3b: get p99 per {cfg.bin_min:g}-min bin ({tname})", note=note),
+                plot_runs(runs, "rtts", "get", "op", self.figs / f"cost_rtts_{tname}.png",
+                          title=f"round trips per op ({tname}, Fig. 3 runs)", note=cfg.latency_note()),
+                plot_runs(runs, "bytes", "get", "op", self.figs / f"cost_bytes_{tname}.png", log_y=True,
+                          title=f"bytes read per op ({tname}, Fig. 3 runs; redis: not counted)",
+                          note=cfg.latency_note()),
+            ]
+
+    def load_runs(self) -> None:
+        cfg = self.cfg
+        trace = cfg.fig3_traces[0]
+        tname = self.stream(trace).trace_name
+        common = {"duration_s": cfg.load_duration_s, "warmup_min": 0.0, "bin_min": cfg.bin_min}
+        for b in cfg.backends:
+            for c in cfg.clients:
+                self.load["closed"].append(self.replay_run(f"closed-{tname}-{b}-c{c}", trace, b, "load-closed",
+                                                           clients=c, mode="closed", **common))
+            for x in cfg.compress:
+                self.load["compressed"].append(self.replay_run(f"compressed-{tname}-{b}-x{x:g}", trace, b,
+                                                               "load-compressed", clients=1,
+                                                               mode=f"compressed:{x:g}", **common))
+        note = (f"{cfg.latency_note()}.\nEach point at most {cfg.load_duration_s:g} s of wall time from the "
+                f"trace's start, no warm-up; 32 B SHA-256 keys")
+        for op in ("get", "range"):
+            self.load_figs.append(plot_runs(
+                self.load["closed"], "p99", op, "throughput", self.figs / f"load_closed_{op}_{tname}.png",
+                log_y=True, note=note,
+                title=f"load curve, closed loop ({', '.join(map(str, cfg.clients))} clients): {op} p99 ({tname})"))
+            self.load_figs.append(plot_runs(
+                self.load["compressed"], "p99", op, "throughput", self.figs / f"load_compressed_{op}_{tname}.png",
+                log_y=True, note=note,
+                title=f"load curve, open loop compressed x{', x'.join(f'{x:g}' for x in cfg.compress)}, "
+                      f"1 client: {op} p99 ({tname})"))
+
+    # ---- report --------------------------------------------------------------------------
+    def write_report(self) -> tuple[Path, Path]:
+        from kvdm.experiments.reproduce_report import build_report
+
+        rep: Report = build_report(self)
+        return rep.write(self.out)
+
+
+def _range_note(semantics: str) -> str:
+    if semantics == "scan":
+        return "a scan from the run's first key returning at most the run's length entries"
+    return "[min, max] of the run's keys, unlimited (on SHA-256 keys ~69,000 entries for an 18-block run)"
+
+
+def reproduce(cfg: ReproduceConfig) -> tuple[Path, Path]:
+    """Run a reproduction; returns the paths of report.md and report.html."""
+    return Reproduction(cfg).run()
+

@@ -1,0 +1,245 @@
+"""The report of ``kvdm reproduce``: each figure beside the paper's claim, with the numbers that
+agree or differ and why (built from the runs and trace statistics a :class:`Reproduction` holds)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from kvdm.experiments.plots import Run
+from kvdm.experiments.report import Report
+from kvdm.experiments.reproduce import (
+    PAPER_CHIME_GET_GAIN,
+    PAPER_REDIS_P99_US,
+    PAPER_SHERMAN_RANGE_GAIN,
+    Reproduction,
+    _range_note,
+)
+from kvdm.traces.characterise import PAPER
+
+
+def _f(v: float, unit: str = "", digits: int = 1) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:,.{digits}f}{unit}"
+
+
+def _whole(run: Run, op: str, col: str) -> float:
+    w = run.whole
+    if op in w.index and col in w.columns:
+        return float(w.loc[op, col])
+    return math.nan
+
+
+def _rel(out: Path, path: Path) -> str:
+    return str(path.relative_to(out))
+
+
+def build_report(rp: Reproduction) -> Report:
+    """The whole report."""
+    cfg, out = rp.cfg, rp.out
+    rep = Report("kvdm: reproducing Zhu et al., \"Towards Efficient Key-Value Cache Management for Prefix "
+                 "Prefilling in LLM Inference\" (IEEE CLOUD 2025)")
+    rep.p(("QUICK version (--quick): a 400-request slice of the conversation trace, "
+           f"{cfg.bin_min:g}-minute bins; the numbers show that the pipeline works, not the paper's. "
+           if cfg.quick else "") +
+          "The paper's main trace (Mooncake toolagent) is absent here (no internet; `kvdm traces fetch toolagent` "
+          "downloads it where there is): the conversation and synthetic traces are used instead, so the "
+          "paper's toolagent numbers (86.8% sequential, 89% of runs-test p-values > 0.05, Fig. 3) are compared "
+          "with other traces.")
+    rep.ul([f"Fig. 3 backends: {', '.join(cfg.backends)}; {cfg.latency_note()}",
+            f"Fig. 3 mode: {cfg.mode_note()}",
+            f"Keys: 32 B SHA-256 (chained over the block ids), 8 B values; paper mapping (runs of >= 2 consecutive "
+            f"ids -> range ops, other blocks -> gets, then one insert op of the request's new blocks, timed); "
+            f"bins of {cfg.bin_min:g} min of trace time, the first {cfg.warmup_min:g} min warm-up",
+            f"Range ops: {_range_note(cfg.range_semantics)} (see 'Range semantics' below)",
+            "Timings: " + "; ".join(f"{w} {s:,.0f} s" for w, s in rp.timings)])
+    _latency_model_section(rep, rp)
+    if rp.stats:
+        _trace_section(rep, rp, out)
+    for tname, runs in rp.fig3.items():
+        _fig3_section(rep, rp, tname, runs, out)
+    if rp.load_figs:
+        _load_section(rep, rp, out)
+    _range_section(rep, rp)
+    rep.h(1, "Redrawing")
+    rep.p(f"Every run is kept under {out / 'runs'} (results.parquet + run.json with the merged histograms). "
+          "Redraw or compare them without code, e.g.: "
+          f"`kvdm plot {out / 'runs'}/fig3-* --metric p99 --op range --by bin --out range.png`, "
+          f"`kvdm plot {out / 'runs'}/closed-* --metric p99 --op get --by throughput --out load.png`, "
+          f"`kvdm plot {out / 'runs'}/fig3-* --metric bytes --by op --out bytes.png`.")
+    return rep
+
+
+def _latency_model_section(rep: Report, rp: Reproduction) -> None:
+    t = rp.cfg.transport
+    rep.h(1, "Latency model")
+    rep.p(f"The native indexes run over the shm transport (memory nodes are shared-memory regions on this "
+          f"machine) with latency model {t.latency_model}, RTT {t.rtt_us:g} µs, {t.gbps:g} Gb/s: a ConnectX-6 "
+          "class NIC (READ round trip ~1.6-2 µs, 100 Gb/s). 'virtual' adds each op's modelled network time "
+          "(round trips x RTT + bytes / bandwidth, counted exactly by the transport) to its measured service "
+          "time without waiting; 'spin' would burn a core per client waiting, which on this shared 2-core "
+          "box would distort the other clients and processes, and for an unloaded replay it measures the same "
+          "sum. Redis is a real redis-server over loopback TCP (the kernel network stack, ~30-45 µs round "
+          "trips here), as the paper ran it over a real network. Every latency includes kvdm's Python "
+          "harness around each op (a few µs), the same for every backend.")
+
+
+def _trace_section(rep: Report, rp: Reproduction, out: Path) -> None:
+    rep.h(1, "Fig. 1-2: access patterns of the traces")
+    rows = []
+    for name, st in rp.stats.items():
+        for key, ours, label in (("share_hit_ge_50", st.share_hit_ge_50, "requests with block hit ratio >= 50%"),
+                                 ("share_hit_gt_80", st.share_hit_gt_80, "requests with block hit ratio > 80%"),
+                                 ("mean_sequential_fraction", st.mean_sequential_fraction,
+                                  "mean fraction of sequential blocks (Fig. 2a)"),
+                                 ("share_runs_p_gt_005", st.share_runs_p_gt_005,
+                                  "runs-test p-values > 0.05 (Fig. 2b)")):
+            ref, about = PAPER[key]
+            same = about == name
+            diff = (ours - ref) * 100
+            if math.isnan(diff):
+                rows.append([name, label, f"~{ref * 100:.1f}% ({about})", "n/a",
+                             "undefined on this trace (too few non-sequential ids per request)"])
+                continue
+            if key.startswith("share_hit") and not same:
+                continue  # the paper quotes each hit-ratio threshold for one trace only
+            verdict = (("agree" if abs(diff) <= 3 else "differ") + f" ({diff:+.1f} points)") if same else (
+                f"{diff:+.1f} points; the paper's value is for {about}, absent here")
+            rows.append([name, label, f"~{ref * 100:.1f}% ({about})", _f(ours * 100, "%"), verdict])
+    rep.table(["trace", "quantity", "paper", "ours", "agreement"], rows)
+    rep.p("Why they differ: the hit-ratio shares are measured on the same traces as the paper and agree within "
+          "3 points. The sequential fraction and runs-test share are the paper's numbers for toolagent; "
+          "conversation and synthetic have their own access patterns (fewer and shorter runs of consecutive "
+          "ids), so these are comparisons across traces, not a failed reproduction. Runs-test variant: "
+          "Wald-Wolfowitz above/below the median, normal approximation (the paper does not say which).")
+    for name, figs in rp.trace_figs.items():
+        for f in figs:
+            rep.img(_rel(out, f), f"{f.stem.split('_')[0]} on {name} (numbers in {f.with_suffix('.csv').name})")
+
+
+def _fig3_section(rep: Report, rp: Reproduction, tname: str, runs: list[Run], out: Path) -> None:
+    rep.h(1, f"Fig. 3: range and get p99 per {rp.cfg.bin_min:g}-minute bin ({tname})")
+    by = {r.config["index"]["name"]: r for r in runs}
+    rows = []
+    for name, r in by.items():
+        rows.append([name] + [_f(_whole(r, op, c)) for op, c in (("get", "p50_us"), ("get", "p99_us"),
+                                                                 ("range", "p50_us"), ("range", "p99_us"),
+                                                                 ("insert", "p99_us"))]
+                    + [_f(_whole(r, "get", "rtts_per_op"), digits=2), _f(_whole(r, "range", "rtts_per_op"), digits=2),
+                       _f(_whole(r, "get", "bytes_read_per_op"), digits=0),
+                       _f(_whole(r, "range", "bytes_read_per_op"), digits=0),
+                       str(int(r.whole["hit_mismatch"].sum())), f"{r.results.meta['run']['wall_s']:,.0f} s"])
+    rep.p("Whole measured period (warm-up bins excluded; percentiles of the merged histograms), µs:")
+    rep.table(["backend", "get p50", "get p99", "range p50", "range p99", "insert p99", "RTT/get", "RTT/range",
+               "B read/get", "B read/range", "ops with wrong hits", "replay wall"], rows)
+    rep.h(2, "Against the paper's claims")
+    claims = []
+    if "redis" in by:
+        g, rg = _whole(by["redis"], "get", "p99_us"), _whole(by["redis"], "range", "p99_us")
+        ok = min(g, rg) > PAPER_REDIS_P99_US
+        claims.append(["Redis p99 > 100 µs", f"get p99 {_f(g)} µs, range p99 {_f(rg)} µs",
+                       "agree" if ok else "differ"])
+    if {"chime", "sherman"} <= set(by):
+        c, s = _whole(by["chime"], "range", "p99_us"), _whole(by["sherman"], "range", "p99_us")
+        gain = (c - s) / c * 100
+        claims.append([f"Sherman {PAPER_SHERMAN_RANGE_GAIN}% better than CHIME on range p99",
+                       f"Sherman {_f(s)} µs vs CHIME {_f(c)} µs: Sherman's {gain:+.1f}% lower",
+                       _verdict(gain, PAPER_SHERMAN_RANGE_GAIN)])
+        c, s = _whole(by["chime"], "get", "p99_us"), _whole(by["sherman"], "get", "p99_us")
+        gain = (s - c) / s * 100
+        claims.append([f"CHIME {PAPER_CHIME_GET_GAIN}% better than Sherman on get p99",
+                       f"CHIME {_f(c)} µs vs Sherman {_f(s)} µs: CHIME's {gain:+.1f}% lower",
+                       _verdict(gain, PAPER_CHIME_GET_GAIN)])
+        claims.append(["(per bin) the same, bin by bin", _per_bin(by["chime"], by["sherman"]), ""])
+    rep.table(["paper (toolagent)", f"ours ({tname})", "agreement"], claims)
+    rep.p(_why_fig3(rp, by))
+    for f in rp.fig3_figs.get(tname, []):
+        rep.img(_rel(out, f), f.stem.replace("_", " "))
+
+
+def _verdict(ours: float, paper: float) -> str:
+    if math.isnan(ours):
+        return "n/a"
+    if ours * paper <= 0:
+        return f"differ: opposite direction ({ours - paper:+.1f} points)"
+    return f"same direction, {ours - paper:+.1f} points from the paper's {paper}%"
+
+
+def _per_bin(chime: Run, sherman: Run) -> str:
+    def per_bin(r: Run, op: str) -> pd.Series:
+        rows = r.results.rows
+        rows = rows[(rows["bin"] >= 0) & (~rows["warmup"]) & (rows["op"] == op)]
+        return rows.set_index("bin")["p99_us"]
+
+    parts = []
+    for op, who in (("range", "Sherman"), ("get", "CHIME")):
+        c, s = per_bin(chime, op), per_bin(sherman, op)
+        common = c.index.intersection(s.index)
+        if len(common):
+            better = (s[common] < c[common]) if who == "Sherman" else (c[common] < s[common])
+            parts.append(f"{op}: {who} lower in {int(better.sum())} of {len(common)} measured bins")
+    return "; ".join(parts) or "n/a"
+
+
+def _why_fig3(rp: Reproduction, by: dict[str, Run]) -> str:
+    t = rp.cfg.transport
+    why = ["Why:"]
+    if {"chime", "sherman"} <= set(by):
+        cb, sb = _whole(by["chime"], "get", "bytes_read_per_op"), _whole(by["sherman"], "get", "bytes_read_per_op")
+        crb, srb = (_whole(by["chime"], "range", "bytes_read_per_op"),
+                    _whole(by["sherman"], "range", "bytes_read_per_op"))
+        cr, sr = _whole(by["chime"], "range", "rtts_per_op"), _whole(by["sherman"], "range", "rtts_per_op")
+        bw = t.gbps * 1e3 / 8  # bytes per µs
+        why.append(f"a get is one round trip on both ({_f(_whole(by['chime'], 'get', 'rtts_per_op'), digits=2)} "
+                   f"and {_f(_whole(by['sherman'], 'get', 'rtts_per_op'), digits=2)} RTT/op); CHIME reads "
+                   f"{_f(cb, ' B', 0)} and Sherman {_f(sb, ' B', 0)} per get, which at {t.gbps:g} Gb/s is "
+                   f"{_f(abs(sb - cb) / bw, ' µs', 2)} of modelled difference, so the get gap is small and "
+                   "within this box's noise.")
+        why.append(f"A range costs {_f(cr, '', 2)} RTT and {_f(crb, ' B', 0)} on CHIME against {_f(sr, '', 2)} RTT "
+                   f"and {_f(srb, ' B', 0)} on Sherman: the difference the paper attributes to sorted leaves "
+                   "(Sherman) against hash leaves that must be read whole (CHIME).")
+    if "redis" in by:
+        rg, rr = _whole(by["redis"], "get", "rtts_per_op"), _whole(by["redis"], "range", "rtts_per_op")
+        why.append(f"Redis pays a kernel TCP round trip per command ({_f(rg, '', 2)}"
+                   f" RTT/get, {_f(rr, '', 2)} RTT/range: ZRANGE then "
+                   "MGET), ~30-45 µs each on this machine.")
+    why.append("p99s on this shared 2-core machine include scheduling noise from other processes; the paper "
+               "used dedicated RDMA hardware and the toolagent trace, so agreement is expected in direction "
+               "and order of magnitude, not to the percent.")
+    return " ".join(why)
+
+
+def _load_section(rep: Report, rp: Reproduction, out: Path) -> None:
+    rep.h(1, "Beyond the paper: load curves")
+    rep.p("Nobody has published these: p99 against throughput per backend, from a closed-loop sweep of client "
+          "processes (each issuing ops back to back) and from open-loop replays with the trace's timestamps "
+          "divided by a factor (one client; latency is service time, so beyond a client's capacity the "
+          "replay falls behind, reported as max lag, rather than queueing). Throughput counts every op type.")
+    rows = []
+    for kind, runs in rp.load.items():
+        for r in runs:
+            c = r.config
+            rows.append([c["index"]["name"], kind, str(c["clients"]), c["mode"], _f(r.throughput(), digits=0),
+                         _f(_whole(r, "get", "p99_us")), _f(_whole(r, "range", "p99_us")),
+                         _f(r.results.meta["run"].get("max_lag_ms", 0.0), " ms", 0)])
+    rep.table(["backend", "loop", "clients", "mode", "ops/s", "get p99 µs", "range p99 µs", "max lag"], rows)
+    for f in rp.load_figs:
+        rep.img(_rel(out, f), f.stem.replace("_", " "))
+
+
+def _range_section(rep: Report, rp: Reproduction) -> None:
+    rep.h(1, "Range semantics with SHA-256 keys")
+    rep.p("The paper issues each run of >= 2 consecutive block ids as a range query but keys the index by "
+          "32 B SHA-256 hashes, which scatter a run over the whole key space. Taken literally (bounds = min and "
+          "max of the run's hashed keys, kvdm's 'bounds' semantics) one range over an 18-block run spans "
+          "~69,000 index entries on conversation: milliseconds per range on every backend, ~30 minutes per "
+          "backend for the trace, and nothing like the paper's ~100 µs-scale Fig. 3a. kvdm's default for "
+          "the reproduction is 'scan': start at the run's first key and return at most the run's length "
+          "entries (Index.range(first, max, limit=len(run))). That is exactly the work of a B+tree range "
+          "over a run whose keys are adjacent (one descent, then as many leaf entries as the run has), which "
+          "is what the paper's range latency measures; on hashed keys the returned entries are the first key "
+          "and its successors in hash order, so range hits are not the run's blocks (the replay still checks "
+          "them against an exact ground truth). `--range-semantics bounds` gives the literal version.")
+    if rp.cfg.range_semantics != "scan":
+        rep.p(f"This reproduction used --range-semantics {rp.cfg.range_semantics}.")

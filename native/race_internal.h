@@ -669,8 +669,9 @@ int RC(open)(dm_ctx *ctx, const kvidx_opts *o, RC_T **out, char *err, size_t err
     for (unsigned id = 0; id <= DM_MAX_NODES; id++)
         if (dm_node_size(ctx, id)) h->nodes[h->nnodes++] = id;
     uint32_t owner = (uint32_t)(kvidx_mix64((uint64_t)getpid() ^ dm_now_ns() ^ (uintptr_t)h) & 0xffffff);
+    /* no local lock table: race locks only for splits, which are rare */
     h->lk = (kvidx_locker){ctx, &h->st, owner ? owner : 1, o->lease_ms, o->max_wait_ms ? o->max_wait_ms : 10000, h->err,
-                          sizeof h->err};
+                          sizeof h->err, NULL};
     h->rr = owner;
     h->probes = calloc(o->window, sizeof *h->probes);
     h->sbuf = malloc(2 * ST_BYTES);

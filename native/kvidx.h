@@ -43,6 +43,7 @@ typedef struct kvidx_stats {
     uint64_t local_waits;      /* lock acquisitions that queued behind a local thread */
     uint64_t split_entries, split_capacity; /* leaf entries / slots summed over leaf splits */
     uint64_t leaf_rebuilds;    /* chime leaves re-placed whole (displacement) instead of split */
+    uint64_t leaf_relocations; /* chime leaves moved to a fresh node instead of wrapping node_ver */
 } kvidx_stats;
 
 /* The data-path entry points of one index at one key width, behind an untyped handle, so

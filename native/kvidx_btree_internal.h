@@ -782,10 +782,12 @@ static int insert_parent(CH_T *h, path *p, int lvl, const uint8_t *sep, dm_gaddr
 }
 
 #if !KVDM_SHERMAN
-/* The locked leaf was rewritten in place (same fences) from node_ver ov to nv: move its tag
- * in the parent along so that lookups keep answering in one READ. Best effort: a tag that
- * moved on (a split published meanwhile) or an unverified one stays as it is. */
-static int retag_parent(CH_T *h, const path *p, const uint8_t *key, dm_gaddr leaf, uint8_t ov, uint8_t nv) {
+/* Leaf (node_ver ov) was rewritten with the same fences as node to (node_ver nv; to == leaf
+ * for an in-place rewrite): move the parent's child pointer along so that lookups keep
+ * answering in one READ. The tag moves only if it was ov (exact for these fences); a tag that
+ * moved on (a split published meanwhile) stays, or becomes 0 (unverified) when the leaf moved. */
+static int retag_parent(CH_T *h, const path *p, const uint8_t *key, dm_gaddr leaf, uint8_t ov, dm_gaddr to,
+                        uint8_t nv) {
     dm_gaddr g = p->node[1];
     if (!g) return DM_OK; /* the leaf is the root */
     uint8_t raw[NODE_BYTES], n[NODE_PAYLOAD], nvs[NODE_LINES], uv[NODE_LINES];
@@ -813,8 +815,9 @@ static int retag_parent(CH_T *h, const path *p, const uint8_t *key, dm_gaddr lea
         if (untag(get64(n + H_LEFT)) == untag(leaf)) ptr = n + H_LEFT;
         for (int i = 0; !ptr && i < nkeys(n); i++)
             if (untag(get64(ient(n, i) + KB)) == untag(leaf)) ptr = ient(n, i) + KB;
-        if (!ptr || DM_GADDR_TAG(get64(ptr)) != ov) return dmerr(h, kvidx_unlock(&h->lk, lock_of(g), word));
-        put64(ptr, DM_GADDR_WITH_TAG(leaf, nv));
+        int exact = ptr && DM_GADDR_TAG(get64(ptr)) == ov;
+        if (!ptr || (!exact && to == leaf)) return dmerr(h, kvidx_unlock(&h->lk, lock_of(g), word));
+        put64(ptr, DM_GADDR_WITH_TAG(to, exact ? nv : 0));
         uint8_t out[NODE_BYTES];
         kvidx_pack(out, NODE_LINES, n, kvidx_next_ver((uint8_t)v), 0);
         uint64_t old = 0;
@@ -835,6 +838,40 @@ static int retag_parent(CH_T *h, const path *p, const uint8_t *key, dm_gaddr lea
  * by a maximum matching and rewrite the leaf whole with node_ver+1 (readers see the new
  * version, never a half-moved entry), then move the parent's tag along. Only when no placement
  * exists does the leaf split. */
+#define LEAF_MOVED 1 /* write_one: the leaf moved to a fresh node (version wrap); start again */
+
+/* The locked leaf (payload old) is at node_ver 255: its next version would wrap to 1, a tag
+ * that a parent copy cached long ago may still carry for other fences. Move it instead: copy
+ * it to a fresh node (its versions start over at an address no parent ever named), retire the
+ * old node (node_ver 0, which no tag carries; an empty range whose sibling is the copy, so
+ * every reader and writer goes right), then point the parent at the copy. */
+static int relocate_leaf(CH_T *h, const path *p, dm_gaddr leaf, uint64_t word, const uint8_t *key,
+                         const uint8_t *old) {
+    dm_gaddr s;
+    int rc = pool_pop(h, &s);
+    if (rc != DM_OK) {
+        kvidx_unlock(&h->lk, lock_of(leaf), word);
+        return rc;
+    }
+    uint8_t raw[NODE_BYTES], dead[NODE_PAYLOAD], draw[NODE_BYTES];
+    kvidx_pack(raw, NODE_LINES, old, 1, 0);
+    memset(dead, 0, sizeof dead);
+    set_header(dead, 0, old + H_LOW, old + H_LOW, 0, s);
+    kvidx_pack(draw, NODE_LINES, dead, 0, 0);
+    uint64_t prev = 0;
+    rc = dm_write(h->ctx, s, raw, NODE_BYTES);
+    if (rc == DM_OK && DM_GADDR_NODE(s) != DM_GADDR_NODE(leaf)) rc = dm_submit(h->ctx); /* the copy first */
+    if (rc == DM_OK) rc = dm_write(h->ctx, leaf, draw, NODE_BYTES);
+    if (rc == DM_OK) rc = kvidx_post_unlock(&h->lk, lock_of(leaf), word, &prev);
+    if (rc == DM_OK) rc = dm_submit(h->ctx);
+    else dm_discard(h->ctx);
+    if (rc != DM_OK) return dmerr(h, rc);
+    if (prev != word) h->st.lease_lost++;
+    h->st.leaf_relocations++;
+    rc = retag_parent(h, p, key, leaf, 255, s, 1);
+    return rc == DM_OK ? LEAF_MOVED : rc;
+}
+
 static int leaf_full(CH_T *h, path *p, dm_gaddr leaf, uint64_t word, const uint8_t *key, uint64_t val) {
     uint8_t old[NODE_PAYLOAD];
     int v;
@@ -843,6 +880,7 @@ static int leaf_full(CH_T *h, path *p, dm_gaddr leaf, uint64_t word, const uint8
         kvidx_unlock(&h->lk, lock_of(leaf), word);
         return rc;
     }
+    if (v == 255 && p->node[1]) return relocate_leaf(h, p, leaf, word, key, old); /* the root leaf has no tag */
     entry e[LEAF_CAP + 1];
     int n = 0;
     for (int u = 1; u < NUNITS; u++)
@@ -870,7 +908,7 @@ static int leaf_full(CH_T *h, path *p, dm_gaddr leaf, uint64_t word, const uint8
         if (rc != DM_OK) return dmerr(h, rc);
         if (prev != word) h->st.lease_lost++;
         h->st.leaf_rebuilds++;
-        return retag_parent(h, p, key, leaf, (uint8_t)v, nv);
+        return retag_parent(h, p, key, leaf, (uint8_t)v, leaf, nv);
     }
     if ((rc = fill_pool(h)) != DM_OK) { /* allocate first: a full memory node leaves the leaf intact */
         kvidx_unlock(&h->lk, lock_of(leaf), word);
@@ -911,8 +949,8 @@ static int find_and_lock_leaf(CH_T *h, const uint8_t *key, path *p, leafread *r,
     return rc != DM_OK ? rc : lock_leaf(h, key, p, r, leaf, word, ver);
 }
 
-/* put (del = 0) or delete (del = 1) of one key. */
-static int write_one(CH_T *h, const uint8_t *key, uint64_t val, int del, uint8_t *found) {
+/* put (del = 0) or delete (del = 1) of one key; LEAF_MOVED asks to start again. */
+static int write_once(CH_T *h, const uint8_t *key, uint64_t val, int del, uint8_t *found) {
     path p;
     leafread r;
     dm_gaddr leaf;
@@ -942,6 +980,12 @@ static int write_one(CH_T *h, const uint8_t *key, uint64_t val, int del, uint8_t
     }
     put64(r.pay[u] + slot * ENTRY + KB, val);
     return write_unit_unlock(h, leaf, &r, u, ver, word);
+}
+
+static int write_one(CH_T *h, const uint8_t *key, uint64_t val, int del, uint8_t *found) {
+    int rc;
+    while ((rc = write_once(h, key, val, del, found)) == LEAF_MOVED) {}
+    return rc;
 }
 
 /* The leaf's entries with cur <= key <= hi, sorted. */

@@ -72,3 +72,43 @@ def test_readers_never_miss_moved_entries(tear: bool) -> None:
         idx = open_client(node.uri, "chime", 8, **opts)
         assert idx.get(make_keys(ints, 8))[1].all()
         idx.close()
+
+
+TAG_MASK = ~np.uint64(0xFF << 48)
+
+
+def leftmost_leaf(ctx: Any) -> int:
+    """Address of chime k8's leftmost leaf (root slot 0 holds a level-1 root here)."""
+    from kvdm.native import lib
+
+    root = int.from_bytes(ctx.read(lib.DM_HDR_ROOTS, 8), "little")
+    assert (root >> 48) & 0xFF == 1, "expected a two-level tree"
+    line0 = ctx.read(root & int(TAG_MASK), 64)
+    return int.from_bytes(line0[2 + 32:2 + 40], "little") & int(TAG_MASK)  # H_LEFT = 16 + 2 * 8
+
+
+def test_version_wrap_moves_the_leaf(shm_node: ShmMemoryNode, dm: Any) -> None:
+    """A leaf whose node_ver would wrap past 255 moves to a fresh node instead (a parent copy
+    cached long ago may carry the wrapped version as its tag): a client holding such a stale
+    copy and a fresh one both still find every key, and the old node is retired."""
+    ints = np.arange(1, 301, dtype=np.uint64) * np.uint64(1000)
+    writer = open_client(shm_node.uri, "chime", 8, cache_mb=1.0)
+    writer.put(ints, ints)
+    stale = open_client(shm_node.uri, "chime", 8, cache_mb=1.0)
+    assert stale.get(ints)[1].all()  # caches the root with its leaf tags
+    leaf = leftmost_leaf(dm)
+    raw = bytearray(dm.read(leaf, 1024))
+    raw[0::64] = bytes([255]) * 16  # age the leaf to node_ver 255
+    dm.write(leaf, bytes(raw))
+    extra = np.arange(1, 40, dtype=np.uint64)  # all in the leftmost leaf's range
+    writer.put(extra, extra)
+    assert writer.counters()["leaf_relocations"] == 1
+    retired = dm.read(leaf, 1024)
+    assert set(retired[0::64]) == {0}
+    every = np.concatenate([extra, ints])
+    for idx in (stale, writer, open_client(shm_node.uri, "chime", 8)):
+        vals, found = idx.get(every)
+        assert found.all() and (vals == every).all()
+        keys, _ = idx.range(np.uint64(1), np.uint64(10**9))
+        assert (keys == np.sort(every)).all()
+        idx.close()

@@ -144,3 +144,23 @@ def test_local_locks_must_be_a_table(shm_node: ShmMemoryNode) -> None:
         open_client(shm_node.uri, "sherman", 8, local_locks=object())
     with pytest.raises(ValueError, match="max_handover"):
         LocalLockTable(-1)
+
+
+def _bench(*args: str) -> Any:
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "kvdm.experiments.cli", "bench", "index", *args],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_bench_threads_and_handover() -> None:
+    """`kvdm bench index --threads 2 --handover --hot-keys N` runs and reports lock counters;
+    threads on a non-native backend are a usage error."""
+    out = _bench("--index", "sherman", "--keys", "4K", "--seconds", "0.3", "--op", "put", "--threads", "2",
+                 "--handover", "--hot-keys", "64", "--batch", "8", "--node-size", "64M")
+    assert out.returncode == 0, out.stderr
+    assert "x 2 thread(s)" in out.stdout
+    assert "handovers/key" in out.stdout
+    bad = _bench("--index", "dict", "--keys", "4K", "--threads", "2")
+    assert bad.returncode == 2 and "native index" in bad.stderr

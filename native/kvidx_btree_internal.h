@@ -134,20 +134,8 @@ typedef struct entry {
 
 /* ---- small helpers ---- */
 
-static int herr(CH_T *h, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int herr(CH_T *h, int code, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(h->err, sizeof h->err, fmt, ap);
-    va_end(ap);
-    return code;
-}
-
-/* copy the transport's message for a failed dm call */
-static int dmerr(CH_T *h, int rc) {
-    if (rc != DM_OK && rc != DM_ETIMEDOUT) /* lock time-outs explain themselves in h->err */ snprintf(h->err, sizeof h->err, "%s", dm_last_error(h->ctx));
-    return rc;
-}
+#define KVIDX_HANDLE CH_T
+#include "kvidx_handle_internal.h"
 
 static inline int kcmp(const uint8_t *a, const uint8_t *b) {
 #if KB == 8
@@ -160,27 +148,6 @@ static inline int kcmp(const uint8_t *a, const uint8_t *b) {
 #endif
 }
 
-static inline int kzero(const uint8_t *a) {
-    static const uint8_t z[KB];
-    return memcmp(a, z, KB) == 0;
-}
-
-static inline uint64_t khash(const uint8_t *k) {
-    uint64_t x = 0;
-    for (int i = 0; i < KB; i += 8) {
-        uint64_t w;
-        memcpy(&w, k + i, 8);
-        x = kvidx_mix64(x ^ w);
-    }
-    return x;
-}
-
-static inline uint64_t get64(const uint8_t *p) {
-    uint64_t v;
-    memcpy(&v, p, 8);
-    return v;
-}
-static inline void put64(uint8_t *p, uint64_t v) { memcpy(p, &v, 8); }
 static inline int nkeys(const uint8_t *n) { return n[H_N] | (n[H_N + 1] << 8); }
 static inline void set_nkeys(uint8_t *n, int k) {
     n[H_N] = (uint8_t)k;
@@ -191,13 +158,9 @@ static inline int above_high(const uint8_t *n, const uint8_t *key) {
 }
 static inline uint8_t *ient(uint8_t *n, int i) { return n + H_BYTES + (size_t)i * ENTRY; }
 static inline const uint8_t *cient(const uint8_t *n, int i) { return n + H_BYTES + (size_t)i * ENTRY; }
-static inline dm_gaddr untag(dm_gaddr g) { return DM_GADDR_WITH_TAG(g, 0); }
 static inline dm_gaddr lock_of(dm_gaddr g) { return untag(g) + NODE_BYTES; }
 static inline int is_root_node(const uint8_t *n) { return kzero(n + H_LOW) && (n[H_FLAGS] & F_HIGH_INF); }
 
-static void yield_after(unsigned tries) {
-    if (tries > 4) sched_yield();
-}
 
 /* A read came back torn: count it, let the writer run, and give up (DM_EPROTO) if the node
  * stays inconsistent for max_wait_ms (a writer that crashed mid-write, or not a chime node). */

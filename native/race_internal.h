@@ -124,42 +124,8 @@ typedef struct RC_T {
 
 /* ---- small helpers ---- */
 
-static int herr(RC_T *h, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int herr(RC_T *h, int code, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(h->err, sizeof h->err, fmt, ap);
-    va_end(ap);
-    return code;
-}
-
-static int dmerr(RC_T *h, int rc) {
-    if (rc != DM_OK && rc != DM_ETIMEDOUT) snprintf(h->err, sizeof h->err, "%s", dm_last_error(h->ctx));
-    return rc;
-}
-
-static inline int kzero(const uint8_t *a) {
-    static const uint8_t z[KB];
-    return memcmp(a, z, KB) == 0;
-}
-
-static inline uint64_t khash(const uint8_t *k) {
-    uint64_t x = 0;
-    for (int i = 0; i < KB; i += 8) {
-        uint64_t w;
-        memcpy(&w, k + i, 8);
-        x = kvidx_mix64(x ^ w);
-    }
-    return x;
-}
-
-static inline uint64_t get64(const uint8_t *p) {
-    uint64_t v;
-    memcpy(&v, p, 8);
-    return v;
-}
-static inline void put64(uint8_t *p, uint64_t v) { memcpy(p, &v, 8); }
-static inline dm_gaddr untag(dm_gaddr g) { return DM_GADDR_WITH_TAG(g, 0); }
+#define KVIDX_HANDLE RC_T
+#include "kvidx_handle_internal.h"
 static inline uint64_t kv_sum(uint64_t h1, uint64_t val) { return kvidx_mix64(h1 ^ val ^ UINT64_C(0x5ace5ace5ace5ace)); }
 static inline unsigned fp_of(uint64_t h1) { return (unsigned)(h1 >> 8) & 0xff; }
 static inline uint64_t h2_of(uint64_t h1) { return kvidx_mix64(h1 ^ UINT64_C(0x9e3779b97f4a7c15)); }
@@ -178,9 +144,6 @@ static inline int cbucket(uint64_t x) { return 3 * (int)(x % NGROUPS) + (int)((x
 static inline dm_gaddr bucket_addr(dm_gaddr st, int b) { return untag(st) + (uint64_t)b * DM_LINE; }
 static inline dm_gaddr lock_of(dm_gaddr st) { return untag(st) + ST_BYTES; }
 
-static void yield_after(unsigned tries) {
-    if (tries > 4) sched_yield();
-}
 
 /* Give up after many retries (a crashed writer mid-split that nobody can recover, or a root slot
  * that holds another index): tries count the retries of one operation. */

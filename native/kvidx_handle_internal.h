@@ -1,0 +1,55 @@
+/*
+ * kvidx_handle_internal.h - small helpers every native index implementation shares: error
+ * reporting into the handle and key bytes of width KB. Include after defining KB and the
+ * handle type KVIDX_HANDLE (a struct with `dm_ctx *ctx` and `char err[...]`).
+ */
+#include <sched.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "dm.h"
+#include "kvidx_internal.h"
+
+static int herr(KVIDX_HANDLE *h, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int herr(KVIDX_HANDLE *h, int code, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(h->err, sizeof h->err, fmt, ap);
+    va_end(ap);
+    return code;
+}
+
+/* copy the transport's message for a failed dm call (lock time-outs explain themselves in h->err) */
+static int dmerr(KVIDX_HANDLE *h, int rc) {
+    if (rc != DM_OK && rc != DM_ETIMEDOUT) snprintf(h->err, sizeof h->err, "%s", dm_last_error(h->ctx));
+    return rc;
+}
+
+static inline int kzero(const uint8_t *a) {
+    static const uint8_t z[KB];
+    return memcmp(a, z, KB) == 0;
+}
+
+static inline uint64_t khash(const uint8_t *k) {
+    uint64_t x = 0;
+    for (int i = 0; i < KB; i += 8) {
+        uint64_t w;
+        memcpy(&w, k + i, 8);
+        x = kvidx_mix64(x ^ w);
+    }
+    return x;
+}
+
+static inline uint64_t get64(const uint8_t *p) {
+    uint64_t v;
+    memcpy(&v, p, 8);
+    return v;
+}
+static inline void put64(uint8_t *p, uint64_t v) { memcpy(p, &v, 8); }
+static inline dm_gaddr untag(dm_gaddr g) { return DM_GADDR_WITH_TAG(g, 0); }
+
+/* let a concurrent writer run once a retry loop has spun a few times */
+static void yield_after(unsigned tries) {
+    if (tries > 4) sched_yield();
+}

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 void kvidx_unpack(const uint8_t *raw, int nlines, uint8_t *payload, uint8_t *nver, uint8_t *uver) {
     for (int i = 0; i < nlines; i++) {
@@ -353,4 +354,33 @@ void *kvidx_cache_put(kvidx_cache *c, dm_gaddr key) {
         c->st->cache_bytes = c->n * c->slot;
     }
     return at(c, i) + 1;
+}
+
+/* ---- opening a handle ---- */
+
+int kvidx_check_opts(dm_ctx *ctx, const kvidx_opts *o, char *err, size_t errlen) {
+    if (o->root_slot < 0 || o->root_slot >= DM_NUM_ROOTS)
+        return dm_fail_buf(err, errlen, DM_EINVAL, "root_slot %d not in 0..%d", o->root_slot, DM_NUM_ROOTS - 1);
+    if (o->cache_mb < 0) return dm_fail_buf(err, errlen, DM_EINVAL, "cache_mb must be >= 0 (got %g)", o->cache_mb);
+    if (o->lease_ms < 1) return dm_fail_buf(err, errlen, DM_EINVAL, "lease_ms must be >= 1");
+    if (o->window < 1 || o->window > KVIDX_MAX_WINDOW)
+        return dm_fail_buf(err, errlen, DM_EINVAL, "window %u not in 1..%d", o->window, KVIDX_MAX_WINDOW);
+    if (dm_node_size(ctx, 0) == 0)
+        return dm_fail_buf(err, errlen, DM_ENODE, "memory node 0 is not attached (it holds the root slots)");
+    return DM_OK;
+}
+
+unsigned kvidx_attached_nodes(dm_ctx *ctx, unsigned *nodes) {
+    unsigned n = 0;
+    for (unsigned id = 0; id <= DM_MAX_NODES; id++)
+        if (dm_node_size(ctx, id)) nodes[n++] = id;
+    return n;
+}
+
+uint32_t kvidx_locker_init(kvidx_locker *lk, dm_ctx *ctx, kvidx_stats *st, const kvidx_opts *o, const void *seed,
+                           char *err, size_t errlen, kvidx_llt *llt) {
+    uint32_t owner = (uint32_t)(kvidx_mix64((uint64_t)getpid() ^ dm_now_ns() ^ (uintptr_t)seed) & 0xffffff);
+    if (!owner) owner = 1;
+    *lk = (kvidx_locker){ctx, st, owner, o->lease_ms, o->max_wait_ms ? o->max_wait_ms : 10000, err, errlen, llt};
+    return owner;
 }

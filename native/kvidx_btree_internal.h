@@ -1118,24 +1118,14 @@ static int range_scan(CH_T *h, const uint8_t *lo, const uint8_t *hi, uint64_t li
 
 int CH(open)(dm_ctx *ctx, const kvidx_opts *o, CH_T **out, char *err, size_t errlen) {
     *out = NULL;
-    if (o->root_slot < 0 || o->root_slot >= DM_NUM_ROOTS)
-        return dm_fail_buf(err, errlen, DM_EINVAL, "root_slot %d not in 0..%d", o->root_slot, DM_NUM_ROOTS - 1);
-    if (o->cache_mb < 0) return dm_fail_buf(err, errlen, DM_EINVAL, "cache_mb must be >= 0 (got %g)", o->cache_mb);
-    if (o->lease_ms < 1) return dm_fail_buf(err, errlen, DM_EINVAL, "lease_ms must be >= 1");
-    if (o->window < 1 || o->window > KVIDX_MAX_WINDOW)
-        return dm_fail_buf(err, errlen, DM_EINVAL, "window %u not in 1..%d", o->window, KVIDX_MAX_WINDOW);
-    if (dm_node_size(ctx, 0) == 0)
-        return dm_fail_buf(err, errlen, DM_ENODE, "memory node 0 is not attached (it holds the root slots)");
+    int rc0 = kvidx_check_opts(ctx, o, err, errlen);
+    if (rc0 != DM_OK) return rc0;
     CH_T *h = calloc(1, sizeof *h);
     if (!h) return dm_fail_buf(err, errlen, DM_ENOMEM, "out of local memory");
     h->ctx = ctx;
     h->o = *o;
-    for (unsigned id = 0; id <= DM_MAX_NODES; id++)
-        if (dm_node_size(ctx, id)) h->nodes[h->nnodes++] = id;
-    uint32_t owner = (uint32_t)(kvidx_mix64((uint64_t)getpid() ^ dm_now_ns() ^ (uintptr_t)h) & 0xffffff);
-    h->lk = (kvidx_locker){ctx, &h->st, owner ? owner : 1, o->lease_ms, o->max_wait_ms ? o->max_wait_ms : 10000, h->err,
-                          sizeof h->err, o->local_locks};
-    h->rr = owner;
+    h->nnodes = (int)kvidx_attached_nodes(ctx, h->nodes);
+    h->rr = kvidx_locker_init(&h->lk, ctx, &h->st, o, h, h->err, sizeof h->err, o->local_locks);
     int rc = kvidx_cache_init(&h->cache, o->cache_mb, NODE_PAYLOAD, &h->st);
     if (rc == DM_OK && o->window > 1 && !(h->probes = calloc(o->window, sizeof *h->probes))) rc = DM_ENOMEM;
     if (rc != DM_OK) {

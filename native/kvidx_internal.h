@@ -58,7 +58,18 @@ typedef struct kvidx_locker {
     kvidx_llt *llt;       /* local lock table shared with other threads' handles, or NULL */
 } kvidx_locker;
 
-/* Format into err (NULL-safe) and return code. */
+/* ---- opening a handle ---- */
+
+/* Check the options every index takes; DM_OK, or DM_EINVAL / DM_ENODE explained in err. */
+int kvidx_check_opts(dm_ctx *ctx, const kvidx_opts *o, char *err, size_t errlen);
+/* Fill nodes[] with the ids of the attached memory nodes (room for DM_MAX_NODES + 1); returns
+ * how many. */
+unsigned kvidx_attached_nodes(dm_ctx *ctx, unsigned *nodes);
+/* A handle's locker with a fresh 24-bit non-zero owner id (returned; seed: the handle's
+ * address), reporting time-outs into err. llt may be NULL. */
+uint32_t kvidx_locker_init(kvidx_locker *lk, dm_ctx *ctx, kvidx_stats *st, const kvidx_opts *o, const void *seed,
+                           char *err, size_t errlen, kvidx_llt *llt);
+
 
 /* Acquire the lock at lock_addr and, in the same doorbell(s), perform the reads. On success
  * returns DM_OK with *word the value now in the lock (needed by kvidx_post_unlock). A lock

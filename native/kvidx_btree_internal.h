@@ -576,6 +576,23 @@ static void set_header(uint8_t *pay, int level, const uint8_t *low, const uint8_
     put64(pay + H_SIB, sib);
 }
 
+/* Write a locked internal node's new payload (next version) and release its lock in the same
+ * doorbell, then refresh our cached copy. */
+static int write_internal_unlock(CH_T *h, dm_gaddr g, const uint8_t *n, int v, uint64_t word) {
+    uint8_t out[NODE_BYTES];
+    kvidx_pack(out, NODE_LINES, n, kvidx_next_ver((uint8_t)v), 0);
+    uint64_t old = 0;
+    int rc = dm_write(h->ctx, g, out, NODE_BYTES);
+    if (rc == DM_OK) rc = kvidx_post_unlock(&h->lk, lock_of(g), word, &old);
+    if (rc == DM_OK) rc = dm_submit(h->ctx);
+    else dm_discard(h->ctx);
+    if (rc != DM_OK) return dmerr(h, rc);
+    if (old != word) h->st.lease_lost++;
+    uint8_t *c = kvidx_cache_put(&h->cache, g);
+    if (c) memcpy(c, n, NODE_PAYLOAD);
+    return DM_OK;
+}
+
 static int insert_parent(CH_T *h, path *p, int lvl, const uint8_t *sep, dm_gaddr left, uint8_t lver,
                          dm_gaddr right, uint8_t rver, const uint8_t *rhigh, int rhigh_inf);
 
@@ -705,18 +722,7 @@ static int insert_parent(CH_T *h, path *p, int lvl, const uint8_t *sep, dm_gaddr
         }
         if (lvl == 1 && LEAF_TAGS && untag(get64(lptr)) == untag(left)) put64(lptr, DM_GADDR_WITH_TAG(left, lver));
         if (k <= ICAP) {
-            uint8_t out[NODE_BYTES];
-            kvidx_pack(out, NODE_LINES, n, kvidx_next_ver((uint8_t)v), 0);
-            uint64_t old = 0;
-            rc = dm_write(h->ctx, g, out, NODE_BYTES);
-            if (rc == DM_OK) rc = kvidx_post_unlock(&h->lk, lock_of(g), word, &old);
-            if (rc == DM_OK) rc = dm_submit(h->ctx);
-            else dm_discard(h->ctx);
-            if (rc != DM_OK) return dmerr(h, rc);
-            if (old != word) h->st.lease_lost++;
-            uint8_t *c = kvidx_cache_put(&h->cache, g);
-            if (c) memcpy(c, n, NODE_PAYLOAD);
-            return DM_OK;
+            return write_internal_unlock(h, g, n, v, word);
         }
         /* full: split this internal node (k == ICAP + 1 entries held in a larger buffer) */
         rc = fill_pool(h);
@@ -781,18 +787,7 @@ static int retag_parent(CH_T *h, const path *p, const uint8_t *key, dm_gaddr lea
         int exact = ptr && DM_GADDR_TAG(get64(ptr)) == ov;
         if (!ptr || (!exact && to == leaf)) return dmerr(h, kvidx_unlock(&h->lk, lock_of(g), word));
         put64(ptr, DM_GADDR_WITH_TAG(to, exact ? nv : 0));
-        uint8_t out[NODE_BYTES];
-        kvidx_pack(out, NODE_LINES, n, kvidx_next_ver((uint8_t)v), 0);
-        uint64_t old = 0;
-        rc = dm_write(h->ctx, g, out, NODE_BYTES);
-        if (rc == DM_OK) rc = kvidx_post_unlock(&h->lk, lock_of(g), word, &old);
-        if (rc == DM_OK) rc = dm_submit(h->ctx);
-        else dm_discard(h->ctx);
-        if (rc != DM_OK) return dmerr(h, rc);
-        if (old != word) h->st.lease_lost++;
-        uint8_t *c = kvidx_cache_put(&h->cache, g);
-        if (c) memcpy(c, n, NODE_PAYLOAD);
-        return DM_OK;
+        return write_internal_unlock(h, g, n, v, word);
     }
 }
 

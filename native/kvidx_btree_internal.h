@@ -1036,6 +1036,7 @@ static int range_take(CH_T *h, const uint8_t *pay, const uint8_t *cur, const uin
 }
 
 #define SCAN_PREFETCH 32
+#define SCAN_LEAF_CAP (KVDM_SHERMAN ? ICAP : LEAF_CAP) /* entries a full leaf holds */
 
 /* Read the leaves the cached parent of cur lists up to hi (starting with leaf g) in one
  * doorbell and take each whose lines agree and that starts exactly where the scan stands
@@ -1049,7 +1050,13 @@ static int range_prefetch(CH_T *h, const path *p, dm_gaddr *g, uint8_t *cur, con
     int k = nkeys(par), pos = 0, nl = 0;
     while (pos < k && kcmp(cient(par, pos), cur) <= 0) pos++; /* child pos-1 (or leftmost) holds cur */
     list[nl++] = *g;
-    for (; pos < k && nl < SCAN_PREFETCH && kcmp(cient(par, pos), hi) <= 0; pos++)
+    int most = SCAN_PREFETCH;
+    if (limit) { /* a limited scan needs the leaves its remaining entries fill at half occupancy, no more */
+        uint64_t half = SCAN_LEAF_CAP / 2 > 0 ? SCAN_LEAF_CAP / 2 : 1, left = limit > h->rn ? limit - h->rn : 0;
+        uint64_t need = 1 + (left + half - 1) / half;
+        if (need < (uint64_t)most) most = (int)need;
+    }
+    for (; pos < k && nl < most && kcmp(cient(par, pos), hi) <= 0; pos++)
         list[nl++] = untag(get64(cient(par, pos) + KB));
     if (nl < 2) return 0;
     if (!h->scan && !(h->scan = malloc((size_t)SCAN_PREFETCH * NODE_BYTES))) {

@@ -226,3 +226,21 @@ def test_stale_cache_is_repaired_after_other_clients_split(shm_node, name: str) 
     c = a.counters()
     assert c["go_right"] == 0 and c["cache_miss"] == 0
     assert c["reads"] <= 1.1 * probe.size
+
+
+@pytest.mark.parametrize("name", ["chime", "sherman"])
+def test_limited_range_prefetches_only_the_leaves_it_can_need(dm, name: str) -> None:
+    """A scan limited to 18 entries reads the leaves 18 entries fill at half occupancy (2),
+    not every leaf its cached parent lists (it read ~16 x 2 KB on SHA-256 keys), still in one
+    round trip."""
+    idx = kindex.open(name, dm, 32, root_slot=11)
+    keys = make_keys(np.arange(1, 20_001), 32)
+    idx.put(keys, np.arange(keys.shape[0], dtype=np.uint64))
+    idx.get(keys[:500])  # warm the cache of internal nodes
+    hi = np.full(32, 255, np.uint8)
+    idx.reset_counters()
+    for k in keys[:100]:
+        got, _ = idx.range(k, hi, 18)
+        assert got.shape[0] == 18 and bytes(got[0]) == bytes(k)
+    c = idx.counters()
+    assert c["reads"] <= 2 * 100 and c["rtts"] <= 1.05 * 100

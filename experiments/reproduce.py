@@ -105,7 +105,8 @@ class ReproduceConfig:
             return (f"open-loop replay at {self.fig3_mode.split(':')[1]}x the trace's pace (timestamps / "
                     f"{self.fig3_mode.split(':')[1]}), 1 client")
         return ("compressed, unloaded replay: 1 client, ops one at a time back to back, binned by trace time "
-                "(the real-time run offers ~13 ops/s: same per-op latencies; --realtime for the real-time run)")
+                "(the real-time run offers ~13 ops/s, also unloaded: the same medians; a paced client's tails are "
+                "higher, see the report; --realtime or --fig3-mode compressed:X to pace it)")
 
 
 def log(msg: str) -> None:

@@ -198,7 +198,12 @@ def _why_fig3(rp: Reproduction, by: dict[str, Run]) -> str:
                    "within this box's noise.")
         why.append(f"A range costs {_f(cr, '', 2)} RTT and {_f(crb, ' B', 0)} on CHIME against {_f(sr, '', 2)} RTT "
                    f"and {_f(srb, ' B', 0)} on Sherman: the difference the paper attributes to sorted leaves "
-                   "(Sherman) against hash leaves that must be read whole (CHIME).")
+                   "(Sherman) against hash leaves that must be read whole (CHIME). A range asks for at most "
+                   f"{_f(_whole(by['chime'], 'range', 'blocks') / _whole(by['chime'], 'range', 'ops'))} entries "
+                   "on average yet reads tens of KB on both: the native range scans read up to 32 leaves their "
+                   "cached parent lists below the upper bound in one doorbell, whatever the limit (range_prefetch "
+                   "in native/kvidx_btree_internal.h; an index-side cost worth fixing; "
+                   f"{_f(crb / bw, ' µs', 1)} of modelled transfer per range here).")
     if "redis" in by:
         rg, rr = _whole(by["redis"], "get", "rtts_per_op"), _whole(by["redis"], "range", "rtts_per_op")
         why.append(f"Redis pays a kernel TCP round trip per command ({_f(rg, '', 2)}"

@@ -10,6 +10,15 @@ from typing import Any
 from kvdm.experiments.cli import UsageError, choices_type
 from kvdm.experiments.options import add_transport_options, transport_config
 from kvdm.experiments.options_redis import add_redis_options, given_redis_flags, redis_options
+from kvdm.experiments.replay import parse_mode
+
+
+def _mode(text: str) -> str:
+    try:
+        parse_mode(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def _csv(kind: Any, what: str) -> Any:
@@ -36,7 +45,7 @@ def register(sub: Any) -> None:
         "uses a compressed, unloaded replay by default (1 client, ops back to back, binned by trace time: the "
         "same latencies as the 59-minute real-time run); --realtime replays at the trace's timestamps. Writes "
         "OUT/figures/*.png (+ .csv for trace figures), OUT/runs/<run>/ (for `kvdm plot`), OUT/report.md "
-        "and OUT/report.html.")
+        "and OUT/report.html. The latency model defaults to virtual here (RTT 2 us, 100 Gb/s).")
     p.add_argument("--out", default="reproduction", help="output folder (default ./reproduction)")
     p.add_argument("--quick", action="store_true",
                    help="small version (the 400-request conversation fixture, 0.5-min bins, clients 1,2, "
@@ -49,7 +58,11 @@ def register(sub: Any) -> None:
                    help="index backends for Fig. 3 and the load curves (default chime,sherman,redis)")
     p.add_argument("--limit", type=int, default=0, metavar="N", help="use only the first N requests of each trace")
     p.add_argument("--realtime", action="store_true",
-                   help="Fig. 3 at the trace's own timestamps (the full conversation trace takes 59 min per backend)")
+                   help="Fig. 3 at the trace's own timestamps (the full conversation trace takes 59 min per "
+                   "backend); the same as --fig3-mode realtime")
+    p.add_argument("--fig3-mode", type=_mode, default=None, metavar="MODE",
+                   help="Fig. 3 replay mode: closed (default: compressed and unloaded, 1 client, ops back to "
+                   "back), realtime, or compressed:X (open loop at X times the trace's pace)")
     p.add_argument("--range-semantics", type=choices_type(RANGE_SEMANTICS, "range semantics"), default="scan",
                    help="scan (default: from the run's first key, at most run-length entries) or bounds "
                    "([min, max] of the run's keys: ~69,000 entries per range on SHA-256 keys, very slow)")
@@ -85,7 +98,10 @@ def config_from_args(args: argparse.Namespace) -> Any:
             raise UsageError(f"unknown backend {b!r}; valid: {', '.join(available())}")
     if given_redis_flags(args) and "redis" not in given.get("backends", ("redis",)):
         raise UsageError(f"{', '.join(given_redis_flags(args))} only apply when redis is among --backends")
-    common = {"out": Path(args.out), "limit": args.limit, "realtime": args.realtime,
+    if args.realtime and args.fig3_mode not in (None, "realtime"):
+        raise UsageError(f"--realtime and --fig3-mode {args.fig3_mode} contradict each other")
+    common = {"out": Path(args.out), "limit": args.limit,
+              "fig3_mode": "realtime" if args.realtime else (args.fig3_mode or "closed"),
               "range_semantics": args.range_semantics, "transport": transport_config(args),
               "cache_mb": args.cache_mb, "redis_options": redis_options(args, start_local=False),
               "steps": tuple(args.steps), "resume": args.resume, **given}

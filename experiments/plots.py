@@ -164,7 +164,7 @@ def plot_runs(runs: Sequence[Run], metric: str, op: str, by: str, out: str | Pat
     ax.set_title(title or f"{op if by != 'op' else 'per op'} {metric} by {by}", fontsize=10)
     bottom = 0.0
     if note:
-        lines = [w for line in note.split("\n") for w in textwrap.wrap(line, 150)]
+        lines = [w for line in note.split("\n") for w in textwrap.wrap(line, 135)]
         fig.text(0.01, 0.01, "\n".join(lines), fontsize=7, color="0.3")
         bottom = 0.01 + 0.028 * len(lines)
     fig.tight_layout(rect=(0, bottom, 1, 1))
@@ -231,7 +231,8 @@ def _by_op(ax: Any, runs: Sequence[Run], col: str) -> None:
         vals = [float(whole.loc[o, col]) if o in whole.index and col in whole.columns else np.nan for o in ops]
         bars = ax.bar(x + (i - (len(runs) - 1) / 2) * width, np.nan_to_num(vals), width, label=lab)
         for b, v in zip(bars, vals, strict=True):
-            ax.annotate("n/a" if np.isnan(v) else f"{v:,.3g}", (b.get_x() + b.get_width() / 2, b.get_height()),
+            text = "n/a" if np.isnan(v) else f"{v:,.0f}" if v >= 100 else f"{v:.3g}"
+            ax.annotate(text, (b.get_x() + b.get_width() / 2, b.get_height()),
                         ha="center", va="bottom", fontsize=6)
     ax.set_xticks(x, ops)
     ax.set_xlabel("op type")

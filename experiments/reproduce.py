@@ -10,7 +10,10 @@ Steps (each can be left out with ``steps``):
    client issuing operations one at a time, back to back (closed loop), binned by trace time.
    The real-time trace offers ~13 index ops/s, far below what one client serves, so every op of
    the real-time run also finds the system idle: the per-op latencies are the same, measured in
-   a minute instead of an hour per backend. ``realtime=True`` replays at the trace's timestamps.
+   a minute instead of an hour per backend. ``fig3_mode`` ``realtime`` replays at the trace's
+   timestamps, ``compressed:X`` at X times their pace (open loop, 1 client). Measured caveat: on a
+   busy machine p50s agree but tails grow when a client idles between requests (cold caches,
+   other processes taking the core); the report compares the two from the load-curve runs.
    Range ops use ``range_semantics`` (default ``scan``, see :mod:`kvdm.traces.mapping`). Fig.
    3a/3b (range / get p99 per bin) and the RTT and byte costs per op come from these runs;
 3. ``load``: per backend, a closed-loop sweep of client counts and open-loop replays compressed
@@ -30,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from kvdm.experiments.plots import Run, load_runs, plot_runs
-from kvdm.experiments.replay import ReplayConfig, replay
+from kvdm.experiments.replay import ReplayConfig, parse_mode, replay
 from kvdm.experiments.report import Report
 from kvdm.experiments.results import RunResults
 from kvdm.index import IndexSpec
@@ -55,7 +58,7 @@ class ReproduceConfig:
     backends: tuple[str, ...] = ("chime", "sherman", "redis")
     limit: int = 0                    # requests of each trace (0 = all)
     transport: TransportConfig = field(default_factory=lambda: TransportConfig(latency_model="virtual"))
-    realtime: bool = False
+    fig3_mode: str = "closed"         # closed (compressed, unloaded), realtime or compressed:X
     range_semantics: str = "scan"
     warmup_min: float = 10.0
     bin_min: float = 10.0
@@ -85,6 +88,7 @@ class ReproduceConfig:
             raise ValueError("--backends: give at least one backend")
         if any(c < 1 for c in self.clients) or any(x <= 0 for x in self.compress):
             raise ValueError("--clients values must be >= 1 and --compress factors > 0")
+        parse_mode(self.fig3_mode)
 
     def latency_note(self) -> str:
         t = self.transport
@@ -95,10 +99,14 @@ class ReproduceConfig:
         return f"chime/sherman: {t.transport} transport, {model}; redis: a real redis-server over loopback TCP"
 
     def mode_note(self) -> str:
-        if self.realtime:
+        if self.fig3_mode == "realtime":
             return "real-time replay at the trace's timestamps, 1 client"
+        if self.fig3_mode != "closed":
+            return (f"open-loop replay at {self.fig3_mode.split(':')[1]}x the trace's pace (timestamps / "
+                    f"{self.fig3_mode.split(':')[1]}), 1 client")
         return ("compressed, unloaded replay: 1 client, ops one at a time back to back, binned by trace time "
-                "(the real-time run offers ~13 ops/s: same per-op latencies; --realtime for the real-time run)")
+                "(the real-time run offers ~13 ops/s, also unloaded: the same medians; a paced client's tails are "
+                "higher, see the report; --realtime or --fig3-mode compressed:X to pace it)")
 
 
 def log(msg: str) -> None:
@@ -196,23 +204,25 @@ class Reproduction:
 
     def fig3_runs(self) -> None:
         cfg = self.cfg
-        mode = "realtime" if cfg.realtime else "closed"
+        mode = cfg.fig3_mode
+        suffix = "" if mode == "closed" else "-" + mode.replace("compressed:", "x")
         for trace in cfg.fig3_traces:
             tname = self.stream(trace).trace_name
-            runs = [self.replay_run(f"fig3-{tname}-{b}", trace, b, "fig3", clients=1, mode=mode,
+            runs = [self.replay_run(f"fig3-{tname}-{b}{suffix}", trace, b, "fig3", clients=1, mode=mode,
                                     warmup_min=cfg.warmup_min, bin_min=cfg.bin_min) for b in cfg.backends]
             self.fig3[tname] = runs
             note = (f"{cfg.latency_note()}.\n{cfg.mode_note()}.\n32 B SHA-256 keys, 8 B values; "
                     f"range = {_range_note(cfg.range_semantics)}")
             ref = (PAPER_REDIS_P99_US, "paper: Redis p99 > 100 µs") if "redis" in cfg.backends else None
+            tag = f"{tname}{suffix}"
             self.fig3_figs[tname] = [
-                plot_runs(runs, "p99", "range", "bin", self.figs / f"fig3a_{tname}.png", reference=ref, log_y=True,
+                plot_runs(runs, "p99", "range", "bin", self.figs / f"fig3a_{tag}.png", reference=ref, log_y=True,
                           title=f"Fig. 3a: range-query p99 per {cfg.bin_min:g}-min bin ({tname})", note=note),
-                plot_runs(runs, "p99", "get", "bin", self.figs / f"fig3b_{tname}.png", reference=ref, log_y=True,
+                plot_runs(runs, "p99", "get", "bin", self.figs / f"fig3b_{tag}.png", reference=ref, log_y=True,
                           title=f"Fig. 3b: get p99 per {cfg.bin_min:g}-min bin ({tname})", note=note),
-                plot_runs(runs, "rtts", "get", "op", self.figs / f"cost_rtts_{tname}.png",
+                plot_runs(runs, "rtts", "get", "op", self.figs / f"cost_rtts_{tag}.png",
                           title=f"round trips per op ({tname}, Fig. 3 runs)", note=cfg.latency_note()),
-                plot_runs(runs, "bytes", "get", "op", self.figs / f"cost_bytes_{tname}.png", log_y=True,
+                plot_runs(runs, "bytes", "get", "op", self.figs / f"cost_bytes_{tag}.png", log_y=True,
                           title=f"bytes read per op ({tname}, Fig. 3 runs; redis: not counted)",
                           note=cfg.latency_note()),
             ]

@@ -22,10 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402 (the backend must be chosen first)
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
@@ -82,6 +78,17 @@ class Run:
     def throughput(self) -> float:
         """Operations per second over the run, every op type (warm-up excluded)."""
         return float(self.whole["ops_per_s"].sum())
+
+
+def pyplot() -> Any:
+    """matplotlib's pyplot on the file-only Agg backend, imported on first use (the CLI builds
+    its parser from this module's constants without paying for, or depending on, matplotlib)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def load_runs(paths: Sequence[str | Path]) -> list[Run]:
@@ -146,6 +153,7 @@ def plot_runs(runs: Sequence[Run], metric: str, op: str, by: str, out: str | Pat
     col = _column(runs, metric)
     if by != "op":
         _check_op(runs, op)
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.6))
     ylabel = METRICS[metric][1]
     if by == "bin":

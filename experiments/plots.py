@@ -227,6 +227,9 @@ def _by_load(ax: Any, runs: Sequence[Run], col: str, op: str, by: str) -> None:
                     "compressed:", "x")
                 ax.annotate(tag, (x, y), fontsize=6, color=line.get_color(), xytext=(3, 3),
                             textcoords="offset points")
+    xs = [x for line in ax.get_lines() for x in line.get_xdata()]
+    if by == "throughput" and xs and min(xs) > 0 and max(xs) / min(xs) > 30:
+        ax.set_xscale("log")  # compressed replays span orders of magnitude of offered load
     ax.set_xlabel("client processes" if by == "clients" else "throughput, all op types (ops/s)")
 
 

@@ -81,8 +81,9 @@ def _latency_model_section(rep: Report, rp: Reproduction) -> None:
           "time without waiting; 'spin' would burn a core per client waiting, which on this shared 2-core "
           "box would distort the other clients and processes, and for an unloaded replay it measures the same "
           "sum. Redis is a real redis-server over loopback TCP (the kernel network stack, ~30-45 µs round "
-          "trips here), as the paper ran it over a real network. Every latency includes kvdm's Python "
-          "harness around each op (a few µs), the same for every backend.")
+          "trips here), as the paper ran it over a real network. The native indexes' ops are run and "
+          "timed in C (replay's C loop: no Python inside an op); Redis ops are timed around the redis-py "
+          "call, whose client-side cost is part of what a Redis user pays.")
 
 
 def _trace_section(rep: Report, rp: Reproduction, out: Path) -> None:
@@ -200,10 +201,9 @@ def _why_fig3(rp: Reproduction, by: dict[str, Run]) -> str:
                    f"and {_f(srb, ' B', 0)} on Sherman: the difference the paper attributes to sorted leaves "
                    "(Sherman) against hash leaves that must be read whole (CHIME). A range asks for at most "
                    f"{_f(_whole(by['chime'], 'range', 'blocks') / _whole(by['chime'], 'range', 'ops'))} entries "
-                   "on average yet reads tens of KB on both: the native range scans read up to 32 leaves their "
-                   "cached parent lists below the upper bound in one doorbell, whatever the limit (range_prefetch "
-                   "in native/kvidx_btree_internal.h; an index-side cost worth fixing; "
-                   f"{_f(crb / bw, ' µs', 1)} of modelled transfer per range here).")
+                   "on average: a scan prefetches, in one doorbell, the leaves those entries fill at half "
+                   "occupancy (range_prefetch in native/kvidx_btree_internal.h), so it reads a few whole leaves "
+                   f"({_f(crb / bw, ' µs', 1)} of modelled transfer per range on CHIME here).")
     if "redis" in by:
         rg, rr = _whole(by["redis"], "get", "rtts_per_op"), _whole(by["redis"], "range", "rtts_per_op")
         why.append(f"Redis pays a kernel TCP round trip per command ({_f(rg, '', 2)}"

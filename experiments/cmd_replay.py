@@ -14,10 +14,8 @@ from kvdm.experiments.options import add_transport_options, transport_config
 from kvdm.experiments.replay import DRIVERS, ReplayConfig, parse_mode, replay
 from kvdm.experiments.results import RunResults
 from kvdm.index import IndexSpec, available
-
-MAPPINGS = ("paper", "prefix")
-KEY_SCHEMES = ("id", "u64", "sha256")
-INSERTS = ("timed", "untimed", "none")
+from kvdm.traces.mapping import INSERT_MODES as INSERTS
+from kvdm.traces.mapping import KEY_SCHEMES, MAPPINGS, RANGE_SEMANTICS
 
 
 def _mode(text: str) -> str:
@@ -106,6 +104,10 @@ def register(sub: Any) -> None:
                    help="minutes of trace time excluded from the whole-run figures (the paper uses 10)")
     p.add_argument("--bin-min", type=float, default=10.0, help="minutes of trace time per bin (default 10)")
     p.add_argument("--out", default=None, help="results directory (default results/run-<time>-<index>)")
+    p.add_argument("--range-semantics", type=choices_type(RANGE_SEMANTICS, "range semantics"), default="bounds",
+                   help="paper mapping: what a range op over a run asks: bounds ([min, max] of the run's keys; "
+                   "on hash keys this spans unrelated keys) or scan (from the run's first key, at most the run's "
+                   "length entries: what a B+tree range over an adjacent run costs); default bounds")
     p.add_argument("--driver", type=choices_type(DRIVERS, "driver"), default="auto",
                    help="measuring loop: c (native indexes: each op run and timed in C, no Python per op), "
                    "python (op by op from Python: what bounds the harness), auto (c where the backend has "
@@ -121,7 +123,7 @@ def config_from_args(args: argparse.Namespace) -> ReplayConfig:
         trace=args.trace, index=index_spec(args, key_bytes), transport=transport_config(args),
         clients=args.clients, mapping=args.mapping, key_scheme=args.key_scheme, inserts=args.inserts,
         mode=args.mode, duration_s=args.duration, warmup_min=args.warmup_min, bin_min=args.bin_min,
-        driver=args.driver,
+        driver=args.driver, range_semantics=args.range_semantics,
         name=args.out or f"results/run-{time.strftime('%Y%m%d-%H%M%S')}-{args.index}",
     )
 

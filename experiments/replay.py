@@ -99,6 +99,7 @@ class ReplayConfig:
     bin_min: float = 10.0
     name: str = ""
     driver: str = "auto"         # auto: the backend's C loop where it has one (native indexes), else Python
+    range_semantics: str = "bounds"  # paper mapping: what a range op over a run asks (kvdm.traces.mapping)
 
     def __post_init__(self) -> None:
         parse_mode(self.mode)
@@ -118,7 +119,8 @@ class ReplayConfig:
             ("transport", t.describe() if native else "n/a (not a remote-memory index)"),
             ("clients", f"{self.clients} processes, measuring loop: {self.driver}"),
             ("trace", self.trace),
-            ("mapping", f"{self.mapping}, inserts {self.inserts}"),
+            ("mapping", f"{self.mapping}, inserts {self.inserts}"
+                        + (f", ranges: {self.range_semantics}" if self.mapping == "paper" else "")),
             ("keys", f"{self.key_scheme} ({self.index.key_bytes} B)"),
             ("mode", self.mode + (f", stop after {self.duration_s:g} s" if self.duration_s else "")),
             ("bins", f"{self.bin_min:g} min of trace time, warm-up {self.warmup_min:g} min"),
@@ -146,7 +148,7 @@ def _load_stream(cfg: ReplayConfig) -> Any:
     from kvdm.traces.mapping import map_trace
     from kvdm.traces.registry import load
 
-    return map_trace(load(cfg.trace), cfg.mapping, cfg.key_scheme, cfg.inserts)
+    return map_trace(load(cfg.trace), cfg.mapping, cfg.key_scheme, cfg.inserts, range_semantics=cfg.range_semantics)
 
 
 def _op_hits(index: Any, stream: Any, j: int, kind: int, keys: np.ndarray) -> int:

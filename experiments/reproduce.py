@@ -192,7 +192,8 @@ class Reproduction:
             return load_runs([d])[0]
         stream = self.stream(trace)
         rc = ReplayConfig(trace=trace, index=self.index_spec(backend), transport=self.cfg.transport,
-                          mapping="paper", key_scheme="sha256", inserts="timed", name=run_name, **kw)
+                          mapping="paper", key_scheme="sha256", inserts="timed", name=run_name,
+                          range_semantics=self.cfg.range_semantics, **kw)
         log(f"{run_name}: {backend}, {rc.clients} client(s), mode {rc.mode}"
             + (f", at most {rc.duration_s:g} s" if rc.duration_s else "") + f" ({stream.n_ops:,} ops in the trace)")
         t = time.perf_counter()

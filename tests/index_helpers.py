@@ -12,6 +12,10 @@ import numpy as np
 import kvdm.index as kindex
 from kvdm.transport import TransportConfig, connect
 
+# The native backends every index suite runs (over shm on the host, over verbs in the SoftRoCE
+# guest through the `fabric` fixture): a new backend joins all of them here.
+BACKENDS = ["chime", "sherman"]
+
 
 def make_keys(ints: Any, key_bytes: int) -> np.ndarray:
     """Distinct non-reserved keys from positive integers: the integers themselves (8 B) or

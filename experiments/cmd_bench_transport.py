@@ -2,19 +2,28 @@
 
 For every (clients, verb, size, batch) it prints verbs/s, ns per verb and the counters per
 verb, which must show the accounting: RTTs per verb = 1/batch, bytes per verb = the size.
+Each client count runs all its cases in the same client processes. Over verbs on a software
+RDMA device (SoftRoCE rdma_rxe, siw) or on a CPU emulated by qemu TCG the figures are
+labelled EMULATION FIGURES: they check behaviour, they are not hardware latencies.
 """
 
 from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import queue
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from kvdm.experiments.cli import UsageError, group
 from kvdm.experiments.options import add_transport_options, transport_config
 from kvdm.transport import TransportConfig, connect, memory_nodes, parse_size
+
+SYS_IB = Path("/sys/class/infiniband")
 
 # name -> (dm bench op, bytes)
 VERBS: dict[str, tuple[str, int]] = {
@@ -85,39 +94,62 @@ def register(sub: Any) -> None:
     p.set_defaults(func=cmd_bench_transport)
 
 
-def _client(cfg: TransportConfig, uris: list[str], base: int, case: BenchCase, seed: int,
+def _client(cfg: TransportConfig, uris: list[str], base: int, cases: list[BenchCase], seed: int,
             barrier: Any, out: Any) -> None:
     ctx = connect(cfg, uris)
-    op, size = VERBS[case.verb]
-    barrier.wait()
-    elapsed = ctx.bench_loop(op, base, case.span, size, case.batch, case.iters, seed)
-    out.put((elapsed, ctx.counters()))
+    for i, case in enumerate(cases):
+        op, size = VERBS[case.verb]
+        barrier.wait()
+        elapsed = ctx.bench_loop(op, base, case.span, size, case.batch, case.iters, seed)
+        out.put((i, elapsed, ctx.counters()))
+        ctx.reset_counters()
+    ctx.close()
 
 
-def run_case(cfg: TransportConfig, uris: list[str], base: int, case: BenchCase) -> BenchResult:
-    """Run one case in ``case.clients`` fresh processes started together."""
+def _next_result(out: Any, procs: list[Any]) -> tuple[int, int, dict[str, int]]:
+    while True:
+        try:
+            return out.get(timeout=0.5)
+        except queue.Empty:
+            dead = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+            if dead or all(p.exitcode is not None for p in procs):
+                raise RuntimeError(f"a bench client exited (status {dead[0] if dead else 0}) "
+                                   "before reporting") from None
+
+
+def run_cases(cfg: TransportConfig, uris: list[str], base: int, cases: list[BenchCase]) -> Iterator[BenchResult]:
+    """Run ``cases`` (all with the same client count) one after the other in the same client
+    processes, started once (a process start costs seconds under emulation); every client
+    starts each case together. Yields each case's result as it completes."""
+    clients = cases[0].clients
     mpc = mp.get_context("spawn")
-    barrier, out = mpc.Barrier(case.clients), mpc.Queue()
-    procs = [mpc.Process(target=_client, args=(cfg, uris, base, case, 7919 * (i + 1), barrier, out))
-             for i in range(case.clients)]
+    barrier, out = mpc.Barrier(clients), mpc.Queue()
+    procs = [mpc.Process(target=_client, args=(cfg, uris, base, cases, 7919 * (i + 1), barrier, out))
+             for i in range(clients)]
     for p in procs:
         p.start()
-    results = [out.get() for _ in procs]
-    for p in procs:
-        p.join()
-        if p.exitcode != 0:
-            raise RuntimeError(f"bench client exited with status {p.exitcode}")
-    total = case.iters * case.clients
-    slowest = max(e for e, _ in results)
-    counters = {k: sum(c[k] for _, c in results) for k in results[0][1]}
-    return BenchResult(
-        case=case,
-        verbs_per_s=total / (slowest / 1e9),
-        ns_per_verb=sum(e for e, _ in results) / total,
-        rtts_per_verb=counters["rtts"] / total,
-        bytes_per_verb=(counters["bytes_read"] + counters["bytes_written"]) / total,
-        virtual_us_per_rtt=counters["virtual_ns"] / max(counters["rtts"], 1) / 1e3,
-    )
+    try:
+        for i, case in enumerate(cases):
+            results = [_next_result(out, procs) for _ in procs]
+            assert all(r[0] == i for r in results), "bench clients out of step"
+            total = case.iters * case.clients
+            slowest = max(e for _, e, _ in results)
+            counters = {k: sum(c[k] for _, _, c in results) for k in results[0][2]}
+            yield BenchResult(
+                case=case,
+                verbs_per_s=total / (slowest / 1e9),
+                ns_per_verb=sum(e for _, e, _ in results) / total,
+                rtts_per_verb=counters["rtts"] / total,
+                bytes_per_verb=(counters["bytes_read"] + counters["bytes_written"]) / total,
+                virtual_us_per_rtt=counters["virtual_ns"] / max(counters["rtts"], 1) / 1e3,
+            )
+        for p in procs:
+            p.join(60)
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+                p.join()
 
 
 def _calibrate(cfg: TransportConfig, uris: list[str], base: int, case: BenchCase, seconds: float) -> int:
@@ -128,14 +160,39 @@ def _calibrate(cfg: TransportConfig, uris: list[str], base: int, case: BenchCase
     return max(1000, int(iters * seconds * 1e9 / max(elapsed, 1)))
 
 
+def emulation_note(cfg: TransportConfig, uris: list[str]) -> str:
+    """A warning when the verbs figures cannot be hardware ones: a software RDMA device
+    (SoftRoCE rdma_rxe or siw: no NIC under it) and/or a CPU emulated by qemu TCG."""
+    if cfg.transport != "verbs":
+        return ""
+    why = []
+    devices = {parse_qs(urlsplit(u).query).get("dev", [""])[0] for u in uris if u.startswith("verbs://")}
+    if "" in devices:  # no dev= in the URI: the client takes the first device
+        devices.discard("")
+        devices.update(sorted(p.name for p in SYS_IB.iterdir())[:1] if SYS_IB.is_dir() else [])
+    soft = sorted(d for d in devices if "/virtual/" in str((SYS_IB / d).resolve()))
+    if soft:
+        why.append(f"{', '.join(soft)} is software RDMA (SoftRoCE/siw: the kernel emulates the NIC)")
+    try:
+        cpu = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        cpu = ""
+    if "QEMU TCG" in cpu:
+        why.append("the CPU is emulated by qemu TCG (~17x slower)")
+    if not why:
+        return ""
+    return "# EMULATION FIGURES, not hardware ones: " + "; ".join(why)
+
+
 def cmd_bench_transport(args: argparse.Namespace) -> int:
     cfg = transport_config(args)
     if args.iters < 1:
         raise UsageError("--iters must be >= 1")
     print(f"# kvdm bench transport: {cfg.describe()}; {args.span} bytes span")
-    if cfg.transport == "verbs":
-        print("# verbs over SoftRoCE in a TCG guest gives emulation figures, not hardware ones")
     with memory_nodes(cfg) as uris:
+        note = emulation_note(cfg, uris)
+        if note:
+            print(note)
         setup = connect(cfg, uris)
         base = setup.alloc(setup.node_ids[0], args.span, 4096)
         header = (f"{'clients':>7} {'verb':>8} {'batch':>5} {'verbs/s':>12} {'ns/verb':>9} "
@@ -144,18 +201,20 @@ def cmd_bench_transport(args: argparse.Namespace) -> int:
             header += f" {'model us/RTT':>12}"
         print(header)
         for clients in args.clients:
-            for verb in args.verbs:
-                for batch in args.batches:
-                    case = BenchCase(verb, batch, clients, args.iters, args.span)
-                    if args.seconds > 0:
-                        case.iters = _calibrate(cfg, uris, base, case, args.seconds)
-                    r = run_case(cfg, uris, base, case)
-                    line = (f"{clients:>7} {verb:>8} {batch:>5} {r.verbs_per_s:>12,.0f} {r.ns_per_verb:>9.1f} "
-                            f"{r.rtts_per_verb:>9.4f} {r.bytes_per_verb:>7.1f}")
-                    if cfg.latency_model != "none":
-                        line += f" {r.virtual_us_per_rtt:>12.2f}"
-                    print(line, flush=True)
+            cases = [BenchCase(verb, batch, clients, args.iters, args.span)
+                     for verb in args.verbs for batch in args.batches]
+            if args.seconds > 0:
+                for case in cases:
+                    case.iters = _calibrate(cfg, uris, base, case, args.seconds)
+            for r in run_cases(cfg, uris, base, cases):
+                line = (f"{clients:>7} {r.case.verb:>8} {r.case.batch:>5} {r.verbs_per_s:>12,.0f} "
+                        f"{r.ns_per_verb:>9.1f} {r.rtts_per_verb:>9.4f} {r.bytes_per_verb:>7.1f}")
+                if cfg.latency_model != "none":
+                    line += f" {r.virtual_us_per_rtt:>12.2f}"
+                print(line, flush=True)
         setup.close()
     print("# ns/verb is per client (elapsed / verbs it issued); verbs/s sums all clients",
           file=sys.stderr)
+    if note:
+        print(note, file=sys.stderr)
     return 0

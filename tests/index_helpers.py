@@ -12,7 +12,9 @@ import numpy as np
 import kvdm.index as kindex
 from kvdm.transport import TransportConfig, connect
 
-#: every native index backend, and those that keep key order (range queries)
+# The native backends every index suite runs (over shm on the host, over verbs in the SoftRoCE
+# guest through the `fabric` fixture), and those that keep key order (range queries): a new
+# backend joins all of them here.
 NATIVE_BACKENDS = ["chime", "sherman", "race"]
 ORDERED_BACKENDS = ["chime", "sherman"]
 

@@ -1,28 +1,23 @@
-"""Native indexes under concurrency: client processes (spawned, each with its own transport
-context) on shared shm memory nodes, with and without tear injection; crash recovery through
-lock leases; a full memory node."""
+"""Native indexes under concurrency: client processes (each with its own transport context) on
+shared memory nodes of every transport (the ``fabric`` fixture: shm here, verbs in the SoftRoCE
+guest), with and without tear injection (shm); crash recovery through lock leases; a full
+memory node."""
 
 from __future__ import annotations
 
 import contextlib
-import multiprocessing as mp
 import time
 
 import numpy as np
 import pytest
-from index_helpers import (
-    NATIVE_BACKENDS,
-    crash_holding_lock,
-    encode,
-    make_keys,
-    open_client,
-    reader_proc,
-    writer_proc,
-)
+from index_helpers import NATIVE_BACKENDS, crash_holding_lock, encode, make_keys, open_client, reader_proc, writer_proc
 
-from kvdm.transport import MemoryNodeFull, ShmMemoryNode, TransportConfig, connect
+from kvdm.transport import MemoryNodeFull
 
-SPAWN = mp.get_context("spawn")
+
+def skip_tear(fabric, tear: bool) -> None:
+    if tear and fabric.name != "shm":
+        pytest.skip("tear injection is a fault model of the shm transport")
 
 
 def run_all(procs: list) -> None:
@@ -37,18 +32,19 @@ def run_all(procs: list) -> None:
 @pytest.mark.parametrize("tear", [False, True])
 @pytest.mark.parametrize("key_bytes", [8, 32])
 @pytest.mark.parametrize("name", NATIVE_BACKENDS)
-def test_four_writers_lose_nothing(name: str, key_bytes: int, tear: bool) -> None:
+def test_four_writers_lose_nothing(name: str, key_bytes: int, tear: bool, fabric) -> None:
     """4 processes insert disjoint ranges plus one range they all write; nothing is lost and
     every shared key holds a value one of them wrote for it."""
-    per, shared = 2500, np.arange(100_001, 100_601, dtype=np.uint64)
+    skip_tear(fabric, tear)
+    per, shared = fabric.pick(2500, 600), np.arange(100_001, 100_001 + fabric.pick(600, 200), dtype=np.uint64)
     opts = {"cache_mb": 1.0}
-    with ShmMemoryNode(64 << 20) as node:
+    with fabric.start_node(64 << 20) as node:
         open_client(node.uri, name, key_bytes, **opts).close()  # create before the race
         work = [np.concatenate([np.arange(1 + w * per, 1 + (w + 1) * per, dtype=np.uint64), shared])
                 for w in range(4)]
         for w in work:
             np.random.default_rng(len(w)).shuffle(w)
-        run_all([SPAWN.Process(target=writer_proc,
+        run_all([fabric.mp.Process(target=writer_proc,
                                args=(node.uri, name, key_bytes, tear, work[w], w + 1, 64, opts))
                  for w in range(4)])
         idx = open_client(node.uri, name, key_bytes, **opts)
@@ -76,20 +72,21 @@ def test_four_writers_lose_nothing(name: str, key_bytes: int, tear: bool) -> Non
 @pytest.mark.parametrize("tear", [False, True])
 @pytest.mark.parametrize("key_bytes", [8, 32])
 @pytest.mark.parametrize("name", NATIVE_BACKENDS)
-def test_readers_see_only_written_values(name: str, key_bytes: int, tear: bool) -> None:
+def test_readers_see_only_written_values(name: str, key_bytes: int, tear: bool, fabric) -> None:
     """2 writers overwrite and extend (splitting leaves) while 2 readers read: a reader finds a
     key absent or holding a value some writer wrote for that key, never anything else."""
-    ints = np.arange(1, 6001, dtype=np.uint64)
+    skip_tear(fabric, tear)
+    ints = np.arange(1, fabric.pick(6001, 1501), dtype=np.uint64)
     opts = {"cache_mb": 1.0}
-    with ShmMemoryNode(64 << 20) as node:
+    with fabric.start_node(64 << 20) as node:
         seed = open_client(node.uri, name, key_bytes, **opts)
         seed.put(make_keys(ints[::3], key_bytes), encode(ints[::3], 9))
         seed.close()
-        out = SPAWN.Queue()
-        procs = [SPAWN.Process(target=writer_proc,
+        out = fabric.mp.Queue()
+        procs = [fabric.mp.Process(target=writer_proc,
                                args=(node.uri, name, key_bytes, tear, ints[w::2], w + 1, 32, opts))
                  for w in range(2)]
-        procs += [SPAWN.Process(target=reader_proc,
+        procs += [fabric.mp.Process(target=reader_proc,
                                 args=(node.uri, name, key_bytes, tear, ints, [1, 2, 9], 4, out, opts))
                   for _ in range(2)]
         run_all(procs)
@@ -102,13 +99,13 @@ def test_readers_see_only_written_values(name: str, key_bytes: int, tear: bool) 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("key_bytes", [8, 32])
 @pytest.mark.parametrize("name", NATIVE_BACKENDS)
-def test_crashed_lock_holder_does_not_hang_others(name: str, key_bytes: int, shm_node) -> None:
+def test_crashed_lock_holder_does_not_hang_others(name: str, key_bytes: int, fabric, fabric_node) -> None:
     """A client dies holding a leaf lock; another's write to that leaf waits for the lease
     (300 ms) at most, takes the lock over and succeeds."""
-    idx = open_client(shm_node.uri, name, key_bytes, lease_ms=300)
+    idx = open_client(fabric_node.uri, name, key_bytes, lease_ms=300)
     keys = make_keys(np.arange(1, 11, dtype=np.uint64), key_bytes)
     idx.put(keys, np.arange(10, dtype=np.uint64))
-    p = SPAWN.Process(target=crash_holding_lock, args=(shm_node.uri, name, key_bytes, 5, {"lease_ms": 300}))
+    p = fabric.mp.Process(target=crash_holding_lock, args=(fabric_node.uri, name, key_bytes, 5, {"lease_ms": 300}))
     p.start()
     p.join(60)
     assert p.exitcode == 0
@@ -123,16 +120,16 @@ def test_crashed_lock_holder_does_not_hang_others(name: str, key_bytes: int, shm
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("name", NATIVE_BACKENDS)
-def test_lock_timeout_is_an_error(name: str, shm_node) -> None:
+def test_lock_timeout_is_an_error(name: str, fabric_node) -> None:
     """A live lock holder with a long lease: a writer gives up after max_wait_ms with an error
     naming the holder, instead of hanging."""
     from kvdm.index.native import LockTimeout
 
-    holder = open_client(shm_node.uri, name, 8, lease_ms=60_000)
+    holder = open_client(fabric_node.uri, name, 8, lease_ms=60_000)
     keys = make_keys([7], 8)
     holder.put(keys, np.array([1], dtype=np.uint64))
     holder.debug_hold_lock(keys)
-    other = open_client(shm_node.uri, name, 8, max_wait_ms=200)
+    other = open_client(fabric_node.uri, name, 8, max_wait_ms=200)
     with pytest.raises(LockTimeout, match="gave up on lock"):
         other.put(keys, np.array([2], dtype=np.uint64))
     assert other.get_one(keys[0]) == 1  # readers are never blocked
@@ -143,9 +140,9 @@ def test_lock_timeout_is_an_error(name: str, shm_node) -> None:
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("key_bytes", [8, 32])
 @pytest.mark.parametrize("name", NATIVE_BACKENDS)
-def test_memory_node_full_keeps_index_consistent(name: str, key_bytes: int) -> None:
-    with ShmMemoryNode(1 << 20) as node:
-        ctx = connect(TransportConfig(chunk_bytes=16 << 10), [node.uri])
+def test_memory_node_full_keeps_index_consistent(name: str, key_bytes: int, fabric) -> None:
+    with fabric.start_node(1 << 20) as node:
+        ctx = fabric.connect([node.uri], chunk_bytes=16 << 10)
         import kvdm.index as kindex
 
         idx = kindex.open(name, ctx, key_bytes, cache_mb=1.0)

@@ -17,16 +17,14 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 from index_helpers import NATIVE_BACKENDS, ORDERED_BACKENDS, key_of, make_keys, open_client
 
-from kvdm.transport import ShmMemoryNode
-
 DOMAIN = 6000  # key integers 1..DOMAIN: overlaps make updates and deletes hit
 
 
-def machine(name: str, key_bytes: int) -> type[RuleBasedStateMachine]:
+def machine(name: str, key_bytes: int, fabric) -> type[RuleBasedStateMachine]:
     class IndexModel(RuleBasedStateMachine):
         @initialize(cache_mb=st.sampled_from([0.0, 0.01, 4.0]), window=st.sampled_from([1, 8]))
         def setup(self, cache_mb: float, window: int) -> None:
-            self.node = ShmMemoryNode(32 << 20)
+            self.node = fabric.start_node(32 << 20)
             self.clients = [open_client(self.node.uri, name, key_bytes, cache_mb=cache_mb, window=window),
                             open_client(self.node.uri, name, key_bytes, cache_mb=cache_mb)]
             self.model: dict = {}
@@ -109,14 +107,15 @@ def machine(name: str, key_bytes: int) -> type[RuleBasedStateMachine]:
 
 SETTINGS = settings(max_examples=40, stateful_step_count=40, deadline=None,
                     suppress_health_check=list(HealthCheck))
+VERBS_SETTINGS = settings(SETTINGS, max_examples=3, stateful_step_count=12)  # under TCG emulation
 
 
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("key_bytes", [8, 32])
 @pytest.mark.parametrize("name", NATIVE_BACKENDS)
-def test_model(name: str, key_bytes: int) -> None:
-    m = machine(name, key_bytes)
-    m.TestCase.settings = SETTINGS
+def test_model(name: str, key_bytes: int, fabric) -> None:
+    m = machine(name, key_bytes, fabric)
+    m.TestCase.settings = fabric.pick(SETTINGS, VERBS_SETTINGS)
     m.TestCase().runTest()
 
 

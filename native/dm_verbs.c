@@ -112,6 +112,7 @@ typedef struct vb_dev {
     int inflight;            /* nodes with an unfinished post */
     struct vb_node *owners[VB_SLOTS];
     uint16_t gens[VB_SLOTS];
+    pid_t pid;               /* the process that opened it: a forked child must not destroy its objects */
 } vb_dev;
 
 typedef struct vb_node {
@@ -314,24 +315,32 @@ static int pick_gid(struct ibv_context *c, int port, int tbl_len) {
     return best;
 }
 
-static void stage_free(vb_stage *s) {
-    if (s->mr) ibv_dereg_mr(s->mr);
+/* A context inherited across fork() shares the parent's uverbs file: destroying its QPs, CQ,
+ * MRs or PD from the child would destroy the parent's, under the parent's feet. The child only
+ * frees its own copy of the memory. */
+static int inherited(const vb_dev *d) { return d->pid != getpid(); }
+
+static void stage_free(vb_stage *s, int destroy) {
+    if (s->mr && destroy) ibv_dereg_mr(s->mr);
     free(s->buf);
     memset(s, 0, sizeof *s);
 }
 
 static void dev_release(vb_dev *d) {
     if (!d || --d->refs > 0) return;
-    stage_free(&d->stage);
+    int destroy = !inherited(d);
+    stage_free(&d->stage, destroy);
     while (d->retired) {
         vb_stage *r = d->retired;
         d->retired = r->next;
-        stage_free(r);
+        stage_free(r, destroy);
         free(r);
     }
-    if (d->cq) ibv_destroy_cq(d->cq);
-    if (d->pd) ibv_dealloc_pd(d->pd);
-    if (d->ibctx) ibv_close_device(d->ibctx);
+    if (destroy) {
+        if (d->cq) ibv_destroy_cq(d->cq);
+        if (d->pd) ibv_dealloc_pd(d->pd);
+        if (d->ibctx) ibv_close_device(d->ibctx);
+    }
     free(d);
 }
 
@@ -374,6 +383,7 @@ static int dev_open(dm_ctx *ctx, const char *uri, const vb_uri *u, vb_dev **out)
         ibv_free_device_list(list);
         return dm_fail(ctx, DM_ENOMEM, "out of local memory opening an RDMA device");
     }
+    d->pid = getpid();
     d->refs = 1;
     snprintf(d->name, sizeof d->name, "%s", ibv_get_device_name(dev));
     d->ib_port = u->ib_port;
@@ -435,7 +445,7 @@ static int stage_take(dm_ctx *ctx, vb_dev *d, size_t need, size_t *off) {
         while (d->retired) {
             vb_stage *r = d->retired;
             d->retired = r->next;
-            stage_free(r);
+            stage_free(r, 1);
             free(r);
         }
     }
@@ -462,14 +472,14 @@ static int stage_take(dm_ctx *ctx, vb_dev *d, size_t need, size_t *off) {
         if (d->inflight) { /* other nodes' work still points into the old buffer */
             vb_stage *r = malloc(sizeof *r);
             if (!r) {
-                stage_free(&fresh);
+                stage_free(&fresh, 1);
                 return dm_fail(ctx, DM_ENOMEM, "out of local memory");
             }
             *r = d->stage;
             r->next = d->retired;
             d->retired = r;
         } else {
-            stage_free(&d->stage);
+            stage_free(&d->stage, 1);
         }
     }
     d->stage = fresh;
@@ -691,7 +701,7 @@ static int vb_wait(dm_ctx *ctx, dm_node *node) {
 static void vb_detach(dm_node *node) {
     vb_node *vn = node->impl;
     if (vn) {
-        if (vn->qp) ibv_destroy_qp(vn->qp);
+        if (vn->qp && !(vn->dev && inherited(vn->dev))) ibv_destroy_qp(vn->qp);
         if (vn->sock >= 0) close(vn->sock);
         if (vn->dev) {
             if (vn->slot >= 0) vn->dev->owners[vn->slot] = NULL;

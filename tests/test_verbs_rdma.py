@@ -77,7 +77,7 @@ def _dict_reference(trace: str, clients: int) -> object:
     for c in range(clients):
         index = open_spec(cfg.index)  # private to each client, preloaded by it, as in a replay
         preload(index, stream)
-        results.append(run_client(cfg, c, index, stream, 0.0, threading.Event(), queue.SimpleQueue()))
+        results.append(run_client(cfg, c, index, stream, threading.Barrier(1), threading.Event(), queue.SimpleQueue()))
     return summarise(cfg, stream, results)
 
 

@@ -1181,16 +1181,6 @@ void CH(close)(CH_T *h) {
 
 const char *CH(error)(const CH_T *h) { return h->err; }
 
-/* Per-key latency: wall time plus the time the latency model charged without waiting
- * (latency model `virtual`; 0 otherwise), so every model reports what it models. */
-static uint64_t lat_clock(const CH_T *h) {
-    if (!h->o.add_virtual_ns) return dm_now_ns();
-    dm_counters c;
-    dm_get_counters(h->ctx, &c);
-    return dm_now_ns() + (h->o.add_virtual_ns ? c.virtual_ns : 0);
-}
-#define LAT_BEGIN uint64_t t0 = lat ? lat_clock(h) : 0
-#define LAT_END(i) if (lat) lat[i] = lat_clock(h) - t0
 
 /* Lookups in groups of `window` keys: one doorbell carries every key's first READ(s); the
  * keys whose read needs a retry or a go-right finish one by one. Each key's latency is its
@@ -1198,7 +1188,7 @@ static uint64_t lat_clock(const CH_T *h) {
 static int get_windowed(CH_T *h, const uint8_t *keys, size_t n, uint64_t *vals, uint8_t *found, uint64_t *lat) {
     for (size_t s = 0; s < n; s += h->o.window) {
         size_t m = n - s < h->o.window ? n - s : h->o.window;
-        uint64_t t0 = lat ? lat_clock(h) : 0;
+        LAT_BEGIN;
         int rc = DM_OK;
         for (size_t j = 0; j < m && rc == DM_OK; j++) rc = probe_post(h, keys + (s + j) * KB, &h->probes[j]);
         if (rc == DM_OK) rc = dmerr(h, dm_submit(h->ctx));

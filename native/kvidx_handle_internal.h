@@ -1,7 +1,8 @@
 /*
  * kvidx_handle_internal.h - small helpers every native index implementation shares: error
- * reporting into the handle and key bytes of width KB. Include after defining KB and the
- * handle type KVIDX_HANDLE (a struct with `dm_ctx *ctx` and `char err[...]`).
+ * reporting into the handle, key bytes of width KB and per-key latencies. Include after
+ * defining KB and the handle type KVIDX_HANDLE (a struct with `dm_ctx *ctx`, `char err[...]`
+ * and its `kvidx_opts o`).
  */
 #include <sched.h>
 #include <stdarg.h>
@@ -53,3 +54,15 @@ static inline dm_gaddr untag(dm_gaddr g) { return DM_GADDR_WITH_TAG(g, 0); }
 static void yield_after(unsigned tries) {
     if (tries > 4) sched_yield();
 }
+
+/* Per-key latency: wall time plus the time the latency model charged without waiting (model
+ * `virtual`; 0 otherwise), so every model reports what it models. */
+static uint64_t lat_clock(const KVIDX_HANDLE *h) {
+    if (!h->o.add_virtual_ns) return dm_now_ns();
+    dm_counters c;
+    dm_get_counters(h->ctx, &c);
+    return dm_now_ns() + c.virtual_ns;
+}
+/* around one key's work in a batch call with an optional uint64_t *lat output */
+#define LAT_BEGIN uint64_t t0 = lat ? lat_clock(h) : 0
+#define LAT_END(i) if (lat) lat[i] = lat_clock(h) - t0

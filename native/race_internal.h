@@ -658,13 +658,6 @@ void RC(close)(RC_T *h) {
 
 const char *RC(error)(const RC_T *h) { return h->err; }
 
-/* Per-key latency: wall time plus the modelled time under latency model `virtual`. */
-static uint64_t lat_clock(const RC_T *h) {
-    if (!h->o.add_virtual_ns) return dm_now_ns();
-    dm_counters c;
-    dm_get_counters(h->ctx, &c);
-    return dm_now_ns() + c.virtual_ns;
-}
 
 /* Lookups in groups of `window` keys: one doorbell reads every key's two combined buckets, one
  * more reads every fingerprint-matching KV block; keys with a stale directory entry finish one
@@ -673,7 +666,7 @@ int RC(get)(RC_T *h, const uint8_t *keys, size_t n, uint64_t *vals, uint8_t *fou
     uint8_t slow[KVIDX_MAX_WINDOW];
     for (size_t s = 0; s < n; s += h->o.window) {
         size_t m = n - s < h->o.window ? n - s : h->o.window;
-        uint64_t t0 = lat ? lat_clock(h) : 0;
+        LAT_BEGIN;
         int rc = DM_OK;
         for (size_t j = 0; j < m && rc == DM_OK; j++) rc = probe_post(h, keys + (s + j) * KB, &h->probes[j]);
         if (rc == DM_OK) rc = dmerr(h, dm_submit(h->ctx));
@@ -705,11 +698,11 @@ int RC(get)(RC_T *h, const uint8_t *keys, size_t n, uint64_t *vals, uint8_t *fou
 
 int RC(put)(RC_T *h, const uint8_t *keys, const uint64_t *vals, size_t n, uint64_t *lat) {
     for (size_t i = 0; i < n; i++) {
-        uint64_t t0 = lat ? lat_clock(h) : 0;
+        LAT_BEGIN;
         if (kzero(keys + i * KB)) return herr(h, DM_EINVAL, "key %zu is the reserved all-zero key", i);
         int rc = write_one(h, keys + i * KB, vals[i], 0, NULL);
         if (rc != DM_OK) return rc;
-        if (lat) lat[i] = lat_clock(h) - t0;
+        LAT_END(i);
         h->st.puts++;
     }
     return DM_OK;
@@ -717,10 +710,10 @@ int RC(put)(RC_T *h, const uint8_t *keys, const uint64_t *vals, size_t n, uint64
 
 int RC(delete)(RC_T *h, const uint8_t *keys, size_t n, uint8_t *found, uint64_t *lat) {
     for (size_t i = 0; i < n; i++) {
-        uint64_t t0 = lat ? lat_clock(h) : 0;
+        LAT_BEGIN;
         int rc = write_one(h, keys + i * KB, 0, 1, &found[i]);
         if (rc != DM_OK) return rc;
-        if (lat) lat[i] = lat_clock(h) - t0;
+        LAT_END(i);
         h->st.deletes++;
     }
     return DM_OK;

@@ -576,18 +576,23 @@ static void set_header(uint8_t *pay, int level, const uint8_t *low, const uint8_
     put64(pay + H_SIB, sib);
 }
 
-/* Write a locked internal node's new payload (next version) and release its lock in the same
- * doorbell, then refresh our cached copy. */
-static int write_internal_unlock(CH_T *h, dm_gaddr g, const uint8_t *n, int v, uint64_t word) {
+/* Write a locked node's new payload (next version) and release its lock in the same doorbell. */
+static int write_node_unlock(CH_T *h, dm_gaddr g, const uint8_t *pay, int v, uint64_t word) {
     uint8_t out[NODE_BYTES];
-    kvidx_pack(out, NODE_LINES, n, kvidx_next_ver((uint8_t)v), 0);
+    kvidx_pack(out, NODE_LINES, pay, kvidx_next_ver((uint8_t)v), 0);
     uint64_t old = 0;
     int rc = dm_write(h->ctx, g, out, NODE_BYTES);
     if (rc == DM_OK) rc = kvidx_post_unlock(&h->lk, lock_of(g), word, &old);
     if (rc == DM_OK) rc = dm_submit(h->ctx);
     else dm_discard(h->ctx);
-    if (rc != DM_OK) return dmerr(h, rc);
-    if (old != word) h->st.lease_lost++;
+    if (rc == DM_OK && old != word) h->st.lease_lost++;
+    return dmerr(h, rc);
+}
+
+/* write_node_unlock for an internal node, then refresh our cached copy. */
+static int write_internal_unlock(CH_T *h, dm_gaddr g, const uint8_t *n, int v, uint64_t word) {
+    int rc = write_node_unlock(h, g, n, v, word);
+    if (rc != DM_OK) return rc;
     uint8_t *c = kvidx_cache_put(&h->cache, g);
     if (c) memcpy(c, n, NODE_PAYLOAD);
     return DM_OK;

@@ -68,18 +68,6 @@ static int get_one(CH_T *h, const uint8_t *key, uint64_t *val, uint8_t *found) {
     return DM_OK;
 }
 
-static int write_leaf_unlock(CH_T *h, dm_gaddr leaf, const uint8_t *pay, int v, uint64_t word) {
-    uint8_t raw[NODE_BYTES];
-    kvidx_pack(raw, NODE_LINES, pay, kvidx_next_ver((uint8_t)v), 0);
-    uint64_t old = 0;
-    int rc = dm_write(h->ctx, leaf, raw, NODE_BYTES);
-    if (rc == DM_OK) rc = kvidx_post_unlock(&h->lk, lock_of(leaf), word, &old);
-    if (rc == DM_OK) rc = dm_submit(h->ctx);
-    else dm_discard(h->ctx);
-    if (rc == DM_OK && old != word) h->st.lease_lost++;
-    return dmerr(h, rc);
-}
-
 /* put (del = 0) or delete (del = 1) of one key. */
 static int write_one(CH_T *h, const uint8_t *key, uint64_t val, int del, uint8_t *found) {
     path p;
@@ -98,11 +86,11 @@ static int write_one(CH_T *h, const uint8_t *key, uint64_t val, int del, uint8_t
         memmove(ient(pay, pos), ient(pay, pos + 1), (size_t)(k - pos - 1) * ENTRY);
         memset(ient(pay, k - 1), 0, ENTRY);
         set_nkeys(pay, k - 1);
-        return write_leaf_unlock(h, leaf, pay, v, word);
+        return write_node_unlock(h, leaf, pay, v, word);
     }
     if (hit) {
         put64(ient(pay, pos) + KB, val);
-        return write_leaf_unlock(h, leaf, pay, v, word);
+        return write_node_unlock(h, leaf, pay, v, word);
     }
     if (k >= ICAP && (rc = fill_pool(h)) != DM_OK) { /* allocate before changing anything */
         kvidx_unlock(&h->lk, lock_of(leaf), word);
@@ -112,7 +100,7 @@ static int write_one(CH_T *h, const uint8_t *key, uint64_t val, int del, uint8_t
     memcpy(ient(pay, pos), key, KB);
     put64(ient(pay, pos) + KB, val);
     set_nkeys(pay, ++k);
-    if (k <= ICAP) return write_leaf_unlock(h, leaf, pay, v, word);
+    if (k <= ICAP) return write_node_unlock(h, leaf, pay, v, word);
     /* split: the upper half moves to a new right sibling */
     dm_gaddr s;
     if ((rc = pool_pop(h, &s)) != DM_OK) {

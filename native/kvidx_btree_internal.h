@@ -576,6 +576,18 @@ static void set_header(uint8_t *pay, int level, const uint8_t *low, const uint8_
     put64(pay + H_SIB, sib);
 }
 
+/* Lock node g and read it in the same doorbell: pay gets its payload, *v its version (< 0 if
+ * the lines disagree: torn by a writer whose lease we took over). */
+static int lock_read_node(CH_T *h, dm_gaddr g, uint8_t *pay, uint64_t *word, int *v) {
+    uint8_t raw[NODE_BYTES], nv[NODE_LINES], uv[NODE_LINES];
+    kvidx_read rd = {raw, untag(g), NODE_BYTES};
+    int rc = kvidx_lock_and_read(&h->lk, lock_of(g), &rd, 1, word);
+    if (rc != DM_OK) return dmerr(h, rc);
+    kvidx_unpack(raw, NODE_LINES, pay, nv, uv);
+    *v = agree(nv, uv, NODE_LINES);
+    return DM_OK;
+}
+
 /* Write a locked node's new payload (next version) and release its lock in the same doorbell. */
 static int write_node_unlock(CH_T *h, dm_gaddr g, const uint8_t *pay, int v, uint64_t word) {
     uint8_t out[NODE_BYTES];
@@ -684,16 +696,12 @@ static int insert_parent(CH_T *h, path *p, int lvl, const uint8_t *sep, dm_gaddr
         int rc = descend(h, sep, lvl, &q, &g);
         if (rc != DM_OK) return rc;
     }
-    uint8_t raw[NODE_BYTES], nv[NODE_LINES], uv[NODE_LINES];
     uint8_t n[NODE_PAYLOAD + ENTRY]; /* room for one entry over capacity before a split */
     uint64_t t0 = 0;
     for (unsigned tries = 0;; tries++) {
         uint64_t word;
-        kvidx_read rd = {raw, untag(g), NODE_BYTES};
-        int rc = kvidx_lock_and_read(&h->lk, lock_of(g), &rd, 1, &word);
-        if (rc != DM_OK) return dmerr(h, rc);
-        kvidx_unpack(raw, NODE_LINES, n, nv, uv);
-        int v = agree(nv, uv, NODE_LINES);
+        int v, rc = lock_read_node(h, g, n, &word, &v);
+        if (rc != DM_OK) return rc;
         if (v < 0 || n[H_KIND] != KIND || n[H_LEVEL] != lvl) {
             rc = kvidx_unlock(&h->lk, lock_of(g), word);
             if (rc != DM_OK) return dmerr(h, rc);
@@ -764,15 +772,12 @@ static int retag_parent(CH_T *h, const path *p, const uint8_t *key, dm_gaddr lea
                         uint8_t nv) {
     dm_gaddr g = p->node[1];
     if (!g) return DM_OK; /* the leaf is the root */
-    uint8_t raw[NODE_BYTES], n[NODE_PAYLOAD], nvs[NODE_LINES], uv[NODE_LINES];
+    uint8_t n[NODE_PAYLOAD];
     uint64_t t0 = 0;
     for (unsigned tries = 0;; tries++) {
         uint64_t word;
-        kvidx_read rd = {raw, untag(g), NODE_BYTES};
-        int rc = kvidx_lock_and_read(&h->lk, lock_of(g), &rd, 1, &word);
-        if (rc != DM_OK) return dmerr(h, rc);
-        kvidx_unpack(raw, NODE_LINES, n, nvs, uv);
-        int v = agree(nvs, uv, NODE_LINES);
+        int v, rc = lock_read_node(h, g, n, &word, &v);
+        if (rc != DM_OK) return rc;
         int ok = v >= 0 && n[H_KIND] == KIND && n[H_LEVEL] == 1;
         if (!ok || above_high(n, key)) {
             if ((rc = kvidx_unlock(&h->lk, lock_of(g), word)) != DM_OK) return dmerr(h, rc);

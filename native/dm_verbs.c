@@ -727,28 +727,14 @@ static int io_wait(int fd, short ev, uint64_t deadline) {
     }
 }
 
-static int send_all(int fd, const uint8_t *buf, size_t n, uint64_t deadline) {
+/* Send (out) or receive n bytes over fd by `deadline`: 0, -errno, or 1 when the peer closed
+ * before n bytes arrived. */
+static int xfer_all(int fd, uint8_t *buf, size_t n, uint64_t deadline, int out) {
     while (n) {
-        int w = io_wait(fd, POLLOUT, deadline);
+        int w = io_wait(fd, out ? POLLOUT : POLLIN, deadline);
         if (w) return w;
-        ssize_t k = send(fd, buf, n, MSG_NOSIGNAL);
-        if (k < 0) {
-            if (errno == EINTR || errno == EAGAIN) continue;
-            return -errno;
-        }
-        buf += k;
-        n -= (size_t)k;
-    }
-    return 0;
-}
-
-/* 0, -errno, or 1 when the peer closed before n bytes. */
-static int recv_all(int fd, uint8_t *buf, size_t n, uint64_t deadline) {
-    while (n) {
-        int w = io_wait(fd, POLLIN, deadline);
-        if (w) return w;
-        ssize_t k = recv(fd, buf, n, 0);
-        if (k == 0) return 1;
+        ssize_t k = out ? send(fd, buf, n, MSG_NOSIGNAL) : recv(fd, buf, n, 0);
+        if (k == 0 && !out) return 1;
         if (k < 0) {
             if (errno == EINTR || errno == EAGAIN) continue;
             return -errno;
@@ -801,10 +787,10 @@ static int handshake(dm_ctx *ctx, vb_node *vn, const vb_qpinfo *mine, uint64_t d
     put16(msg + 6, VP_CONNECT);
     put32(msg + 8, VP_QP_LEN);
     put_qpinfo(msg + VP_HDR_LEN, mine);
-    int r = send_all(vn->sock, msg, VP_HDR_LEN + VP_QP_LEN, deadline);
+    int r = xfer_all(vn->sock, msg, VP_HDR_LEN + VP_QP_LEN, deadline, 1);
     if (r) return dm_fail(ctx, r == -ETIMEDOUT ? DM_ETIMEDOUT : DM_EIO, "sending the connect request to %s: %s",
                           vn->peer, strerror(-r));
-    r = recv_all(vn->sock, msg, VP_HDR_LEN, deadline);
+    r = xfer_all(vn->sock, msg, VP_HDR_LEN, deadline, 0);
     if (r) return dm_fail(ctx, r == -ETIMEDOUT ? DM_ETIMEDOUT : DM_EPROTO, "memory node %s: %s", vn->peer,
                           r == 1 ? "closed the connection without answering" : strerror(-r));
     uint32_t magic = get32(msg), blen = get32(msg + 8);
@@ -819,7 +805,7 @@ static int handshake(dm_ctx *ctx, vb_node *vn, const vb_qpinfo *mine, uint64_t d
         if (blen == 0 || blen > VP_REJECT_MAX)
             return dm_fail(ctx, DM_EPROTO, "memory node %s rejected the connection (reason of bad length %u)", vn->peer,
                            blen);
-        r = recv_all(vn->sock, (uint8_t *)reason, blen, deadline);
+        r = xfer_all(vn->sock, (uint8_t *)reason, blen, deadline, 0);
         if (r) return dm_fail(ctx, DM_EPROTO, "memory node %s rejected the connection (reason unreadable)", vn->peer);
         for (uint32_t i = 0; i < blen; i++)
             if ((unsigned char)reason[i] < 0x20) reason[i] = '?';
@@ -828,7 +814,7 @@ static int handshake(dm_ctx *ctx, vb_node *vn, const vb_qpinfo *mine, uint64_t d
     }
     if (type != VP_ACCEPT || blen != VP_ACCEPT_LEN || get32(msg + 12) != 0)
         return dm_fail(ctx, DM_EPROTO, "memory node %s: malformed answer (type %u, length %u)", vn->peer, type, blen);
-    r = recv_all(vn->sock, msg, VP_ACCEPT_LEN, deadline);
+    r = xfer_all(vn->sock, msg, VP_ACCEPT_LEN, deadline, 0);
     if (r) return dm_fail(ctx, DM_EPROTO, "memory node %s: truncated answer", vn->peer);
     const char *why = get_qpinfo(msg, theirs);
     if (why) return dm_fail(ctx, DM_EPROTO, "memory node %s: malformed answer: %s", vn->peer, why);

@@ -18,7 +18,8 @@ from kvdm.traces.mapping import INSERT_MODES as INSERTS
 from kvdm.traces.mapping import KEY_SCHEMES, MAPPINGS, RANGE_SEMANTICS
 
 
-def _mode(text: str) -> str:
+def mode_type(text: str) -> str:
+    """argparse type of a replay mode (closed, realtime, compressed:X)."""
     try:
         parse_mode(text)
     except ValueError as exc:
@@ -95,7 +96,7 @@ def register(sub: Any) -> None:
     p.add_argument("--inserts", type=choices_type(INSERTS, "insert mode"), default="timed",
                    help="timed (issued and measured), untimed (issued, not in statistics), none (preload "
                    "every key first); default timed")
-    p.add_argument("--mode", type=_mode, default="closed",
+    p.add_argument("--mode", type=mode_type, default="closed",
                    help="closed (as fast as the clients can), realtime (trace timestamps), compressed:X "
                    "(timestamps / X); default closed")
     p.add_argument("--duration", type=float, default=0.0,

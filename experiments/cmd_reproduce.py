@@ -8,17 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from kvdm.experiments.cli import UsageError, choices_type
+from kvdm.experiments.cmd_replay import mode_type
 from kvdm.experiments.options import add_transport_options, transport_config
 from kvdm.experiments.options_redis import add_redis_options, given_redis_flags, redis_options
-from kvdm.experiments.replay import parse_mode
-
-
-def _mode(text: str) -> str:
-    try:
-        parse_mode(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
 
 
 def _csv(kind: Any, what: str) -> Any:
@@ -60,7 +52,7 @@ def register(sub: Any) -> None:
     p.add_argument("--realtime", action="store_true",
                    help="Fig. 3 at the trace's own timestamps (the full conversation trace takes 59 min per "
                    "backend); the same as --fig3-mode realtime")
-    p.add_argument("--fig3-mode", type=_mode, default=None, metavar="MODE",
+    p.add_argument("--fig3-mode", type=mode_type, default=None, metavar="MODE",
                    help="Fig. 3 replay mode: closed (default: compressed and unloaded, 1 client, ops back to "
                    "back), realtime, or compressed:X (open loop at X times the trace's pace)")
     p.add_argument("--range-semantics", type=choices_type(RANGE_SEMANTICS, "range semantics"), default="scan",

@@ -124,51 +124,9 @@ def _client(cfg: BenchIndexConfig, uris: list[str], client: int, barrier: Any, o
         th.join()
 
 
-def measure(cfg: BenchIndexConfig, index: Any, client: int, barrier: Any) -> tuple[np.ndarray, dict[str, int], int]:
-    """The measuring loop: returns per-call latencies (ns), counter deltas, keys touched."""
-    if use_c_driver(cfg, index):
-        return _measure_c(cfg, index, client, barrier)
-    rng = np.random.default_rng(cfg.seed + client)
-    kb = cfg.index.key_bytes
-    virtual = cfg.transport.latency_model == "virtual" and cfg.index.name in NATIVE_INDEXES
-    next_new = cfg.keys + client * (1 << 40)  # each client inserts its own new keys
-    vi = index.counter_names().index("virtual_ns") if virtual else -1
-    lat: list[int] = []
-    barrier.wait()
-    before = index.counters()
-    clock = time.perf_counter_ns
-    deadline = time.perf_counter() + cfg.seconds
-    keys_done = 0
-    values = np.arange(cfg.batch, dtype=np.uint64)
-    while time.perf_counter() < deadline:
-        for _ in range(64):
-            is_get = cfg.op == "get" or (cfg.op == "mixed" and rng.random() < cfg.read_ratio)
-            if is_get:
-                keys = make_keys(int(rng.integers(0, cfg.keys - cfg.batch + 1)), cfg.batch, kb)
-            elif cfg.hot_keys:
-                keys = make_keys(int(rng.integers(0, cfg.hot_keys - cfg.batch + 1)), cfg.batch, kb)
-            else:
-                keys = make_keys(next_new, cfg.batch, kb)
-                next_new += cfg.batch
-            v0 = int(index.counter_vector()[vi]) if virtual else 0
-            index.last_call_ns = None
-            t = clock()
-            if is_get:
-                index.get(keys)
-            else:
-                index.put(keys, values)
-            elapsed = clock() - t if index.last_call_ns is None else index.last_call_ns
-            if virtual:
-                elapsed += int(index.counter_vector()[vi]) - v0
-            lat.append(elapsed)
-            keys_done += cfg.batch
-    after = index.counters()
-    return np.array(lat, dtype=np.int64), {k: v - before.get(k, 0) for k, v in after.items()}, keys_done
-
-
 @dataclass
 class _CallStream:
-    """Bench calls as an operation stream for the C loop: op i = one call of ``batch`` keys."""
+    """Bench calls as an operation stream (what the C loop runs): op i = one call of ``batch`` keys."""
 
     kind: np.ndarray
     key_offsets: np.ndarray
@@ -178,40 +136,87 @@ class _CallStream:
     range_hi: np.ndarray
 
 
-def _measure_c(cfg: BenchIndexConfig, index: Any, client: int, barrier: Any) -> tuple[np.ndarray, dict[str, int], int]:
-    """:func:`measure` through the index's C loop (``Index.drive``): calls are generated in
-    chunks with numpy and each is run and timed in C, with no Python per call."""
-    from kvdm.traces.mapping import OP_GET, OP_INSERT
+class _Workload:
+    """A client's calls, drawn in chunks with numpy: gets of preloaded keys (uniform), puts of
+    new keys (each client its own) or, with ``hot_keys``, updates of the first preloaded keys."""
 
-    rng = np.random.default_rng(cfg.seed + client)
-    kb, b = cfg.index.key_bytes, cfg.batch
+    def __init__(self, cfg: BenchIndexConfig, client: int) -> None:
+        self.cfg = cfg
+        self.rng = np.random.default_rng(cfg.seed + client)
+        self.next_new = cfg.keys + client * (1 << 40)
+
+    def chunk(self, n: int) -> _CallStream:
+        from kvdm.traces.mapping import OP_GET, OP_INSERT
+
+        cfg, rng, b, kb = self.cfg, self.rng, self.cfg.batch, self.cfg.index.key_bytes
+        is_get = np.full(n, cfg.op == "get") if cfg.op != "mixed" else rng.random(n) < cfg.read_ratio
+        n_put = int((~is_get).sum())
+        first = rng.integers(0, cfg.keys - b + 1, size=n).astype(np.uint64)
+        if cfg.hot_keys:
+            first[~is_get] = rng.integers(0, cfg.hot_keys - b + 1, size=n_put).astype(np.uint64)
+        else:
+            first[~is_get] = np.uint64(self.next_new) + np.arange(n_put, dtype=np.uint64) * np.uint64(b)
+            self.next_new += n_put * b
+        numbers = (first[:, None] + np.arange(b, dtype=np.uint64)).ravel()
+        bounds = np.zeros((n, kb), np.uint8) if kb == 32 else np.zeros(n, np.uint64)
+        return _CallStream(np.where(is_get, OP_GET, OP_INSERT).astype(np.uint8),
+                           np.arange(0, n * b + 1, b, dtype=np.int64), keys_of(numbers, kb),
+                           np.arange(numbers.size, dtype=np.int64), bounds, bounds)
+
+
+def measure(cfg: BenchIndexConfig, index: Any, client: int, barrier: Any) -> tuple[np.ndarray, dict[str, int], int]:
+    """The measuring loop: returns per-call latencies (ns), counter deltas, keys touched."""
+    if use_c_driver(cfg, index):
+        return _measure_c(cfg, index, client, barrier)
+    from kvdm.traces.mapping import OP_GET
+
+    work = _Workload(cfg, client)
+    virtual = cfg.transport.latency_model == "virtual" and cfg.index.name in NATIVE_INDEXES
+    vi = index.counter_names().index("virtual_ns") if virtual else -1
+    lat: list[int] = []
+    barrier.wait()
+    before = index.counters()
+    clock = time.perf_counter_ns
+    deadline = time.perf_counter() + cfg.seconds
+    keys_done = 0
+    while time.perf_counter() < deadline:
+        calls = work.chunk(64)
+        for i in range(64):
+            a, z = calls.key_offsets[i], calls.key_offsets[i + 1]
+            keys = calls.keys[a:z]
+            v0 = int(index.counter_vector()[vi]) if virtual else 0
+            index.last_call_ns = None
+            t = clock()
+            if calls.kind[i] == OP_GET:
+                index.get(keys)
+            else:
+                index.put(keys, calls.key_block[a:z].astype(np.uint64))
+            elapsed = clock() - t if index.last_call_ns is None else index.last_call_ns
+            if virtual:
+                elapsed += int(index.counter_vector()[vi]) - v0
+            lat.append(elapsed)
+            keys_done += cfg.batch
+    after = index.counters()
+    return np.array(lat, dtype=np.int64), {k: v - before.get(k, 0) for k, v in after.items()}, keys_done
+
+
+def _measure_c(cfg: BenchIndexConfig, index: Any, client: int, barrier: Any) -> tuple[np.ndarray, dict[str, int], int]:
+    """:func:`measure` through the index's C loop (``Index.drive``): each chunk of calls is run
+    and timed in C, with no Python per call."""
+    work = _Workload(cfg, client)
     virtual = cfg.transport.latency_model == "virtual"
-    next_new = cfg.keys + client * (1 << 40)
     lats: list[np.ndarray] = []
     total = np.zeros(len(index.counter_names()), np.int64)
     chunk, keys_done = 256, 0
     barrier.wait()
     deadline = time.perf_counter() + cfg.seconds
     while time.perf_counter() < deadline:
-        is_get = np.full(chunk, cfg.op == "get") if cfg.op != "mixed" else rng.random(chunk) < cfg.read_ratio
-        n_put = int((~is_get).sum())
-        first = rng.integers(0, cfg.keys - b + 1, size=chunk).astype(np.uint64)
-        if cfg.hot_keys:
-            first[~is_get] = rng.integers(0, cfg.hot_keys - b + 1, size=n_put).astype(np.uint64)
-        else:
-            first[~is_get] = np.uint64(next_new) + np.arange(n_put, dtype=np.uint64) * np.uint64(b)
-            next_new += n_put * b
-        numbers = (first[:, None] + np.arange(b, dtype=np.uint64)).ravel()
-        keys = keys_of(numbers, kb)
-        bounds = np.zeros((chunk, kb), np.uint8) if kb == 32 else np.zeros(chunk, np.uint64)
-        calls = _CallStream(np.where(is_get, OP_GET, OP_INSERT).astype(np.uint8),
-                            np.arange(0, chunk * b + 1, b, dtype=np.int64), keys,
-                            np.arange(numbers.size, dtype=np.int64), bounds, bounds)
+        calls = work.chunk(chunk)
         t = time.perf_counter()
         lat, _, acc = index.drive(calls, np.arange(chunk), np.zeros(chunk, np.int32), 1, virtual)
         lats.append(lat)
         total += acc[0]
-        keys_done += chunk * b
+        keys_done += chunk * cfg.batch
         if time.perf_counter() - t < 0.05 and chunk < 65536:
             chunk *= 2  # fewer, longer C calls once a call is known to be fast
     return np.concatenate(lats), dict(zip(index.counter_names(), total.tolist(), strict=True)), keys_done

@@ -193,14 +193,17 @@ DRIVERS = ("auto", "c", "python")
 CHUNK_REQUESTS = 128  # closed loop: requests per measuring call (stop, deadline and progress are checked between)
 
 
-def ops_of_requests(stream: Any, reqs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The op ids of requests ``reqs`` in order, and each op's request."""
+def ops_of_requests(stream: Any, reqs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The op ids of requests ``reqs`` in order, each op's request, and after each request how
+    many of those ops it completes (the cumulative count)."""
     starts, ends = stream.req_offsets[reqs], stream.req_offsets[reqs + 1]
     lengths = (ends - starts).astype(np.int64)
-    first = np.cumsum(lengths) - lengths
+    done_after = np.cumsum(lengths)
+    first = done_after - lengths
     op_req = np.repeat(reqs, lengths)
-    op_ids = np.arange(int(lengths.sum()), dtype=np.int64) - np.repeat(first, lengths) + np.repeat(starts, lengths)
-    return op_ids, op_req
+    op_ids = np.arange(int(done_after[-1]) if lengths.size else 0, dtype=np.int64) - np.repeat(first, lengths) \
+        + np.repeat(starts, lengths)
+    return op_ids, op_req, done_after
 
 
 def use_c_driver(cfg: Any, index: Any) -> bool:
@@ -279,11 +282,10 @@ def run_client(cfg: ReplayConfig, client: int, index: Any, stream: Any, start: A
     speed = parse_mode(cfg.mode)
     measure = _Measure(cfg, index, stream)
     reqs = np.arange(client, stream.n_requests, cfg.clients)
-    all_ops, all_req = ops_of_requests(stream, reqs)
+    all_ops, all_req, req_end = ops_of_requests(stream, reqs)
     req_bin = (stream.req_timestamp_ms // (cfg.bin_min * 60_000.0)).astype(np.int64)
     lat = np.empty(all_ops.size, np.int64)
     hits = np.empty(all_ops.size, np.int64)
-    req_end = np.cumsum(stream.req_offsets[reqs + 1] - stream.req_offsets[reqs])  # ops done after each request
     done = 0
     max_lag = 0.0
     last_report = 0.0

@@ -1230,26 +1230,11 @@ int CH(get)(CH_T *h, const uint8_t *keys, size_t n, uint64_t *vals, uint8_t *fou
 }
 
 int CH(put)(CH_T *h, const uint8_t *keys, const uint64_t *vals, size_t n, uint64_t *lat) {
-    for (size_t i = 0; i < n; i++) {
-        LAT_BEGIN;
-        if (kzero(keys + i * KB)) return herr(h, DM_EINVAL, "key %zu is the reserved all-zero key", i);
-        int rc = write_one(h, keys + i * KB, vals[i], 0, NULL);
-        if (rc != DM_OK) return rc;
-        LAT_END(i);
-        h->st.puts++;
-    }
-    return DM_OK;
+    return put_each(h, keys, vals, n, lat);
 }
 
 int CH(delete)(CH_T *h, const uint8_t *keys, size_t n, uint8_t *found, uint64_t *lat) {
-    for (size_t i = 0; i < n; i++) {
-        LAT_BEGIN;
-        int rc = write_one(h, keys + i * KB, 0, 1, &found[i]);
-        if (rc != DM_OK) return rc;
-        LAT_END(i);
-        h->st.deletes++;
-    }
-    return DM_OK;
+    return delete_each(h, keys, n, found, lat);
 }
 
 int CH(range)(CH_T *h, const uint8_t *lo, const uint8_t *hi, uint64_t limit, size_t *count) {

@@ -1,6 +1,7 @@
 /*
  * kvidx_handle_internal.h - small helpers every native index implementation shares: error
- * reporting into the handle, key bytes of width KB and per-key latencies. Include after
+ * reporting into the handle, key bytes of width KB, per-key latencies and the batch put and
+ * delete over the index's own write_one. Include after
  * defining KB and the handle type KVIDX_HANDLE (a struct with `dm_ctx *ctx`, `char err[...]`
  * and its `kvidx_opts o`).
  */
@@ -66,3 +67,31 @@ static uint64_t lat_clock(const KVIDX_HANDLE *h) {
 /* around one key's work in a batch call with an optional uint64_t *lat output */
 #define LAT_BEGIN uint64_t t0 = lat ? lat_clock(h) : 0
 #define LAT_END(i) if (lat) lat[i] = lat_clock(h) - t0
+
+/* One key's insert/update (del 0) or delete (del 1, *found set): each index defines it. */
+static int write_one(KVIDX_HANDLE *h, const uint8_t *key, uint64_t val, int del, uint8_t *found);
+
+/* The batch put: key by key, in order, each timed into lat (optional). */
+static int put_each(KVIDX_HANDLE *h, const uint8_t *keys, const uint64_t *vals, size_t n, uint64_t *lat) {
+    for (size_t i = 0; i < n; i++) {
+        LAT_BEGIN;
+        if (kzero(keys + i * KB)) return herr(h, DM_EINVAL, "key %zu is the reserved all-zero key", i);
+        int rc = write_one(h, keys + i * KB, vals[i], 0, NULL);
+        if (rc != DM_OK) return rc;
+        LAT_END(i);
+        h->st.puts++;
+    }
+    return DM_OK;
+}
+
+/* The batch delete: found[i] says whether key i was present. */
+static int delete_each(KVIDX_HANDLE *h, const uint8_t *keys, size_t n, uint8_t *found, uint64_t *lat) {
+    for (size_t i = 0; i < n; i++) {
+        LAT_BEGIN;
+        int rc = write_one(h, keys + i * KB, 0, 1, &found[i]);
+        if (rc != DM_OK) return rc;
+        LAT_END(i);
+        h->st.deletes++;
+    }
+    return DM_OK;
+}

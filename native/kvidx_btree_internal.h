@@ -866,15 +866,8 @@ static int leaf_full(CH_T *h, path *p, dm_gaddr leaf, uint64_t word, const uint8
     memset(lp, 0, sizeof lp);
     memcpy(lp, old, UNIT_PAYLOAD); /* the header unit */
     if (place(lp, e, n)) {
-        uint8_t raw[NODE_BYTES], nv = kvidx_next_ver((uint8_t)v);
-        kvidx_pack(raw, NODE_LINES, lp, nv, 0);
-        uint64_t prev = 0;
-        rc = dm_write(h->ctx, leaf, raw, NODE_BYTES);
-        if (rc == DM_OK) rc = kvidx_post_unlock(&h->lk, lock_of(leaf), word, &prev);
-        if (rc == DM_OK) rc = dm_submit(h->ctx);
-        else dm_discard(h->ctx);
-        if (rc != DM_OK) return dmerr(h, rc);
-        if (prev != word) h->st.lease_lost++;
+        uint8_t nv = kvidx_next_ver((uint8_t)v);
+        if ((rc = write_node_unlock(h, leaf, lp, v, word)) != DM_OK) return rc;
         h->st.leaf_rebuilds++;
         return retag_parent(h, p, key, leaf, (uint8_t)v, leaf, nv);
     }

@@ -18,7 +18,9 @@ def register(sub: Any) -> None:
     p = g.add_parser("serve", help="run one memory node in the foreground until Ctrl-C / SIGTERM",
                      description="Create a memory node and serve it until interrupted; the region is "
                      "removed on exit. Over shm the node is passive: clients map the region directly.")
-    p.add_argument("--name", required=True, help="region name (stored as kvdm-NAME)")
+    p.add_argument("--name", default=None,
+                   help="shm: region name, stored as kvdm-NAME (default: a unique kvdm-PID-N); "
+                   "verbs: not used (the node is known by its URI)")
     p.add_argument("--size", type=parse_size, default=parse_size("4G"), help="region size (default 4G)")
     p.add_argument("--node-id", type=int, default=0, help="memory-node id, 0..254 (default 0)")
     p.add_argument("--transport", type=choices_type(TRANSPORTS, "transport"), default="shm",

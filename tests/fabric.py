@@ -108,7 +108,7 @@ def _await_uri(stream: Any, what: str, log: Path, kill: Any) -> str:
 
 def serve_args(node_id: int, size: int) -> list[str]:
     """`kvdm memnode serve` arguments for a verbs node on this machine's test device."""
-    args = ["--transport", "verbs", "--name", f"verbs-test-{node_id}", "--size", str(size),
+    args = ["--transport", "verbs", "--size", str(size),
             "--node-id", str(node_id), "--device", DEVICE, "--port", "0", "--listen", "127.0.0.1"]
     return args + (["--gid-index", GID_INDEX] if GID_INDEX else [])
 

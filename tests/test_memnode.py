@@ -53,6 +53,26 @@ def test_serve_removes_region_on_signal(sig: signal.Signals) -> None:
             proc.wait()
 
 
+def test_serve_without_a_name_picks_a_unique_region() -> None:
+    proc = subprocess.Popen(_kvdm("memnode", "serve", "--size", "1M", "--node-id", "3"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        uri = line.split(" serving ")[1].split()[0]
+        assert uri == f"shm:kvdm-{proc.pid}-1", line
+        ctx = DMContext(uris=[uri])
+        assert ctx.node_ids == [3]
+        ctx.close()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+        assert not os.path.exists(f"/dev/shm/kvdm-{proc.pid}-1")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def test_crashed_owner_is_found_and_cleaned() -> None:
     name = f"kvdm-test-crash-{os.getpid()}"
     proc = subprocess.Popen(_kvdm("memnode", "serve", "--name", name, "--size", "1M"),

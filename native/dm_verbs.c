@@ -108,6 +108,8 @@ typedef struct vb_dev {
     union ibv_gid gid;
     vb_stage stage;          /* current staging buffer */
     vb_stage *retired;
+    vb_stage *quarantined;   /* abandoned by a post that failed mid-flight: the device may still
+                              * write into them until their QP is destroyed (dev_release frees them) */
     size_t stage_used;       /* bump pointer, reset when nothing is in flight */
     int inflight;            /* nodes with an unfinished post */
     struct vb_node *owners[VB_SLOTS];
@@ -321,21 +323,51 @@ static int pick_gid(struct ibv_context *c, int port, int tbl_len) {
 static int inherited(const vb_dev *d) { return d->pid != getpid(); }
 
 static void stage_free(vb_stage *s, int destroy) {
-    if (s->mr && destroy) ibv_dereg_mr(s->mr);
-    free(s->buf);
+    /* A buffer whose MR could not be deregistered stays pinned and reachable by the device:
+     * leak it rather than hand it back to malloc. */
+    if (!(s->mr && destroy && ibv_dereg_mr(s->mr))) free(s->buf);
     memset(s, 0, sizeof *s);
+}
+
+static void stage_free_list(vb_stage **list, int destroy) {
+    while (*list) {
+        vb_stage *r = *list;
+        *list = r->next;
+        stage_free(r, destroy);
+        free(r);
+    }
+}
+
+/* A post that failed with verbs possibly still in flight (flushed, but their completions not
+ * drained) gives up its staging buffer: nothing is staged in it again, and it is freed only once
+ * every QP of the device is destroyed. */
+static void quarantine_stage(vb_dev *d, const uint8_t *base) {
+    vb_stage *found = NULL;
+    if (d->stage.buf == base) {
+        found = malloc(sizeof *found);
+        if (found) *found = d->stage;
+        memset(&d->stage, 0, sizeof d->stage); /* without memory for the list entry: leaked */
+        d->stage_used = 0;
+    } else {
+        for (vb_stage **r = &d->retired; *r; r = &(*r)->next)
+            if ((*r)->buf == base) {
+                found = *r;
+                *r = found->next;
+                break;
+            }
+    }
+    if (found) {
+        found->next = d->quarantined;
+        d->quarantined = found;
+    }
 }
 
 static void dev_release(vb_dev *d) {
     if (!d || --d->refs > 0) return;
     int destroy = !inherited(d);
     stage_free(&d->stage, destroy);
-    while (d->retired) {
-        vb_stage *r = d->retired;
-        d->retired = r->next;
-        stage_free(r, destroy);
-        free(r);
-    }
+    stage_free_list(&d->retired, destroy);
+    stage_free_list(&d->quarantined, destroy);
     if (destroy) {
         if (d->cq) ibv_destroy_cq(d->cq);
         if (d->pd) ibv_dealloc_pd(d->pd);
@@ -442,12 +474,7 @@ fail:
 static int stage_take(dm_ctx *ctx, vb_dev *d, size_t need, size_t *off) {
     if (d->inflight == 0) {
         d->stage_used = 0;
-        while (d->retired) {
-            vb_stage *r = d->retired;
-            d->retired = r->next;
-            stage_free(r, 1);
-            free(r);
-        }
+        stage_free_list(&d->retired, 1);
     }
     if (d->stage.buf && d->stage_used + need <= d->stage.cap) {
         *off = d->stage_used;
@@ -558,9 +585,10 @@ static int post_chunk(dm_ctx *ctx, vb_node *vn) {
         /* ibv_post_send posted nothing from `bad` on; if bad is not the first, earlier WRs are
          * in flight unsignalled: the QP is then unusable for a clean completion. */
         int idx = bad ? (int)(bad - vn->wr) : 0;
-        if (idx > 0) { /* stop the part that went out: its buffers are about to be reused */
+        if (idx > 0) { /* stop the part that went out; its staging buffer is not reused */
             struct ibv_qp_attr a = {.qp_state = IBV_QPS_ERR};
             ibv_modify_qp(vn->qp, &a, IBV_QP_STATE);
+            quarantine_stage(vn->dev, vn->stage_base);
             set_broken(vn, "ibv_post_send to %s failed at verb %d: %s", vn->peer, vn->next + idx, strerror(e));
         }
         return dm_fail(ctx, DM_EIO, "ibv_post_send to memory node %s failed at verb %d of %d: %s", vn->peer,
@@ -665,9 +693,10 @@ static int vb_wait(dm_ctx *ctx, dm_node *node) {
                     }
                 }
                 if (now - t0 > (uint64_t)vn->timeout_ms * 1000000u) {
-                    /* Flush the QP so the device stops using the staging buffer, then give up. */
+                    /* Flush the QP and give up; the device may still be using the staging buffer. */
                     struct ibv_qp_attr a = {.qp_state = IBV_QPS_ERR};
                     ibv_modify_qp(vn->qp, &a, IBV_QP_STATE);
+                    quarantine_stage(d, vn->stage_base);
                     set_broken(vn, "no completion from memory node %s within %u ms", vn->peer, vn->timeout_ms);
                     vn->busy = 0;
                     rc = DM_ETIMEDOUT;

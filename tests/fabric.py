@@ -13,6 +13,7 @@ exists. Tests written against a fabric run unchanged over both: they start nodes
 from __future__ import annotations
 
 import argparse
+import gc
 import itertools
 import logging
 import multiprocessing as mp
@@ -146,6 +147,9 @@ def fork_verbs_node(tmp: Path, node_id: int = 0, size: int = 64 << 20) -> VerbsN
     if pid == 0:  # the node; never returns into the test process
         code = 70
         try:
+            # What the test process left for its GC (a DMContext, ...) is never finalized here: it
+            # would close descriptor numbers that closerange() frees and the node then reuses.
+            gc.freeze()
             os.dup2(w, 1)
             os.dup2(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), 2)
             os.closerange(3, os.sysconf("SC_OPEN_MAX"))

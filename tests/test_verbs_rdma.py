@@ -20,8 +20,6 @@ import re
 import signal
 import socket
 import struct
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -59,8 +57,6 @@ def vdm(node: VerbsNode) -> Iterator[DMContext]:
 
 
 # ---- the commands end to end over rxe ------------------------------------------------------
-# They run first: after the tests below (a forked client SIGKILLed mid-run, a node killed) the
-# replay test twice crashed this process in numpy (a heap corruption, not yet explained).
 
 
 def _dict_reference(trace: str, clients: int) -> object:
@@ -83,32 +79,29 @@ def _dict_reference(trace: str, clients: int) -> object:
     return summarise(cfg, stream, results)
 
 
-def test_replay_over_verbs_matches_the_dict_backend(tmp_path: Path) -> None:
+def test_replay_over_verbs_matches_the_dict_backend(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`kvdm replay --transport verbs`: a memory-node process, 2 client processes, chime over
     rxe0 on the fixture's first 100 requests with every key preloaded (--inserts none: the hits
     then do not depend on how the two clients interleave). It finishes, and its hits per op
     equal the dict backend's and the trace's ground truth."""
+    from kvdm.experiments.cli import main
     from kvdm.experiments.results import RunResults
     from kvdm.traces.registry import FIXTURE
 
     trace = tmp_path / "head100.jsonl"
     trace.write_text("".join(Path(FIXTURE).read_text().splitlines(keepends=True)[:100]))
-    ref = _dict_reference(str(trace), 2).rows  # type: ignore[attr-defined]
-    ref = ref[ref["bin"] == -1].set_index("op")
-    # The replay runs in its own process: run in this one, the pytest process intermittently
-    # crashed in numpy right after it (an open heap corruption, see the closing notes).
     with fork_verbs_node(tmp_path, 0, 64 << 20) as mn:
-        proc = subprocess.run([sys.executable, "-m", "kvdm.experiments.cli", "replay", "--transport", "verbs",
-                               "--memory-node", mn.uri, "--index", "chime", "--clients", "2", "--inserts", "none",
-                               "--trace", str(trace), "--out", str(tmp_path / "run")],
-                              capture_output=True, text=True, timeout=600)
-        out = proc.stdout
-        assert proc.returncode == 0, out + proc.stderr
+        rc = main(["replay", "--transport", "verbs", "--memory-node", mn.uri, "--index", "chime",
+                   "--clients", "2", "--inserts", "none", "--trace", str(trace), "--out", str(tmp_path / "run")])
+        out = capsys.readouterr().out
+        assert rc == 0, out
         assert mn.poll() is None, mn.log_text()
     assert re.search(r"transport +verbs, .*verbs://127\.0\.0\.1", out)
     res = RunResults.read(tmp_path / "run")
     assert res.meta["run"]["requests_done"] == res.meta["trace"]["requests"] == 100
     got = res.rows[res.rows["bin"] == -1].set_index("op")
+    ref = _dict_reference(str(trace), 2).rows  # type: ignore[attr-defined]
+    ref = ref[ref["bin"] == -1].set_index("op")
     lookups = [op for op in ref.index if op != "insert"]
     assert lookups and sorted(got.index) == sorted(ref.index)
     for op in lookups:

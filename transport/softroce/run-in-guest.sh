@@ -31,6 +31,9 @@
 #                    CI PYTHONPATH VIRTUAL_ENV PYENV_VERSION PYENV_ROOT LANG
 #                    LC_ALL TZ are handed over by default when set)
 #   --accel tcg|kvm  qemu accelerator (default tcg; kvm does not work here)
+#   --cpu MODEL      guest CPU model for TCG (default max,avx2=off: qemu 7.2's
+#                    TCG AVX2 emulation makes numpy's AVX2 argsort segfault in a
+#                    process that has fork()ed; see README.md)
 #   --timeout SEC    wall-clock limit for the whole guest run (default 1800)
 #   --verbose        show the guest kernel console and virtme-ng's own output
 #   --prepare-only   install/download everything, do not boot
@@ -63,7 +66,7 @@ SELF_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 VM_DIR=${SOFTROCE_VM_DIR:-${HOME:-/root}/.cache/kvdm-softroce}
 VNG_SPEC=${SOFTROCE_VNG_SPEC:-virtme-ng==1.42}
 PY=${SOFTROCE_PYTHON:-python3}
-CPUS=2 MEM=2G ACCEL=tcg TIMEOUT=1800 RXE=1 VERBOSE=0 PREPARE_ONLY=0
+CPUS=2 MEM=2G ACCEL=tcg CPU_MODEL=${SOFTROCE_CPU:-max,avx2=off} TIMEOUT=1800 RXE=1 VERBOSE=0 PREPARE_ONLY=0
 RWDIRS=()
 # host variables handed to the guest command when set (extend with --env NAME)
 PASS_ENV=(CI PYTHONPATH VIRTUAL_ENV PYENV_VERSION PYENV_ROOT LANG LC_ALL TZ)
@@ -79,6 +82,7 @@ while [ $# -gt 0 ]; do
     --no-rxe) RXE=0; shift ;;
     --env) PASS_ENV+=("$2"); shift 2 ;;
     --accel) ACCEL=$2; shift 2 ;;
+    --cpu) CPU_MODEL=$2; shift 2 ;;
     --timeout) TIMEOUT=$2; shift 2 ;;
     --verbose) VERBOSE=1; shift ;;
     --prepare-only) PREPARE_ONLY=1; shift ;;
@@ -222,10 +226,10 @@ chmod +x "$GUEST_SH"
 BLACKLIST=${SOFTROCE_MODPROBE_BLACKLIST-kvm,kvm_amd,kvm_intel,aesni_intel,ghash_clmulni_intel,sha512_ssse3,sha256_ssse3,sha1_ssse3,crc32_pclmul,crct10dif_pclmul,polyval_clmulni,powernow_k8,acpi_cpufreq,ahci,libahci,sr_mod,cdrom,psmouse,pcspkr,iTCO_wdt,i2c_i801,lpc_ich,serio_raw,evdev,i6300esb,intel_pmc_bxt,sg,qemu_fw_cfg,edac_mce_amd,button}
 VNG_ARGS=(--run "$KIMG" --force-9p --cpus "$CPUS" --memory "$MEM")
 [ -n "$BLACKLIST" ] && VNG_ARGS+=(--append "modprobe.blacklist=$BLACKLIST")
-[ "$ACCEL" = kvm ] || VNG_ARGS+=(--disable-kvm)
+[ "$ACCEL" = kvm ] || VNG_ARGS+=(--disable-kvm "--qemu-opts=-cpu $CPU_MODEL")
 for d in "${RWDIRS[@]}"; do VNG_ARGS+=("--rwdir=$d"); done
 [ "$VERBOSE" = 1 ] && VNG_ARGS+=(--verbose)
-log "booting guest (accel=$ACCEL, cpus=$CPUS, mem=$MEM) and running: $*"
+log "booting guest (accel=$ACCEL$([ "$ACCEL" = kvm ] || echo ", cpu $CPU_MODEL"), cpus=$CPUS, mem=$MEM) and running: $*"
 T_BOOT=$(date +%s.%N)
 set +e
 # - `timeout` (not --foreground) signals its whole process group, so the qemu

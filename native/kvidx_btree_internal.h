@@ -589,16 +589,27 @@ static int lock_read_node(CH_T *h, dm_gaddr g, uint8_t *pay, uint64_t *word, int
 }
 
 /* Write a locked node's new payload (next version) and release its lock in the same doorbell. */
-static int write_node_unlock(CH_T *h, dm_gaddr g, const uint8_t *pay, int v, uint64_t word) {
-    uint8_t out[NODE_BYTES];
-    kvidx_pack(out, NODE_LINES, pay, kvidx_next_ver((uint8_t)v), 0);
+/* Write locked node g's packed bytes and release its lock in one doorbell. A fresh node (a
+ * split's sibling, a relocation's copy; fresh_raw NULL: none) that g's new bytes point to is
+ * written first: in the same doorbell on the same memory node (one QP executes in post order),
+ * else one round trip earlier. */
+static int write_raw_unlock(CH_T *h, dm_gaddr fresh, const uint8_t *fresh_raw, dm_gaddr g, const uint8_t *raw,
+                            uint64_t word) {
     uint64_t old = 0;
-    int rc = dm_write(h->ctx, g, out, NODE_BYTES);
+    int rc = fresh_raw ? dm_write(h->ctx, fresh, fresh_raw, NODE_BYTES) : DM_OK;
+    if (rc == DM_OK && fresh_raw && DM_GADDR_NODE(fresh) != DM_GADDR_NODE(g)) rc = dm_submit(h->ctx);
+    if (rc == DM_OK) rc = dm_write(h->ctx, g, raw, NODE_BYTES);
     if (rc == DM_OK) rc = kvidx_post_unlock(&h->lk, lock_of(g), word, &old);
     if (rc == DM_OK) rc = dm_submit(h->ctx);
     else dm_discard(h->ctx);
     if (rc == DM_OK && old != word) h->st.lease_lost++;
     return dmerr(h, rc);
+}
+
+static int write_node_unlock(CH_T *h, dm_gaddr g, const uint8_t *pay, int v, uint64_t word) {
+    uint8_t out[NODE_BYTES];
+    kvidx_pack(out, NODE_LINES, pay, kvidx_next_ver((uint8_t)v), 0);
+    return write_raw_unlock(h, 0, NULL, g, out, word);
 }
 
 /* write_node_unlock for an internal node, then refresh our cached copy. */
@@ -623,7 +634,6 @@ static int publish_split(CH_T *h, path *p, dm_gaddr g, int lvl, uint64_t word, u
     memcpy(rhigh, rp + H_HIGH, KB);
     kvidx_pack(rraw, NODE_LINES, rp, 1, 0);
     kvidx_pack(lraw, NODE_LINES, lp, nv, 0);
-    uint64_t old = 0;
     int rc;
     if (was_root) {
         dm_gaddr nr;
@@ -648,12 +658,7 @@ static int publish_split(CH_T *h, path *p, dm_gaddr g, int lvl, uint64_t word, u
                     DM_GADDR_WITH_TAG(nr, lvl + 1), &prev);
         if (rc == DM_OK) rc = dm_submit(h->ctx);
         if (rc != DM_OK) return dmerr(h, rc);
-        rc = dm_write(h->ctx, g, lraw, NODE_BYTES);
-        if (rc == DM_OK) rc = kvidx_post_unlock(&h->lk, lock_of(g), word, &old);
-        if (rc == DM_OK) rc = dm_submit(h->ctx);
-        else dm_discard(h->ctx);
-        if (rc != DM_OK) return dmerr(h, rc);
-        if (old != word) h->st.lease_lost++;
+        if ((rc = write_raw_unlock(h, 0, NULL, g, lraw, word)) != DM_OK) return rc;
         if (prev == DM_GADDR_WITH_TAG(g, lvl)) {
             h->st.root_splits++;
             h->root = nr;
@@ -664,14 +669,7 @@ static int publish_split(CH_T *h, path *p, dm_gaddr g, int lvl, uint64_t word, u
         }
         /* someone else replaced the root (cannot happen while we hold its lock): fall back */
     } else {
-        rc = dm_write(h->ctx, s, rraw, NODE_BYTES);
-        if (rc == DM_OK && DM_GADDR_NODE(s) != DM_GADDR_NODE(g)) rc = dm_submit(h->ctx); /* sibling first */
-        if (rc == DM_OK) rc = dm_write(h->ctx, g, lraw, NODE_BYTES);
-        if (rc == DM_OK) rc = kvidx_post_unlock(&h->lk, lock_of(g), word, &old);
-        if (rc == DM_OK) rc = dm_submit(h->ctx);
-        else dm_discard(h->ctx);
-        if (rc != DM_OK) return dmerr(h, rc);
-        if (old != word) h->st.lease_lost++;
+        if ((rc = write_raw_unlock(h, s, rraw, g, lraw, word)) != DM_OK) return rc;
     }
     if (lvl > 0) { /* our copies of the two internal nodes are exact */
         uint8_t *c = kvidx_cache_put(&h->cache, g);
@@ -826,15 +824,7 @@ static int relocate_leaf(CH_T *h, const path *p, dm_gaddr leaf, uint64_t word, c
     memset(dead, 0, sizeof dead);
     set_header(dead, 0, old + H_LOW, old + H_LOW, 0, s);
     kvidx_pack(draw, NODE_LINES, dead, 0, 0);
-    uint64_t prev = 0;
-    rc = dm_write(h->ctx, s, raw, NODE_BYTES);
-    if (rc == DM_OK && DM_GADDR_NODE(s) != DM_GADDR_NODE(leaf)) rc = dm_submit(h->ctx); /* the copy first */
-    if (rc == DM_OK) rc = dm_write(h->ctx, leaf, draw, NODE_BYTES);
-    if (rc == DM_OK) rc = kvidx_post_unlock(&h->lk, lock_of(leaf), word, &prev);
-    if (rc == DM_OK) rc = dm_submit(h->ctx);
-    else dm_discard(h->ctx);
-    if (rc != DM_OK) return dmerr(h, rc);
-    if (prev != word) h->st.lease_lost++;
+    if ((rc = write_raw_unlock(h, s, raw, leaf, draw, word)) != DM_OK) return rc;
     h->st.leaf_relocations++;
     rc = retag_parent(h, p, key, leaf, 255, s, 1);
     return rc == DM_OK ? LEAF_MOVED : rc;
@@ -1163,8 +1153,7 @@ int CH(open)(dm_ctx *ctx, const kvidx_opts *o, CH_T **out, char *err, size_t err
         rc = fetch_node(h, h->root, pay, NULL, NULL);
     }
     if (rc != DM_OK) {
-        snprintf(err, errlen, "opening " NAME " (%d-byte keys) at root slot %d: %s", KB, o->root_slot,
-                 h->err[0] ? h->err : dm_last_error(ctx));
+        open_failed(h, NAME, err, errlen);
         CH(close)(h);
         return rc;
     }

@@ -28,6 +28,13 @@ static int dmerr(KVIDX_HANDLE *h, int rc) {
     return rc;
 }
 
+/* An open that failed: say what was being opened, and why (the handle's message, else the
+ * transport's), into the caller's buffer, before the handle is freed. */
+static void open_failed(const KVIDX_HANDLE *h, const char *name, char *err, size_t errlen) {
+    snprintf(err, errlen, "opening %s (%d-byte keys) at root slot %d: %s", name, KB, h->o.root_slot,
+             h->err[0] ? h->err : dm_last_error(h->ctx));
+}
+
 static inline int kzero(const uint8_t *a) {
     static const uint8_t z[KB];
     return memcmp(a, z, KB) == 0;

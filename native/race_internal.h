@@ -637,8 +637,7 @@ int RC(open)(dm_ctx *ctx, const kvidx_opts *o, RC_T **out, char *err, size_t err
     if (rc == DM_OK && !w) rc = create(h, &w);
     if (rc == DM_OK) rc = attach(h, w);
     if (rc != DM_OK) {
-        snprintf(err, errlen, "opening race (%d-byte keys) at root slot %d: %s", KB, o->root_slot,
-                 h->err[0] ? h->err : dm_last_error(ctx));
+        open_failed(h, "race", err, errlen);
         RC(close)(h);
         return rc;
     }

@@ -47,6 +47,14 @@ def test_root_slot_holding_another_index_is_refused(dm) -> None:
         kindex.open("chime", dm, 32, root_slot=0)
 
 
+@pytest.mark.parametrize(("there", "opened", "why"), [("race", "sherman", "not a sherman 8-byte-key node"),
+                                                      ("chime", "race", "holds no race 8-byte-key index")])
+def test_refused_open_names_the_index_and_root_slot(dm, there: str, opened: str, why: str) -> None:
+    kindex.open(there, dm, 8, root_slot=5).put_one(5, 1)
+    with pytest.raises(Exception, match=rf"^opening {opened} \(8-byte keys\) at root slot 5: .*{why}"):
+        kindex.open(opened, dm, 8, root_slot=5)
+
+
 def test_second_client_attaches_to_the_same_index(shm_node) -> None:
     a = open_client(shm_node.uri, "chime", 32)
     keys = make_keys(np.arange(1, 2001), 32)

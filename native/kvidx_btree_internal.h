@@ -231,12 +231,7 @@ static int load_root(CH_T *h) {
     return DM_OK;
 }
 
-/* Allocate a node on the next memory node (round robin). */
-static int alloc_node(CH_T *h, dm_gaddr *out) {
-    unsigned nid = h->nodes[h->rr++ % (unsigned)h->nnodes];
-    int rc = dm_alloc(h->ctx, nid, ALLOC_BYTES, DM_LINE, out);
-    return rc == DM_OK ? DM_OK : dmerr(h, rc);
-}
+static int alloc_node(CH_T *h, dm_gaddr *out) { return alloc_on_next(h, ALLOC_BYTES, out); }
 
 /* Make sure the pool holds what a split up to the root can need, before anything changes. */
 static int fill_pool(CH_T *h) {
@@ -1113,13 +1108,9 @@ static int range_scan(CH_T *h, const uint8_t *lo, const uint8_t *hi, uint64_t li
 
 int CH(open)(dm_ctx *ctx, const kvidx_opts *o, CH_T **out, char *err, size_t errlen) {
     *out = NULL;
-    int rc0 = kvidx_check_opts(ctx, o, err, errlen);
+    CH_T *h = NULL;
+    int rc0 = handle_new(ctx, o, &h, err, errlen);
     if (rc0 != DM_OK) return rc0;
-    CH_T *h = calloc(1, sizeof *h);
-    if (!h) return dm_fail_buf(err, errlen, DM_ENOMEM, "out of local memory");
-    h->ctx = ctx;
-    h->o = *o;
-    h->nnodes = (int)kvidx_attached_nodes(ctx, h->nodes);
     h->rr = kvidx_locker_init(&h->lk, ctx, &h->st, o, h, h->err, sizeof h->err, o->local_locks);
     int rc = kvidx_cache_init(&h->cache, o->cache_mb, NODE_PAYLOAD, &h->st);
     if (rc == DM_OK && o->window > 1 && !(h->probes = calloc(o->window, sizeof *h->probes))) rc = DM_ENOMEM;

@@ -2,12 +2,14 @@
  * kvidx_handle_internal.h - small helpers every native index implementation shares: error
  * reporting into the handle, key bytes of width KB, per-key latencies and the batch put and
  * delete over the index's own write_one. Include after
- * defining KB and the handle type KVIDX_HANDLE (a struct with `dm_ctx *ctx`, `char err[...]`
- * and its `kvidx_opts o`).
+ * defining KB and the handle type KVIDX_HANDLE (a struct with `dm_ctx *ctx`, `char err[...]`,
+ * its `kvidx_opts o`, and the attached memory nodes `unsigned nodes[]`, `int nnodes`, with
+ * `unsigned rr` the round-robin cursor over them).
  */
 #include <sched.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "dm.h"
@@ -26,6 +28,26 @@ static int herr(KVIDX_HANDLE *h, int code, const char *fmt, ...) {
 static int dmerr(KVIDX_HANDLE *h, int rc) {
     if (rc != DM_OK && rc != DM_ETIMEDOUT) snprintf(h->err, sizeof h->err, "%s", dm_last_error(h->ctx));
     return rc;
+}
+
+/* A zeroed handle on ctx for options o (checked), knowing the attached memory nodes. */
+static int handle_new(dm_ctx *ctx, const kvidx_opts *o, KVIDX_HANDLE **out, char *err, size_t errlen) {
+    int rc = kvidx_check_opts(ctx, o, err, errlen);
+    if (rc != DM_OK) return rc;
+    KVIDX_HANDLE *h = calloc(1, sizeof *h);
+    if (!h) return dm_fail_buf(err, errlen, DM_ENOMEM, "out of local memory");
+    h->ctx = ctx;
+    h->o = *o;
+    h->nnodes = (int)kvidx_attached_nodes(ctx, h->nodes);
+    *out = h;
+    return DM_OK;
+}
+
+/* Allocate len bytes on the next memory node (round robin). */
+static int alloc_on_next(KVIDX_HANDLE *h, uint64_t len, dm_gaddr *out) {
+    unsigned nid = h->nodes[h->rr++ % (unsigned)h->nnodes];
+    int rc = dm_alloc(h->ctx, nid, len, DM_LINE, out);
+    return rc == DM_OK ? DM_OK : dmerr(h, rc);
 }
 
 /* An open that failed: say what was being opened, and why (the handle's message, else the

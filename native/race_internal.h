@@ -299,12 +299,6 @@ static int get_one(RC_T *h, const uint8_t *key, uint64_t *val, uint8_t *found) {
 
 /* ---- allocation ---- */
 
-static int alloc_on_next(RC_T *h, uint64_t len, dm_gaddr *out) {
-    unsigned nid = h->nodes[h->rr++ % (unsigned)h->nnodes];
-    int rc = dm_alloc(h->ctx, nid, len, DM_LINE, out);
-    return rc == DM_OK ? DM_OK : dmerr(h, rc);
-}
-
 /* ---- split ---- */
 
 /* Post CAS(slot -> 0) for the listed slots in doorbells of VERBS_PER_DOORBELL, the last one
@@ -617,13 +611,9 @@ static int attach(RC_T *h, uint64_t w) {
 
 int RC(open)(dm_ctx *ctx, const kvidx_opts *o, RC_T **out, char *err, size_t errlen) {
     *out = NULL;
-    int rc0 = kvidx_check_opts(ctx, o, err, errlen);
+    RC_T *h = NULL;
+    int rc0 = handle_new(ctx, o, &h, err, errlen);
     if (rc0 != DM_OK) return rc0;
-    RC_T *h = calloc(1, sizeof *h);
-    if (!h) return dm_fail_buf(err, errlen, DM_ENOMEM, "out of local memory");
-    h->ctx = ctx;
-    h->o = *o;
-    h->nnodes = (int)kvidx_attached_nodes(ctx, h->nodes);
     /* no local lock table: race locks only for splits, which are rare */
     h->rr = kvidx_locker_init(&h->lk, ctx, &h->st, o, h, h->err, sizeof h->err, NULL);
     h->probes = calloc(o->window, sizeof *h->probes);

@@ -35,8 +35,8 @@ def add_index_options(parser: argparse.ArgumentParser, default: str = "chime") -
     g.add_argument("--cache-mb", type=float, default=None,
                    help="compute-side cache budget of the native indexes in MB (backend default if unset)")
     g.add_argument("--index-opt", action="append", default=[], metavar="KEY=VALUE", type=parse_index_opt,
-                   help="a backend option, repeatable, e.g. window=16 (native indexes: lookups sharing "
-                   "one doorbell), lease_ms=1000, max_wait_ms=10000; an unknown key lists the valid ones")
+                   help="a backend option, repeatable, e.g. window=1 (native indexes: at most 1 lookup per "
+                   "doorbell; default 0 = all), lpm=kary, lease_ms=1000; an unknown key lists the valid ones")
     redis_opts = _redis_options_module()
     if redis_opts is not None:
         redis_opts.add_redis_options(parser)

@@ -18,17 +18,25 @@ Options (keyword arguments; anything else is a ValueError listing these):
 * ``root_slot``: root slot on memory node 0 (default above);
 * ``lease_ms`` (1000): lock lease; a lock held longer (a crashed client) is taken over;
 * ``max_wait_ms`` (10000): give up on one lock after this long (TimeoutError);
-* ``window`` (1): lookups whose first READs share one doorbell (1..64): a batch of N keys
-  then costs about N/window round trips (what a prefix match of chained block keys wants);
-  each key's latency is its group's.
+* ``window`` (0): at most this many keys' first READs per doorbell; 0 = every key of the
+  call, split only at the transport's limit of 256 verbs per doorbell (``DM_MAX_BATCH``, the
+  verbs backend's send-queue depth). 1 is the one-lookup-per-round-trip baseline.
+* ``lpm`` ("auto"): how :meth:`~NativeIndex.prefix_match` runs: ``parallel`` (every key in
+  one doorbell; exact), ``kary`` (rounds of ``lpm_fanout`` evenly spaced probes; assumes
+  presence is prefix-closed, as when engines insert whole chains; exact with ``lpm_exact``),
+  ``sequential`` (one key per round trip until the first miss), ``auto`` (parallel, unless a
+  cost model over the modelled RTT and bandwidth finds kary cheaper and this handle's parallel
+  matches have shown presence to be prefix-closed);
+* ``lpm_fanout`` (16) and ``lpm_exact`` (False): kary's probes per round, and verification of
+  the matched prefix (one more doorbell);
 * ``local_locks`` (None): a :class:`LocalLockTable` shared by the handles of several threads
   of this process: they queue on a leaf lock locally and hand the remote lock over.
 
 Reserved keys: 0 and 2**64-1 for 8-byte keys, the all-zero key for 32-byte keys.
 
 race (protocol in native/race_internal.h): lookups read both combined buckets in one doorbell,
-then the fingerprint-matching KV block (2 RTT; ``window`` shares both doorbells among a group
-of lookups); inserts 2 RTT, updates and deletes 3 RTT; ``range``/``range_count`` raise
+then the fingerprint-matching KV block (2 RTT; a batch shares both doorbells among its lookups);
+inserts 2 RTT, updates and deletes 3 RTT; ``range``/``range_count`` raise
 RangeNotSupported. Its counters reuse the shared names: ``splits`` (subtable splits),
 ``version_mismatch`` and ``root_reads`` (stale cached directory entries re-read),
 ``lock_fail``/``lease_steals`` (subtable split locks), ``torn_retry`` (a KV block whose
@@ -49,7 +57,10 @@ from kvdm.native import ffi, lib
 from kvdm.transport.dm import DMContext, DMError, raise_for
 
 DEFAULTS: dict[str, Any] = {"cache_mb": 100.0, "root_slot": None, "lease_ms": 1000, "max_wait_ms": 10000,
-                            "window": 1, "local_locks": None}
+                            "window": 0, "lpm": "auto", "lpm_fanout": 16, "lpm_exact": False,
+                            "local_locks": None}
+#: prefix-match strategies, in the C enum's order (kvidx.h KVIDX_LPM_*)
+LPM_STRATEGIES = ("auto", "parallel", "kary", "sequential")
 STAT_FIELDS = tuple(name for name, _ in ffi.typeof("kvidx_stats").fields)
 DM_FIELDS = tuple(name for name, _ in ffi.typeof("dm_counters").fields)
 # counter_vector reads both structs as uint64 arrays
@@ -133,7 +144,17 @@ class NativeIndex(Index):
         c_opts.root_slot = int(opts["root_slot"])
         c_opts.lease_ms = int(opts["lease_ms"])
         c_opts.max_wait_ms = int(opts["max_wait_ms"])
-        c_opts.window = int(opts["window"])
+        window, fanout = int(opts["window"]), int(opts["lpm_fanout"])
+        if window < 0:
+            raise ValueError(f"window must be >= 0 (0 = every key in one doorbell), got {window}")
+        if not 1 <= fanout <= 64:
+            raise ValueError(f"lpm_fanout must be in 1..64, got {fanout}")
+        if opts["lpm"] not in LPM_STRATEGIES:
+            raise ValueError(f"unknown lpm strategy {opts['lpm']!r}; valid: {', '.join(LPM_STRATEGIES)}")
+        c_opts.window = window
+        c_opts.lpm = LPM_STRATEGIES.index(opts["lpm"])
+        c_opts.lpm_fanout = fanout
+        c_opts.lpm_exact = int(bool(opts["lpm_exact"]))
         c_opts.add_virtual_ns = int(transport.config.latency_model == "virtual")
         table = opts["local_locks"]
         if table is not None and not isinstance(table, LocalLockTable):
@@ -210,6 +231,23 @@ class NativeIndex(Index):
         self._check(self._call("get", self._live(), _ptr(k), n, _ptr(vals, "uint64_t *"), _ptr(found),
                                    self._lat(lat_ns, n)))
         return vals, found.astype(bool)
+
+    def prefix_match(self, keys: np.ndarray) -> int:
+        """Length of the longest present prefix of ``keys``, in one C call with the handle's
+        ``lpm`` strategy (parallel: one doorbell for all keys)."""
+        return self.prefix_lookup(keys)[0]
+
+    def prefix_lookup(self, keys: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+        """:meth:`prefix_match` with what it read: ``(matched, values, probed_and_found)``.
+        ``values[i]`` is valid where ``found[i]``; every key below ``matched`` is probed except
+        under an inexact ``kary`` match, which probes only ``lpm_fanout`` keys a round."""
+        k = self._keys(keys, check=False)
+        n = k.shape[0]
+        vals = np.zeros(n, dtype=np.uint64)
+        found = np.zeros(n, dtype=np.uint8)
+        matched = ffi.new("size_t *")
+        self._check(self._call("prefix", self._live(), _ptr(k), n, _ptr(vals, "uint64_t *"), _ptr(found), matched))
+        return int(matched[0]), vals, found.astype(bool)
 
     def put(self, keys: np.ndarray, values: np.ndarray, lat_ns: np.ndarray | None = None) -> None:
         """Insert or update every key, in order."""

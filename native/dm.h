@@ -124,6 +124,9 @@ typedef struct dm_ctx dm_ctx;
 /* cfg may be NULL (defaults). On failure *out is NULL and err (if given) holds the reason. */
 int dm_ctx_create(const dm_config *cfg, dm_ctx **out, char *err, size_t errlen);
 void dm_ctx_destroy(dm_ctx *ctx);
+/* The configuration the ctx was created with (defaults filled in): indexes read the modelled
+ * RTT and bandwidth from it to choose between protocols. */
+void dm_get_config(const dm_ctx *ctx, dm_config *out);
 const char *dm_last_error(const dm_ctx *ctx);
 
 /* Attach a memory node by URI and learn its id (from the region header):

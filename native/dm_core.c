@@ -61,6 +61,8 @@ int dm_ctx_create(const dm_config *cfg, dm_ctx **out, char *err, size_t errlen) 
     return DM_OK;
 }
 
+void dm_get_config(const dm_ctx *ctx, dm_config *out) { *out = ctx->cfg; }
+
 void dm_ctx_destroy(dm_ctx *ctx) {
     if (!ctx) return;
     for (int i = 0; i <= DM_MAX_NODES; i++)

@@ -71,16 +71,18 @@ static int run_op(const kvidx_ops *ix, void *h, const kvdm_stream *s, size_t j, 
     const uint8_t *keys = s->keys + a * kb;
     int rc = DM_OK;
     switch (s->kind[j]) {
-    case KVDM_OP_GET:
-    case KVDM_OP_PREFIX: {
+    case KVDM_OP_GET: {
         rc = ix->get(h, keys, m, sc->vals, sc->found, NULL);
         if (rc != DM_OK) break;
-        int64_t found = 0, prefix = -1;
-        for (size_t i = 0; i < m; i++) {
-            found += sc->found[i];
-            if (!sc->found[i] && prefix < 0) prefix = (int64_t)i;
-        }
-        *hits = s->kind[j] == KVDM_OP_GET ? found : (prefix < 0 ? (int64_t)m : prefix);
+        int64_t found = 0;
+        for (size_t i = 0; i < m; i++) found += sc->found[i];
+        *hits = found;
+        break;
+    }
+    case KVDM_OP_PREFIX: {
+        size_t matched = 0;
+        rc = ix->prefix(h, keys, m, sc->vals, sc->found, &matched);
+        *hits = (int64_t)matched;
         break;
     }
     case KVDM_OP_RANGE: {

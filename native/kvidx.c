@@ -363,8 +363,9 @@ int kvidx_check_opts(dm_ctx *ctx, const kvidx_opts *o, char *err, size_t errlen)
         return dm_fail_buf(err, errlen, DM_EINVAL, "root_slot %d not in 0..%d", o->root_slot, DM_NUM_ROOTS - 1);
     if (o->cache_mb < 0) return dm_fail_buf(err, errlen, DM_EINVAL, "cache_mb must be >= 0 (got %g)", o->cache_mb);
     if (o->lease_ms < 1) return dm_fail_buf(err, errlen, DM_EINVAL, "lease_ms must be >= 1");
-    if (o->window < 1 || o->window > KVIDX_MAX_WINDOW)
-        return dm_fail_buf(err, errlen, DM_EINVAL, "window %u not in 1..%d", o->window, KVIDX_MAX_WINDOW);
+    if (o->lpm > KVIDX_LPM_SEQUENTIAL)
+        return dm_fail_buf(err, errlen, DM_EINVAL, "lpm strategy %u not in 0..%d (auto, parallel, kary, sequential)",
+                           o->lpm, KVIDX_LPM_SEQUENTIAL);
     if (dm_node_size(ctx, 0) == 0)
         return dm_fail_buf(err, errlen, DM_ENODE, "memory node 0 is not attached (it holds the root slots)");
     return DM_OK;

@@ -17,12 +17,22 @@ typedef struct kvidx_opts {
     int root_slot;        /* root slot on memory node 0 holding this index's root (0..63) */
     uint32_t lease_ms;    /* lock lease: a lock older than this may be taken over */
     uint32_t max_wait_ms; /* give up (DM_ETIMEDOUT) after waiting this long for one lock */
-    uint32_t window;      /* lookups whose first READs share one doorbell (1..KVIDX_MAX_WINDOW) */
+    uint32_t window;      /* at most this many keys' first READs per doorbell; 0 (default) = all keys of
+                           * a call, chunked only at the transport's limit (DM_MAX_BATCH verbs) */
     int add_virtual_ns;   /* latency model `virtual`: add the modelled time to per-key latencies */
+    uint32_t lpm;         /* prefix-match strategy: KVIDX_LPM_* (0 = auto) */
+    uint32_t lpm_fanout;  /* kary: probes per round (B >= 1; 0 = 16) */
+    int lpm_exact;        /* kary: verify the matched prefix (one more doorbell) */
     struct kvidx_llt *local_locks; /* NULL, or a local lock table shared by handles of one process */
 } kvidx_opts;
 
-#define KVIDX_MAX_WINDOW 64
+/* Longest-prefix-match strategies (notes/index-anchors.md R9):
+ *   AUTO       a cost model picks parallel or kary per call (see kvidx_handle_internal.h);
+ *   PARALLEL   every key's lookup in one doorbell (exact; chunked at DM_MAX_BATCH verbs);
+ *   KARY       rounds of lpm_fanout evenly spaced probes, assuming presence is prefix-closed
+ *              (engines insert whole chains and evict tails first); exact with lpm_exact;
+ *   SEQUENTIAL one key per round trip until the first miss (the literature's baseline). */
+enum { KVIDX_LPM_AUTO = 0, KVIDX_LPM_PARALLEL = 1, KVIDX_LPM_KARY = 2, KVIDX_LPM_SEQUENTIAL = 3 };
 
 /* Cumulative counters of one handle (transport counters come from dm_get_counters). */
 typedef struct kvidx_stats {
@@ -44,6 +54,13 @@ typedef struct kvidx_stats {
     uint64_t split_entries, split_capacity; /* leaf entries / slots summed over leaf splits */
     uint64_t leaf_rebuilds;    /* chime leaves re-placed whole (displacement) instead of split */
     uint64_t leaf_relocations; /* chime leaves moved to a fresh node instead of wrapping node_ver */
+    uint64_t stale_root;       /* descents that found the cached root outdated and re-read the root slot */
+    uint64_t lpm_calls;        /* prefix matches */
+    uint64_t lpm_parallel, lpm_kary, lpm_sequential; /* ... by the strategy that ran (auto's pick) */
+    uint64_t lpm_probes;       /* keys looked up by prefix matches */
+    uint64_t lpm_unclosed;     /* parallel matches that found a key present after the first miss */
+    uint64_t batch_rounds;     /* lock-all rounds of batched writes (1 per batch when uncontended) */
+    uint64_t batch_deferred;   /* keys of batched writes finished by the single-key path (split, full) */
 } kvidx_stats;
 
 /* The data-path entry points of one index at one key width, behind an untyped handle, so
@@ -54,6 +71,7 @@ typedef struct kvidx_ops {
     int (*get)(void *h, const uint8_t *keys, size_t n, uint64_t *vals, uint8_t *found, uint64_t *lat_ns);
     int (*put)(void *h, const uint8_t *keys, const uint64_t *vals, size_t n, uint64_t *lat_ns);
     int (*range)(void *h, const uint8_t *lo, const uint8_t *hi, uint64_t limit, size_t *count);
+    int (*prefix)(void *h, const uint8_t *keys, size_t n, uint64_t *vals, uint8_t *found, size_t *matched);
     void (*range_fetch)(const void *h, uint8_t *keys, uint64_t *vals);
     void (*stats)(const void *h, kvidx_stats *out);
     const char *(*error)(const void *h);
@@ -79,6 +97,9 @@ void kvidx_llt_destroy(kvidx_llt *t);
     int P##_get(P *h, const uint8_t *keys, size_t n, uint64_t *vals, uint8_t *found, uint64_t *lat_ns);   \
     int P##_put(P *h, const uint8_t *keys, const uint64_t *vals, size_t n, uint64_t *lat_ns);             \
     int P##_delete(P *h, const uint8_t *keys, size_t n, uint8_t *found, uint64_t *lat_ns);                \
+    /* longest present prefix of keys[0..n) -> *matched; found[i]/vals[i] for the keys probed  \
+     * (found 0 = absent or not probed; every key < *matched is probed unless kary inexact) */ \
+    int P##_prefix(P *h, const uint8_t *keys, size_t n, uint64_t *vals, uint8_t *found, size_t *matched); \
     int P##_range(P *h, const uint8_t *lo, const uint8_t *hi, uint64_t limit, size_t *count);             \
     void P##_range_fetch(const P *h, uint8_t *keys, uint64_t *vals);                                      \
     int P##_range_count(P *h, const uint8_t *los, const uint8_t *his, size_t n, int64_t *counts,          \
@@ -101,11 +122,14 @@ void kvidx_llt_destroy(kvidx_llt *t);
     static int P##_ops_range(void *h, const uint8_t *lo, const uint8_t *hi, uint64_t lim, size_t *c) {    \
         return P##_range((P *)h, lo, hi, lim, c);                                                         \
     }                                                                                                     \
+    static int P##_ops_prefix(void *h, const uint8_t *k, size_t n, uint64_t *v, uint8_t *f, size_t *m) {  \
+        return P##_prefix((P *)h, k, n, v, f, m);                                                         \
+    }                                                                                                     \
     static void P##_ops_fetch(const void *h, uint8_t *k, uint64_t *v) { P##_range_fetch((const P *)h, k, v); } \
     static void P##_ops_stats(const void *h, kvidx_stats *o) { P##_stats((const P *)h, o); }              \
     static const char *P##_ops_error(const void *h) { return P##_error((const P *)h); }                   \
     static const kvidx_ops P##_ops_table = {#P, KEYB, P##_ops_get, P##_ops_put, P##_ops_range,           \
-                                            P##_ops_fetch, P##_ops_stats, P##_ops_error};                 \
+                                            P##_ops_prefix, P##_ops_fetch, P##_ops_stats, P##_ops_error};                 \
     const kvidx_ops *P##_ops(void) { return &P##_ops_table; }
 
 #endif /* KVDM_KVIDX_H */

@@ -112,7 +112,8 @@ typedef struct CH_T {
     unsigned rr;
     dm_gaddr pool[POOL_MAX];
     int npool;
-    struct probe *probes; /* window > 1: one per key of a lookup group */
+    struct probe *probes; /* one per key of a lookup doorbell */
+    size_t nprobes;
     uint8_t *scan;        /* range prefetch buffer */
     uint8_t *rkeys; /* last range result */
     uint64_t *rvals;
@@ -125,6 +126,7 @@ typedef struct path {
     dm_gaddr leaf;
     int ver;             /* expected leaf node_ver from the parent, -1 = unknown */
     dm_gaddr parent;
+    int root_leaf;       /* the leaf is the root we know of (no parent) */
 } path;
 
 typedef struct entry {
@@ -262,6 +264,24 @@ static void drop_stale_parent(CH_T *h, dm_gaddr *parent) {
     *parent = 0;
 }
 
+/* The root we know went stale: another client grew the tree. Re-read the root slot on the
+ * next descent instead of walking siblings from the old root for ever. */
+static void root_is_stale(CH_T *h) {
+    if (h->root_level >= 0) h->st.stale_root++;
+    h->root_level = -1;
+}
+
+/* A leaf reached by p turned out to end below the key: go right, and forget what sent us
+ * there (the cached parent, or the root itself when the leaf was the root). */
+static void leaf_went_right(CH_T *h, path *p) {
+    h->st.go_right++;
+    if (p->root_leaf) root_is_stale(h);
+    p->root_leaf = 0;
+    drop_stale_parent(h, &p->parent);
+}
+
+#define STALE_HOPS 4 /* go-rights in one descent that make it re-read the root slot */
+
 /* Walk from the root to the node at level stop (>= 1) covering key, or to the leaf (stop 0).
  * Internal nodes come from the cache when present. */
 static int descend(CH_T *h, const uint8_t *key, int stop, path *p, dm_gaddr *out) {
@@ -277,6 +297,7 @@ static int descend(CH_T *h, const uint8_t *key, int stop, path *p, dm_gaddr *out
         lvl = h->root_level;
         if (lvl < stop) return herr(h, DM_EPROTO, "the tree has no level %d (root level %d)", stop, lvl);
     }
+    unsigned hops = 0, reloaded = 0;
     for (unsigned steps = 0; lvl > 0; steps++) {
         if (steps > 100000) return herr(h, DM_EPROTO, "descent does not terminate (corrupt sibling chain?)");
         const uint8_t *n = kvidx_cache_get(&h->cache, g);
@@ -295,9 +316,19 @@ static int descend(CH_T *h, const uint8_t *key, int stop, path *p, dm_gaddr *out
         }
         if (above_high(n, key)) { /* B-link: the node split after our parent pointed to it */
             h->st.go_right++;
-            if (g == h->root) h->root_level = -1; /* the root split: reload the slot next time */
+            if (g == h->root) root_is_stale(h); /* the root split: reload the slot next time */
             if (lvl + 1 < MAXH) drop_stale_parent(h, &p->node[lvl + 1]);
             g = untag(get64(n + H_SIB));
+            if (++hops == STALE_HOPS && !reloaded) { /* walking a long chain: start from the real root */
+                root_is_stale(h);
+                int rc = load_root(h);
+                if (rc != DM_OK) return rc;
+                reloaded = 1;
+                if (h->root_level >= stop) {
+                    g = h->root;
+                    lvl = h->root_level;
+                }
+            }
             continue;
         }
         p->node[lvl] = g;
@@ -317,6 +348,7 @@ static int descend(CH_T *h, const uint8_t *key, int stop, path *p, dm_gaddr *out
         lvl--;
     }
     p->leaf = g; /* the root is a leaf */
+    p->root_leaf = 1;
     *out = g;
     return DM_OK;
 }
@@ -425,8 +457,7 @@ static int get_one(CH_T *h, const uint8_t *key, uint64_t *val, uint8_t *found) {
             if (r.pay[0][H_KIND] != KIND || r.pay[0][H_LEVEL] != 0)
                 return herr(h, DM_EPROTO, "0x%016llx is not a " NAME " leaf", (unsigned long long)leaf);
             if (above_high(r.pay[0], key)) {
-                h->st.go_right++;
-                drop_stale_parent(h, &p.parent);
+                leaf_went_right(h, &p);
                 leaf = untag(get64(r.pay[0] + H_SIB));
                 continue;
             }
@@ -474,8 +505,7 @@ static int lock_leaf(CH_T *h, const uint8_t *key, path *p, leafread *r, dm_gaddr
             continue;
         }
         if (hdr && above_high(r->pay[0], key)) {
-            h->st.go_right++;
-            drop_stale_parent(h, &p->parent);
+            leaf_went_right(h, p);
             rc = kvidx_unlock(&h->lk, lock_of(leaf), *word);
             if (rc != DM_OK) return dmerr(h, rc);
             leaf = untag(get64(r->pay[0] + H_SIB));
@@ -962,7 +992,12 @@ static int debug_lock_leaf(CH_T *h, const uint8_t *key) {
 }
 #define LEAF_MAX LEAF_CAP
 
-/* Batched lookups: the first attempt of up to `window` keys shares one doorbell. */
+/* A lookup posts the bucket READ (two on a wrap) and, with no version from the parent, the
+ * header READ; with a cached parent it reads the two buckets. */
+#define PROBE_VERBS 3
+static uint32_t lookup_bytes(void) { return 2 * UNIT_BYTES; }
+
+/* Batched lookups: each key's first attempt goes into a shared doorbell (get_many). */
 typedef struct probe {
     path p;
     leafread r;
@@ -1088,9 +1123,8 @@ static int range_scan(CH_T *h, const uint8_t *lo, const uint8_t *hi, uint64_t li
         if (rc != DM_OK) return rc;
         if (pay[H_LEVEL] != 0) return herr(h, DM_EPROTO, "range: 0x%016llx is not a leaf", (unsigned long long)g);
         if (above_high(pay, cur)) {
-            h->st.go_right++;
             g = untag(get64(pay + H_SIB));
-            drop_stale_parent(h, &p.parent);
+            leaf_went_right(h, &p);
             continue;
         }
         if (range_take(h, pay, cur, hi, limit, &rc)) return rc;
@@ -1113,7 +1147,6 @@ int CH(open)(dm_ctx *ctx, const kvidx_opts *o, CH_T **out, char *err, size_t err
     if (rc0 != DM_OK) return rc0;
     h->rr = kvidx_locker_init(&h->lk, ctx, &h->st, o, h, h->err, sizeof h->err, o->local_locks);
     int rc = kvidx_cache_init(&h->cache, o->cache_mb, NODE_PAYLOAD, &h->st);
-    if (rc == DM_OK && o->window > 1 && !(h->probes = calloc(o->window, sizeof *h->probes))) rc = DM_ENOMEM;
     if (rc != DM_OK) {
         kvidx_cache_free(&h->cache);
         free(h);
@@ -1165,15 +1198,31 @@ void CH(close)(CH_T *h) {
 const char *CH(error)(const CH_T *h) { return h->err; }
 
 
-/* Lookups in groups of `window` keys: one doorbell carries every key's first READ(s); the
- * keys whose read needs a retry or a go-right finish one by one. Each key's latency is its
- * group's. */
-static int get_windowed(CH_T *h, const uint8_t *keys, size_t n, uint64_t *vals, uint8_t *found, uint64_t *lat) {
-    for (size_t s = 0; s < n; s += h->o.window) {
-        size_t m = n - s < h->o.window ? n - s : h->o.window;
+/* Room for m probes; allocated before any READ is posted into them. */
+static int probes_for(CH_T *h, size_t m) {
+    if (m <= h->nprobes) return DM_OK;
+    struct probe *p = realloc(h->probes, m * sizeof *p);
+    if (!p) return herr(h, DM_ENOMEM, "out of local memory for %zu lookups", m);
+    h->probes = p;
+    h->nprobes = m;
+    return DM_OK;
+}
+
+/* Batched lookups: every key's first READ(s) go into one doorbell, split only where the
+ * transport's limit (DM_MAX_BATCH verbs) or the `window` option says; the keys whose read
+ * needs a retry or a go-right finish one by one. Each key's latency is its doorbell's. */
+static int get_many(CH_T *h, const uint8_t *keys, size_t n, uint64_t *vals, uint8_t *found, uint64_t *lat) {
+    size_t per = keys_per_doorbell(h, n);
+    if (per > DM_MAX_BATCH) per = DM_MAX_BATCH;
+    int rc = probes_for(h, per);
+    if (rc != DM_OK) return rc;
+    for (size_t s = 0; s < n;) {
         LAT_BEGIN;
-        int rc = DM_OK;
-        for (size_t j = 0; j < m && rc == DM_OK; j++) rc = probe_post(h, keys + (s + j) * KB, &h->probes[j]);
+        size_t m = 0;
+        while (s + m < n && m < per && rc == DM_OK && dm_batch_len(h->ctx) + PROBE_VERBS <= DM_MAX_BATCH) {
+            rc = probe_post(h, keys + (s + m) * KB, &h->probes[m]);
+            m++;
+        }
         if (rc == DM_OK) rc = dmerr(h, dm_submit(h->ctx));
         else dm_discard(h->ctx);
         for (size_t j = 0; j < m && rc == DM_OK; j++) {
@@ -1185,21 +1234,17 @@ static int get_windowed(CH_T *h, const uint8_t *keys, size_t n, uint64_t *vals, 
         }
         if (rc != DM_OK) return rc;
         for (size_t j = 0; lat && j < m; j++) lat[s + j] = lat_clock(h) - t0;
+        s += m;
     }
     return DM_OK;
 }
 
 int CH(get)(CH_T *h, const uint8_t *keys, size_t n, uint64_t *vals, uint8_t *found, uint64_t *lat) {
-    if (h->o.window > 1) return get_windowed(h, keys, n, vals, found, lat);
-    for (size_t i = 0; i < n; i++) {
-        LAT_BEGIN;
-        int rc = get_one(h, keys + i * KB, &vals[i], &found[i]);
-        if (rc != DM_OK) return rc;
-        LAT_END(i);
-        h->st.gets++;
-        h->st.found += found[i];
-    }
-    return DM_OK;
+    return get_many(h, keys, n, vals, found, lat);
+}
+
+int CH(prefix)(CH_T *h, const uint8_t *keys, size_t n, uint64_t *vals, uint8_t *found, size_t *matched) {
+    return prefix_match(h, keys, n, vals, found, matched);
 }
 
 int CH(put)(CH_T *h, const uint8_t *keys, const uint64_t *vals, size_t n, uint64_t *lat) {

@@ -124,3 +124,150 @@ static int delete_each(KVIDX_HANDLE *h, const uint8_t *keys, size_t n, uint8_t *
     }
     return DM_OK;
 }
+
+/* ---- doorbells ---- */
+
+/* Submit what is posted when `more` verbs would not fit into this doorbell: the only reason a
+ * batch is ever split is the transport's limit of DM_MAX_BATCH verbs per dm_submit (the send
+ * queue depth of the verbs backend's queue pairs). */
+static int make_room(KVIDX_HANDLE *h, int more) {
+    if (dm_batch_len(h->ctx) + more <= DM_MAX_BATCH) return DM_OK;
+    return dmerr(h, dm_submit(h->ctx));
+}
+
+/* The most keys whose first READs share one doorbell: the `window` option, 0 = unbounded. */
+static size_t keys_per_doorbell(const KVIDX_HANDLE *h, size_t n) {
+    return h->o.window && h->o.window < n ? h->o.window : (n ? n : 1);
+}
+
+/* ---- longest prefix match (notes/index-anchors.md R9), over the index's batched lookup ----
+ * The includer defines get_many (every key's first READ in as few doorbells as the transport
+ * allows) and lookup_bytes (the bytes one cache-hit lookup reads: the cost model's input). */
+static int get_many(KVIDX_HANDLE *h, const uint8_t *keys, size_t n, uint64_t *vals, uint8_t *found, uint64_t *lat);
+static uint32_t lookup_bytes(void);
+
+#define KARY_MAX_FANOUT 64
+#define KARY_DEFAULT_FANOUT 16
+
+static uint32_t kary_fanout(const KVIDX_HANDLE *h) {
+    uint32_t b = h->o.lpm_fanout ? h->o.lpm_fanout : KARY_DEFAULT_FANOUT;
+    return b > KARY_MAX_FANOUT ? KARY_MAX_FANOUT : b;
+}
+
+/* Rounds a k-ary search over n keys takes with b probes per round: (b+1)^r >= n+1. */
+static unsigned kary_rounds(size_t n, uint32_t b) {
+    unsigned r = 0;
+    for (double span = 1; span < (double)n + 1; span *= (double)b + 1) r++;
+    return r ? r : 1;
+}
+
+/* Round trips and bytes are what a prefix match costs; the model charges each the configured
+ * RTT and bandwidth (2 µs and 100 Gb/s when unset, a ConnectX-6's order of magnitude). */
+static double lpm_cost_ns(const KVIDX_HANDLE *h, double rtts, double bytes) {
+    dm_config c;
+    dm_get_config(h->ctx, &c);
+    double rtt = c.rtt_us > 0 ? c.rtt_us * 1000.0 : 2000.0, gbps = c.gbps > 0 ? c.gbps : 100.0;
+    return rtts * rtt + bytes * 8.0 / gbps;
+}
+
+/* auto: kary only when the model says it is cheaper than one parallel match AND this handle's
+ * parallel matches have shown presence to be prefix-closed (kary's assumption): at least 32
+ * samples, none unclosed. Every 64th match runs parallel regardless, to keep measuring. */
+static int lpm_pick(KVIDX_HANDLE *h, size_t n) {
+    uint32_t b = kary_fanout(h);
+    unsigned r = kary_rounds(n, b);
+    double per_key = lookup_bytes();
+    double verbs = (double)n * 1.2; /* a lookup posts one READ, two on a bucket wrap */
+    double par = lpm_cost_ns(h, (double)(size_t)((verbs + DM_MAX_BATCH - 1) / DM_MAX_BATCH), (double)n * per_key);
+    double kary = lpm_cost_ns(h, r, (double)r * b * per_key);
+    int closed = h->st.lpm_parallel >= 32 && h->st.lpm_unclosed == 0;
+    if (kary < par && closed && h->st.lpm_calls % 64 != 63) return KVIDX_LPM_KARY;
+    return KVIDX_LPM_PARALLEL;
+}
+
+static int lpm_parallel(KVIDX_HANDLE *h, const uint8_t *keys, size_t n, uint64_t *vals, uint8_t *found, size_t *m) {
+    int rc = get_many(h, keys, n, vals, found, NULL);
+    if (rc != DM_OK) return rc;
+    size_t i = 0;
+    while (i < n && found[i]) i++;
+    *m = i;
+    for (size_t j = i; j < n; j++)
+        if (found[j]) {
+            h->st.lpm_unclosed++;
+            break;
+        }
+    h->st.lpm_parallel++;
+    h->st.lpm_probes += n;
+    return DM_OK;
+}
+
+static int lpm_sequential(KVIDX_HANDLE *h, const uint8_t *keys, size_t n, uint64_t *vals, uint8_t *found, size_t *m) {
+    size_t i = 0;
+    for (; i < n; i++) {
+        int rc = get_many(h, keys + i * KB, 1, vals + i, found + i, NULL);
+        h->st.lpm_probes++;
+        if (rc != DM_OK) return rc;
+        if (!found[i]) break;
+    }
+    *m = i;
+    h->st.lpm_sequential++;
+    return DM_OK;
+}
+
+/* k-ary search: [lo, hi] brackets the match length; each round probes up to B lengths evenly
+ * spaced in (lo, hi] (length p present <=> key p-1 found) in one doorbell. */
+static int lpm_kary(KVIDX_HANDLE *h, const uint8_t *keys, size_t n, uint64_t *vals, uint8_t *found, size_t *m) {
+    uint32_t b = kary_fanout(h);
+    uint8_t pk[KARY_MAX_FANOUT * KB], pf[KARY_MAX_FANOUT];
+    uint64_t pv[KARY_MAX_FANOUT];
+    size_t pos[KARY_MAX_FANOUT], lo = 0, hi = n;
+    while (lo < hi) {
+        size_t span = hi - lo, np = span <= b ? span : b;
+        for (size_t j = 0; j < np; j++) {
+            pos[j] = span <= b ? lo + j + 1 : lo + ((j + 1) * span + b) / (b + 1); /* a length in (lo, hi] */
+            memcpy(pk + j * KB, keys + (pos[j] - 1) * KB, KB);
+        }
+        int rc = get_many(h, pk, np, pv, pf, NULL);
+        if (rc != DM_OK) return rc;
+        h->st.lpm_probes += np;
+        size_t new_lo = lo, new_hi = hi;
+        for (size_t j = 0; j < np; j++) {
+            found[pos[j] - 1] = pf[j];
+            vals[pos[j] - 1] = pv[j];
+            if (pf[j]) new_lo = pos[j];
+            else {
+                new_hi = pos[j] - 1;
+                break; /* prefix-closed: nothing beyond the first miss counts */
+            }
+        }
+        if (new_hi < new_lo) new_lo = new_hi;
+        lo = new_lo;
+        hi = new_hi;
+    }
+    *m = lo;
+    if (h->o.lpm_exact && lo) { /* verify: every key of the matched prefix, in one doorbell */
+        int rc = get_many(h, keys, lo, vals, found, NULL);
+        if (rc != DM_OK) return rc;
+        h->st.lpm_probes += lo;
+        size_t i = 0;
+        while (i < lo && found[i]) i++;
+        *m = i;
+    }
+    h->st.lpm_kary++;
+    return DM_OK;
+}
+
+/* The public prefix match of every index. */
+static int prefix_match(KVIDX_HANDLE *h, const uint8_t *keys, size_t n, uint64_t *vals, uint8_t *found,
+                        size_t *matched) {
+    *matched = 0;
+    if (!n) return DM_OK;
+    memset(found, 0, n);
+    memset(vals, 0, n * sizeof *vals);
+    int s = h->o.lpm == KVIDX_LPM_AUTO ? lpm_pick(h, n) : (int)h->o.lpm;
+    int rc = s == KVIDX_LPM_KARY ? lpm_kary(h, keys, n, vals, found, matched)
+             : s == KVIDX_LPM_SEQUENTIAL ? lpm_sequential(h, keys, n, vals, found, matched)
+             : lpm_parallel(h, keys, n, vals, found, matched);
+    h->st.lpm_calls++;
+    return rc;
+}

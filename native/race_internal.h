@@ -27,8 +27,8 @@
  *     depth/prefix does not own the key means the cached directory entry is stale: re-read the
  *     directory range of that entry and retry); READ the KV blocks whose fingerprint matches
  *     (1 doorbell); a block counts only if its checksum and key match. 2 RTT for a hit, 1 RTT
- *     for a miss without fingerprint match. `window` > 1 shares each doorbell among a group
- *     of lookups.
+ *     for a miss without fingerprint match. A batch of lookups shares each doorbell (all keys, up to
+ *     DM_MAX_BATCH / 2 keys a doorbell, or the `window` option when set).
  *   put: WRITE the new KV block together with the bucket READs; READ matching KV blocks (only
  *     if a fingerprint matches); CAS the slot (0 -> new for an insert, old -> new for an
  *     update, other copies -> 0) and, in the same doorbell (same memory node, so after the
@@ -115,7 +115,9 @@ typedef struct RC_T {
     unsigned nodes[DM_MAX_NODES + 1];
     int nnodes;
     unsigned rr;
-    probe *probes; /* window probes (at least one) */
+    probe *probes; /* one per key of a doorbell (at least one) */
+    uint8_t *slow; /* per probe: finish on the single-key path */
+    size_t nprobes;
     uint64_t *sbuf; /* split: the subtable read, then the new half's image */
     uint8_t *skv;   /* split: KV blocks of every slot */
     int *sclear;    /* split: slots to clear */
@@ -126,6 +128,7 @@ typedef struct RC_T {
 
 #define KVIDX_HANDLE RC_T
 #include "kvidx_handle_internal.h"
+static int probes_for(RC_T *h, size_t m);
 static inline uint64_t kv_sum(uint64_t h1, uint64_t val) { return kvidx_mix64(h1 ^ val ^ UINT64_C(0x5ace5ace5ace5ace)); }
 static inline unsigned fp_of(uint64_t h1) { return (unsigned)(h1 >> 8) & 0xff; }
 static inline uint64_t h2_of(uint64_t h1) { return kvidx_mix64(h1 ^ UINT64_C(0x9e3779b97f4a7c15)); }
@@ -616,7 +619,7 @@ int RC(open)(dm_ctx *ctx, const kvidx_opts *o, RC_T **out, char *err, size_t err
     if (rc0 != DM_OK) return rc0;
     /* no local lock table: race locks only for splits, which are rare */
     h->rr = kvidx_locker_init(&h->lk, ctx, &h->st, o, h, h->err, sizeof h->err, NULL);
-    h->probes = calloc(o->window, sizeof *h->probes);
+    probes_for(h, 1);
     h->sbuf = malloc(2 * ST_BYTES);
     h->skv = malloc((size_t)ST_SLOTS * DM_LINE);
     h->sclear = malloc(sizeof(int) * ST_SLOTS);
@@ -639,6 +642,7 @@ void RC(close)(RC_T *h) {
     if (!h) return;
     free(h->dir);
     free(h->probes);
+    free(h->slow);
     free(h->sbuf);
     free(h->skv);
     free(h->sclear);
@@ -648,28 +652,42 @@ void RC(close)(RC_T *h) {
 const char *RC(error)(const RC_T *h) { return h->err; }
 
 
-/* Lookups in groups of `window` keys: one doorbell reads every key's two combined buckets, one
- * more reads every fingerprint-matching KV block; keys with a stale directory entry finish one
- * by one. Each key's latency is its group's. */
-int RC(get)(RC_T *h, const uint8_t *keys, size_t n, uint64_t *vals, uint8_t *found, uint64_t *lat) {
-    uint8_t slow[KVIDX_MAX_WINDOW];
-    for (size_t s = 0; s < n; s += h->o.window) {
-        size_t m = n - s < h->o.window ? n - s : h->o.window;
+/* Room for m probes (the lookups of one doorbell). */
+static int probes_for(RC_T *h, size_t m) {
+    if (m <= h->nprobes) return DM_OK;
+    probe *p = realloc(h->probes, m * sizeof *p);
+    uint8_t *s = realloc(h->slow, m);
+    if (p) h->probes = p;
+    if (s) h->slow = s;
+    if (!p || !s) return herr(h, DM_ENOMEM, "out of local memory for %zu lookups", m);
+    h->nprobes = m;
+    return DM_OK;
+}
+
+/* Batched lookups: one doorbell reads every key's two combined buckets (2 READs a key, so
+ * DM_MAX_BATCH / 2 keys a doorbell), one more reads every fingerprint-matching KV block; keys
+ * with a stale directory entry finish one by one. Each key's latency is its doorbell's. */
+static int get_many(RC_T *h, const uint8_t *keys, size_t n, uint64_t *vals, uint8_t *found, uint64_t *lat) {
+    size_t per = keys_per_doorbell(h, n);
+    if (per > DM_MAX_BATCH / 2) per = DM_MAX_BATCH / 2;
+    int rc = probes_for(h, per);
+    if (rc != DM_OK) return rc;
+    for (size_t s = 0; s < n; s += per) {
+        size_t m = n - s < per ? n - s : per;
         LAT_BEGIN;
-        int rc = DM_OK;
         for (size_t j = 0; j < m && rc == DM_OK; j++) rc = probe_post(h, keys + (s + j) * KB, &h->probes[j]);
         if (rc == DM_OK) rc = dmerr(h, dm_submit(h->ctx));
         else dm_discard(h->ctx);
         for (size_t j = 0; j < m && rc == DM_OK; j++) {
             int c = probe_check(&h->probes[j]);
-            slow[j] = c == P_STALE || c == P_BAD;
-            if (!slow[j]) rc = probe_post_kv(h, &h->probes[j]);
+            h->slow[j] = c == P_STALE || c == P_BAD;
+            if (!h->slow[j]) rc = probe_post_kv(h, &h->probes[j]);
         }
         if (rc == DM_OK) rc = dmerr(h, dm_submit(h->ctx));
         else dm_discard(h->ctx);
         for (size_t j = 0; j < m && rc == DM_OK; j++) {
             size_t i = s + j;
-            if (slow[j]) {
+            if (h->slow[j]) {
                 rc = get_one(h, keys + i * KB, &vals[i], &found[i]);
             } else {
                 int hit = probe_hit(h, &h->probes[j], keys + i * KB);
@@ -683,6 +701,17 @@ int RC(get)(RC_T *h, const uint8_t *keys, size_t n, uint64_t *vals, uint8_t *fou
         for (size_t j = 0; lat && j < m; j++) lat[s + j] = lat_clock(h) - t0;
     }
     return DM_OK;
+}
+
+/* a hit reads both combined buckets and one KV block */
+static uint32_t lookup_bytes(void) { return 4 * DM_LINE + DM_LINE; }
+
+int RC(get)(RC_T *h, const uint8_t *keys, size_t n, uint64_t *vals, uint8_t *found, uint64_t *lat) {
+    return get_many(h, keys, n, vals, found, lat);
+}
+
+int RC(prefix)(RC_T *h, const uint8_t *keys, size_t n, uint64_t *vals, uint8_t *found, size_t *matched) {
+    return prefix_match(h, keys, n, vals, found, matched);
 }
 
 int RC(put)(RC_T *h, const uint8_t *keys, const uint64_t *vals, size_t n, uint64_t *lat) {

@@ -33,8 +33,7 @@ static int sh_leaf(CH_T *h, const uint8_t *key, path *p, int lock, uint8_t *pay,
         if (lock && (rc = dmerr(h, kvidx_unlock(&h->lk, lock_of(leaf), *word))) != DM_OK) return rc;
         if (bad) return herr(h, DM_EPROTO, "0x%016llx is not a " NAME " leaf", (unsigned long long)leaf);
         if (right) {
-            h->st.go_right++;
-            drop_stale_parent(h, &p->parent);
+            leaf_went_right(h, p);
             leaf = untag(get64(pay + H_SIB));
             continue;
         }
@@ -150,7 +149,11 @@ static int debug_lock_leaf(CH_T *h, const uint8_t *key) {
     return rc;
 }
 
-/* Batched lookups: the first whole-leaf READ of up to `window` keys shares one doorbell. */
+/* A lookup reads the whole leaf: one READ. */
+#define PROBE_VERBS 1
+static uint32_t lookup_bytes(void) { return NODE_BYTES; }
+
+/* Batched lookups: each key's first whole-leaf READ goes into a shared doorbell (get_many). */
 typedef struct probe {
     path p;
     uint8_t raw[NODE_BYTES];

@@ -1,4 +1,6 @@
-"""``kvdm bench index``: point-operation throughput and latency of any index backend.
+"""``kvdm bench index``: point-operation throughput and latency of any index backend, and
+(``--op chain``) the engine's view: longest prefix match and chain insert swept over the chain
+length N, on one backend or several (see :mod:`kvdm.experiments.bench_chain`).
 
 Preloads ``--keys`` keys (batched puts), then ``--clients`` processes issue ``--op`` operations
 for ``--seconds`` each: ``get`` of preloaded keys (uniform), ``put`` of new keys, or ``mixed``
@@ -10,6 +12,16 @@ native index's call is timed around its C call alone (``Index.last_call_ns``); o
 are timed around the Python call (Redis: the client library is part of its cost). With
 ``--latency-model virtual`` the transport's modelled time is added. Prints Mops, p50/p99 per
 call, RTTs, verbs and bytes per key, cache hit ratio, retries, and for Redis server CPU per key.
+
+``--op chain``: per chain length N (``--chain-lengths``, default 1,2,4,...,512), ``--chains``
+chains of N keys are built and a random prefix of each preloaded (``--matched``); each LPM
+strategy (``--lpm-strategies``: native parallel, kary, sequential, auto; Redis lua, pipeline)
+then answers one prefix_match per chain, checked against the preloaded truth, and as many fresh
+chains are inserted, one put of N keys each. One client, one call at a time (unloaded
+latency). ``--backends chime,redis`` (or ``all``) sweeps several backends, each on its own
+memory nodes or server. Prints one table (RTTs, READs, bytes read and written per call, p50
+and p99 per call, matched length, mismatches), writes results.parquet/.csv and run.json to
+``--out`` and the p99-against-N figure to ``--plot``.
 """
 
 from __future__ import annotations
@@ -18,13 +30,14 @@ import argparse
 import multiprocessing as mp
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from kvdm.experiments.cli import UsageError, choices_type, group
+from kvdm.experiments.bench_chain import DEFAULT_CHAINS, MATCHED
+from kvdm.experiments.cli import CommandFailed, UsageError, choices_type, group
 from kvdm.experiments.cmd_replay import RETRY_COUNTERS, add_index_options, derived_columns, index_spec
 from kvdm.experiments.metrics import Histogram
 from kvdm.experiments.options import add_transport_options, transport_config
@@ -32,7 +45,9 @@ from kvdm.experiments.replay import DRIVERS, NATIVE_INDEXES, backend_session, op
 from kvdm.index import IndexSpec
 from kvdm.transport import TransportConfig, parse_size
 
-OPS = ("get", "put", "mixed")
+OPS = ("get", "put", "mixed", "chain")
+#: flags of --op chain only (argparse dests; None when not given)
+CHAIN_FLAGS = ("chain_lengths", "chains", "lpm_strategies", "backends", "matched", "out", "plot")
 PRELOAD_BATCH = 4096
 
 
@@ -78,13 +93,16 @@ def register(sub: Any) -> None:
     p = g.add_parser("index", help="point-op throughput and latency of an index backend",
                      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--keys", type=parse_size, default=parse_size("1M"),
-                   help="keys preloaded before measuring (K/M suffixes are powers of 1024; default 1M)")
-    p.add_argument("--op", type=choices_type(OPS, "op"), default="get", help="get, put or mixed (default get)")
+                   help="keys preloaded before measuring (K/M suffixes are powers of 1024; default 1M); "
+                   "--op chain: background keys preloaded before the chains")
+    p.add_argument("--op", type=choices_type(OPS, "op"), default="get",
+                   help="get, put, mixed, or chain (longest prefix match and chain insert swept over the "
+                   "chain length; see the chain options); default get")
     p.add_argument("--key-bytes", type=int, choices=(8, 32), default=8, help="key width (default 8)")
     p.add_argument("--clients", type=int, default=1, help="client processes (default 1)")
     p.add_argument("--batch", type=int, default=1, help="keys per index call (default 1)")
-    p.add_argument("--seconds", type=float, default=5.0, help="measuring time per client (default 5)")
-    p.add_argument("--read-ratio", type=float, default=0.5, help="share of gets with --op mixed (default 0.5)")
+    p.add_argument("--seconds", type=float, default=None, help="measuring time per client (default 5)")
+    p.add_argument("--read-ratio", type=float, default=None, help="share of gets with --op mixed (default 0.5)")
     p.add_argument("--seed", type=int, default=1000, help="seed of the key choice; client c uses seed+c (default 1000)")
     p.add_argument("--driver", type=choices_type(DRIVERS, "driver"), default="auto",
                    help="measuring loop: c (native indexes: calls generated in chunks, each run and timed in C), "
@@ -94,6 +112,23 @@ def register(sub: Any) -> None:
                    help="puts update keys drawn from the first N preloaded keys (0: insert new keys; default 0)")
     p.add_argument("--handover", action="store_true",
                    help="threads of a process share a local lock table (sherman/chime lock handover)")
+    c = p.add_argument_group("chain (with --op chain)")
+    c.add_argument("--chain-lengths", metavar="LIST",
+                   help="chain lengths N to sweep, comma-separated, each in 1..65536 (default 1,2,4,...,512)")
+    c.add_argument("--chains", type=parse_size, metavar="P",
+                   help=f"chains per N: LPM calls per strategy, and chain inserts (default {DEFAULT_CHAINS})")
+    c.add_argument("--lpm-strategies", metavar="LIST",
+                   help="LPM strategies, comma-separated, or all (default): native indexes parallel, kary, "
+                   "sequential, auto (index option lpm); redis lua, pipeline (option prefix_mode); each "
+                   "backend runs the ones that apply to it")
+    c.add_argument("--backends", metavar="LIST",
+                   help="sweep these backends one after another instead of --index: comma-separated, or all "
+                   "(chime, sherman, race, redis)")
+    c.add_argument("--matched", type=choices_type(MATCHED, "matched"),
+                   help="preloaded prefix of each chain: random (a length drawn from 0..N, default) or full")
+    c.add_argument("--out", metavar="DIR",
+                   help="results directory (default results/chain-<time>-<backends>)")
+    c.add_argument("--plot", metavar="PNG", help="figure file (default <out>/chain_p99.png)")
     add_index_options(p)
     add_transport_options(p)
     p.set_defaults(func=cmd_bench_index)
@@ -223,6 +258,13 @@ def _measure_c(cfg: BenchIndexConfig, index: Any, client: int, barrier: Any) -> 
 
 
 def cmd_bench_index(args: argparse.Namespace) -> int:
+    if args.op == "chain":
+        return cmd_bench_chain(args)
+    given = [f"--{d.replace('_', '-')}" for d in CHAIN_FLAGS if getattr(args, d, None) is not None]
+    if given:
+        raise UsageError(f"{', '.join(given)}: only for --op chain")
+    args.seconds = 5.0 if args.seconds is None else args.seconds
+    args.read_ratio = 0.5 if args.read_ratio is None else args.read_ratio
     if args.clients < 1 or args.batch < 1 or args.seconds <= 0 or args.keys < args.batch:
         raise UsageError("--clients, --batch and --seconds must be positive and --keys >= --batch")
     if not 0 <= args.read_ratio <= 1:
@@ -306,3 +348,115 @@ def _run_clients(cfg: BenchIndexConfig, uris: list[str]) -> list[tuple[np.ndarra
     if errors:
         raise RuntimeError("; ".join(errors))
     return results
+
+
+def chain_config(args: argparse.Namespace) -> Any:
+    """The :class:`~kvdm.experiments.bench_chain.ChainConfig` of ``--op chain``'s flags (UsageError
+    for flags that do not apply or bad values)."""
+    from kvdm.experiments import bench_chain as bc
+    from kvdm.index import available
+
+    not_chain = [flag for flag, bad in (("--clients", args.clients != 1), ("--threads", args.threads != 1),
+                                        ("--batch", args.batch != 1), ("--handover", args.handover),
+                                        ("--hot-keys", args.hot_keys != 0), ("--seconds", args.seconds is not None),
+                                        ("--read-ratio", args.read_ratio is not None)) if bad]
+    if not_chain:
+        raise UsageError(f"{', '.join(not_chain)}: not used by --op chain (one client, one call per chain at a "
+                         "time; size the run with --chains and --chain-lengths)")
+    try:
+        lengths = bc.parse_lengths(args.chain_lengths) if args.chain_lengths is not None else bc.CHAIN_LENGTHS
+        strategies = bc.parse_strategies(args.lpm_strategies) if args.lpm_strategies is not None \
+            else bc.ALL_STRATEGIES
+        backends = bc.parse_backends(args.backends, available()) if args.backends is not None \
+            else (args.index,)
+        for b in backends:
+            bc.strategies_for(b, strategies)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    chains = DEFAULT_CHAINS if args.chains is None else args.chains
+    if chains < 1:
+        raise UsageError(f"--chains must be >= 1, got {chains}")
+    if args.keys < 0:
+        raise UsageError(f"--keys must be >= 0, got {args.keys}")
+    opts = dict(args.index_opt)
+    if "lpm" in opts or getattr(args, "redis_prefix", None) is not None:
+        raise UsageError("--op chain sweeps the LPM strategy itself: choose them with --lpm-strategies "
+                         "(not --index-opt lpm=... or --redis-prefix)")
+    specs = [_chain_spec(args, b, opts, len(backends) > 1, max(lengths)) for b in backends]
+    if len(backends) > 1:
+        from kvdm.index.native import DEFAULTS as NATIVE_OPTIONS
+        from kvdm.index.redis_index import RedisOptions
+
+        known = set(NATIVE_OPTIONS) - {"local_locks"} if set(backends) & set(NATIVE_INDEXES) else set()
+        known |= {f.name for f in fields(RedisOptions)} if "redis" in backends else set()
+        unknown = sorted(set(opts) - known)
+        if unknown:
+            raise UsageError(f"--index-opt {', '.join(unknown)}: no backend of --backends {','.join(backends)} "
+                             f"takes it (each option goes to the backends that know it: {', '.join(sorted(known))})")
+    notes = []
+    red = next((s for s in specs if s.name == "redis"), None)
+    if red is not None:
+        notes.append(f"redis: pipeline depth {red.options['pipeline']}, range mode {red.options['range_mode']}; "
+                     "timed in Python around the client call (no C driver for Redis yet)")
+    out = args.out or f"results/chain-{time.strftime('%Y%m%d-%H%M%S')}-{'+'.join(backends)}"
+    # memory that outlives the run may hold an earlier run's chains: number this run's chains apart
+    kept = bool(args.memory_node) or any(s.options.get("url") for s in specs if s.name == "redis")
+    return bc.ChainConfig(specs, transport_config(args), lengths, strategies, chains, args.keys,
+                          args.matched or "random", args.seed, args.driver, out, args.plot, notes,
+                          bc.fresh_key_base() if kept else bc.CHAIN_KEY_BASE)
+
+
+def _chain_spec(args: argparse.Namespace, backend: str, opts: dict[str, Any], several: bool,
+                longest: int) -> IndexSpec:
+    """One backend's IndexSpec: --cache-mb and the --index-opt options it takes (with several
+    backends: only those it knows), Redis at its best protocol unless flags say otherwise."""
+    from kvdm.experiments import options_redis
+
+    options: dict[str, Any] = {}
+    if backend in NATIVE_INDEXES:
+        from kvdm.index.native import DEFAULTS as NATIVE_OPTIONS
+
+        if args.cache_mb is not None:
+            options["cache_mb"] = args.cache_mb
+        options.update({k: v for k, v in opts.items() if not several or k in NATIVE_OPTIONS})
+    elif backend == "redis":
+        from kvdm.index.redis_index import RedisOptions
+
+        options.update({k: v for k, v in opts.items() if not several or k in {f.name for f in fields(RedisOptions)}})
+        options.update(options_redis.redis_options(args, start_local=False))
+        options.setdefault("range_mode", "mget" if args.key_bytes == 8 else "zset")
+        # one round trip per call: every key of the longest chain (and a zset ZADD) in one pipeline
+        options.setdefault("pipeline", longest + (options["range_mode"] == "zset"))
+    else:
+        options.update(opts if not several else {})
+    return IndexSpec(backend, args.key_bytes, options)
+
+
+def cmd_bench_chain(args: argparse.Namespace) -> int:
+    """``kvdm bench index --op chain``."""
+    from kvdm.experiments import bench_chain as bc
+    from kvdm.experiments.options_redis import given_redis_flags
+
+    redis_flags = given_redis_flags(args)
+    backends = bc.parse_backends(args.backends, available_indexes()) if args.backends is not None \
+        else (args.index,)
+    if redis_flags and "redis" not in backends:
+        raise UsageError(f"{', '.join(redis_flags)}: only for the redis backend (the run has "
+                         f"{', '.join(backends)})")
+    cfg = chain_config(args)
+    print("# kvdm bench index --op chain")
+    res = bc.run_chain(cfg)
+    out, fig = bc.write(res, cfg)
+    print(f"# results: {out}/results.parquet (+ .csv, run.json); figure: {fig}")
+    bad = res.rows[res.rows["mismatches"] > 0]
+    if not bad.empty:
+        where = ", ".join(f"{r.index} {r.strategy} N={r.chain_len}: {r.mismatches}" for r in bad.itertuples())
+        raise CommandFailed(f"prefix matches that differ from the preloaded truth (presence is prefix-closed, so "
+                            f"every strategy must be exact): {where}")
+    return 0
+
+
+def available_indexes() -> list[str]:
+    from kvdm.index import available
+
+    return available()

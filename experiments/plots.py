@@ -100,10 +100,17 @@ def load_runs(paths: Sequence[str | Path]) -> list[Run]:
         dirs = [p] if (p / "results.parquet").exists() else sorted(d.parent for d in p.rglob("results.parquet"))
         if not dirs:
             raise FileNotFoundError(f"{p} holds no kvdm run (no results.parquet in it or below it)")
+        found = []
         for d in dirs:
             if not (d / "run.json").exists():
                 raise FileNotFoundError(f"{d} has results.parquet but no run.json: not a complete kvdm run")
-            runs.append(Run(d, RunResults.read(d)))
+            found.append(Run(d, RunResults.read(d)))
+        # `kvdm bench index --op chain` results have other rows (per chain length): drawn by plot_chain
+        replays = [r for r in found if r.results.meta.get("kind", "replay") == "replay"]
+        if found and not replays:
+            raise FileNotFoundError(f"{p} holds no replay run, only `kvdm bench index --op chain` results (their "
+                                    "figure is drawn by that command: --plot)")
+        runs += replays
     return runs
 
 
@@ -247,3 +254,54 @@ def _by_op(ax: Any, runs: Sequence[Run], col: str) -> None:
                         ha="center", va="bottom", fontsize=6)
     ax.set_xticks(x, ops)
     ax.set_xlabel("op type")
+
+
+#: plot_chain's panels: (op in the rows, panel title)
+CHAIN_PANELS = (("prefix_match", "longest prefix match (one call per chain)"),
+                ("insert", "chain insert (one put of N keys)"))
+
+
+def plot_chain(rows: pd.DataFrame, out: str | Path, metric: str = "p99", title: str = "", note: str = "") -> Path:
+    """The ``kvdm bench index --op chain`` figure: ``metric`` (default p99 latency per call) against
+    the chain length N (log2 axis), one line per backend and LPM strategy, in two panels (LPM,
+    chain insert); written to the PNG ``out`` (returned). ``rows`` are that command's results rows
+    (index, strategy, op, chain_len, <metric column>)."""
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; valid: {', '.join(METRICS)}")
+    col = METRICS[metric][0]
+    need = {"index", "strategy", "op", "chain_len", col}
+    if rows.empty or not need <= set(rows.columns):
+        raise ValueError(f"no chain-bench rows to plot (need columns {', '.join(sorted(need))})")
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6), sharey=True)
+    for ax, (op, panel) in zip(axes, CHAIN_PANELS, strict=True):
+        part = rows[rows["op"] == op]
+        for (backend, strategy), g in part.groupby(["index", "strategy"], sort=False):
+            g = g.sort_values("chain_len")
+            label = backend if strategy == "-" else f"{backend} {strategy}"
+            ax.plot(g["chain_len"], g[col], marker="o", ms=3, label=label)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        lengths = sorted(int(n) for n in rows["chain_len"].unique())
+        ax.set_xticks(lengths, [str(n) for n in lengths], fontsize=7 if len(lengths) > 8 else 9)
+        ax.xaxis.set_minor_locator(plt.NullLocator())
+        ax.set_xlabel("chain length N (blocks per call)")
+        ax.set_title(panel, fontsize=10)
+        ax.grid(alpha=0.3, which="both")
+        if not part.empty:
+            ax.legend(fontsize=7)
+        else:
+            ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
+    axes[0].set_ylabel(f"{METRICS[metric][1]} per call")
+    fig.suptitle(title or f"the engine's view: {metric} latency per call against chain length", fontsize=11)
+    bottom = 0.0
+    if note:
+        lines = [w for line in note.split("\n") for w in textwrap.wrap(line, 160)]
+        fig.text(0.01, 0.01, "\n".join(lines), fontsize=7, color="0.3")
+        bottom = 0.01 + 0.028 * len(lines)
+    fig.tight_layout(rect=(0, bottom, 1, 1))
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -44,6 +44,14 @@ static uint64_t lock_word(const kvidx_locker *lk) {
     return ((uint64_t)lk->owner << LEASE_BITS) | ((kvidx_wall_ms() + lk->lease_ms) & LEASE_MASK);
 }
 
+/* The lease word to expect next time: an expired lease (deadline in the past, with 40-bit
+ * wrap-around) may be taken over, a live one must be waited for (0). */
+static uint64_t takeover_expect(uint64_t old) {
+    uint64_t now = kvidx_wall_ms(), deadline = old & LEASE_MASK;
+    uint64_t past = ((now & LEASE_MASK) - deadline) & LEASE_MASK;
+    return (past > 0 && past < (LEASE_MASK >> 1)) ? old : 0;
+}
+
 static int post_lock_round(kvidx_locker *lk, dm_gaddr lock_addr, uint64_t expect, uint64_t want,
                            const kvidx_read *reads, int nreads, uint64_t *old) {
     int rc = dm_cas(lk->ctx, lock_addr, expect, want, old);
@@ -66,18 +74,87 @@ static int remote_lock_and_read(kvidx_locker *lk, dm_gaddr lock_addr, const kvid
             return DM_OK;
         }
         lk->st->lock_fail++;
-        uint64_t now = kvidx_wall_ms();
-        /* an expired lease (deadline in the past, with 40-bit wrap-around) may be taken over */
-        uint64_t deadline = old & LEASE_MASK;
-        expect = ((now & LEASE_MASK) - deadline) & LEASE_MASK;
-        expect = (expect > 0 && expect < (LEASE_MASK >> 1)) ? old : 0;
-        if (now - start > lk->max_wait_ms)
+        expect = takeover_expect(old);
+        if (kvidx_wall_ms() - start > lk->max_wait_ms)
             return dm_fail_buf(lk->err, lk->errlen, DM_ETIMEDOUT,
                            "gave up on lock 0x%016llx after %u ms: held by client %u (lease word 0x%016llx)",
                            (unsigned long long)lock_addr, lk->max_wait_ms, (unsigned)(old >> LEASE_BITS),
                            (unsigned long long)old);
         if (attempt > 4) sched_yield(); /* the holder may need this core */
     }
+}
+
+int kvidx_post_release(kvidx_locker *lk, dm_gaddr lock_addr, uint64_t word, uint64_t *old_out) {
+    return dm_cas(lk->ctx, lock_addr, word, 0, old_out);
+}
+
+/* One doorbell (or as many as DM_MAX_BATCH needs) of CAS || READ for req[a..b) not held. */
+static int lock_round(kvidx_locker *lk, kvidx_lockreq *req, size_t a, size_t b, uint64_t *old) {
+    int rc = DM_OK;
+    for (size_t i = a; i < b && rc == DM_OK; i++) {
+        if (req[i].held) continue;
+        if (dm_batch_len(lk->ctx) + 2 > DM_MAX_BATCH) rc = dm_submit(lk->ctx);
+        req[i].word = lock_word(lk);
+        if (rc == DM_OK) rc = dm_cas(lk->ctx, req[i].lock, req[i].expect, req[i].word, &old[i]);
+        if (rc == DM_OK) rc = dm_read(lk->ctx, req[i].rd.local, req[i].rd.remote, req[i].rd.len);
+    }
+    if (rc == DM_OK) return dm_submit(lk->ctx);
+    dm_discard(lk->ctx);
+    return rc;
+}
+
+/* Release every held req[i], i >= a (one doorbell; CAS failures mean a lost lease). */
+static int release_from(kvidx_locker *lk, kvidx_lockreq *req, size_t a, size_t n) {
+    int rc = DM_OK;
+    uint64_t old;
+    for (size_t i = a; i < n && rc == DM_OK; i++) {
+        if (!req[i].held) continue;
+        if (dm_batch_len(lk->ctx) + 1 > DM_MAX_BATCH) rc = dm_submit(lk->ctx);
+        if (rc == DM_OK) rc = dm_cas(lk->ctx, req[i].lock, req[i].word, 0, &old);
+        req[i].held = 0;
+    }
+    if (rc == DM_OK) return dm_submit(lk->ctx);
+    dm_discard(lk->ctx);
+    return rc;
+}
+
+int kvidx_lock_many(kvidx_locker *lk, kvidx_lockreq *req, size_t n) {
+    uint64_t start = kvidx_wall_ms(), *old = malloc((n ? n : 1) * sizeof *old);
+    if (!old) return dm_fail_buf(lk->err, lk->errlen, DM_ENOMEM, "out of local memory for %zu locks", n);
+    for (size_t i = 0; i < n; i++) req[i].held = 0, req[i].expect = 0;
+    size_t first = 0; /* req[0..first) are held */
+    int single = 0, rc = DM_OK;
+    for (unsigned attempt = 0; first < n; attempt++) {
+        /* every lock not yet held, or only the lowest one while it is contended */
+        size_t end = single ? first + 1 : n, f = end;
+        if ((rc = lock_round(lk, req, first, end, old)) != DM_OK) break;
+        for (size_t i = first; i < end; i++) {
+            req[i].held = old[i] == req[i].expect;
+            if (req[i].held && req[i].expect) lk->st->lease_steals++;
+            if (!req[i].held && f == end) f = i;
+        }
+        if (f == end) {
+            first = end;
+            single = 0;
+            continue;
+        }
+        lk->st->lock_fail++;
+        if ((rc = release_from(lk, req, f + 1, n)) != DM_OK) break;
+        first = f;
+        single = 1;
+        req[f].expect = takeover_expect(old[f]);
+        if (kvidx_wall_ms() - start > lk->max_wait_ms) {
+            rc = dm_fail_buf(lk->err, lk->errlen, DM_ETIMEDOUT,
+                             "gave up on lock 0x%016llx after %u ms: held by client %u (lease word 0x%016llx)",
+                             (unsigned long long)req[f].lock, lk->max_wait_ms, (unsigned)(old[f] >> LEASE_BITS),
+                             (unsigned long long)old[f]);
+            break;
+        }
+        if (attempt > 4) sched_yield(); /* the holder may need this core */
+    }
+    if (rc != DM_OK) release_from(lk, req, 0, n);
+    free(old);
+    return rc;
 }
 
 /* ---- local lock table (handover between the threads of one process) ---- */

@@ -114,6 +114,10 @@ typedef struct CH_T {
     int npool;
     struct probe *probes; /* one per key of a lookup doorbell */
     size_t nprobes;
+    struct bkey *bk;      /* batched writes: the keys, their leaves, the lock requests */
+    struct bgroup *bg;
+    kvidx_lockreq *bl;
+    size_t bcap;
     uint8_t *scan;        /* range prefetch buffer */
     uint8_t *rkeys; /* last range result */
     uint64_t *rvals;
@@ -134,6 +138,7 @@ typedef struct entry {
     uint64_t val;
 } entry;
 
+
 /* ---- small helpers ---- */
 
 #define KVIDX_HANDLE CH_T
@@ -149,6 +154,8 @@ static inline int kcmp(const uint8_t *a, const uint8_t *b) {
     return memcmp(a, b, KB);
 #endif
 }
+
+static int cmp_entry(const void *a, const void *b) { return kcmp(((const entry *)a)->key, ((const entry *)b)->key); }
 
 static inline int nkeys(const uint8_t *n) { return n[H_N] | (n[H_N + 1] << 8); }
 static inline void set_nkeys(uint8_t *n, int k) {
@@ -532,7 +539,6 @@ static int write_unit_unlock(CH_T *h, dm_gaddr leaf, leafread *r, int u, int ver
 }
 
 
-static int cmp_entry(const void *a, const void *b) { return kcmp(((const entry *)a)->key, ((const entry *)b)->key); }
 #endif /* chime leaves */
 
 #if !KVDM_SHERMAN
@@ -1026,9 +1032,67 @@ static int probe_finish(const uint8_t *key, probe *q, uint64_t *val, uint8_t *fo
     *val = u ? get64(q->r.pay[u] + slot * ENTRY + KB) : 0;
     return 1;
 }
+/* ---- the leaf interface of batched writes (sherman_leaf_internal.h has the same) ----
+ * leaf_apply   apply one key's put/delete to a locked leaf's payload in place; 0 = no room
+ *              (its two buckets are full); *units collects the units it changed;
+ * leaf_entries every entry of a leaf payload;
+ * leaf_build   a leaf payload (header kept) holding sorted entries e[0..n); 0 = they do not fit. */
+#define LEAF_UNIT_WRITES 1 /* a batch writes the changed bucket units, node_ver unchanged */
+
+static int leaf_apply(uint8_t *pay, const uint8_t *key, uint64_t val, int del, uint8_t *found, uint32_t *units) {
+    int b[2], best = -1, best_slot = -1, best_fill = SLOTS + 1;
+    buckets_of(key, b);
+    for (int t = 0; t < 2; t++) {
+        uint8_t *u = pay + (size_t)(1 + b[t]) * UNIT_PAYLOAD;
+        int fill = 0, free_slot = -1;
+        for (int s = 0; s < SLOTS; s++) {
+            uint8_t *sl = u + s * ENTRY;
+            if (kcmp(sl, key) == 0) {
+                *found = 1;
+                if (del) memset(sl, 0, ENTRY);
+                else put64(sl + KB, val);
+                *units |= 1u << (1 + b[t]);
+                return 1;
+            }
+            if (kzero(sl)) {
+                if (free_slot < 0) free_slot = s;
+            } else {
+                fill++;
+            }
+        }
+        if (free_slot >= 0 && fill < best_fill) best = b[t], best_slot = free_slot, best_fill = fill;
+    }
+    *found = 0;
+    if (del) return 1;
+    if (best < 0) return 0;
+    uint8_t *sl = pay + (size_t)(1 + best) * UNIT_PAYLOAD + (size_t)best_slot * ENTRY;
+    memcpy(sl, key, KB);
+    put64(sl + KB, val);
+    *units |= 1u << (1 + best);
+    return 1;
+}
+
+static int leaf_entries(const uint8_t *pay, entry *e) {
+    int n = 0;
+    for (int u = 1; u < NUNITS; u++)
+        for (int s = 0; s < SLOTS; s++) {
+            const uint8_t *sl = pay + (size_t)u * UNIT_PAYLOAD + (size_t)s * ENTRY;
+            if (kzero(sl)) continue;
+            memcpy(e[n].key, sl, KB);
+            e[n++].val = get64(sl + KB);
+        }
+    return n;
+}
+
+static int leaf_build(uint8_t *pay, const entry *e, int n) {
+    memset(pay + UNIT_PAYLOAD, 0, NODE_PAYLOAD - UNIT_PAYLOAD);
+    return place(pay, e, n);
+}
+
 #else
 #include "sherman_leaf_internal.h"
 #endif
+#include "btree_batch_internal.h"
 
 /* ---- range ---- */
 
@@ -1189,6 +1253,9 @@ void CH(close)(CH_T *h) {
     if (!h) return;
     kvidx_cache_free(&h->cache);
     free(h->probes);
+    free(h->bk);
+    free(h->bg);
+    free(h->bl);
     free(h->scan);
     free(h->rkeys);
     free(h->rvals);
@@ -1248,11 +1315,11 @@ int CH(prefix)(CH_T *h, const uint8_t *keys, size_t n, uint64_t *vals, uint8_t *
 }
 
 int CH(put)(CH_T *h, const uint8_t *keys, const uint64_t *vals, size_t n, uint64_t *lat) {
-    return put_each(h, keys, vals, n, lat);
+    return write_many(h, keys, vals, n, 0, NULL, lat);
 }
 
 int CH(delete)(CH_T *h, const uint8_t *keys, size_t n, uint8_t *found, uint64_t *lat) {
-    return delete_each(h, keys, n, found, lat);
+    return write_many(h, keys, NULL, n, 1, found, lat);
 }
 
 int CH(range)(CH_T *h, const uint8_t *lo, const uint8_t *hi, uint64_t limit, size_t *count) {

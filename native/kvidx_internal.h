@@ -81,6 +81,27 @@ int kvidx_lock_and_read(kvidx_locker *lk, dm_gaddr lock_addr, const kvidx_read *
  * remote lock to a local waiter (no CAS; *old_out = word) or releases it, and frees the local
  * slot; the caller's own dm_submit then has nothing left to send. */
 int kvidx_post_unlock(kvidx_locker *lk, dm_gaddr lock_addr, uint64_t word, uint64_t *old_out);
+/* Many locks, each with the read it protects (a batch's leaves). The caller sorts the requests
+ * by lock address, ascending and distinct: that global order is what rules out deadlock.
+ * Round 1 posts every lock CAS with its READ in one doorbell (chunked at DM_MAX_BATCH verbs).
+ * If some failed, the locks above the lowest failed one are released again (they were taken
+ * optimistically), the lowest failed one is retried alone (lease takeover as for one lock)
+ * and, once held, the rest are tried together again. A client thus only ever waits for a lock
+ * while holding lower ones, never higher: no cycle of waiters can form. Uncontended: 1 RTT.
+ * Remote locks only: a local lock table is not consulted (batched writers do not use one).
+ * On success every req is held (word set, its READ done under it); on DM_ETIMEDOUT or a
+ * transport error none is held. */
+typedef struct kvidx_lockreq {
+    dm_gaddr lock;
+    kvidx_read rd;
+    uint64_t word;   /* the lock word held */
+    uint64_t expect; /* internal: 0, or an expired lease word to take over */
+    int held;
+} kvidx_lockreq;
+int kvidx_lock_many(kvidx_locker *lk, kvidx_lockreq *req, size_t n);
+/* Post the release of a lock taken by kvidx_lock_many (a CAS; submit with the writes). */
+int kvidx_post_release(kvidx_locker *lk, dm_gaddr lock_addr, uint64_t word, uint64_t *old_out);
+
 /* Leave the local slot of a lock kept held remotely (test hook: a crashed client). */
 void kvidx_local_forget(kvidx_locker *lk, dm_gaddr lock_addr);
 /* Release now (one RTT), counting a lost lease. */

@@ -104,6 +104,24 @@ typedef struct probe {
     uint8_t kv[NCAND_SLOTS][DM_LINE];
 } probe;
 
+/* One key of a batched write (write_many): its state through the phases. */
+typedef struct wkey {
+    const uint8_t *key;
+    uint64_t val, h1;
+    size_t i;                /* position in the call */
+    dm_gaddr kvg;            /* put: the new KV block (written in wb_read) */
+    uint64_t neww;           /* put: its slot word */
+    dm_gaddr mine;           /* insert: the empty slot claimed */
+    uint64_t hdr[4];         /* the four bucket headers of the first read */
+    uint64_t old[NCAND_SLOTS + 1], expect[NCAND_SLOTS + 1]; /* the slot CASes */
+    int ncas, hit;
+    uint8_t state, found;    /* W_*; delete: the key was present */
+    uint8_t blk[DM_LINE];    /* put: the KV block's bytes */
+} wkey;
+
+#define WB_KEYS (DM_MAX_BATCH / 3) /* keys of a write group: <= 3 verbs each in wb_read and wb_cas */
+#define WB_HASH 256                /* open-addressing tables of one group (> 2 * WB_KEYS) */
+
 typedef struct RC_T {
     dm_ctx *ctx;
     kvidx_opts o;
@@ -121,6 +139,10 @@ typedef struct RC_T {
     uint64_t *sbuf; /* split: the subtable read, then the new half's image */
     uint8_t *skv;   /* split: KV blocks of every slot */
     int *sclear;    /* split: slots to clear */
+    wkey *wk;       /* batched writes: the keys of one group */
+    int16_t wdedup[WB_HASH];  /* group: key -> index in wk (dedupe) */
+    dm_gaddr waddr[WB_HASH];  /* group: empty slots claimed (never twice in one batch) ... */
+    uint64_t wword[WB_HASH];  /* ... and the word each gets */
     char err[512];
 } RC_T;
 
@@ -128,6 +150,9 @@ typedef struct RC_T {
 
 #define KVIDX_HANDLE RC_T
 #include "kvidx_handle_internal.h"
+/* race batches its writes (write_many); the shared key-by-key loops are not used here */
+static int put_each(RC_T *h, const uint8_t *keys, const uint64_t *vals, size_t n, uint64_t *lat) __attribute__((unused));
+static int delete_each(RC_T *h, const uint8_t *keys, size_t n, uint8_t *found, uint64_t *lat) __attribute__((unused));
 static int probes_for(RC_T *h, size_t m);
 static inline uint64_t kv_sum(uint64_t h1, uint64_t val) { return kvidx_mix64(h1 ^ val ^ UINT64_C(0x5ace5ace5ace5ace)); }
 static inline unsigned fp_of(uint64_t h1) { return (unsigned)(h1 >> 8) & 0xff; }
@@ -217,26 +242,31 @@ static dm_gaddr slot_addr(const probe *q, int c, int l, int s) {
 
 /* Collect the fingerprint matches (each slot once, ascending address). */
 static void probe_collect(probe *q) {
-    unsigned fp = fp_of(q->h1);
-    q->nm = 0;
+    const uint64_t tagmask = UINT64_C(0xff) << DM_OFFSET_BITS, want = (uint64_t)fp_of(q->h1) << DM_OFFSET_BITS;
+    uint32_t hits = 0; /* bit 7*(2c+l)+s: slot s of line l of candidate c matches (no branch per slot) */
     for (int c = 0; c < 2; c++)
         for (int l = 0; l < 2; l++)
             for (int s = 0; s < SLOTS; s++) {
                 uint64_t w = q->line[c][l][s + 1];
-                if (!w || DM_GADDR_TAG(w) != fp) continue;
-                dm_gaddr a = slot_addr(q, c, l, s);
-                int i = q->nm, dup = 0;
-                for (int j = 0; j < q->nm; j++) dup |= q->maddr[j] == a;
-                if (dup) continue;
-                while (i > 0 && q->maddr[i - 1] > a) {
-                    q->maddr[i] = q->maddr[i - 1];
-                    q->mword[i] = q->mword[i - 1];
-                    i--;
-                }
-                q->maddr[i] = a;
-                q->mword[i] = w;
-                q->nm++;
+                hits |= (uint32_t)((w != 0) & ((w & tagmask) == want)) << (SLOTS * (2 * c + l) + s);
             }
+    q->nm = 0;
+    for (; hits; hits &= hits - 1) {
+        int bit = __builtin_ctz(hits), c = bit / (2 * SLOTS), l = bit / SLOTS % 2, s = bit % SLOTS;
+        uint64_t w = q->line[c][l][s + 1];
+        dm_gaddr a = slot_addr(q, c, l, s);
+        int i = q->nm, dup = 0;
+        for (int j = 0; j < q->nm; j++) dup |= q->maddr[j] == a; /* the two candidates may share lines */
+        if (dup) continue;
+        while (i > 0 && q->maddr[i - 1] > a) {
+            q->maddr[i] = q->maddr[i - 1];
+            q->mword[i] = q->mword[i - 1];
+            i--;
+        }
+        q->maddr[i] = a;
+        q->mword[i] = w;
+        q->nm++;
+    }
 }
 
 /* Post the READs of the matches' KV blocks (submitting early only if the batch fills up). */
@@ -426,21 +456,28 @@ static int split(RC_T *h, dm_gaddr st, int depth) {
 
 /* ---- writes ---- */
 
-/* Put (del = 0) or delete (del = 1) one key. */
-static int write_one(RC_T *h, const uint8_t *key, uint64_t val, int del, uint8_t *found) {
+/* The KV block of (key, val) into blk[DM_LINE]; returns its slot word for block address kvg. */
+static uint64_t kv_block(uint8_t *blk, const uint8_t *key, uint64_t h1, uint64_t val, dm_gaddr kvg) {
+    memset(blk, 0, DM_LINE);
+    memcpy(blk, key, KB);
+    put64(blk + KV_OFF_VAL, val);
+    put64(blk + KV_OFF_SUM, kv_sum(h1, val));
+    return DM_GADDR_WITH_TAG(kvg, fp_of(h1));
+}
+
+/* Put (del = 0) or delete (del = 1) one key. A put whose KV block a batch already wrote passes
+ * its address as kvg (DM_NULL: allocate and write one here). */
+static int write_key(RC_T *h, const uint8_t *key, uint64_t val, int del, uint8_t *found, dm_gaddr kvg) {
     probe *q = &h->probes[0];
     uint64_t h1 = khash(key), t0 = 0, neww = 0;
     uint8_t blk[DM_LINE];
-    dm_gaddr kvg = DM_NULL;
-    int wrote = del, any = 0;
+    int wrote = del || kvg != DM_NULL, any = 0;
     if (!del) {
-        int rc = alloc_on_next(h, DM_LINE, &kvg);
-        if (rc != DM_OK) return rc;
-        memset(blk, 0, sizeof blk);
-        memcpy(blk, key, KB);
-        put64(blk + KV_OFF_VAL, val);
-        put64(blk + KV_OFF_SUM, kv_sum(h1, val));
-        neww = DM_GADDR_WITH_TAG(kvg, fp_of(h1));
+        if (kvg == DM_NULL) {
+            int rc = alloc_on_next(h, DM_LINE, &kvg);
+            if (rc != DM_OK) return rc;
+        }
+        neww = kv_block(blk, key, h1, val, kvg);
     }
     for (unsigned tries = 0;; tries++) {
         int rc = probe_post(h, key, q);
@@ -545,6 +582,292 @@ static int write_one(RC_T *h, const uint8_t *key, uint64_t val, int del, uint8_t
     }
 }
 
+static int write_one(RC_T *h, const uint8_t *key, uint64_t val, int del, uint8_t *found) {
+    return write_key(h, key, val, del, found, DM_NULL);
+}
+
+/* ---- batched writes: put and delete of many keys in a few doorbells ----
+ * write_many cuts the call into groups of up to WB_KEYS keys (fewer with the `window` option)
+ * and runs each group through these phases, one function per doorbell (make_room splits one
+ * only where fingerprint collisions or duplicate copies push it past DM_MAX_BATCH verbs):
+ *   wb_prepare    local: dedupe the group, allocate every KV block      0 RTT (an allocator
+ *                 chunk refill is one FAA round trip, once per chunk)
+ *   wb_read       W(KV block) || R(both combined buckets), every key    1 RTT
+ *   wb_read_kv    R(every fingerprint-matching KV block)                0-1 RTT (updates, deletes,
+ *                 and inserts whose fingerprint matches another key's slot)
+ *   wb_cas        CAS(slots) then re-R(both combined buckets), every key  1 RTT
+ *   wb_dup_check  R(KV blocks new in the re-read), then CAS(ours -> 0)   0-2 RTT (rare)
+ *   wb_fallback   write_key for every key that met an anomaly            2-3 RTT each
+ * The keys of one group are distinct (wb_prepare keeps a put's last copy of a key and a delete's
+ * first), so their CASes never act on each other's slots, except for the empty slots two
+ * inserts into one bucket could both choose: wb_claim hands each out once per group. */
+
+enum { W_LIVE = 0, W_SKIP, W_SLOW, W_DONE };
+
+static inline unsigned wb_bucket(uint64_t x) { return (unsigned)kvidx_mix64(x) & (WB_HASH - 1); }
+
+/* Claim empty slot a for word (0 if a key of this group claimed it already). */
+static int wb_take(RC_T *h, dm_gaddr a, uint64_t word) {
+    for (unsigned b = wb_bucket(a);; b = (b + 1) & (WB_HASH - 1)) {
+        if (h->waddr[b] == a) return 0;
+        if (!h->waddr[b]) {
+            h->waddr[b] = a;
+            h->wword[b] = word;
+            return 1;
+        }
+    }
+}
+
+/* Whether slot a holds word because a key of this group inserted it there (a sibling's block). */
+static int wb_sibling(const RC_T *h, dm_gaddr a, uint64_t word) {
+    for (unsigned b = wb_bucket(a); h->waddr[b]; b = (b + 1) & (WB_HASH - 1))
+        if (h->waddr[b] == a) return h->wword[b] == word;
+    return 0;
+}
+
+/* An empty slot for an insert, in the emptier candidate first (as write_key), not claimed by
+ * another key of the group; DM_NULL when none is left. */
+static dm_gaddr wb_claim(RC_T *h, const probe *q, uint64_t word) {
+    int cnt[2] = {0, 0};
+    for (int c = 0; c < 2; c++)
+        for (int l = 0; l < 2; l++)
+            for (int s = 0; s < SLOTS; s++) cnt[c] += q->line[c][l][s + 1] == 0;
+    int first = cnt[1] > cnt[0];
+    for (int k = 0; k < 2; k++) {
+        int c = k ? !first : first;
+        for (int l = 0; l < 2; l++)
+            for (int s = 0; s < SLOTS; s++)
+                if (!q->line[c][l][s + 1] && wb_take(h, slot_addr(q, c, l, s), word)) return slot_addr(q, c, l, s);
+    }
+    return DM_NULL;
+}
+
+/* Local (0 RTT): the group keys[s, s+m): check and dedupe them (a put keeps the last copy of a
+ * key: a later duplicate wins; a delete the first: later duplicates find the key gone), then
+ * allocate every KV block before any slot CAS is posted, so a full memory node fails the group
+ * with nothing of it published. */
+static int wb_prepare(RC_T *h, const uint8_t *keys, const uint64_t *vals, size_t s, size_t m, int del) {
+    for (size_t j = 0; j < m && !del; j++)
+        if (kzero(keys + (s + j) * KB)) return herr(h, DM_EINVAL, "key %zu is the reserved all-zero key", s + j);
+    for (int b = 0; b < WB_HASH; b++) h->wdedup[b] = -1;
+    memset(h->waddr, 0, sizeof h->waddr);
+    for (size_t k = 0; k < m; k++) {
+        size_t j = del ? k : m - 1 - k;
+        wkey *x = &h->wk[j];
+        x->i = s + j;
+        x->key = keys + x->i * KB;
+        x->val = del ? 0 : vals[x->i];
+        x->h1 = khash(x->key);
+        __builtin_prefetch(&h->dir[dir_index(h, x->h1)]); /* for probe_post (a large directory misses the cache) */
+        x->state = W_LIVE;
+        x->found = 0;
+        x->kvg = x->mine = DM_NULL;
+        x->neww = 0;
+        x->ncas = 0;
+        x->hit = -1;
+        for (unsigned b = (unsigned)x->h1 & (WB_HASH - 1);; b = (b + 1) & (WB_HASH - 1)) {
+            int o = h->wdedup[b];
+            if (o < 0) {
+                h->wdedup[b] = (int16_t)j;
+                break;
+            }
+            if (h->wk[o].h1 == x->h1 && memcmp(h->wk[o].key, x->key, KB) == 0) {
+                x->state = W_SKIP;
+                break;
+            }
+        }
+    }
+    for (size_t j = 0; j < m && !del; j++) {
+        wkey *x = &h->wk[j];
+        if (x->state == W_SKIP) continue;
+        int rc = alloc_on_next(h, DM_LINE, &x->kvg);
+        if (rc != DM_OK) return rc;
+        x->neww = kv_block(x->blk, x->key, x->h1, x->val, x->kvg);
+    }
+    return DM_OK;
+}
+
+/* Doorbell 1 (1 RTT): every key's KV block WRITE (puts) with the READs of its two combined
+ * buckets. A key whose headers say stale directory, split under way or no race bucket goes to
+ * the single-key path (its KV block is written: the fallback reuses it). */
+static int wb_read(RC_T *h, size_t m, int del) {
+    int rc = DM_OK;
+    for (size_t j = 0; j < m && rc == DM_OK; j++) {
+        wkey *x = &h->wk[j];
+        if (x->state != W_LIVE) continue;
+        rc = make_room(h, 3);
+        if (rc == DM_OK && !del) rc = dmerr(h, dm_write(h->ctx, x->kvg, x->blk, DM_LINE));
+        if (rc == DM_OK) rc = probe_post(h, x->key, &h->probes[j]);
+    }
+    if (rc == DM_OK) rc = dmerr(h, dm_submit(h->ctx));
+    else dm_discard(h->ctx);
+    if (rc != DM_OK) return rc;
+    h->st.batch_rounds++;
+    for (size_t j = 0; j < m; j++) {
+        wkey *x = &h->wk[j];
+        probe *q = &h->probes[j];
+        if (x->state != W_LIVE) continue;
+        if (probe_check(q) != P_OK) {
+            x->state = W_SLOW;
+            continue;
+        }
+        x->hdr[0] = q->line[0][0][0], x->hdr[1] = q->line[0][1][0];
+        x->hdr[2] = q->line[1][0][0], x->hdr[3] = q->line[1][1][0];
+        probe_collect(q);
+    }
+    return DM_OK;
+}
+
+/* Doorbell 2 (1 RTT, none when no fingerprint matches): every key's fingerprint-matching KV
+ * blocks. */
+static int wb_read_kv(RC_T *h, size_t m) {
+    int rc = DM_OK;
+    for (size_t j = 0; j < m && rc == DM_OK; j++) {
+        probe *q = &h->probes[j];
+        if (h->wk[j].state != W_LIVE) continue;
+        for (int k = 0; k < q->nm && rc == DM_OK; k++)
+            if ((rc = make_room(h, 1)) == DM_OK) rc = dmerr(h, dm_read(h->ctx, q->kv[k], untag(q->mword[k]), DM_LINE));
+    }
+    if (rc == DM_OK) rc = dmerr(h, dm_submit(h->ctx));
+    else dm_discard(h->ctx);
+    return rc;
+}
+
+/* Doorbell 3 (1 RTT): every key's slot CASes (insert: 0 -> new in a claimed empty slot; update:
+ * old -> new on the first copy, other copies -> 0; delete: every copy -> 0), each followed by
+ * the re-READ of the key's combined buckets (same memory node: executed after the CASes). A key
+ * whose headers changed (a split raced with its CASes) or whose CAS lost goes to the single-key
+ * path; so does an insert that found no empty slot (both candidates full: split). */
+static int wb_cas(RC_T *h, size_t m, int del) {
+    int rc = DM_OK;
+    for (size_t j = 0; j < m && rc == DM_OK; j++) {
+        wkey *x = &h->wk[j];
+        probe *q = &h->probes[j];
+        if (x->state != W_LIVE) continue;
+        x->hit = probe_hit(h, q, x->key);
+        if (x->hit < 0 && del) { /* absent */
+            x->state = W_DONE;
+            continue;
+        }
+        if (x->hit < 0 && (x->mine = wb_claim(h, q, x->neww)) == DM_NULL) {
+            x->state = W_SLOW;
+            continue;
+        }
+        dm_gaddr at[NCAND_SLOTS + 1];
+        uint64_t to[NCAND_SLOTS + 1];
+        int n = 0;
+        if (x->mine != DM_NULL) at[n] = x->mine, x->expect[n] = 0, to[n++] = x->neww;
+        for (int k = 0; k < q->nm; k++) {
+            if (!kv_is(h, q, k, x->key)) continue;
+            uint64_t t = (k == x->hit && !del) ? x->neww : 0;
+            if (q->mword[k] == t) continue;
+            at[n] = q->maddr[k], x->expect[n] = q->mword[k], to[n++] = t;
+        }
+        x->ncas = n;
+        rc = make_room(h, n + 2);
+        for (int k = 0; k < n && rc == DM_OK; k++) rc = dmerr(h, dm_cas(h->ctx, at[k], x->expect[k], to[k], &x->old[k]));
+        if (rc == DM_OK) rc = probe_post(h, x->key, q); /* re-read, ordered after the CASes */
+    }
+    if (rc == DM_OK) rc = dmerr(h, dm_submit(h->ctx));
+    else dm_discard(h->ctx);
+    if (rc != DM_OK) return rc;
+    for (size_t j = 0; j < m; j++) {
+        wkey *x = &h->wk[j];
+        probe *q = &h->probes[j];
+        if (x->state != W_LIVE) continue;
+        if (q->line[0][0][0] != x->hdr[0] || q->line[0][1][0] != x->hdr[1] || q->line[1][0][0] != x->hdr[2] ||
+            q->line[1][1][0] != x->hdr[3]) {
+            x->state = W_SLOW; /* a split raced with the CASes: redo on the single-key path */
+            continue;
+        }
+        int failed = 0;
+        for (int k = 0; k < x->ncas; k++) failed |= x->old[k] != x->expect[k];
+        if (del) x->found = 1;
+        if (failed) x->state = W_SLOW; /* a concurrent writer changed a slot we acted on */
+        else if (del || x->mine == DM_NULL) x->state = W_DONE;
+    }
+    return DM_OK;
+}
+
+/* Doorbells 4 and 5 (only when needed): RACE's duplicate check for the inserts. Fingerprint
+ * matches that appeared since the first read (other than the slots this group's own inserts
+ * filled) are READ in one doorbell; an insert that finds its key at a lower address drops its
+ * own copy: CAS(ours -> 0), all such in one more doorbell. */
+static int wb_dup_check(RC_T *h, size_t m) {
+    int rc = DM_OK, drops = 0;
+    for (size_t j = 0; j < m && rc == DM_OK; j++) {
+        wkey *x = &h->wk[j];
+        probe *q = &h->probes[j];
+        if (x->state != W_LIVE) continue;
+        dm_gaddr known[NCAND_SLOTS];
+        int nknown = q->nm, n = 0;
+        memcpy(known, q->maddr, sizeof(dm_gaddr) * (size_t)nknown);
+        probe_collect(q);
+        for (int k = 0; k < q->nm; k++) {
+            int old_match = q->maddr[k] == x->mine || wb_sibling(h, q->maddr[k], q->mword[k]);
+            for (int i = 0; i < nknown && !old_match; i++) old_match = known[i] == q->maddr[k];
+            if (old_match) continue;
+            q->maddr[n] = q->maddr[k];
+            q->mword[n++] = q->mword[k];
+        }
+        q->nm = n;
+        if (!n) x->state = W_DONE;
+        for (int k = 0; k < n && rc == DM_OK; k++)
+            if ((rc = make_room(h, 1)) == DM_OK) rc = dmerr(h, dm_read(h->ctx, q->kv[k], untag(q->mword[k]), DM_LINE));
+    }
+    if (rc == DM_OK) rc = dmerr(h, dm_submit(h->ctx));
+    else dm_discard(h->ctx);
+    for (size_t j = 0; j < m && rc == DM_OK; j++) {
+        wkey *x = &h->wk[j];
+        probe *q = &h->probes[j];
+        if (x->state != W_LIVE) continue;
+        x->state = W_DONE;
+        int first = probe_hit(h, q, x->key);
+        if (first < 0 || q->maddr[first] > x->mine) continue;
+        if ((rc = make_room(h, 1)) == DM_OK) rc = dmerr(h, dm_cas(h->ctx, x->mine, x->neww, 0, NULL));
+        h->st.go_right++; /* counted as a retry: the put lost a race to a concurrent put */
+        drops++;
+    }
+    if (rc == DM_OK && drops) rc = dmerr(h, dm_submit(h->ctx));
+    else if (rc != DM_OK) dm_discard(h->ctx);
+    return rc;
+}
+
+/* Put (del = 0) or delete (del = 1) keys[0, n) in groups (see above). Each key's latency is
+ * its group's, from the group's start to the end of its batched phases or of its fallback. */
+static int write_many(RC_T *h, const uint8_t *keys, const uint64_t *vals, size_t n, int del, uint8_t *found,
+                      uint64_t *lat) {
+    size_t per = keys_per_doorbell(h, n);
+    if (per > WB_KEYS) per = WB_KEYS;
+    int rc = probes_for(h, per);
+    if (rc == DM_OK && !h->wk && !(h->wk = malloc(WB_KEYS * sizeof *h->wk)))
+        rc = herr(h, DM_ENOMEM, "out of local memory");
+    for (size_t s = 0; s < n && rc == DM_OK; s += per) {
+        size_t m = n - s < per ? n - s : per;
+        LAT_BEGIN;
+        if ((rc = wb_prepare(h, keys, vals, s, m, del)) != DM_OK || (rc = wb_read(h, m, del)) != DM_OK ||
+            (rc = wb_read_kv(h, m)) != DM_OK || (rc = wb_cas(h, m, del)) != DM_OK || (rc = wb_dup_check(h, m)) != DM_OK)
+            return rc;
+        uint64_t t1 = lat ? lat_clock(h) : 0;
+        for (size_t j = 0; j < m && rc == DM_OK; j++) { /* the fallback, key by key */
+            wkey *x = &h->wk[j];
+            if (x->state == W_SLOW) {
+                uint8_t f = 0;
+                rc = write_key(h, x->key, x->val, del, del ? &f : NULL, x->kvg);
+                x->found |= f;
+                h->st.batch_deferred++;
+                if (lat) lat[x->i] = lat_clock(h) - t0;
+            } else if (lat) {
+                lat[x->i] = t1 - t0;
+            }
+            if (del) found[x->i] = x->found;
+        }
+        if (del) h->st.deletes += m;
+        else h->st.puts += m;
+    }
+    return rc;
+}
+
 /* Test hook: what a splitter that crashed after marking leaves behind: the subtable of key
  * locked (never released) and every bucket header marked SPLITTING. */
 static int debug_crash_split(RC_T *h, const uint8_t *key) {
@@ -646,6 +969,7 @@ void RC(close)(RC_T *h) {
     free(h->sbuf);
     free(h->skv);
     free(h->sclear);
+    free(h->wk);
     free(h);
 }
 
@@ -715,11 +1039,11 @@ int RC(prefix)(RC_T *h, const uint8_t *keys, size_t n, uint64_t *vals, uint8_t *
 }
 
 int RC(put)(RC_T *h, const uint8_t *keys, const uint64_t *vals, size_t n, uint64_t *lat) {
-    return put_each(h, keys, vals, n, lat);
+    return write_many(h, keys, vals, n, 0, NULL, lat);
 }
 
 int RC(delete)(RC_T *h, const uint8_t *keys, size_t n, uint8_t *found, uint64_t *lat) {
-    return delete_each(h, keys, n, found, lat);
+    return write_many(h, keys, NULL, n, 1, found, lat);
 }
 
 #define NO_RANGE "range queries are not supported by race (a hash index); use chime or sherman"

@@ -175,3 +175,47 @@ static int probe_finish(const uint8_t *key, probe *q, uint64_t *val, uint8_t *fo
     *val = *found ? get64(cient(pay, pos) + KB) : 0;
     return 1;
 }
+
+/* ---- the leaf interface of batched writes (see kvidx_btree_internal.h) ---- */
+#define LEAF_UNIT_WRITES 0 /* every write rewrites the whole leaf with node_ver+1 */
+
+static int leaf_apply(uint8_t *pay, const uint8_t *key, uint64_t val, int del, uint8_t *found, uint32_t *units) {
+    int pos, k = nkeys(pay);
+    *found = (uint8_t)lsearch(pay, key, &pos);
+    *units = ~0u;
+    if (*found && del) {
+        memmove(ient(pay, pos), ient(pay, pos + 1), (size_t)(k - pos - 1) * ENTRY);
+        memset(ient(pay, k - 1), 0, ENTRY);
+        set_nkeys(pay, k - 1);
+    } else if (*found) {
+        put64(ient(pay, pos) + KB, val);
+    } else if (!del) {
+        if (k >= ICAP) return 0;
+        memmove(ient(pay, pos + 1), ient(pay, pos), (size_t)(k - pos) * ENTRY);
+        memcpy(ient(pay, pos), key, KB);
+        put64(ient(pay, pos) + KB, val);
+        set_nkeys(pay, k + 1);
+    }
+    return 1;
+}
+
+static int leaf_entries(const uint8_t *pay, entry *e) {
+    int n = nkeys(pay);
+    for (int i = 0; i < n; i++) {
+        memcpy(e[i].key, cient(pay, i), KB);
+        e[i].val = get64(cient(pay, i) + KB);
+    }
+    return n;
+}
+
+static int leaf_build(uint8_t *pay, const entry *e, int n) {
+    if (n > ICAP) return 0;
+    memset(pay + H_BYTES, 0, NODE_PAYLOAD - H_BYTES);
+    for (int i = 0; i < n; i++) {
+        memcpy(ient(pay, i), e[i].key, KB);
+        put64(ient(pay, i) + KB, e[i].val);
+    }
+    set_nkeys(pay, n);
+    return 1;
+}
+

@@ -73,11 +73,17 @@ def test_values_use_all_64_bits(dm) -> None:
     assert idx.get_one(3) == 2**64 - 1
 
 
+def put_one_by_one(idx, keys: np.ndarray, vals: np.ndarray) -> None:
+    for i in range(len(keys)):
+        idx.put(keys[i:i + 1], vals[i:i + 1])
+
+
 @pytest.mark.parametrize("key_bytes,lookup_bytes", [(8, 128), (32, 256)])
 def test_protocol_costs_on_a_warm_cache(dm, key_bytes: int, lookup_bytes: int) -> None:
-    """Lookup: 1 round trip reading two bucket units (a miss too); insert and delete without
-    a split: 2 round trips (lock CAS || bucket READ, then WRITE || unlock CAS)."""
-    idx = kindex.open("chime", dm, key_bytes, cache_mb=8)
+    """One key at a time (window=1): a lookup is 1 round trip reading two bucket units (a miss
+    too); insert and delete without a split: 2 round trips (lock CAS || bucket READ, then
+    WRITE || unlock CAS)."""
+    idx = kindex.open("chime", dm, key_bytes, cache_mb=8, window=1)
     keys = make_keys(np.arange(1, 20001), key_bytes)
     idx.put(keys, np.arange(20000, dtype=np.uint64))
     idx.get(keys)  # warm the cache (and let parents learn every leaf's version)
@@ -92,13 +98,51 @@ def test_protocol_costs_on_a_warm_cache(dm, key_bytes: int, lookup_bytes: int) -
     assert not idx.get(absent)[1].any()
     assert idx.counters()["rtts"] == 1000  # a miss is conclusive in one round trip
     idx.reset_counters()
-    idx.put(keys[:1000], np.ones(1000, dtype=np.uint64))  # updates: never split
+    put_one_by_one(idx, keys[:1000], np.ones(1000, dtype=np.uint64))  # updates: never split
     c = idx.counters()
     assert c["rtts"] == 2000 and c["writes"] == 1000 and c["cas"] == 2000
     idx.reset_counters()
-    assert idx.delete(keys[:1000]).all()
+    assert all(idx.delete(keys[i:i + 1])[0] for i in range(1000))
     assert idx.counters()["rtts"] == 2000
     assert not idx.get(keys[:1000])[1].any()
+
+
+@pytest.mark.parametrize("name", ["chime", "sherman"])
+@pytest.mark.parametrize("key_bytes", [8, 32])
+def test_batches_cost_a_constant_number_of_round_trips(dm, name: str, key_bytes: int) -> None:
+    """A batch of lookups shares one doorbell per DM_MAX_BATCH (256) verbs; a batched update or
+    delete is one lock-all doorbell (lock CAS || leaf READ per leaf) and one write-all doorbell
+    (WRITE || unlock CAS per leaf), each split only at 256 verbs."""
+    idx = kindex.open(name, dm, key_bytes, cache_mb=8)
+    keys = make_keys(np.arange(1, 20001), key_bytes)
+    idx.put(keys, np.arange(20000, dtype=np.uint64))
+    idx.get(keys)
+    for n in (1, 16, 64):
+        idx.reset_counters()
+        vals, found = idx.get(keys[:n])
+        assert found.all() and (vals == np.arange(n)).all()
+        assert idx.counters()["rtts"] == 1
+    idx.reset_counters()
+    idx.put(keys[100:164], np.full(64, 7, dtype=np.uint64))  # updates: no split
+    c = idx.counters()
+    assert c["rtts"] == 2 and c["batch_rounds"] == 1 and c["lock_fail"] == 0
+    assert idx.get(keys[100:164])[0].tolist() == [7] * 64
+    idx.reset_counters()
+    assert idx.delete(keys[100:164]).all()
+    assert idx.counters()["rtts"] == 2
+    assert not idx.get(keys[100:164])[1].any()
+    assert idx.get(keys[164:200])[1].all()
+
+
+@pytest.mark.parametrize("name", ["chime", "sherman", "race"])
+def test_batch_duplicates_act_in_order(dm, name: str) -> None:
+    """A later duplicate of a key in one put wins; a delete finds a key once."""
+    idx = kindex.open(name, dm, 8)
+    keys = np.array([5, 9, 5, 7, 9, 5], dtype=np.uint64)
+    idx.put(keys, np.array([1, 2, 3, 4, 5, 6], dtype=np.uint64))
+    assert [idx.get_one(k) for k in (5, 7, 9)] == [6, 4, 5]
+    assert idx.delete(np.array([7, 5, 7, 11], dtype=np.uint64)).tolist() == [True, True, False, False]
+    assert [idx.get_one(k) for k in (5, 7, 9)] == [None, None, 5]
 
 
 @pytest.mark.timeout(120)
@@ -117,9 +161,9 @@ def test_dense_leaves_split_cleanly(dm) -> None:
 
 @pytest.mark.parametrize("key_bytes,leaf_bytes", [(8, 1024), (32, 2048)])
 def test_sherman_protocol_costs(dm, key_bytes: int, leaf_bytes: int) -> None:
-    """sherman: a lookup is one READ of the whole leaf; a write is lock CAS || leaf READ, then
-    leaf WRITE || unlock CAS (2 round trips) when it does not split."""
-    idx = kindex.open("sherman", dm, key_bytes, cache_mb=8)
+    """sherman, one key at a time: a lookup is one READ of the whole leaf; a write is lock CAS
+    || leaf READ, then leaf WRITE || unlock CAS (2 round trips) when it does not split."""
+    idx = kindex.open("sherman", dm, key_bytes, cache_mb=8, window=1)
     keys = make_keys(np.arange(1, 5001), key_bytes)
     idx.put(keys, np.arange(5000, dtype=np.uint64))
     idx.get(keys)
@@ -128,24 +172,69 @@ def test_sherman_protocol_costs(dm, key_bytes: int, leaf_bytes: int) -> None:
     c = idx.counters()
     assert c["rtts"] == 5000 and c["bytes_read"] == leaf_bytes * 5000 and c["cache_miss"] == 0
     idx.reset_counters()
-    idx.put(keys[:500], np.zeros(500, dtype=np.uint64))
+    put_one_by_one(idx, keys[:500], np.zeros(500, dtype=np.uint64))
     c = idx.counters()
     assert c["rtts"] == 1000 and c["bytes_written"] == 500 * (leaf_bytes + 16)
 
 
 @pytest.mark.parametrize("name", ["chime", "sherman"])
-def test_window_batches_lookups_into_one_doorbell(dm, name: str) -> None:
-    idx = kindex.open(name, dm, 8, window=64, root_slot=20)
+def test_window_caps_lookups_per_doorbell(dm, name: str) -> None:
+    """The default puts all 640 lookups into as few doorbells as 256 verbs a doorbell allow;
+    window=64 caps a doorbell at 64 lookups."""
     keys = make_keys(np.arange(1, 3001), 8)
-    idx.put(keys, np.arange(3000, dtype=np.uint64))
     probe = np.concatenate([keys[:600], make_keys(np.arange(90001, 90041), 8)])
-    idx.get(probe)
-    idx.reset_counters()
-    vals, found = idx.get(probe)
-    assert found[:600].all() and not found[600:].any() and (vals[:600] == np.arange(600)).all()
-    assert idx.counters()["rtts"] == 10  # 640 keys / 64 per doorbell
-    with pytest.raises(ValueError, match="window 65 not in 1..64"):
-        kindex.open(name, dm, 8, window=65, root_slot=21)
+    for window, rtts in ((0, (3, 4)), (64, (10, 10))):
+        idx = kindex.open(name, dm, 8, window=window, root_slot=20)
+        idx.put(keys, np.arange(3000, dtype=np.uint64))
+        idx.get(probe)
+        idx.reset_counters()
+        vals, found = idx.get(probe)
+        assert found[:600].all() and not found[600:].any() and (vals[:600] == np.arange(600)).all()
+        assert rtts[0] <= idx.counters()["rtts"] <= rtts[1]
+    with pytest.raises(ValueError, match="window must be >= 0"):
+        kindex.open(name, dm, 8, window=-1, root_slot=21)
+
+
+@pytest.mark.parametrize("name", ["chime", "sherman", "race"])
+def test_prefix_match_strategies(dm, name: str) -> None:
+    """parallel: one doorbell for the chain; sequential: one per matched key plus the miss;
+    kary: (B+1)^r >= N+1 rounds of B probes; every strategy finds the same length on a
+    prefix-closed chain, and exact kary verifies it."""
+    keys = make_keys(np.arange(1, 201), 8)
+    idx = kindex.open(name, dm, 8, root_slot=40)
+    idx.put(keys[:137], np.arange(137, dtype=np.uint64))
+    lookup_rtts = 2 if name == "race" else 1
+    for lpm, exact, rtts in (("parallel", False, (1, lookup_rtts)), ("sequential", False, (138, 138 * lookup_rtts)),
+                             ("kary", False, (2, 2 * lookup_rtts)), ("kary", True, (3, 4 * lookup_rtts)),
+                             ("auto", False, (1, lookup_rtts))):
+        h = kindex.open(name, dm, 8, root_slot=40, lpm=lpm, lpm_exact=exact, lpm_fanout=16)
+        h.get(keys)  # warm the cache
+        h.reset_counters()
+        matched, vals, found = h.prefix_lookup(keys)
+        assert matched == 137, lpm
+        assert (vals[found] == np.flatnonzero(found)).all()
+        c = h.counters()
+        assert rtts[0] <= c["rtts"] <= rtts[1], (lpm, exact, c["rtts"])
+        assert c["lpm_calls"] == 1
+        if lpm != "kary" or exact:
+            assert found[:137].all()
+        assert h.prefix_match(keys[137:]) == 0 and h.prefix_match(keys[:0]) == 0
+    with pytest.raises(ValueError, match="unknown lpm strategy 'binary'; valid: auto, parallel, kary, sequential"):
+        kindex.open(name, dm, 8, root_slot=40, lpm="binary")
+
+
+def test_prefix_match_parallel_is_exact_where_kary_assumes(dm) -> None:
+    """A chain with a hole: parallel and sequential stop at the hole; inexact kary may not
+    (it assumes prefix closure), exact kary does."""
+    keys = make_keys(np.arange(1, 101), 8)
+    idx = kindex.open("chime", dm, 8, root_slot=41)
+    present = np.r_[0:40, 41:100]
+    idx.put(keys[present], present.astype(np.uint64))
+    for lpm, exact in (("parallel", False), ("sequential", False), ("kary", True)):
+        assert kindex.open("chime", dm, 8, root_slot=41, lpm=lpm, lpm_exact=exact).prefix_match(keys) == 40
+    par = kindex.open("chime", dm, 8, root_slot=41, lpm="parallel")
+    par.prefix_match(keys)
+    assert par.counters()["lpm_unclosed"] == 1
 
 
 @pytest.mark.parametrize("name", ["chime", "sherman"])

@@ -6,6 +6,7 @@ of the native indexes run race too (test_index_model.py, test_index_concurrency.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import time
 from typing import Any
@@ -17,7 +18,7 @@ from index_helpers import crash_holding_lock, encode, make_keys, open_client, wr
 
 import kvdm.index as kindex
 from kvdm.index.api import Index, RangeNotSupported
-from kvdm.transport import ShmMemoryNode, TransportConfig, connect
+from kvdm.transport import MemoryNodeFull, ShmMemoryNode, TransportConfig, connect
 
 SPAWN = mp.get_context("spawn")
 LOOKUP_BYTES = 2 * 128 + 64  # two combined buckets, then one KV block
@@ -56,8 +57,9 @@ class TestRaceConformance(IndexConformance):
 def test_lookup_costs_two_round_trips(dm, key_bytes: int) -> None:
     """A hit reads both combined buckets in one doorbell, then the KV block: 2 RTT, 320 B (a
     fingerprint collision adds a KV block in the same doorbell); a miss costs 1 RTT unless a
-    fingerprint matches. window=64 shares both doorbells among 64 lookups."""
-    idx = kindex.open("race", dm, key_bytes)
+    fingerprint matches (window=1: one lookup per doorbell, the single-key protocol).
+    window=64 shares both doorbells among 64 lookups."""
+    idx = kindex.open("race", dm, key_bytes, window=1)
     keys = make_keys(np.arange(1, 5001), key_bytes)
     idx.put(keys, np.arange(5000, dtype=np.uint64))
     assert idx.counters()["splits"] > 0
@@ -81,31 +83,38 @@ def test_lookup_costs_two_round_trips(dm, key_bytes: int) -> None:
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("key_bytes", [8, 32])
 def test_insert_and_update_costs(dm, key_bytes: int) -> None:
-    """Insert of a new key without a split: WRITE(KV block) with the bucket READs, then CAS +
-    re-read = 2 RTT; a fingerprint that matches another key's slot (8-bit fingerprints, ~2% of
-    these inserts) adds one RTT to read that KV block. Update: one more RTT to read the old KV
-    block. Delete: 3 RTT, writes nothing but the CAS."""
-    idx = kindex.open("race", dm, key_bytes)
+    """The single-key protocol (one key per call, window=1). Insert of a new key without a
+    split: WRITE(KV block) with the bucket READs, then CAS + re-read = 2 RTT; a fingerprint that
+    matches another key's slot (8-bit fingerprints, ~2% of these inserts) adds one RTT to read
+    that KV block. Update: one more RTT to read the old KV block. Delete: 3 RTT, writes nothing
+    but the CAS."""
+    idx = kindex.open("race", dm, key_bytes, window=1)
     keys = make_keys(np.arange(1, 301), key_bytes)
     idx.put(keys[:1], np.zeros(1, dtype=np.uint64))  # the first put creates the allocator chunk
-    idx.reset_counters()
-    idx.put(keys[1:], np.arange(1, 300, dtype=np.uint64))
-    c = idx.counters()
     n = 299
-    assert c["splits"] == 0
+
+    def each(op, vals=None):
+        for i in range(1, n + 1):
+            op(keys[i:i + 1]) if vals is None else op(keys[i:i + 1], vals[i - 1:i])
+
+    idx.reset_counters()
+    each(idx.put, np.arange(1, 300, dtype=np.uint64))
+    c = idx.counters()
+    assert c["splits"] == 0 and c["batch_rounds"] == n and c["batch_deferred"] == 0
     assert c["faa"] == 0 and c["cas"] == n and c["cas_failed"] == 0
     assert 2 * n <= c["rtts"] <= 2 * n + n // 20
     assert c["bytes_written"] == n * INSERT_BYTES_WRITTEN
     assert n * INSERT_BYTES_READ <= c["bytes_read"] <= n * INSERT_BYTES_READ + 2 * 64 * n // 20
     idx.reset_counters()
-    idx.put(keys[1:], np.arange(1001, 1300, dtype=np.uint64))
+    each(idx.put, np.arange(1001, 1300, dtype=np.uint64))
     c = idx.counters()
     assert 3 * n <= c["rtts"] <= 3 * n + n // 20 and c["bytes_written"] == n * INSERT_BYTES_WRITTEN
     assert (idx.get(keys[1:])[0] == np.arange(1001, 1300)).all()
     idx.reset_counters()
-    assert idx.delete(keys[1:]).all()
+    each(idx.delete)
     c = idx.counters()
     assert 3 * n <= c["rtts"] <= 3 * n + n // 20 and c["bytes_written"] == 8 * n
+    assert c["deletes"] == n and c["cas"] == n
     assert not idx.get(keys[1:])[1].any() and idx.get_one(keys[0]) == 0
 
 
@@ -222,3 +231,184 @@ def test_splitter_that_died_half_way_is_recovered(shm_node, dm, marked: range) -
     assert found.all() and (vals == both).all()
     assert all(_u64(dm.read(sub + 64 * b, 8)) >> 8 & 1 == 0 for b in marked)  # no longer marked
     idx.close()
+
+
+# ---- batched writes: a put or delete of N keys runs as a few doorbells ----
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("key_bytes", [8, 32])
+def test_batched_put_update_delete_cost_a_few_round_trips(key_bytes: int) -> None:
+    """64 fresh keys in one put: W(KV blocks) || R(buckets), R(KV blocks of fingerprint matches),
+    CAS(slots) + re-read, and rarely the duplicate check's read: <= 4 RTT for the whole batch.
+    An update of the 64 keys: exactly 3 (the old KV blocks are always read); a delete: 3; a
+    delete of absent keys: 1 (2 if a fingerprint matches)."""
+    idx = fresh_race(key_bytes)
+    keys = make_keys(np.arange(1, 66), key_bytes)
+    idx.put(keys[:1], np.zeros(1, dtype=np.uint64))  # the first put creates the allocator chunk
+    keys = keys[1:]
+    n = len(keys)
+    idx.reset_counters()
+    idx.put(keys, np.arange(1, n + 1, dtype=np.uint64))
+    c = idx.counters()
+    assert c["rtts"] <= 4 and c["batch_rounds"] == 1 and c["batch_deferred"] == 0
+    assert c["puts"] == n and c["cas"] == n and c["cas_failed"] == 0 and c["faa"] == 0
+    assert c["bytes_written"] == n * INSERT_BYTES_WRITTEN
+    vals, found = idx.get(keys)
+    assert found.all() and (vals == np.arange(1, n + 1)).all()
+    idx.reset_counters()
+    idx.put(keys, np.arange(1001, 1001 + n, dtype=np.uint64))
+    c = idx.counters()
+    assert c["rtts"] == 3 and c["cas"] == n and c["batch_deferred"] == 0
+    assert (idx.get(keys)[0] == np.arange(1001, 1001 + n)).all()
+    idx.reset_counters()
+    assert idx.delete(keys).all()
+    c = idx.counters()
+    assert c["rtts"] == 3 and c["cas"] == n and c["deletes"] == n and c["bytes_written"] == 8 * n
+    assert not idx.get(keys)[1].any() and idx.get_one(make_keys([1], key_bytes)[0]) == 0
+    idx.reset_counters()
+    assert not idx.delete(keys).any()
+    assert idx.counters()["rtts"] <= 2
+    idx.close()
+
+
+@pytest.mark.timeout(60)
+def test_window_bounds_the_keys_of_a_write_doorbell() -> None:
+    """window=8: a put of 64 keys runs 8 groups (each its own phase-1 doorbell); window=0 (the
+    default) one group of up to 85 keys (3 verbs a key, 256 verbs a doorbell)."""
+    idx = fresh_race(8, window=8)
+    idx.put_one(1, 1)
+    idx.reset_counters()
+    idx.put(np.arange(2, 66, dtype=np.uint64), np.arange(2, 66, dtype=np.uint64))
+    c = idx.counters()
+    assert c["batch_rounds"] == 8 and 16 <= c["rtts"] <= 32
+    idx.close()
+    idx = fresh_race(8)
+    idx.put_one(1, 1)
+    idx.reset_counters()
+    idx.put(np.arange(2, 202, dtype=np.uint64), np.arange(2, 202, dtype=np.uint64))
+    c = idx.counters()
+    assert c["batch_rounds"] == 3 and c["rtts"] <= 12  # 85 + 85 + 30 keys
+    assert (idx.get(np.arange(2, 202, dtype=np.uint64))[0] == np.arange(2, 202)).all()
+    idx.close()
+
+
+@pytest.mark.parametrize("key_bytes", [8, 32])
+def test_duplicate_keys_in_a_batch(key_bytes: int) -> None:
+    """In order, a later duplicate wins: a put keeps the last value of a key; a delete reports
+    found for the first occurrence of a present key only (as one key at a time would)."""
+    idx = fresh_race(key_bytes)
+    k = make_keys(np.arange(1, 10), key_bytes)
+    idx.put(k[[0, 1, 0, 2, 0]], np.array([10, 20, 11, 30, 12], dtype=np.uint64))
+    assert idx.counters()["puts"] == 5
+    assert (idx.get(k[:3])[0] == [12, 20, 30]).all()
+    idx.put(k[[1, 1, 3, 1]], np.array([21, 22, 40, 23], dtype=np.uint64))  # updates and an insert
+    assert (idx.get(k[:4])[0] == [12, 23, 30, 40]).all()
+    found = idx.delete(k[[0, 1, 0, 8, 8, 2, 1]])
+    assert found.tolist() == [True, True, False, False, False, True, False]
+    assert idx.get(k[:4])[1].tolist() == [False, False, False, True]
+    idx.put(k[[5] * 200], np.arange(200, dtype=np.uint64))  # duplicates across write groups
+    assert idx.get_one(k[5]) == 199
+    assert idx.delete(k[[5] * 200]).tolist() == [True] + [False] * 199
+    idx.close()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("key_bytes", [8, 32])
+def test_batched_puts_that_split_subtables(key_bytes: int) -> None:
+    """20k keys in batches of 512 into a fresh index (one subtable): keys whose candidates are
+    full finish on the single-key path, which splits; every key reads back, every update lands,
+    every delete removes its key, and each batch costs a few round trips a group."""
+    idx = fresh_race(key_bytes)
+    ints = np.arange(1, 20_001, dtype=np.uint64)
+    keys = make_keys(ints, key_bytes)
+    for i in range(0, len(ints), 512):
+        idx.put(keys[i:i + 512], ints[i:i + 512])
+    c = idx.counters()
+    assert c["splits"] >= 8 and 0 < c["batch_deferred"] < len(ints) // 10
+    assert c["batch_rounds"] == sum(-(-min(512, len(ints) - i) // 85) for i in range(0, len(ints), 512))
+    assert c["puts"] == len(ints)
+    vals, found = idx.get(keys)
+    assert found.all() and (vals == ints).all()
+    for i in range(0, len(ints), 512):
+        idx.put(keys[i:i + 512], ints[i:i + 512] + np.uint64(7))
+    vals, found = idx.get(keys)
+    assert found.all() and (vals == ints + np.uint64(7)).all()
+    gone = np.zeros(len(ints), dtype=bool)
+    for i in range(0, len(ints), 1024):
+        assert idx.delete(keys[i:i + 1024:2]).all()
+        gone[i:i + 1024:2] = True
+    assert (idx.get(keys)[1] == ~gone).all()
+    idx.close()
+
+
+def test_per_key_latencies_of_a_batched_put(dm) -> None:
+    idx = kindex.open("race", dm, 8)
+    lat = np.zeros(64, dtype=np.uint64)
+    idx.put(np.arange(1, 65, dtype=np.uint64), np.arange(64, dtype=np.uint64), lat_ns=lat)
+    assert (lat > 0).all()
+    lat[:] = 0
+    idx.delete(np.arange(1, 65, dtype=np.uint64), lat_ns=lat)
+    assert (lat > 0).all()
+
+
+@pytest.mark.timeout(60)
+def test_memory_node_full_mid_batch_publishes_nothing_half_done() -> None:
+    """KV blocks are allocated for a whole group before any slot CAS: a full memory node fails
+    the put cleanly; every key the index holds afterwards has the value written for it, the keys
+    of the calls that returned are all there, and updates succeed or fail cleanly."""
+    with ShmMemoryNode(1 << 20) as node:
+        ctx = connect(TransportConfig(chunk_bytes=16 << 10), [node.uri])
+        idx = kindex.open("race", ctx, 8)
+        done = 1
+        with pytest.raises(MemoryNodeFull, match="full"):
+            for start in range(1, 10**6, 200):
+                ints = np.arange(start, start + 200, dtype=np.uint64)
+                idx.put(ints, ints * np.uint64(3))
+                done = start + 200
+        assert done > 1000
+        ints = np.arange(1, done + 200, dtype=np.uint64)
+        vals, found = idx.get(ints)
+        assert found[:done - 1].all() and (vals[found] == ints[found] * np.uint64(3)).all()
+        with contextlib.suppress(MemoryNodeFull):
+            idx.put(ints[:300], ints[:300] * np.uint64(3) + np.uint64(1))
+        vals, found = idx.get(ints[:300])
+        assert found.all() and np.isin(vals - ints[:300] * np.uint64(3), [0, 1]).all()
+        idx.close()
+        ctx.close()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("key_bytes", [8, 32])
+def test_four_batch_writers_of_overlapping_keys(key_bytes: int) -> None:
+    """4 processes (a transport context and handle each) put batches of 128 over overlapping key
+    sets, each in its own order, into a fresh index (so subtables split under them): every key
+    holds a value one of its writers wrote for it, and one delete removes it for good (no
+    duplicate copy survived the batched inserts)."""
+    shared = np.arange(1, 1501, dtype=np.uint64)
+    work = [np.random.default_rng(w).permutation(np.concatenate(
+        [shared, np.arange(10_001 + 1000 * w, 10_001 + 1000 * w + 700, dtype=np.uint64),
+         np.arange(50_001 + 500 * (w % 2), 50_001 + 500 * (w % 2) + 400, dtype=np.uint64)]))
+        for w in range(4)]
+    with ShmMemoryNode(32 << 20) as node:
+        open_client(node.uri, "race", key_bytes).close()
+        procs = [SPAWN.Process(target=writer_proc, args=(node.uri, "race", key_bytes, False, work[w], w + 1, 128, {}))
+                 for w in range(4)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(100)
+            assert p.exitcode == 0
+        idx = open_client(node.uri, "race", key_bytes)
+        everything = np.unique(np.concatenate(work))
+        keys = make_keys(everything, key_bytes)
+        vals, found = idx.get(keys)
+        assert found.all(), f"{int((~found).sum())} keys lost"
+        assert ((vals >> np.uint64(8)) == everything).all()
+        writers = vals & np.uint64(0xFF)
+        for w in range(4):  # the value's writer wrote that key
+            mine = writers == w + 1
+            assert np.isin(everything[mine], work[w]).all()
+        assert idx.delete(keys).all()
+        assert not idx.get(keys)[1].any()
+        idx.close()

@@ -28,21 +28,24 @@
 #define BATCH_ROUNDS 64 /* a cap; a round that makes no progress after the third ends the loop */
 #define BATCH_MAX_WAYS 16 /* most leaves one overflowing leaf is split into in one batch */
 
-typedef struct bkey {
+typedef struct bkey { /* sorted by key once; its path (cache descent) is h->bp[the same index] */
     uint8_t key[KB];
     uint64_t val;
     size_t idx; /* position in the caller's arrays */
     int state;  /* BK_* */
-    dm_gaddr leaf;
-    path p;
 } bkey;
+
+typedef struct border { /* a pending key in (leaf, key) order: groups are runs of one leaf */
+    dm_gaddr leaf;
+    size_t k; /* index into bk (key order) */
+} border;
 
 enum { BK_PENDING = 0, BK_DONE = 1, BK_SINGLE = 2 };
 enum { BG_RELEASE, BG_UNITS, BG_NODE, BG_RESHAPE };
 /* BG_NODE with retag: a chime leaf re-placed whole (node_ver+1); its parent's tag moves after write_all */
 
 typedef struct bgroup {
-    size_t first, n;  /* its keys: bk[first .. first+n), sorted */
+    size_t first, n;  /* its keys: bo[first .. first+n), in key order */
     int what;         /* BG_*: what write_all does with the leaf */
     int ver;          /* the leaf's node_ver */
     uint32_t units;   /* changed units (chime) */
@@ -51,6 +54,12 @@ typedef struct bgroup {
     int k, ne;        /* BG_RESHAPE: split into k leaves, pieces[] laid out from e[0..ne) */
     uint8_t *pieces;
     entry *e;
+    int fold;         /* BG_RESHAPE: the split's leaf writes ride in write_all (see batch_fold_plan) */
+    int plocked;      /* fold: the parent's lock was tried in write_all (1) and taken (2) */
+    uint64_t pword, pold;
+    dm_gaddr sib[BATCH_MAX_WAYS]; /* sib[0] = the leaf */
+    uint8_t sep[BATCH_MAX_WAYS][KB];
+    uint8_t *sraw;    /* fold: k packed leaves (0 = the left one), then the parent's READ */
     uint8_t raw[NODE_BYTES];
     uint8_t pay[NODE_PAYLOAD];
     uint8_t uv[NODE_LINES];
@@ -62,22 +71,28 @@ static int cmp_bkey_key(const void *a, const void *b) {
     return c ? c : (x->idx > y->idx) - (x->idx < y->idx);
 }
 
-static int cmp_bkey_leaf(const void *a, const void *b) {
-    const bkey *x = a, *y = b;
-    if (x->state != y->state) return x->state - y->state; /* pending first */
+static int cmp_border(const void *a, const void *b) {
+    const border *x = a, *y = b;
     if (x->leaf != y->leaf) return x->leaf < y->leaf ? -1 : 1;
-    return kcmp(x->key, y->key);
+    return (x->k > y->k) - (x->k < y->k);
 }
+
+#define GK(g, i) (&h->bk[h->bo[(g)->first + (i)].k]) /* key i of group g */
+#define GP(g, i) (&h->bp[h->bo[(g)->first + (i)].k]) /* its path */
 
 static int batch_grow(CH_T *h, size_t nkeys) {
     if (nkeys <= h->bcap) return DM_OK;
     bkey *k = realloc(h->bk, nkeys * sizeof *k);
     if (k) h->bk = k;
+    path *p = realloc(h->bp, nkeys * sizeof *p);
+    if (p) h->bp = p;
+    border *o = realloc(h->bo, nkeys * sizeof *o);
+    if (o) h->bo = o;
     bgroup *g = realloc(h->bg, nkeys * sizeof *g);
     if (g) h->bg = g;
     kvidx_lockreq *l = realloc(h->bl, nkeys * sizeof *l);
     if (l) h->bl = l;
-    if (!k || !g || !l) return herr(h, DM_ENOMEM, "out of local memory for a batch of %zu keys", nkeys);
+    if (!k || !g || !l || !p || !o) return herr(h, DM_ENOMEM, "out of local memory for a batch of %zu keys", nkeys);
     h->bcap = nkeys;
     return DM_OK;
 }
@@ -107,21 +122,20 @@ static size_t batch_keys(CH_T *h, const uint8_t *keys, const uint64_t *vals, siz
 static int batch_route(CH_T *h, size_t nk, size_t *ngroups) {
     size_t np = 0;
     for (size_t i = 0; i < nk; i++) {
-        bkey *b = &h->bk[i];
-        if (b->state != BK_PENDING) continue;
-        int rc = find_leaf(h, b->key, &b->p);
+        if (h->bk[i].state != BK_PENDING) continue;
+        int rc = find_leaf(h, h->bk[i].key, &h->bp[i]);
         if (rc != DM_OK) return rc;
-        b->leaf = untag(b->p.leaf);
-        np++;
+        h->bo[np++] = (border){untag(h->bp[i].leaf), i};
     }
-    qsort(h->bk, nk, sizeof *h->bk, cmp_bkey_leaf);
+    qsort(h->bo, np, sizeof *h->bo, cmp_border);
     size_t ng = 0;
     for (size_t i = 0; i < np; i++) {
-        if (i == 0 || h->bk[i].leaf != h->bk[i - 1].leaf) {
+        dm_gaddr leaf = h->bo[i].leaf;
+        if (i == 0 || leaf != h->bo[i - 1].leaf) {
             bgroup *g = &h->bg[ng];
             g->first = i;
             g->n = 0;
-            h->bl[ng] = (kvidx_lockreq){.lock = lock_of(h->bk[i].leaf), .rd = {g->raw, h->bk[i].leaf, NODE_BYTES}};
+            h->bl[ng] = (kvidx_lockreq){.lock = lock_of(leaf), .rd = {g->raw, leaf, NODE_BYTES}};
             ng++;
         }
         h->bg[ng - 1].n++;
@@ -142,6 +156,7 @@ static int batch_lock_all(CH_T *h, size_t ng) {
 }
 
 static int batch_reshape_plan(CH_T *h, bgroup *g);
+static int batch_post_fold(CH_T *h, size_t gi, kvidx_lockreq *lr);
 
 /* What to do with one locked leaf: its keys applied to the payload, or sent on. */
 static int batch_plan(CH_T *h, bgroup *g, int del, uint8_t *found) {
@@ -151,24 +166,27 @@ static int batch_plan(CH_T *h, bgroup *g, int del, uint8_t *found) {
     g->what = BG_RELEASE;
     g->units = 0;
     g->retag = 0;
+    g->fold = 0;
+    g->plocked = 0;
     g->pieces = NULL;
     g->e = NULL;
-    bkey *k0 = &h->bk[g->first];
+    g->sraw = NULL;
+    path *p0 = GP(g, 0);
     if (g->ver < 0) { /* torn under our lock: a lease we took over was mid-write; route again */
         h->st.torn_retry++;
         return DM_OK;
     }
     if (g->pay[H_KIND] != KIND || g->pay[H_LEVEL] != 0)
-        return herr(h, DM_EPROTO, "0x%016llx is not a " NAME " leaf", (unsigned long long)k0->leaf);
-    if (k0->p.ver >= 0 && k0->p.ver != g->ver) { /* the parent's tag is stale: re-read it next time */
+        return herr(h, DM_EPROTO, "0x%016llx is not a " NAME " leaf", (unsigned long long)h->bo[g->first].leaf);
+    if (p0->ver >= 0 && p0->ver != g->ver) { /* the parent's tag is stale: re-read it next time */
         h->st.version_mismatch++;
-        drop_stale_parent(h, &k0->p.parent);
+        drop_stale_parent(h, &p0->parent);
     }
     int changed = 0;
     for (size_t i = 0; i < g->n; i++) {
-        bkey *b = &h->bk[g->first + i];
+        bkey *b = GK(g, i);
         if (kcmp(b->key, g->pay + H_LOW) < 0 || above_high(g->pay, b->key)) {
-            leaf_went_right(h, &b->p); /* no longer this leaf's key: route it again */
+            leaf_went_right(h, GP(g, i)); /* no longer this leaf's key: route it again */
             continue;
         }
         uint8_t f = 0;
@@ -208,49 +226,34 @@ static int batch_post_write(CH_T *h, bgroup *g, kvidx_lockreq *lr) {
 
 static int batch_write_all(CH_T *h, size_t ng) {
     int rc = DM_OK;
-    for (size_t i = 0; i < ng && rc == DM_OK; i++)
-        if (h->bg[i].what != BG_RESHAPE) rc = batch_post_write(h, &h->bg[i], &h->bl[i]);
+    for (size_t i = 0; i < ng && rc == DM_OK; i++) {
+        bgroup *g = &h->bg[i];
+        if (g->what != BG_RESHAPE) rc = batch_post_write(h, g, &h->bl[i]);
+        else if (g->fold) rc = batch_post_fold(h, i, &h->bl[i]);
+    }
     if (rc == DM_OK) rc = dmerr(h, dm_submit(h->ctx));
     else dm_discard(h->ctx);
     for (size_t i = 0; i < ng && rc == DM_OK; i++)
-        if (h->bg[i].what != BG_RESHAPE && h->bl[i].expect != h->bl[i].word) h->st.lease_lost++;
+        if ((h->bg[i].what != BG_RESHAPE || h->bg[i].fold) && h->bl[i].expect != h->bl[i].word) h->st.lease_lost++;
     return rc;
 }
 
-/* Split locked leaf (old payload: its header) into k >= 2 pieces (payloads, entries set):
- * k-1 fresh right siblings, then the leaf itself (node_ver nv) with its unlock, then the
- * parent learns each separator. A root leaf splits in two only (publish_split grows the root). */
-static int batch_split(CH_T *h, path *p, dm_gaddr leaf, uint64_t word, const uint8_t *old, uint8_t *pieces, int k,
-                       const entry *e, int n, uint8_t nv, int was_root) {
-    dm_gaddr sib[BATCH_MAX_WAYS];
-    uint8_t sep[BATCH_MAX_WAYS][KB];
-    sib[0] = leaf;
-    int rc = fill_pool(h);
-    for (int j = 1; j < k && rc == DM_OK; j++) rc = pool_pop(h, &sib[j]);
-    if (rc != DM_OK) { /* allocate first: a full memory node leaves the leaf as it was */
-        kvidx_unlock(&h->lk, lock_of(leaf), word);
-        return rc;
-    }
-    for (int j = 1; j < k; j++) memcpy(sep[j], e[(int64_t)n * j / k].key, KB);
-    for (int j = 0; j < k; j++) {
-        uint8_t *pc = pieces + (size_t)j * NODE_PAYLOAD;
-        int last = j == k - 1;
-        set_header(pc, 0, j ? sep[j] : old + H_LOW, last ? old + H_HIGH : sep[j + 1],
-                   last && (old[H_FLAGS] & F_HIGH_INF), last ? untag(get64(old + H_SIB)) : sib[j + 1]);
-    }
-    h->st.splits += (uint64_t)(k - 1);
-    h->st.split_entries += (uint64_t)n;
-    h->st.split_capacity += (uint64_t)(k - 1) * (KVDM_SHERMAN ? ICAP : LEAF_CAP);
-    if (k == 2) return publish_split(h, p, leaf, 0, word, pieces, nv, sib[1], pieces + NODE_PAYLOAD, sep[1], was_root);
+/* A split that is not folded (a root leaf, or new leaves on other memory nodes), one round
+ * trip at a time: the k-1 fresh right siblings (each submitted before the left leaf names it),
+ * then the leaf itself (node_ver nv) with its unlock, then the parent learns each separator.
+ * A root leaf splits in two (publish_split grows the root). Headers: batch_fold_plan. */
+static int batch_split(CH_T *h, bgroup *g, uint64_t word, int was_root) {
+    path *p = GP(g, 0);
+    dm_gaddr leaf = g->sib[0];
+    uint8_t nv = kvidx_next_ver((uint8_t)g->ver), *pieces = g->pieces;
+    int k = g->k, rc = DM_OK;
+    if (k == 2) return publish_split(h, p, leaf, 0, word, pieces, nv, g->sib[1], pieces + NODE_PAYLOAD, g->sep[1], was_root);
     uint8_t raw[NODE_BYTES];
-    int other_node = 0;
     for (int j = k - 1; j >= 1 && rc == DM_OK; j--) {
         kvidx_pack(raw, NODE_LINES, pieces + (size_t)j * NODE_PAYLOAD, 1, 0);
-        rc = dm_write(h->ctx, sib[j], raw, NODE_BYTES); /* copied at post time by every backend */
-        other_node |= DM_GADDR_NODE(sib[j]) != DM_GADDR_NODE(leaf);
+        rc = dm_write(h->ctx, g->sib[j], raw, NODE_BYTES);
         if (rc == DM_OK) rc = dm_submit(h->ctx); /* the raw buffer is reused */
     }
-    (void)other_node;
     if (rc != DM_OK) {
         dm_discard(h->ctx);
         kvidx_unlock(&h->lk, lock_of(leaf), word);
@@ -260,7 +263,7 @@ static int batch_split(CH_T *h, path *p, dm_gaddr leaf, uint64_t word, const uin
     if ((rc = write_raw_unlock(h, 0, NULL, leaf, raw, word)) != DM_OK) return rc;
     for (int j = 1; j < k && rc == DM_OK; j++) {
         const uint8_t *pc = pieces + (size_t)j * NODE_PAYLOAD;
-        rc = insert_parent(h, p, 1, sep[j], sib[j - 1], j == 1 ? nv : 1, sib[j], 1, pc + H_HIGH,
+        rc = insert_parent(h, p, 1, g->sep[j], g->sib[j - 1], j == 1 ? nv : 1, g->sib[j], 1, pc + H_HIGH,
                            pc[H_FLAGS] & F_HIGH_INF);
     }
     return rc;
@@ -283,6 +286,116 @@ static int batch_layout(const uint8_t *old, const entry *e, int n, int most, uin
     return 0;
 }
 
+/* A split whose new leaves live on the leaf's memory node, below a cached parent, is folded
+ * into the batch's doorbells: write_all carries the fresh right siblings, then the left leaf
+ * (node_ver+1) and its unlock (one QP: executed in that order, so B-link order holds), and the
+ * try of the parent's lock with its READ; one more doorbell writes every parent and unlocks it.
+ * A split thus costs 1 RTT on top of the batch's 2 instead of 3. Its nodes are allocated here,
+ * before anything is written (a full memory node leaves the tree as it was). */
+static int batch_fold_plan(CH_T *h, bgroup *g, int was_root) {
+    dm_gaddr leaf = h->bo[g->first].leaf;
+    const uint8_t *old = g->pay;
+    g->sib[0] = leaf;
+    int rc = fill_pool(h);
+    for (int j = 1; j < g->k && rc == DM_OK; j++) rc = pool_pop(h, &g->sib[j]);
+    if (rc != DM_OK) return rc;
+    for (int j = 1; j < g->k; j++) memcpy(g->sep[j], g->e[(int64_t)g->ne * j / g->k].key, KB);
+    for (int j = 0; j < g->k; j++) {
+        uint8_t *pc = g->pieces + (size_t)j * NODE_PAYLOAD;
+        int last = j == g->k - 1;
+        set_header(pc, 0, j ? g->sep[j] : old + H_LOW, last ? old + H_HIGH : g->sep[j + 1],
+                   last && (old[H_FLAGS] & F_HIGH_INF), last ? untag(get64(old + H_SIB)) : g->sib[j + 1]);
+    }
+    h->st.splits += (uint64_t)(g->k - 1);
+    h->st.split_entries += (uint64_t)g->ne;
+    h->st.split_capacity += (uint64_t)(g->k - 1) * (KVDM_SHERMAN ? ICAP : LEAF_CAP);
+    g->fold = !was_root && GP(g, 0)->node[1];
+    for (int j = 1; j < g->k; j++) g->fold &= DM_GADDR_NODE(g->sib[j]) == DM_GADDR_NODE(leaf);
+    if (!g->fold) return DM_OK;
+    if (!(g->sraw = malloc((size_t)(g->k + 1) * NODE_BYTES))) return herr(h, DM_ENOMEM, "out of local memory");
+    for (int j = 0; j < g->k; j++)
+        kvidx_pack(g->sraw + (size_t)j * NODE_BYTES, NODE_LINES, g->pieces + (size_t)j * NODE_PAYLOAD,
+                   j ? 1 : kvidx_next_ver((uint8_t)g->ver), 0);
+    return DM_OK;
+}
+
+/* write_all for a folded split: siblings, left leaf, unlock; the parent's lock try || READ
+ * unless another split of this batch tries that parent already. */
+static int batch_post_fold(CH_T *h, size_t gi, kvidx_lockreq *lr) {
+    bgroup *g = &h->bg[gi];
+    int rc = make_room(h, g->k + 3);
+    dm_gaddr leaf = h->bo[g->first].leaf, par = untag(GP(g, 0)->node[1]);
+    for (int j = g->k - 1; j >= 0 && rc == DM_OK; j--)
+        rc = dm_write(h->ctx, g->sib[j], g->sraw + (size_t)j * NODE_BYTES, NODE_BYTES);
+    lr->expect = lr->word;
+    if (rc == DM_OK) rc = kvidx_post_release(&h->lk, lr->lock, lr->word, &lr->expect);
+    int claimed = 0;
+    for (size_t i = 0; i < gi && !claimed; i++)
+        claimed = h->bg[i].what == BG_RESHAPE && h->bg[i].fold && h->bg[i].plocked &&
+                  untag(GP(&h->bg[i], 0)->node[1]) == par;
+    if (rc == DM_OK && !claimed) {
+        kvidx_read rd = {g->sraw + (size_t)g->k * NODE_BYTES, par, NODE_BYTES};
+        rc = kvidx_post_try_lock(&h->lk, lock_of(par), &rd, &g->pword, &g->pold);
+        g->plocked = rc == DM_OK;
+    }
+    (void)leaf;
+    return dmerr(h, rc);
+}
+
+/* After write_all: every folded split's parent that we locked learns its separators (one
+ * doorbell of WRITE || unlock); the others insert theirs the single-split way. */
+static int batch_fold_parents(CH_T *h, size_t ng) {
+    int rc = DM_OK;
+    uint8_t n[NODE_PAYLOAD + ENTRY];
+    for (size_t i = 0; i < ng && rc == DM_OK; i++) {
+        bgroup *g = &h->bg[i];
+        if (g->what != BG_RESHAPE || !g->fold || !g->plocked) continue;
+        if (g->pold != 0) { /* someone holds the parent: fall back */
+            h->st.lock_fail++;
+            g->plocked = 0;
+            continue;
+        }
+        dm_gaddr par = untag(GP(g, 0)->node[1]);
+        uint8_t nv[NODE_LINES], uv[NODE_LINES];
+        kvidx_unpack(g->sraw + (size_t)g->k * NODE_BYTES, NODE_LINES, n, nv, uv);
+        int v = agree(nv, uv, NODE_LINES);
+        int ok = v >= 0 && n[H_KIND] == KIND && n[H_LEVEL] == 1 && kcmp(g->sep[1], n + H_LOW) >= 0 &&
+                 !above_high(n, g->sep[g->k - 1]) && nkeys(n) + g->k - 1 <= ICAP;
+        if (ok) {
+            uint8_t lnv = kvidx_next_ver((uint8_t)g->ver);
+            for (int j = 1; j < g->k; j++) {
+                const uint8_t *pc = g->pieces + (size_t)j * NODE_PAYLOAD;
+                parent_add(n, 1, g->sep[j], g->sib[j - 1], j == 1 ? lnv : 1, g->sib[j], 1, pc + H_HIGH,
+                           pc[H_FLAGS] & F_HIGH_INF);
+            }
+            kvidx_pack(g->sraw + (size_t)g->k * NODE_BYTES, NODE_LINES, n, kvidx_next_ver((uint8_t)v), 0);
+            rc = make_room(h, 2);
+            if (rc == DM_OK) rc = dm_write(h->ctx, par, g->sraw + (size_t)g->k * NODE_BYTES, NODE_BYTES);
+            uint8_t *c = rc == DM_OK ? kvidx_cache_put(&h->cache, par) : NULL;
+            if (c) memcpy(c, n, NODE_PAYLOAD);
+            g->plocked = 2; /* done */
+        } else {
+            rc = make_room(h, 1);
+            g->plocked = 0; /* released below, then the single-split way */
+        }
+        uint64_t old = 0;
+        if (rc == DM_OK) rc = kvidx_post_release(&h->lk, lock_of(par), g->pword, &old);
+        rc = dmerr(h, rc);
+    }
+    if (rc == DM_OK) rc = dmerr(h, dm_submit(h->ctx));
+    else dm_discard(h->ctx);
+    for (size_t i = 0; i < ng && rc == DM_OK; i++) {
+        bgroup *g = &h->bg[i];
+        if (g->what != BG_RESHAPE || !g->fold || g->plocked == 2) continue;
+        for (int j = 1; j < g->k && rc == DM_OK; j++) {
+            const uint8_t *pc = g->pieces + (size_t)j * NODE_PAYLOAD;
+            rc = insert_parent(h, GP(g, 0), 1, g->sep[j], g->sib[j - 1], j == 1 ? kvidx_next_ver((uint8_t)g->ver) : 1,
+                               g->sib[j], 1, pc + H_HIGH, pc[H_FLAGS] & F_HIGH_INF);
+        }
+    }
+    return rc;
+}
+
 /* A locked leaf whose keys did not all fit (no RTT: decided on what lock_all read): rewrite it
  * whole (BG_NODE with retag: chime re-places every entry), or split it into up to
  * BATCH_MAX_WAYS leaves (BG_RESHAPE; a root leaf: two, publish_split grows the root). When even
@@ -303,14 +416,14 @@ static int batch_reshape_plan(CH_T *h, bgroup *g) {
     int most = was_root ? 2 : BATCH_MAX_WAYS;
     size_t rest = 0; /* the keys not applied inside the leaf's fences, moved up in key order */
     for (size_t i = g->overflow; i < g->n; i++) {
-        bkey *b = &h->bk[g->first + i];
+        bkey *b = GK(g, i);
         if (kcmp(b->key, old + H_LOW) < 0 || above_high(old, b->key)) {
-            leaf_went_right(h, &b->p);
+            leaf_went_right(h, GP(g, i));
             continue;
         }
-        bkey t = *b;
-        *b = h->bk[g->first + g->overflow + rest];
-        h->bk[g->first + g->overflow + rest++] = t;
+        border t = h->bo[g->first + i];
+        h->bo[g->first + i] = h->bo[g->first + g->overflow + rest];
+        h->bo[g->first + g->overflow + rest++] = t;
     }
     size_t take = rest, cap = (size_t)most * LEAF_CAP * 3 / 4;
     if (take + (size_t)old_n > cap) take = cap > (size_t)old_n ? cap - (size_t)old_n : 1;
@@ -318,7 +431,7 @@ static int batch_reshape_plan(CH_T *h, bgroup *g) {
     for (;; take /= 2) {
         n = old_n;
         for (size_t i = 0; i < take; i++) {
-            bkey *b = &h->bk[g->first + g->overflow + i];
+            bkey *b = GK(g, g->overflow + i);
             entry *hit = bsearch(b->key, e, (size_t)old_n, sizeof *e, cmp_entry);
             if (hit) {
                 hit->val = b->val;
@@ -334,10 +447,10 @@ static int batch_reshape_plan(CH_T *h, bgroup *g) {
         qsort(e, (size_t)old_n, sizeof *e, cmp_entry);
     }
     if (k == 0) {
-        for (size_t i = 0; i < g->n; i++) h->bk[g->first + i].state = BK_SINGLE;
+        for (size_t i = 0; i < g->n; i++) GK(g, i)->state = BK_SINGLE;
         g->what = BG_RELEASE;
     } else {
-        for (size_t i = 0; i < take; i++) h->bk[g->first + g->overflow + i].state = BK_DONE;
+        for (size_t i = 0; i < take; i++) GK(g, g->overflow + i)->state = BK_DONE;
     }
     if (k == 1) {
         h->st.leaf_rebuilds++;
@@ -351,23 +464,25 @@ static int batch_reshape_plan(CH_T *h, bgroup *g) {
         g->ne = n;
         g->pieces = pieces;
         g->e = e;
-        return DM_OK;
+        return batch_fold_plan(h, g, was_root);
     }
     free(pieces);
     free(e);
     return DM_OK;
 }
 
-/* Split a BG_RESHAPE leaf as planned (owns its lock). */
-static int batch_reshape(CH_T *h, bgroup *g, kvidx_lockreq *lr) {
-    bkey *k0 = &h->bk[g->first];
-    int rc = batch_split(h, &k0->p, k0->leaf, lr->word, g->pay, g->pieces, g->k, g->e, g->ne,
-                         kvidx_next_ver((uint8_t)g->ver), is_root_node(g->pay));
+static void batch_free_plan(bgroup *g) {
     free(g->pieces);
     free(g->e);
+    free(g->sraw);
     g->pieces = NULL;
     g->e = NULL;
-    return rc;
+    g->sraw = NULL;
+}
+
+/* Split a BG_RESHAPE leaf that write_all did not carry (owns its lock). */
+static int batch_reshape(CH_T *h, bgroup *g, kvidx_lockreq *lr) {
+    return g->fold ? DM_OK : batch_split(h, g, lr->word, is_root_node(g->pay));
 }
 
 /* After write_all: the parents of re-placed chime leaves learn their new node_ver (lock all
@@ -377,9 +492,9 @@ static int batch_retag(CH_T *h, size_t ng) {
     size_t np = 0;
     for (size_t i = 0; i < ng; i++) {
         bgroup *g = &h->bg[i];
-        if (g->what != BG_NODE || !g->retag || !h->bk[g->first].p.node[1]) continue;
+        if (g->what != BG_NODE || !g->retag || !GP(g, 0)->node[1]) continue;
         g->retag = 0;
-        dm_gaddr par = untag(h->bk[g->first].p.node[1]);
+        dm_gaddr par = untag(GP(g, 0)->node[1]);
         size_t j = 0;
         while (j < np && untag(h->bl[j].rd.remote) != par) j++;
         if (j == np) h->bl[np++] = (kvidx_lockreq){.lock = lock_of(par), .rd = {NULL, par, NODE_BYTES}};
@@ -405,12 +520,12 @@ static int batch_retag(CH_T *h, size_t ng) {
     for (size_t i = 0; i < ng && rc == DM_OK; i++) {
         bgroup *g = &h->bg[i];
         if (g->what != BG_NODE || !g->retag) continue;
-        dm_gaddr par = untag(h->bk[g->first].p.node[1]);
+        dm_gaddr par = untag(GP(g, 0)->node[1]);
         size_t j = 0;
         while (untag(h->bl[j].rd.remote) != par) j++; /* (bl is sorted by lock address now) */
         g->retag = 0;
         uint8_t *n = pay + j * NODE_PAYLOAD, *ptr = NULL;
-        dm_gaddr leaf = h->bk[g->first].leaf;
+        dm_gaddr leaf = h->bo[g->first].leaf;
         if (ver[j] < 0) continue;
         if (untag(get64(n + H_LEFT)) == leaf) ptr = n + H_LEFT;
         for (int e = 0; !ptr && e < nkeys(n); e++)
@@ -460,19 +575,18 @@ static int write_many(CH_T *h, const uint8_t *keys, const uint64_t *vals, size_t
             bgroup *g = &h->bg[i];
             int prc = rc == DM_OK ? batch_plan(h, g, del, found) : DM_OK;
             if (prc != DM_OK || rc != DM_OK) { /* an error: release every lock, write nothing */
-                free(g->pieces), free(g->e);
-                g->pieces = NULL, g->e = NULL;
+                batch_free_plan(g);
                 g->what = BG_RELEASE;
             }
             if (prc != DM_OK) rc = prc;
         }
         int wrc = batch_write_all(h, ng);
         if (rc == DM_OK) rc = wrc;
-        for (size_t i = 0; i < ng; i++) /* the split rounds (each frees its plan, error or not) */
+        if (rc == DM_OK) rc = batch_fold_parents(h, ng);
+        for (size_t i = 0; i < ng; i++) /* the split rounds of the splits not folded */
             if (h->bg[i].what == BG_RESHAPE) {
-                int src = rc == DM_OK ? batch_reshape(h, &h->bg[i], &h->bl[i]) : DM_OK;
-                if (rc != DM_OK) free(h->bg[i].pieces), free(h->bg[i].e);
-                if (rc == DM_OK) rc = src;
+                if (rc == DM_OK) rc = batch_reshape(h, &h->bg[i], &h->bl[i]);
+                batch_free_plan(&h->bg[i]);
             }
         if (rc == DM_OK) rc = batch_retag(h, ng);
         size_t now = 0;

@@ -84,6 +84,12 @@ static int remote_lock_and_read(kvidx_locker *lk, dm_gaddr lock_addr, const kvid
     }
 }
 
+int kvidx_post_try_lock(kvidx_locker *lk, dm_gaddr lock_addr, const kvidx_read *rd, uint64_t *word, uint64_t *old) {
+    *word = lock_word(lk);
+    int rc = dm_cas(lk->ctx, lock_addr, 0, *word, old);
+    return rc == DM_OK ? dm_read(lk->ctx, rd->local, rd->remote, rd->len) : rc;
+}
+
 int kvidx_post_release(kvidx_locker *lk, dm_gaddr lock_addr, uint64_t word, uint64_t *old_out) {
     return dm_cas(lk->ctx, lock_addr, word, 0, old_out);
 }

@@ -114,7 +114,9 @@ typedef struct CH_T {
     int npool;
     struct probe *probes; /* one per key of a lookup doorbell */
     size_t nprobes;
-    struct bkey *bk;      /* batched writes: the keys, their leaves, the lock requests */
+    struct bkey *bk;      /* batched writes: the keys, their paths, (leaf, key) order, leaves, locks */
+    struct path *bp;
+    struct border *bo;
     struct bgroup *bg;
     kvidx_lockreq *bl;
     size_t bcap;
@@ -715,6 +717,31 @@ fail_unlock:
     return rc;
 }
 
+/* Add separator sep -> right (child version rver, high fence rhigh) to the level-lvl node
+ * payload n (room for one entry over capacity), after left (version lver): the child tags
+ * become exact where the fences say so. Returns the new entry count (> ICAP: split it). */
+static int parent_add(uint8_t *n, int lvl, const uint8_t *sep, dm_gaddr left, uint8_t lver, dm_gaddr right,
+                      uint8_t rver, const uint8_t *rhigh, int rhigh_inf) {
+    int k = nkeys(n), i = 0;
+    while (i < k && kcmp(cient(n, i), sep) < 0) i++;
+    /* the left neighbour's range now ends at sep: its tag may become its new version */
+    uint8_t *lptr = i == 0 ? n + H_LEFT : ient(n, i - 1) + KB;
+    if (i < k && kcmp(cient(n, i), sep) == 0) { /* already there (cannot happen): refresh */
+        put64(ient(n, i) + KB, DM_GADDR_WITH_TAG(right, 0));
+    } else {
+        memmove(ient(n, i + 1), ient(n, i), (size_t)(k - i) * ENTRY);
+        memcpy(ient(n, i), sep, KB);
+        /* the right child's tag is valid only if the next separator is its high fence */
+        int next_inf = i + 1 >= k + 1 ? (n[H_FLAGS] & F_HIGH_INF) : 0;
+        const uint8_t *next = i + 1 >= k + 1 ? n + H_HIGH : cient(n, i + 1);
+        int exact = lvl == 1 && LEAF_TAGS && (next_inf ? rhigh_inf : (!rhigh_inf && kcmp(next, rhigh) == 0));
+        put64(ient(n, i) + KB, DM_GADDR_WITH_TAG(right, exact ? rver : 0));
+        set_nkeys(n, ++k);
+    }
+    if (lvl == 1 && LEAF_TAGS && untag(get64(lptr)) == untag(left)) put64(lptr, DM_GADDR_WITH_TAG(left, lver));
+    return k;
+}
+
 /* Insert separator sep -> right into the level-lvl node covering it; fix the child tags. */
 static int insert_parent(CH_T *h, path *p, int lvl, const uint8_t *sep, dm_gaddr left, uint8_t lver,
                          dm_gaddr right, uint8_t rver, const uint8_t *rhigh, int rhigh_inf) {
@@ -746,23 +773,7 @@ static int insert_parent(CH_T *h, path *p, int lvl, const uint8_t *sep, dm_gaddr
             g = untag(get64(n + H_SIB));
             continue;
         }
-        int k = nkeys(n), i = 0;
-        while (i < k && kcmp(cient(n, i), sep) < 0) i++;
-        /* the left neighbour's range now ends at sep: its tag may become its new version */
-        uint8_t *lptr = i == 0 ? n + H_LEFT : ient(n, i - 1) + KB;
-        if (i < k && kcmp(cient(n, i), sep) == 0) { /* already there (cannot happen): refresh */
-            put64(ient(n, i) + KB, DM_GADDR_WITH_TAG(right, 0));
-        } else {
-            memmove(ient(n, i + 1), ient(n, i), (size_t)(k - i) * ENTRY);
-            memcpy(ient(n, i), sep, KB);
-            /* the right child's tag is valid only if the next separator is its high fence */
-            int next_inf = i + 1 >= k + 1 ? (n[H_FLAGS] & F_HIGH_INF) : 0;
-            const uint8_t *next = i + 1 >= k + 1 ? n + H_HIGH : cient(n, i + 1);
-            int exact = lvl == 1 && LEAF_TAGS && (next_inf ? rhigh_inf : (!rhigh_inf && kcmp(next, rhigh) == 0));
-            put64(ient(n, i) + KB, DM_GADDR_WITH_TAG(right, exact ? rver : 0));
-            set_nkeys(n, ++k);
-        }
-        if (lvl == 1 && LEAF_TAGS && untag(get64(lptr)) == untag(left)) put64(lptr, DM_GADDR_WITH_TAG(left, lver));
+        int k = parent_add(n, lvl, sep, left, lver, right, rver, rhigh, rhigh_inf);
         if (k <= ICAP) {
             return write_internal_unlock(h, g, n, v, word);
         }
@@ -1254,6 +1265,8 @@ void CH(close)(CH_T *h) {
     kvidx_cache_free(&h->cache);
     free(h->probes);
     free(h->bk);
+    free(h->bp);
+    free(h->bo);
     free(h->bg);
     free(h->bl);
     free(h->scan);

@@ -99,6 +99,10 @@ typedef struct kvidx_lockreq {
     int held;
 } kvidx_lockreq;
 int kvidx_lock_many(kvidx_locker *lk, kvidx_lockreq *req, size_t n);
+/* Post one try of a lock (CAS 0 -> a fresh word, returned in *word) and the read it protects;
+ * after the submit the lock is held iff *old == 0 (a lock taken this way is released with
+ * kvidx_post_release). */
+int kvidx_post_try_lock(kvidx_locker *lk, dm_gaddr lock_addr, const kvidx_read *rd, uint64_t *word, uint64_t *old);
 /* Post the release of a lock taken by kvidx_lock_many (a CAS; submit with the writes). */
 int kvidx_post_release(kvidx_locker *lk, dm_gaddr lock_addr, uint64_t word, uint64_t *old_out);
 

@@ -29,17 +29,34 @@
  *     (1 doorbell); a block counts only if its checksum and key match. 2 RTT for a hit, 1 RTT
  *     for a miss without fingerprint match. A batch of lookups shares each doorbell (all keys, up to
  *     DM_MAX_BATCH / 2 keys a doorbell, or the `window` option when set).
- *   put: WRITE the new KV block together with the bucket READs; READ matching KV blocks (only
- *     if a fingerprint matches); CAS the slot (0 -> new for an insert, old -> new for an
- *     update, other copies -> 0) and, in the same doorbell (same memory node, so after the
- *     CAS), re-READ both combined buckets. Insert of a new key: 2 RTT; update: 3 RTT. The
- *     re-read serves two checks: (1) a bucket header that changed means a split started or
- *     finished meanwhile, so the CAS may have hit a copy the splitter already moved: wait for
+ *   put (one key, write_key): WRITE the new KV block together with the bucket READs; READ
+ *     matching KV blocks (only if a fingerprint matches); CAS the slot (0 -> new for an insert,
+ *     old -> new for an update, other copies -> 0) and, in the same doorbell (same memory node,
+ *     so after the CAS), re-READ both combined buckets. Insert of a new key: 2 RTT; update: 3
+ *     RTT. The re-read serves two checks: (1) a bucket header that changed means a split started
+ *     or finished meanwhile, so the CAS may have hit a copy the splitter already moved: wait for
  *     the split and redo the operation (idempotent); (2) RACE's duplicate check: two clients
  *     that inserted the same key into different empty slots both see both copies; the copy at
  *     the lower address wins, the other is CASed to 0 by its owner (and lookups, updates and
  *     deletes always act on the lowest copy first and clear the others).
- *   delete: find as a lookup, CAS every copy to 0 with the same re-read check.
+ *   delete (one key): find as a lookup, CAS every copy to 0 with the same re-read check.
+ *   batched put and delete (write_many; every call, a single key too): the same verbs, one
+ *     doorbell per phase for a whole group of keys (up to DM_MAX_BATCH / 3 = 85 keys, 3 verbs
+ *     each in phases 1 and 3; fewer with the `window` option), one function per doorbell:
+ *       wb_prepare (local): dedupe (a put keeps the last value of a key, a delete acts on its
+ *         first occurrence), allocate every KV block of the group (before any CAS: a full
+ *         memory node fails the call with nothing of the group published);
+ *       wb_read (1 RTT): W(KV block) || R(both combined buckets) for every key;
+ *       wb_read_kv (1 RTT, only if a fingerprint matches): R(every matching KV block);
+ *       wb_cas (1 RTT): every key's slot CASes, each key's followed by the re-READ of its
+ *         buckets; an insert takes an empty slot no other key of the group took;
+ *       wb_dup_check (0-2 RTT, rare): R(KV blocks new in the re-read), CAS(our copy -> 0).
+ *     A group of fresh inserts costs 2-3 RTT (3 once any of its keys' fingerprints matches), of
+ *     updates or deletes 3, whatever its size. A key that meets an anomaly (stale directory,
+ *     split under way, both candidates full, a lost CAS, headers changed in the re-read) is
+ *     finished afterwards by the single-key path (write_key: idempotent; a put reuses the KV
+ *     block it wrote), so every check above holds per key; keys of one group are distinct and
+ *     claim distinct empty slots, so their CASes never interfere with each other.
  *   split (both candidates full): lease lock of the subtable (kvidx_lock_and_read: lock CAS
  *     and READ of the first bucket header in one doorbell); allocate the new subtable first
  *     (memory full leaves the index intact); WRITE every header with SPLITTING and READ the subtable (after the marks:
@@ -204,8 +221,8 @@ static int refresh_dir(RC_T *h, uint64_t h1, int depth) {
 
 /* ---- probes: read both combined buckets, then the fingerprint-matching KV blocks ---- */
 
-static int probe_post(RC_T *h, const uint8_t *key, probe *q) {
-    q->h1 = khash(key);
+static int probe_post_h1(RC_T *h, uint64_t h1, probe *q) {
+    q->h1 = h1;
     q->h2 = h2_of(q->h1);
     q->st = untag(h->dir[dir_index(h, q->h1)]);
     q->b[0] = cbucket(q->h1);
@@ -214,6 +231,17 @@ static int probe_post(RC_T *h, const uint8_t *key, probe *q) {
     int rc = dm_read(h->ctx, q->line[0], bucket_addr(q->st, q->b[0]), 2 * DM_LINE);
     if (rc == DM_OK) rc = dm_read(h->ctx, q->line[1], bucket_addr(q->st, q->b[1]), 2 * DM_LINE);
     return dmerr(h, rc);
+}
+
+static int probe_post(RC_T *h, const uint8_t *key, probe *q) { return probe_post_h1(h, khash(key), q); }
+
+/* Hash the keys of a batch and prefetch their directory entries (a directory of 2^16 entries
+ * does not stay in the cache): the probe_post_h1 calls that follow find them loaded. */
+static void probe_prefetch(RC_T *h, const uint8_t *keys, size_t m, probe *qs) {
+    for (size_t j = 0; j < m; j++) {
+        qs[j].h1 = khash(keys + j * KB);
+        __builtin_prefetch(&h->dir[dir_index(h, qs[j].h1)]);
+    }
 }
 
 enum { P_OK = 0, P_STALE = 1, P_SPLITTING = 2, P_BAD = 3 };
@@ -587,20 +615,16 @@ static int write_one(RC_T *h, const uint8_t *key, uint64_t val, int del, uint8_t
 }
 
 /* ---- batched writes: put and delete of many keys in a few doorbells ----
- * write_many cuts the call into groups of up to WB_KEYS keys (fewer with the `window` option)
- * and runs each group through these phases, one function per doorbell (make_room splits one
- * only where fingerprint collisions or duplicate copies push it past DM_MAX_BATCH verbs):
- *   wb_prepare    local: dedupe the group, allocate every KV block      0 RTT (an allocator
- *                 chunk refill is one FAA round trip, once per chunk)
+ * write_many cuts a call into groups of up to WB_KEYS keys (fewer with the `window` option) and
+ * runs each group through the phases below, one function per doorbell (see the header comment;
+ * make_room splits a doorbell only where fingerprint collisions or duplicate copies push it past
+ * DM_MAX_BATCH verbs):
+ *   wb_prepare    local                                                0 RTT (+1 FAA per allocator chunk)
  *   wb_read       W(KV block) || R(both combined buckets), every key    1 RTT
- *   wb_read_kv    R(every fingerprint-matching KV block)                0-1 RTT (updates, deletes,
- *                 and inserts whose fingerprint matches another key's slot)
- *   wb_cas        CAS(slots) then re-R(both combined buckets), every key  1 RTT
- *   wb_dup_check  R(KV blocks new in the re-read), then CAS(ours -> 0)   0-2 RTT (rare)
- *   wb_fallback   write_key for every key that met an anomaly            2-3 RTT each
- * The keys of one group are distinct (wb_prepare keeps a put's last copy of a key and a delete's
- * first), so their CASes never act on each other's slots, except for the empty slots two
- * inserts into one bucket could both choose: wb_claim hands each out once per group. */
+ *   wb_read_kv    R(every fingerprint-matching KV block)                0-1 RTT
+ *   wb_cas        CAS(slots), then re-R(both combined buckets), every key   1 RTT
+ *   wb_dup_check  R(KV blocks new in the re-read), then CAS(ours -> 0)  0-2 RTT (rare)
+ *   fallback      write_key for each key that met an anomaly            2-3 RTT each (+ split) */
 
 enum { W_LIVE = 0, W_SKIP, W_SLOW, W_DONE };
 
@@ -658,7 +682,7 @@ static int wb_prepare(RC_T *h, const uint8_t *keys, const uint64_t *vals, size_t
         x->key = keys + x->i * KB;
         x->val = del ? 0 : vals[x->i];
         x->h1 = khash(x->key);
-        __builtin_prefetch(&h->dir[dir_index(h, x->h1)]); /* for probe_post (a large directory misses the cache) */
+        __builtin_prefetch(&h->dir[dir_index(h, x->h1)]); /* for wb_read (see probe_prefetch) */
         x->state = W_LIVE;
         x->found = 0;
         x->kvg = x->mine = DM_NULL;
@@ -697,7 +721,7 @@ static int wb_read(RC_T *h, size_t m, int del) {
         if (x->state != W_LIVE) continue;
         rc = make_room(h, 3);
         if (rc == DM_OK && !del) rc = dmerr(h, dm_write(h->ctx, x->kvg, x->blk, DM_LINE));
-        if (rc == DM_OK) rc = probe_post(h, x->key, &h->probes[j]);
+        if (rc == DM_OK) rc = probe_post_h1(h, x->h1, &h->probes[j]);
     }
     if (rc == DM_OK) rc = dmerr(h, dm_submit(h->ctx));
     else dm_discard(h->ctx);
@@ -766,7 +790,7 @@ static int wb_cas(RC_T *h, size_t m, int del) {
         x->ncas = n;
         rc = make_room(h, n + 2);
         for (int k = 0; k < n && rc == DM_OK; k++) rc = dmerr(h, dm_cas(h->ctx, at[k], x->expect[k], to[k], &x->old[k]));
-        if (rc == DM_OK) rc = probe_post(h, x->key, q); /* re-read, ordered after the CASes */
+        if (rc == DM_OK) rc = probe_post_h1(h, x->h1, q); /* re-read, ordered after the CASes */
     }
     if (rc == DM_OK) rc = dmerr(h, dm_submit(h->ctx));
     else dm_discard(h->ctx);
@@ -999,7 +1023,8 @@ static int get_many(RC_T *h, const uint8_t *keys, size_t n, uint64_t *vals, uint
     for (size_t s = 0; s < n; s += per) {
         size_t m = n - s < per ? n - s : per;
         LAT_BEGIN;
-        for (size_t j = 0; j < m && rc == DM_OK; j++) rc = probe_post(h, keys + (s + j) * KB, &h->probes[j]);
+        probe_prefetch(h, keys + s * KB, m, h->probes);
+        for (size_t j = 0; j < m && rc == DM_OK; j++) rc = probe_post_h1(h, h->probes[j].h1, &h->probes[j]);
         if (rc == DM_OK) rc = dmerr(h, dm_submit(h->ctx));
         else dm_discard(h->ctx);
         for (size_t j = 0; j < m && rc == DM_OK; j++) {

@@ -30,7 +30,8 @@ length N of ``--chain-lengths`` and every backend of the run this measures both:
   added. Redis and the other backends are timed in Python around the client call (there is no
   C driver for Redis yet; the client library is part of its cost). Counters are deltas of
   ``Index.counters()`` over the timed calls, per call: ``rtts`` (Redis: its round trips),
-  ``reads``, ``bytes_read``, ``bytes_written``, ...
+  ``reads``, ``bytes_read``, ``bytes_written``, and retries (lock CAS failures, version
+  mismatches, go-right reads, torn re-reads).
 * **Output.** One table (backend, strategy, op, N, then per call RTTs, READs, bytes read and
   written, p50 and p99 latency, mean matched length and mismatches); the rows in
   ``results.parquet``/``results.csv`` with ``run.json`` (config, machine, histograms) in
@@ -49,6 +50,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from kvdm.experiments.cmd_replay import RETRY_COUNTERS
 from kvdm.experiments.metrics import Histogram
 from kvdm.experiments.replay import NATIVE_INDEXES, backend_session, open_client, use_c_driver
 from kvdm.experiments.results import RunResults, machine_description
@@ -250,6 +252,8 @@ def _row(cfg: ChainConfig, backend: str, strategy: str, op: str, n: int, timed: 
     }
     for k, v in sorted(timed.counters.items()):
         row[f"{k}_per_op"] = v / max(calls, 1)
+    retries = [c for c in RETRY_COUNTERS if c in timed.counters]
+    row["retries_per_op"] = sum(timed.counters[c] for c in retries) / max(calls, 1) if retries else np.nan
     return row, h
 
 
@@ -325,7 +329,8 @@ TABLE = (
     ("index", "backend", 8, "s"), ("strategy", "strategy", 10, "s"), ("op", "op", 6, "s"),
     ("chain_len", "N", 5, "d"), ("calls", "calls", 6, "d"), ("rtts_per_op", "RTT/op", 8, ".2f"),
     ("reads_per_op", "READ/op", 8, ".1f"), ("bytes_read_per_op", "B read/op", 10, ",.0f"),
-    ("bytes_written_per_op", "B wr/op", 9, ",.0f"), ("p50_us", "p50 us", 9, ",.2f"),
+    ("bytes_written_per_op", "B wr/op", 9, ",.0f"), ("retries_per_op", "retry/op", 8, ".2f"),
+    ("p50_us", "p50 us", 9, ",.2f"),
     ("p99_us", "p99 us", 9, ",.2f"), ("matched_per_op", "matched", 8, ".1f"), ("mismatches", "mismatch", 8, "d"),
 )
 
@@ -371,6 +376,8 @@ def run_chain(cfg: ChainConfig, quiet: bool = False) -> RunResults:
         rows += r
         hists.update(h)
     wall = time.perf_counter() - t0
+    say(f"# retry/op: {', '.join(RETRY_COUNTERS)} per call (native indexes; every counter per call is in the "
+        "results file)")
     for backend, how in clocks.items():
         extra = " + the transport's modelled time (virtual_ns)" if backend in NATIVE_INDEXES and \
             cfg.transport.latency_model == "virtual" else ""

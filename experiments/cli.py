@@ -15,15 +15,16 @@ import importlib
 import os
 import pkgutil
 import sys
-
-# numpy's BLAS pool busy-waits on its threads after any BLAS call; on the few cores a
-# benchmark shares with its memory nodes and clients that steals the measured loop's CPU.
-for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import kvdm.experiments as experiments_pkg
+
+# numpy's BLAS pool busy-waits on its threads after any BLAS call; on the few cores a
+# benchmark shares with its memory nodes and clients that steals the measured loop's CPU.
+# (Set before any command module imports numpy; nothing above does.)
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
 
 _groups: dict[str, Any] = {}
 

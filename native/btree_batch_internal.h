@@ -492,8 +492,9 @@ static int batch_retag(CH_T *h, size_t ng) {
     size_t np = 0;
     for (size_t i = 0; i < ng; i++) {
         bgroup *g = &h->bg[i];
-        if (g->what != BG_NODE || !g->retag || !GP(g, 0)->node[1]) continue;
+        if (g->what != BG_NODE || !g->retag) continue;
         g->retag = 0;
+        if (!GP(g, 0)->node[1]) continue; /* the root leaf: no parent, no tag */
         dm_gaddr par = untag(GP(g, 0)->node[1]);
         size_t j = 0;
         while (j < np && untag(h->bl[j].rd.remote) != par) j++;
@@ -526,11 +527,18 @@ static int batch_retag(CH_T *h, size_t ng) {
         g->retag = 0;
         uint8_t *n = pay + j * NODE_PAYLOAD, *ptr = NULL;
         dm_gaddr leaf = h->bo[g->first].leaf;
-        if (ver[j] < 0) continue;
+        if (ver[j] < 0) {
+            g->retag = 1;
+            continue;
+        }
         if (untag(get64(n + H_LEFT)) == leaf) ptr = n + H_LEFT;
         for (int e = 0; !ptr && e < nkeys(n); e++)
             if (untag(get64(ient(n, e) + KB)) == leaf) ptr = ient(n, e) + KB;
-        if (!ptr || DM_GADDR_TAG(get64(ptr)) != (unsigned)g->ver) continue;
+        if (!ptr) { /* the parent split since we cached it: retag_parent walks right */
+            g->retag = 1;
+            continue;
+        }
+        if (DM_GADDR_TAG(get64(ptr)) != (unsigned)g->ver) continue;
         put64(ptr, DM_GADDR_WITH_TAG(leaf, kvidx_next_ver((uint8_t)g->ver)));
         ver[j] |= 0x100; /* changed */
         changed_any = 1;
@@ -550,6 +558,15 @@ static int batch_retag(CH_T *h, size_t ng) {
     if (rc == DM_OK) rc = dmerr(h, dm_submit(h->ctx));
     else dm_discard(h->ctx);
     free(raw), free(pay), free(ver);
+#if LEAF_TAGS
+    for (size_t i = 0; i < ng && rc == DM_OK; i++) {
+        bgroup *g = &h->bg[i];
+        if (g->what != BG_NODE || !g->retag) continue;
+        g->retag = 0;
+        rc = retag_parent(h, GP(g, 0), GK(g, 0)->key, h->bo[g->first].leaf, (uint8_t)g->ver, h->bo[g->first].leaf,
+                          kvidx_next_ver((uint8_t)g->ver));
+    }
+#endif
     return rc;
 }
 

@@ -133,6 +133,7 @@ typedef struct path {
     int ver;             /* expected leaf node_ver from the parent, -1 = unknown */
     dm_gaddr parent;
     int root_leaf;       /* the leaf is the root we know of (no parent) */
+    unsigned hops;       /* go-rights at the leaf level since the descent */
 } path;
 
 typedef struct entry {
@@ -273,6 +274,8 @@ static void drop_stale_parent(CH_T *h, dm_gaddr *parent) {
     *parent = 0;
 }
 
+#define STALE_HOPS 4 /* go-rights in one descent (or leaf walk) that make it re-read the root slot */
+
 /* The root we know went stale: another client grew the tree. Re-read the root slot on the
  * next descent instead of walking siblings from the old root for ever. */
 static void root_is_stale(CH_T *h) {
@@ -281,15 +284,18 @@ static void root_is_stale(CH_T *h) {
 }
 
 /* A leaf reached by p turned out to end below the key: go right, and forget what sent us
- * there (the cached parent, or the root itself when the leaf was the root). */
-static void leaf_went_right(CH_T *h, path *p) {
+ * there (the cached parent, or the root itself when the leaf was the root). Returns 1 when
+ * that was the root: the caller then descends again from the real root (find_leaf) instead of
+ * walking the leaf level from its left end. */
+static int leaf_went_right(CH_T *h, path *p) {
     h->st.go_right++;
-    if (p->root_leaf) root_is_stale(h);
+    int stale = p->root_leaf || ++p->hops >= STALE_HOPS; /* a long walk: our root or cache is old */
+    if (stale) root_is_stale(h);
     p->root_leaf = 0;
     drop_stale_parent(h, &p->parent);
+    return stale;
 }
 
-#define STALE_HOPS 4 /* go-rights in one descent that make it re-read the root slot */
 
 /* Walk from the root to the node at level stop (>= 1) covering key, or to the leaf (stop 0).
  * Internal nodes come from the cache when present. */
@@ -466,8 +472,12 @@ static int get_one(CH_T *h, const uint8_t *key, uint64_t *val, uint8_t *found) {
             if (r.pay[0][H_KIND] != KIND || r.pay[0][H_LEVEL] != 0)
                 return herr(h, DM_EPROTO, "0x%016llx is not a " NAME " leaf", (unsigned long long)leaf);
             if (above_high(r.pay[0], key)) {
-                leaf_went_right(h, &p);
                 leaf = untag(get64(r.pay[0] + H_SIB));
+                if (leaf_went_right(h, &p)) {
+                    if ((rc = find_leaf(h, key, &p)) != DM_OK) return rc;
+                    leaf = p.leaf;
+                    exp = p.ver;
+                }
                 continue;
             }
         }
@@ -514,11 +524,16 @@ static int lock_leaf(CH_T *h, const uint8_t *key, path *p, leafread *r, dm_gaddr
             continue;
         }
         if (hdr && above_high(r->pay[0], key)) {
-            leaf_went_right(h, p);
+            int stale = leaf_went_right(h, p);
             rc = kvidx_unlock(&h->lk, lock_of(leaf), *word);
             if (rc != DM_OK) return dmerr(h, rc);
             leaf = untag(get64(r->pay[0] + H_SIB));
             exp = -1;
+            if (stale) {
+                if ((rc = find_leaf(h, key, p)) != DM_OK) return rc;
+                leaf = p->leaf;
+                exp = p->ver;
+            }
             continue;
         }
         *leaf_out = leaf;
@@ -1199,7 +1214,10 @@ static int range_scan(CH_T *h, const uint8_t *lo, const uint8_t *hi, uint64_t li
         if (pay[H_LEVEL] != 0) return herr(h, DM_EPROTO, "range: 0x%016llx is not a leaf", (unsigned long long)g);
         if (above_high(pay, cur)) {
             g = untag(get64(pay + H_SIB));
-            leaf_went_right(h, &p);
+            if (leaf_went_right(h, &p)) {
+                if ((rc = find_leaf(h, cur, &p)) != DM_OK) return rc;
+                g = p.leaf;
+            }
             continue;
         }
         if (range_take(h, pay, cur, hi, limit, &rc)) return rc;

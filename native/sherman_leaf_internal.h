@@ -33,8 +33,11 @@ static int sh_leaf(CH_T *h, const uint8_t *key, path *p, int lock, uint8_t *pay,
         if (lock && (rc = dmerr(h, kvidx_unlock(&h->lk, lock_of(leaf), *word))) != DM_OK) return rc;
         if (bad) return herr(h, DM_EPROTO, "0x%016llx is not a " NAME " leaf", (unsigned long long)leaf);
         if (right) {
-            leaf_went_right(h, p);
             leaf = untag(get64(pay + H_SIB));
+            if (leaf_went_right(h, p)) {
+                if ((rc = find_leaf(h, key, p)) != DM_OK) return rc;
+                leaf = p->leaf;
+            }
             continue;
         }
         if ((rc = torn(h, tries, &t0, leaf)) != DM_OK) return rc;

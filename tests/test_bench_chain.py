@@ -57,20 +57,34 @@ def test_native_rows_are_complete_and_exact(native_run: tuple[str, pd.DataFrame,
     assert (out / "fig.png").stat().st_size > 10_000
 
 
+def _at(rows: pd.DataFrame, backend: str, strategy: str, n: int, col: str = "rtts_per_op") -> float:
+    r = rows[(rows["index"] == backend) & (rows["strategy"] == strategy) & (rows["chain_len"] == n)
+             & (rows["op"] == "prefix_match")]
+    assert len(r) == 1
+    return float(r[col].iloc[0])
+
+
+def test_chime_parallel_lpm_is_one_doorbell(native_run: tuple[str, pd.DataFrame, Path]) -> None:
+    stdout, rows, _ = native_run
+    assert float(_printed(stdout)[("chime", "parallel", "LPM", 32)][5]) == pytest.approx(
+        _at(rows, "chime", "parallel", 32), abs=0.01)
+    # every key of the chain in one doorbell; retries (a stale cached parent re-read) cost extra round trips
+    assert _at(rows, "chime", "parallel", 32) < 2, \
+        f"retries/op {_at(rows, 'chime', 'parallel', 32, 'retries_per_op')}, version mismatches/op " \
+        f"{_at(rows, 'chime', 'parallel', 32, 'version_mismatch_per_op')}"
+
+
 def test_native_round_trips_follow_the_strategy(native_run: tuple[str, pd.DataFrame, Path]) -> None:
     stdout, rows, _ = native_run
     table = _printed(stdout)
 
     def at(backend: str, strategy: str, n: int, col: str = "rtts_per_op") -> float:
-        r = rows[(rows["index"] == backend) & (rows["strategy"] == strategy) & (rows["chain_len"] == n)
-                 & (rows["op"] == "prefix_match")]
-        assert len(r) == 1
-        return float(r[col].iloc[0])
+        return _at(rows, backend, strategy, n, col)
 
-    # parallel: every key of the chain in one doorbell (chime 1 RTT a lookup, race 2)
-    assert at("chime", "parallel", 32) < 2
+    # parallel: every key of the chain in one doorbell (race: 2 RTT a lookup, both doorbells shared)
     assert at("race", "parallel", 32) < 3
-    assert float(table[("chime", "parallel", "LPM", 32)][5]) == pytest.approx(at("chime", "parallel", 32), abs=0.01)
+    assert float(table[("race", "parallel", "LPM", 32)][5]) == pytest.approx(at("race", "parallel", 32), abs=0.01)
+    assert at("chime", "parallel", 32) < at("chime", "sequential", 32) / 4
     # sequential: a round trip per probed key, so it grows with the matched length
     for backend in ("chime", "race"):
         seq = [at(backend, "sequential", n) for n in LENGTHS]

@@ -203,10 +203,11 @@ def test_prefix_match_strategies(dm, name: str) -> None:
     keys = make_keys(np.arange(1, 201), 8)
     idx = kindex.open(name, dm, 8, root_slot=40)
     idx.put(keys[:137], np.arange(137, dtype=np.uint64))
-    lookup_rtts = 2 if name == "race" else 1
-    for lpm, exact, rtts in (("parallel", False, (1, lookup_rtts)), ("sequential", False, (138, 138 * lookup_rtts)),
-                             ("kary", False, (2, 2 * lookup_rtts)), ("kary", True, (3, 4 * lookup_rtts)),
-                             ("auto", False, (1, lookup_rtts))):
+    # race: a hit is 2 round trips, and 128 lookups fill a doorbell (2 bucket READs each)
+    par = (1, 1) if name != "race" else (4, 4)
+    for lpm, exact, rtts in (("parallel", False, par), ("sequential", False, (138, 138 * par[1])),
+                             ("kary", False, (2, 2 * par[1])), ("kary", True, (3, 2 * par[1] + par[1])),
+                             ("auto", False, par)):
         h = kindex.open(name, dm, 8, root_slot=40, lpm=lpm, lpm_exact=exact, lpm_fanout=16)
         h.get(keys)  # warm the cache
         h.reset_counters()
@@ -249,7 +250,7 @@ def test_range_prefetches_the_leaves_of_the_cached_parent(dm, name: str) -> None
     got, vals = idx.range(np.uint64(5000), np.uint64(5400))
     assert (got == np.arange(5000, 5401)).all() and (vals == got).all()
     c = idx.counters()
-    assert c["reads"] >= 10 and c["rtts"] <= 4
+    assert c["reads"] >= 8 and c["rtts"] <= 4  # 401 keys fill 8-14 leaves (batched splits fill them to 3/4)
 
 
 def test_virtual_latency_model_adds_modelled_time(shm_node) -> None:
@@ -340,4 +341,4 @@ def test_limited_range_prefetches_only_the_leaves_it_can_need(dm, name: str) -> 
         got, _ = idx.range(k, hi, 18)
         assert got.shape[0] == 18 and bytes(got[0]) == bytes(k)
     c = idx.counters()
-    assert c["reads"] <= 2.1 * 100 and c["rtts"] <= 1.05 * 100  # (+ a rare cache miss)
+    assert c["reads"] <= 2.1 * 100 and c["rtts"] <= 1.1 * 100  # (+ a scan crossing a parent's end)

@@ -114,6 +114,10 @@ typedef struct CH_T {
     int npool;
     struct probe *probes; /* one per key of a lookup doorbell */
     size_t nprobes;
+    int lp_ok;            /* lookups of one batch: a copy of the level-1 node the last key went through */
+    dm_gaddr lp_addr;     /* and the keys that reach it the same way (lp_range.lo/hi/hinf) */
+    struct path *lp_range;
+    uint8_t lpar[NODE_PAYLOAD];
     struct bkey *bk;      /* batched writes: the keys, their paths, (leaf, key) order, leaves, locks */
     struct path *bp;
     struct border *bo;
@@ -134,6 +138,8 @@ typedef struct path {
     dm_gaddr parent;
     int root_leaf;       /* the leaf is the root we know of (no parent) */
     unsigned hops;       /* go-rights at the leaf level since the descent */
+    int rng_ok, hinf;    /* level-1 node reached without a go-right: the keys [lo, hi) (hinf: no hi) */
+    uint8_t lo[KB], hi[KB]; /* every key there takes this same path through the cached nodes */
 } path;
 
 typedef struct entry {
@@ -187,15 +193,30 @@ static int torn(CH_T *h, unsigned tries, uint64_t *t0, dm_gaddr g) {
     return DM_OK;
 }
 
-/* Child of internal node n for key: the last entry whose separator <= key, else leftmost. */
-static dm_gaddr search(const uint8_t *n, const uint8_t *key) {
-    int lo = 0, hi = nkeys(n); /* first entry with separator > key */
+/* Position of key in internal node n: the first entry whose separator > key. */
+static int search_pos(const uint8_t *n, const uint8_t *key) {
+    int lo = 0, hi = nkeys(n);
     while (lo < hi) {
         int mid = (lo + hi) / 2;
         if (kcmp(cient(n, mid), key) <= 0) lo = mid + 1;
         else hi = mid;
     }
-    return lo == 0 ? get64(n + H_LEFT) : get64(cient(n, lo - 1) + KB);
+    return lo;
+}
+
+/* Child of internal node n for key: the last entry whose separator <= key, else leftmost. */
+static dm_gaddr search(const uint8_t *n, const uint8_t *key) {
+    int i = search_pos(n, key);
+    return i == 0 ? get64(n + H_LEFT) : get64(cient(n, i - 1) + KB);
+}
+
+/* Narrow the key range a descent stands for to [lo, hi) (hi NULL: unbounded). */
+static void narrow(path *p, const uint8_t *lo, const uint8_t *hi) {
+    if (lo && kcmp(lo, p->lo) > 0) memcpy(p->lo, lo, KB);
+    if (hi && (p->hinf || kcmp(hi, p->hi) < 0)) {
+        memcpy(p->hi, hi, KB);
+        p->hinf = 0;
+    }
 }
 
 /* ---- remote node access ---- */
@@ -313,6 +334,9 @@ static int descend(CH_T *h, const uint8_t *key, int stop, path *p, dm_gaddr *out
         if (lvl < stop) return herr(h, DM_EPROTO, "the tree has no level %d (root level %d)", stop, lvl);
     }
     unsigned hops = 0, reloaded = 0;
+    memset(p->lo, 0, KB);
+    p->hinf = 1;
+    p->rng_ok = 1;
     for (unsigned steps = 0; lvl > 0; steps++) {
         if (steps > 100000) return herr(h, DM_EPROTO, "descent does not terminate (corrupt sibling chain?)");
         const uint8_t *n = kvidx_cache_get(&h->cache, g);
@@ -331,6 +355,7 @@ static int descend(CH_T *h, const uint8_t *key, int stop, path *p, dm_gaddr *out
         }
         if (above_high(n, key)) { /* B-link: the node split after our parent pointed to it */
             h->st.go_right++;
+            p->rng_ok = 0;
             if (g == h->root) root_is_stale(h); /* the root split: reload the slot next time */
             if (lvl + 1 < MAXH) drop_stale_parent(h, &p->node[lvl + 1]);
             g = untag(get64(n + H_SIB));
@@ -347,11 +372,14 @@ static int descend(CH_T *h, const uint8_t *key, int stop, path *p, dm_gaddr *out
             continue;
         }
         p->node[lvl] = g;
+        narrow(p, n + H_LOW, (n[H_FLAGS] & F_HIGH_INF) ? NULL : n + H_HIGH);
         if (lvl == stop) {
             *out = g;
             return DM_OK;
         }
-        dm_gaddr child = search(n, key);
+        int pos = search_pos(n, key);
+        dm_gaddr child = pos == 0 ? get64(n + H_LEFT) : get64(cient(n, pos - 1) + KB);
+        if (lvl > 1) narrow(p, pos ? cient(n, pos - 1) : NULL, pos < nkeys(n) ? cient(n, pos) : NULL);
         if (lvl == 1) {
             p->leaf = untag(child);
             p->ver = DM_GADDR_TAG(child) ? (int)DM_GADDR_TAG(child) : -1;
@@ -376,6 +404,32 @@ static int find_leaf(CH_T *h, const uint8_t *key, path *p) {
     dm_gaddr g;
     memset(p, 0, sizeof *p);
     return descend(h, key, 0, p, &g);
+}
+
+/* find_leaf for the keys of one lookup batch: a key inside the level-1 node the previous key
+ * went through is routed by a copy of that node (what the cache held at that moment), without
+ * probing the cache or descending: a request's chain of adjacent blocks costs one descent. */
+static int batch_find_leaf(CH_T *h, const uint8_t *key, path *p) {
+    const path *r = h->lp_range;
+    if (h->lp_ok && kcmp(key, r->lo) >= 0 && (r->hinf || kcmp(key, r->hi) < 0)) {
+        dm_gaddr child = search(h->lpar, key);
+        p->leaf = untag(child);
+        p->ver = DM_GADDR_TAG(child) ? (int)DM_GADDR_TAG(child) : -1;
+        p->parent = h->lp_addr;
+        p->node[1] = h->lp_addr;
+        p->root_leaf = 0;
+        p->hops = 0;
+        return DM_OK;
+    }
+    int rc = find_leaf(h, key, p);
+    const uint8_t *n = rc == DM_OK && p->parent && p->rng_ok ? kvidx_cache_get(&h->cache, p->parent) : NULL;
+    h->lp_ok = n != NULL && (h->lp_range || (h->lp_range = malloc(sizeof *h->lp_range)));
+    if (h->lp_ok) {
+        memcpy(h->lpar, n, NODE_PAYLOAD);
+        h->lp_addr = p->parent;
+        memcpy(h->lp_range, p, sizeof *p);
+    }
+    return rc;
 }
 
 static int submit_reads(CH_T *h, const kvidx_read *rd, int n) {
@@ -1036,8 +1090,9 @@ typedef struct probe {
     int hdr;
 } probe;
 
-static int probe_post(CH_T *h, const uint8_t *key, probe *q) {
-    int rc = find_leaf(h, key, &q->p);
+static int probe_post(CH_T *h, const uint8_t *key, probe *q, const probe *prev) {
+    (void)prev;
+    int rc = batch_find_leaf(h, key, &q->p);
     if (rc != DM_OK) return rc;
     q->hdr = q->p.ver < 0;
     buckets_of(key, q->r.b);
@@ -1048,7 +1103,8 @@ static int probe_post(CH_T *h, const uint8_t *key, probe *q) {
 }
 
 /* 1 if the probe answered; 0 sends the key down the single-key path (it retries, counts). */
-static int probe_finish(const uint8_t *key, probe *q, uint64_t *val, uint8_t *found) {
+static int probe_finish(const uint8_t *key, probe *q, const probe *probes, uint64_t *val, uint8_t *found) {
+    (void)probes;
     int v = leaf_decode(&q->r, q->hdr);
     if (v < 0 || (!q->hdr && v != q->p.ver)) return 0;
     if (q->hdr && (q->r.pay[0][H_KIND] != KIND || q->r.pay[0][H_LEVEL] != 0 || above_high(q->r.pay[0], key)))
@@ -1282,6 +1338,7 @@ void CH(close)(CH_T *h) {
     if (!h) return;
     kvidx_cache_free(&h->cache);
     free(h->probes);
+    free(h->lp_range);
     free(h->bk);
     free(h->bp);
     free(h->bo);
@@ -1313,19 +1370,20 @@ static int get_many(CH_T *h, const uint8_t *keys, size_t n, uint64_t *vals, uint
     size_t per = keys_per_doorbell(h, n);
     if (per > DM_MAX_BATCH) per = DM_MAX_BATCH;
     int rc = probes_for(h, per);
+    h->lp_ok = 0; /* the copy serves one call only */
     if (rc != DM_OK) return rc;
     for (size_t s = 0; s < n;) {
         LAT_BEGIN;
         size_t m = 0;
         while (s + m < n && m < per && rc == DM_OK && dm_batch_len(h->ctx) + PROBE_VERBS <= DM_MAX_BATCH) {
-            rc = probe_post(h, keys + (s + m) * KB, &h->probes[m]);
+            rc = probe_post(h, keys + (s + m) * KB, &h->probes[m], m ? &h->probes[m - 1] : NULL);
             m++;
         }
         if (rc == DM_OK) rc = dmerr(h, dm_submit(h->ctx));
         else dm_discard(h->ctx);
         for (size_t j = 0; j < m && rc == DM_OK; j++) {
             size_t i = s + j;
-            if (!probe_finish(keys + i * KB, &h->probes[j], &vals[i], &found[i]))
+            if (!probe_finish(keys + i * KB, &h->probes[j], h->probes, &vals[i], &found[i]))
                 rc = get_one(h, keys + i * KB, &vals[i], &found[i]);
             h->st.gets++;
             h->st.found += found[i];

@@ -159,19 +159,26 @@ static uint32_t lookup_bytes(void) { return NODE_BYTES; }
 /* Batched lookups: each key's first whole-leaf READ goes into a shared doorbell (get_many). */
 typedef struct probe {
     path p;
+    long same;            /* >= 0: the probe of the same leaf whose READ serves this one too */
     uint8_t raw[NODE_BYTES];
 } probe;
 
-static int probe_post(CH_T *h, const uint8_t *key, probe *q) {
-    int rc = find_leaf(h, key, &q->p);
-    if (rc == DM_OK) rc = dmerr(h, dm_read(h->ctx, q->raw, q->p.leaf, NODE_BYTES));
-    return rc;
+/* A key whose leaf is the previous key's shares its READ (a chain of adjacent blocks). */
+static int probe_post(CH_T *h, const uint8_t *key, probe *q, const probe *prev) {
+    int rc = batch_find_leaf(h, key, &q->p);
+    if (rc != DM_OK) return rc;
+    q->same = -1;
+    if (prev && untag(prev->p.leaf) == untag(q->p.leaf)) {
+        q->same = prev->same >= 0 ? prev->same : (long)(prev - h->probes);
+        return DM_OK;
+    }
+    return dmerr(h, dm_read(h->ctx, q->raw, q->p.leaf, NODE_BYTES));
 }
 
 /* 1 if the probe answered; 0 sends the key down the single-key path. */
-static int probe_finish(const uint8_t *key, probe *q, uint64_t *val, uint8_t *found) {
+static int probe_finish(const uint8_t *key, probe *q, const probe *probes, uint64_t *val, uint8_t *found) {
     uint8_t pay[NODE_PAYLOAD], nv[NODE_LINES], uv[NODE_LINES];
-    kvidx_unpack(q->raw, NODE_LINES, pay, nv, uv);
+    kvidx_unpack(q->same >= 0 ? probes[q->same].raw : q->raw, NODE_LINES, pay, nv, uv);
     if (agree(nv, uv, NODE_LINES) < 0 || pay[H_KIND] != KIND || pay[H_LEVEL] != 0 || above_high(pay, key)) return 0;
     int pos;
     *found = (uint8_t)lsearch(pay, key, &pos);

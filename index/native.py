@@ -20,7 +20,9 @@ Options (keyword arguments; anything else is a ValueError listing these):
 * ``max_wait_ms`` (10000): give up on one lock after this long (TimeoutError);
 * ``window`` (0): at most this many keys' first READs per doorbell; 0 = every key of the
   call, split only at the transport's limit of 256 verbs per doorbell (``DM_MAX_BATCH``, the
-  verbs backend's send-queue depth). 1 is the one-lookup-per-round-trip baseline.
+  verbs backend's send-queue depth). 1 is the one-key-per-round-trip baseline, for writes too
+  (a batched put or delete otherwise locks all its leaves in one doorbell and writes them in
+  a second: native/btree_batch_internal.h, race_internal.h).
 * ``lpm`` ("auto"): how :meth:`~NativeIndex.prefix_match` runs: ``parallel`` (every key in
   one doorbell; exact), ``kary`` (rounds of ``lpm_fanout`` evenly spaced probes; assumes
   presence is prefix-closed, as when engines insert whole chains; exact with ``lpm_exact``),
@@ -30,7 +32,8 @@ Options (keyword arguments; anything else is a ValueError listing these):
 * ``lpm_fanout`` (16) and ``lpm_exact`` (False): kary's probes per round, and verification of
   the matched prefix (one more doorbell);
 * ``local_locks`` (None): a :class:`LocalLockTable` shared by the handles of several threads
-  of this process: they queue on a leaf lock locally and hand the remote lock over.
+  of this process: they queue on a leaf lock locally and hand the remote lock over (a
+  per-key protocol: with a table, writes go key by key).
 
 Reserved keys: 0 and 2**64-1 for 8-byte keys, the all-zero key for 32-byte keys.
 

@@ -21,7 +21,8 @@
  * root leaf that needs more than one split) finishes on the single-key path.
  * Duplicate keys: the last put of a key wins; a delete reports found for the first
  * occurrence (as if the keys were written one by one). A local lock table (handover between
- * threads) is a per-key protocol: with one, writes go key by key.
+ * threads) is a per-key protocol: with one, writes go key by key, as with window=1 (the
+ * one-key-a-time baseline).
  * On an error an unspecified subset of the batch is written; every leaf stays consistent.
  */
 
@@ -55,7 +56,8 @@ typedef struct bgroup {
     uint8_t *pieces;
     entry *e;
     int fold;         /* BG_RESHAPE: the split's leaf writes ride in write_all (see batch_fold_plan) */
-    int plocked;      /* fold: the parent's lock was tried in write_all (1) and taken (2) */
+    int plocked;      /* the parent's lock: tried in write_all by this group (1), change done (2) */
+    long powner;      /* >= 0: the group that tries (and writes) this group's parent */
     uint64_t pword, pold;
     dm_gaddr sib[BATCH_MAX_WAYS]; /* sib[0] = the leaf */
     uint8_t sep[BATCH_MAX_WAYS][KB];
@@ -106,7 +108,9 @@ static size_t batch_keys(CH_T *h, const uint8_t *keys, const uint64_t *vals, siz
         b->idx = i;
         b->state = BK_PENDING;
     }
-    qsort(h->bk, n, sizeof *h->bk, cmp_bkey_key);
+    int sorted = 1; /* a chain of adjacent blocks often is */
+    for (size_t i = 1; i < n && sorted; i++) sorted = cmp_bkey_key(&h->bk[i - 1], &h->bk[i]) < 0;
+    if (!sorted) qsort(h->bk, n, sizeof *h->bk, cmp_bkey_key);
     size_t m = 0;
     for (size_t i = 0; i < n;) {
         size_t j = i;
@@ -121,13 +125,17 @@ static size_t batch_keys(CH_T *h, const uint8_t *keys, const uint64_t *vals, siz
  * each with its lock request (a lock and the READ of the whole leaf). */
 static int batch_route(CH_T *h, size_t nk, size_t *ngroups) {
     size_t np = 0;
+    int sorted = 1;
+    h->lp_ok = 0; /* this round's splits changed the tree: route from the cache again */
     for (size_t i = 0; i < nk; i++) {
         if (h->bk[i].state != BK_PENDING) continue;
-        int rc = find_leaf(h, h->bk[i].key, &h->bp[i]);
+        int rc = batch_find_leaf(h, h->bk[i].key, &h->bp[i]);
         if (rc != DM_OK) return rc;
-        h->bo[np++] = (border){untag(h->bp[i].leaf), i};
+        h->bo[np] = (border){untag(h->bp[i].leaf), i};
+        if (np && h->bo[np - 1].leaf > h->bo[np].leaf) sorted = 0;
+        np++;
     }
-    qsort(h->bo, np, sizeof *h->bo, cmp_border);
+    if (!sorted) qsort(h->bo, np, sizeof *h->bo, cmp_border);
     size_t ng = 0;
     for (size_t i = 0; i < np; i++) {
         dm_gaddr leaf = h->bo[i].leaf;
@@ -144,11 +152,6 @@ static int batch_route(CH_T *h, size_t nk, size_t *ngroups) {
     return DM_OK;
 }
 
-static int cmp_lockreq(const void *a, const void *b) {
-    const kvidx_lockreq *x = a, *y = b;
-    return (x->lock > y->lock) - (x->lock < y->lock);
-}
-
 /* Phase lock_all: groups are formed in leaf order, so their requests are sorted already. */
 static int batch_lock_all(CH_T *h, size_t ng) {
     h->st.batch_rounds++;
@@ -157,6 +160,7 @@ static int batch_lock_all(CH_T *h, size_t ng) {
 
 static int batch_reshape_plan(CH_T *h, bgroup *g);
 static int batch_post_fold(CH_T *h, size_t gi, kvidx_lockreq *lr);
+static int batch_post_parent(CH_T *h, size_t gi);
 
 /* What to do with one locked leaf: its keys applied to the payload, or sent on. */
 static int batch_plan(CH_T *h, bgroup *g, int del, uint8_t *found) {
@@ -168,6 +172,7 @@ static int batch_plan(CH_T *h, bgroup *g, int del, uint8_t *found) {
     g->retag = 0;
     g->fold = 0;
     g->plocked = 0;
+    g->powner = -1;
     g->pieces = NULL;
     g->e = NULL;
     g->sraw = NULL;
@@ -221,6 +226,16 @@ static int batch_post_write(CH_T *h, bgroup *g, kvidx_lockreq *lr) {
     }
     lr->expect = lr->word; /* the release's old value lands here */
     if (rc == DM_OK) rc = kvidx_post_release(&h->lk, lr->lock, lr->word, &lr->expect);
+    if (rc == DM_OK && g->what == BG_NODE && g->retag) { /* a re-placed chime leaf: its parent's tag */
+        if (!GP(g, 0)->node[1]) {
+            g->retag = 0; /* the root leaf: no parent, no tag */
+        } else if ((g->sraw = malloc(NODE_BYTES))) {
+            g->k = 0;
+            return batch_post_parent(h, (size_t)(g - h->bg));
+        } else {
+            return herr(h, DM_ENOMEM, "out of local memory");
+        }
+    }
     return dmerr(h, rc);
 }
 
@@ -289,8 +304,8 @@ static int batch_layout(const uint8_t *old, const entry *e, int n, int most, uin
 /* A split whose new leaves live on the leaf's memory node, below a cached parent, is folded
  * into the batch's doorbells: write_all carries the fresh right siblings, then the left leaf
  * (node_ver+1) and its unlock (one QP: executed in that order, so B-link order holds), and the
- * try of the parent's lock with its READ; one more doorbell writes every parent and unlocks it.
- * A split thus costs 1 RTT on top of the batch's 2 instead of 3. Its nodes are allocated here,
+ * try of the parent's lock with its READ; one more doorbell (batch_parents) writes every parent
+ * and unlocks it. A split thus costs 1 RTT on top of the batch's 2 instead of 3. Its nodes are allocated here,
  * before anything is written (a full memory node leaves the tree as it was). */
 static int batch_fold_plan(CH_T *h, bgroup *g, int was_root) {
     dm_gaddr leaf = h->bo[g->first].leaf;
@@ -319,65 +334,92 @@ static int batch_fold_plan(CH_T *h, bgroup *g, int was_root) {
     return DM_OK;
 }
 
-/* write_all for a folded split: siblings, left leaf, unlock; the parent's lock try || READ
- * unless another split of this batch tries that parent already. */
+/* write_all, for a group whose parent must change (a folded split's separators, a re-placed
+ * chime leaf's tag): the try of the parent's lock || its READ, into g->sraw after the k
+ * leaves, unless an earlier group of the batch tries that parent already (that one falls back
+ * rides along: its change goes into the same parent write). */
+static int batch_post_parent(CH_T *h, size_t gi) {
+    bgroup *g = &h->bg[gi];
+    dm_gaddr par = untag(GP(g, 0)->node[1]);
+    for (size_t i = 0; i < gi; i++)
+        if (h->bg[i].plocked && untag(GP(&h->bg[i], 0)->node[1]) == par) {
+            g->powner = (long)i; /* that group's parent write carries this group's change too */
+            return DM_OK;
+        }
+    kvidx_read rd = {g->sraw + (size_t)g->k * NODE_BYTES, par, NODE_BYTES};
+    int rc = make_room(h, 2);
+    if (rc == DM_OK) rc = kvidx_post_try_lock(&h->lk, lock_of(par), &rd, &g->pword, &g->pold);
+    g->plocked = rc == DM_OK;
+    return dmerr(h, rc);
+}
+
+/* write_all for a folded split: siblings, left leaf, unlock, then the parent's lock try. */
 static int batch_post_fold(CH_T *h, size_t gi, kvidx_lockreq *lr) {
     bgroup *g = &h->bg[gi];
-    int rc = make_room(h, g->k + 3);
-    dm_gaddr leaf = h->bo[g->first].leaf, par = untag(GP(g, 0)->node[1]);
+    int rc = make_room(h, g->k + 1);
     for (int j = g->k - 1; j >= 0 && rc == DM_OK; j--)
         rc = dm_write(h->ctx, g->sib[j], g->sraw + (size_t)j * NODE_BYTES, NODE_BYTES);
     lr->expect = lr->word;
     if (rc == DM_OK) rc = kvidx_post_release(&h->lk, lr->lock, lr->word, &lr->expect);
-    int claimed = 0;
-    for (size_t i = 0; i < gi && !claimed; i++)
-        claimed = h->bg[i].what == BG_RESHAPE && h->bg[i].fold && h->bg[i].plocked &&
-                  untag(GP(&h->bg[i], 0)->node[1]) == par;
-    if (rc == DM_OK && !claimed) {
-        kvidx_read rd = {g->sraw + (size_t)g->k * NODE_BYTES, par, NODE_BYTES};
-        rc = kvidx_post_try_lock(&h->lk, lock_of(par), &rd, &g->pword, &g->pold);
-        g->plocked = rc == DM_OK;
-    }
-    (void)leaf;
-    return dmerr(h, rc);
+    return rc == DM_OK ? batch_post_parent(h, gi) : dmerr(h, rc);
 }
 
-/* After write_all: every folded split's parent that we locked learns its separators (one
- * doorbell of WRITE || unlock); the others insert theirs the single-split way. */
-static int batch_fold_parents(CH_T *h, size_t ng) {
+/* A parent read under its lock: apply a folded split's separators or move a re-placed leaf's
+ * tag; 0 when it cannot be done here (the parent split or moved on since we cached it). */
+static int batch_parent_apply(bgroup *g, uint8_t *n, dm_gaddr leaf) {
+    if (g->k == 0) { /* retag: the tag moves only if it certified the old version */
+        uint8_t *ptr = untag(get64(n + H_LEFT)) == leaf ? n + H_LEFT : NULL;
+        for (int e = 0; !ptr && e < nkeys(n); e++)
+            if (untag(get64(ient(n, e) + KB)) == leaf) ptr = ient(n, e) + KB;
+        if (!ptr) return 0;
+        if (DM_GADDR_TAG(get64(ptr)) == (unsigned)g->ver)
+            put64(ptr, DM_GADDR_WITH_TAG(leaf, kvidx_next_ver((uint8_t)g->ver)));
+        return 1;
+    }
+    if (kcmp(g->sep[1], n + H_LOW) < 0 || above_high(n, g->sep[g->k - 1]) || nkeys(n) + g->k - 1 > ICAP) return 0;
+    uint8_t lnv = kvidx_next_ver((uint8_t)g->ver);
+    for (int j = 1; j < g->k; j++) {
+        const uint8_t *pc = g->pieces + (size_t)j * NODE_PAYLOAD;
+        parent_add(n, 1, g->sep[j], g->sib[j - 1], j == 1 ? lnv : 1, g->sib[j], 1, pc + H_HIGH, pc[H_FLAGS] & F_HIGH_INF);
+    }
+    return 1;
+}
+
+/* After write_all: every parent whose lock write_all took is changed and unlocked in one
+ * doorbell (WRITE || unlock); the groups that could not have theirs fall back to insert_parent
+ * (separators) or retag_parent (tags), which lock and walk right as needed. */
+static int batch_parents(CH_T *h, size_t ng) {
     int rc = DM_OK;
     uint8_t n[NODE_PAYLOAD + ENTRY];
     for (size_t i = 0; i < ng && rc == DM_OK; i++) {
         bgroup *g = &h->bg[i];
-        if (g->what != BG_RESHAPE || !g->fold || !g->plocked) continue;
+        if (g->plocked != 1) continue;
         if (g->pold != 0) { /* someone holds the parent: fall back */
             h->st.lock_fail++;
             g->plocked = 0;
             continue;
         }
         dm_gaddr par = untag(GP(g, 0)->node[1]);
-        uint8_t nv[NODE_LINES], uv[NODE_LINES];
-        kvidx_unpack(g->sraw + (size_t)g->k * NODE_BYTES, NODE_LINES, n, nv, uv);
+        uint8_t *praw = g->sraw + (size_t)g->k * NODE_BYTES, nv[NODE_LINES], uv[NODE_LINES];
+        kvidx_unpack(praw, NODE_LINES, n, nv, uv);
         int v = agree(nv, uv, NODE_LINES);
-        int ok = v >= 0 && n[H_KIND] == KIND && n[H_LEVEL] == 1 && kcmp(g->sep[1], n + H_LOW) >= 0 &&
-                 !above_high(n, g->sep[g->k - 1]) && nkeys(n) + g->k - 1 <= ICAP;
-        if (ok) {
-            uint8_t lnv = kvidx_next_ver((uint8_t)g->ver);
-            for (int j = 1; j < g->k; j++) {
-                const uint8_t *pc = g->pieces + (size_t)j * NODE_PAYLOAD;
-                parent_add(n, 1, g->sep[j], g->sib[j - 1], j == 1 ? lnv : 1, g->sib[j], 1, pc + H_HIGH,
-                           pc[H_FLAGS] & F_HIGH_INF);
-            }
-            kvidx_pack(g->sraw + (size_t)g->k * NODE_BYTES, NODE_LINES, n, kvidx_next_ver((uint8_t)v), 0);
-            rc = make_room(h, 2);
-            if (rc == DM_OK) rc = dm_write(h->ctx, par, g->sraw + (size_t)g->k * NODE_BYTES, NODE_BYTES);
+        int ok = v >= 0 && n[H_KIND] == KIND && n[H_LEVEL] == 1;
+        for (size_t j = i; ok && j < ng; j++) { /* this group's change, then those riding along */
+            bgroup *o = &h->bg[j];
+            if (j != i && o->powner != (long)i) continue;
+            if (batch_parent_apply(o, n, h->bo[o->first].leaf)) o->plocked = 2;
+        }
+        ok = ok && g->plocked == 2;
+        rc = make_room(h, 2);
+        if (ok && rc == DM_OK) {
+            kvidx_pack(praw, NODE_LINES, n, kvidx_next_ver((uint8_t)v), 0);
+            rc = dm_write(h->ctx, par, praw, NODE_BYTES);
             uint8_t *c = rc == DM_OK ? kvidx_cache_put(&h->cache, par) : NULL;
             if (c) memcpy(c, n, NODE_PAYLOAD);
-            g->plocked = 2; /* done */
-        } else {
-            rc = make_room(h, 1);
-            g->plocked = 0; /* released below, then the single-split way */
         }
+        if (!ok) /* released below; every change of this parent goes the one-parent way */
+            for (size_t j = i; j < ng; j++)
+                if (j == i || h->bg[j].powner == (long)i) h->bg[j].plocked = 0;
         uint64_t old = 0;
         if (rc == DM_OK) rc = kvidx_post_release(&h->lk, lock_of(par), g->pword, &old);
         rc = dmerr(h, rc);
@@ -386,12 +428,19 @@ static int batch_fold_parents(CH_T *h, size_t ng) {
     else dm_discard(h->ctx);
     for (size_t i = 0; i < ng && rc == DM_OK; i++) {
         bgroup *g = &h->bg[i];
-        if (g->what != BG_RESHAPE || !g->fold || g->plocked == 2) continue;
-        for (int j = 1; j < g->k && rc == DM_OK; j++) {
+        int folded = g->what == BG_RESHAPE && g->fold, retag = g->what == BG_NODE && g->retag;
+        if ((!folded && !retag) || g->plocked == 2) continue;
+        dm_gaddr leaf = h->bo[g->first].leaf;
+        uint8_t lnv = kvidx_next_ver((uint8_t)g->ver);
+        for (int j = 1; folded && j < g->k && rc == DM_OK; j++) {
             const uint8_t *pc = g->pieces + (size_t)j * NODE_PAYLOAD;
-            rc = insert_parent(h, GP(g, 0), 1, g->sep[j], g->sib[j - 1], j == 1 ? kvidx_next_ver((uint8_t)g->ver) : 1,
-                               g->sib[j], 1, pc + H_HIGH, pc[H_FLAGS] & F_HIGH_INF);
+            rc = insert_parent(h, GP(g, 0), 1, g->sep[j], g->sib[j - 1], j == 1 ? lnv : 1, g->sib[j], 1,
+                               pc + H_HIGH, pc[H_FLAGS] & F_HIGH_INF);
         }
+#if LEAF_TAGS
+        if (retag) rc = retag_parent(h, GP(g, 0), GK(g, 0)->key, leaf, (uint8_t)g->ver, leaf, lnv);
+#endif
+        (void)leaf;
     }
     return rc;
 }
@@ -485,95 +534,11 @@ static int batch_reshape(CH_T *h, bgroup *g, kvidx_lockreq *lr) {
     return g->fold ? DM_OK : batch_split(h, g, lr->word, is_root_node(g->pay));
 }
 
-/* After write_all: the parents of re-placed chime leaves learn their new node_ver (lock all
- * parents || READ, then WRITE || unlock: 2 RTT for the whole batch). A parent that no longer
- * names the leaf with the old tag is left alone (readers then re-read it lazily). */
-static int batch_retag(CH_T *h, size_t ng) {
-    size_t np = 0;
-    for (size_t i = 0; i < ng; i++) {
-        bgroup *g = &h->bg[i];
-        if (g->what != BG_NODE || !g->retag) continue;
-        g->retag = 0;
-        if (!GP(g, 0)->node[1]) continue; /* the root leaf: no parent, no tag */
-        dm_gaddr par = untag(GP(g, 0)->node[1]);
-        size_t j = 0;
-        while (j < np && untag(h->bl[j].rd.remote) != par) j++;
-        if (j == np) h->bl[np++] = (kvidx_lockreq){.lock = lock_of(par), .rd = {NULL, par, NODE_BYTES}};
-        g->retag = 1;
-    }
-    if (!np) return DM_OK;
-    uint8_t *raw = malloc(np * NODE_BYTES), *pay = malloc(np * NODE_PAYLOAD);
-    int *ver = malloc(np * sizeof *ver);
-    if (!raw || !pay || !ver) {
-        free(raw), free(pay), free(ver);
-        return herr(h, DM_ENOMEM, "out of local memory for %zu parents", np);
-    }
-    qsort(h->bl, np, sizeof *h->bl, cmp_lockreq); /* the global lock order */
-    for (size_t j = 0; j < np; j++) h->bl[j].rd.local = raw + j * NODE_BYTES;
-    int rc = dmerr(h, kvidx_lock_many(&h->lk, h->bl, np));
-    for (size_t j = 0; j < np && rc == DM_OK; j++) {
-        uint8_t nv[NODE_LINES], uv[NODE_LINES], *n = pay + j * NODE_PAYLOAD;
-        kvidx_unpack(raw + j * NODE_BYTES, NODE_LINES, n, nv, uv);
-        ver[j] = agree(nv, uv, NODE_LINES);
-        if (ver[j] >= 0 && (n[H_KIND] != KIND || n[H_LEVEL] != 1)) ver[j] = -1;
-    }
-    int changed_any = 0;
-    for (size_t i = 0; i < ng && rc == DM_OK; i++) {
-        bgroup *g = &h->bg[i];
-        if (g->what != BG_NODE || !g->retag) continue;
-        dm_gaddr par = untag(GP(g, 0)->node[1]);
-        size_t j = 0;
-        while (untag(h->bl[j].rd.remote) != par) j++; /* (bl is sorted by lock address now) */
-        g->retag = 0;
-        uint8_t *n = pay + j * NODE_PAYLOAD, *ptr = NULL;
-        dm_gaddr leaf = h->bo[g->first].leaf;
-        if (ver[j] < 0) {
-            g->retag = 1;
-            continue;
-        }
-        if (untag(get64(n + H_LEFT)) == leaf) ptr = n + H_LEFT;
-        for (int e = 0; !ptr && e < nkeys(n); e++)
-            if (untag(get64(ient(n, e) + KB)) == leaf) ptr = ient(n, e) + KB;
-        if (!ptr) { /* the parent split since we cached it: retag_parent walks right */
-            g->retag = 1;
-            continue;
-        }
-        if (DM_GADDR_TAG(get64(ptr)) != (unsigned)g->ver) continue;
-        put64(ptr, DM_GADDR_WITH_TAG(leaf, kvidx_next_ver((uint8_t)g->ver)));
-        ver[j] |= 0x100; /* changed */
-        changed_any = 1;
-    }
-    (void)changed_any;
-    for (size_t j = 0; j < np && rc == DM_OK; j++) {
-        uint64_t old = 0;
-        if ((rc = make_room(h, 2)) != DM_OK) break;
-        if (ver[j] >= 0x100) {
-            kvidx_pack(raw + j * NODE_BYTES, NODE_LINES, pay + j * NODE_PAYLOAD, kvidx_next_ver((uint8_t)ver[j]), 0);
-            rc = dmerr(h, dm_write(h->ctx, h->bl[j].rd.remote, raw + j * NODE_BYTES, NODE_BYTES));
-            uint8_t *c = rc == DM_OK ? kvidx_cache_put(&h->cache, h->bl[j].rd.remote) : NULL;
-            if (c) memcpy(c, pay + j * NODE_PAYLOAD, NODE_PAYLOAD);
-        }
-        if (rc == DM_OK) rc = dmerr(h, kvidx_post_release(&h->lk, h->bl[j].lock, h->bl[j].word, &old));
-    }
-    if (rc == DM_OK) rc = dmerr(h, dm_submit(h->ctx));
-    else dm_discard(h->ctx);
-    free(raw), free(pay), free(ver);
-#if LEAF_TAGS
-    for (size_t i = 0; i < ng && rc == DM_OK; i++) {
-        bgroup *g = &h->bg[i];
-        if (g->what != BG_NODE || !g->retag) continue;
-        g->retag = 0;
-        rc = retag_parent(h, GP(g, 0), GK(g, 0)->key, h->bo[g->first].leaf, (uint8_t)g->ver, h->bo[g->first].leaf,
-                          kvidx_next_ver((uint8_t)g->ver));
-    }
-#endif
-    return rc;
-}
-
 /* put (del 0) or delete (del 1, found[] set) of n keys. */
 static int write_many(CH_T *h, const uint8_t *keys, const uint64_t *vals, size_t n, int del, uint8_t *found,
                       uint64_t *lat) {
-    if (h->lk.llt || n < 2) return del ? delete_each(h, keys, n, found, lat) : put_each(h, keys, vals, n, lat);
+    if (h->lk.llt || n < 2 || h->o.window == 1) /* handover, or the one-key-a-time baseline */
+        return del ? delete_each(h, keys, n, found, lat) : put_each(h, keys, vals, n, lat);
     for (size_t i = 0; i < n && !del; i++)
         if (kzero(keys + i * KB)) return herr(h, DM_EINVAL, "key %zu is the reserved all-zero key", i);
     LAT_BEGIN;
@@ -599,13 +564,11 @@ static int write_many(CH_T *h, const uint8_t *keys, const uint64_t *vals, size_t
         }
         int wrc = batch_write_all(h, ng);
         if (rc == DM_OK) rc = wrc;
-        if (rc == DM_OK) rc = batch_fold_parents(h, ng);
-        for (size_t i = 0; i < ng; i++) /* the split rounds of the splits not folded */
-            if (h->bg[i].what == BG_RESHAPE) {
-                if (rc == DM_OK) rc = batch_reshape(h, &h->bg[i], &h->bl[i]);
-                batch_free_plan(&h->bg[i]);
-            }
-        if (rc == DM_OK) rc = batch_retag(h, ng);
+        if (rc == DM_OK) rc = batch_parents(h, ng);
+        for (size_t i = 0; i < ng; i++) { /* the split rounds of the splits not folded */
+            if (h->bg[i].what == BG_RESHAPE && rc == DM_OK) rc = batch_reshape(h, &h->bg[i], &h->bl[i]);
+            batch_free_plan(&h->bg[i]);
+        }
         size_t now = 0;
         for (size_t i = 0; i < nk; i++) now += h->bk[i].state != BK_PENDING;
         if (now == done && splits == h->st.splits + h->st.root_splits && round >= 3) break;

@@ -413,12 +413,9 @@ static int batch_find_leaf(CH_T *h, const uint8_t *key, path *p) {
     const path *r = h->lp_range;
     if (h->lp_ok && kcmp(key, r->lo) >= 0 && (r->hinf || kcmp(key, r->hi) < 0)) {
         dm_gaddr child = search(h->lpar, key);
+        memcpy(p, r, sizeof *p); /* the whole path: a split's separator inserts climb it */
         p->leaf = untag(child);
         p->ver = DM_GADDR_TAG(child) ? (int)DM_GADDR_TAG(child) : -1;
-        p->parent = h->lp_addr;
-        p->node[1] = h->lp_addr;
-        p->root_leaf = 0;
-        p->hops = 0;
         return DM_OK;
     }
     int rc = find_leaf(h, key, p);

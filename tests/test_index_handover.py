@@ -26,7 +26,9 @@ def hammer(uri: str, name: str, key_bytes: int, threads: int, first_writer: int,
     """Threads (one handle each, sharing one table when ``table``) update the hot keys and
     insert their own keys; returns their summed counters."""
     shared = LocalLockTable() if table else None
-    opts: dict[str, Any] = {"cache_mb": 1.0, "local_locks": shared}
+    # window=1: both runs write key by key (handover is a per-key protocol; batches lock all
+    # their leaves in one doorbell instead)
+    opts: dict[str, Any] = {"cache_mb": 1.0, "local_locks": shared, "window": 1}
     # modelled round trips (spin) keep locks held long enough for threads to meet on them
     cfg = TransportConfig(tear=tear, latency_model="spin", rtt_us=5.0)
     handles = [kindex.open(name, connect(cfg, [uri]), key_bytes, **opts) for _ in range(threads)]

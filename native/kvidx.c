@@ -399,6 +399,7 @@ static void remove_at(kvidx_cache *c, size_t i) {
 
 void kvidx_cache_del(kvidx_cache *c, dm_gaddr key) {
     if (!c->slots) return;
+    c->gen++;
     key = DM_GADDR_WITH_TAG(key, 0);
     size_t i = find(c, key);
     if (at(c, i)->key) {
@@ -421,6 +422,7 @@ static size_t random_victim(kvidx_cache *c) {
 
 void *kvidx_cache_put(kvidx_cache *c, dm_gaddr key) {
     if (!c->slots) return NULL;
+    c->gen++;
     key = DM_GADDR_WITH_TAG(key, 0);
     size_t i = find(c, key);
     if (!at(c, i)->key) {

@@ -114,10 +114,10 @@ typedef struct CH_T {
     int npool;
     struct probe *probes; /* one per key of a lookup doorbell */
     size_t nprobes;
-    int lp_ok;            /* lookups of one batch: a copy of the level-1 node the last key went through */
-    dm_gaddr lp_addr;     /* and the keys that reach it the same way (lp_range.lo/hi/hinf) */
-    struct path *lp_range;
-    uint8_t lpar[NODE_PAYLOAD];
+    int lp_ok;            /* one batch's routing: the level-1 node the last descent went through */
+    const uint8_t *lp_node; /* (in the cache, while its gen is lp_gen), and that descent's path, */
+    uint64_t lp_gen;      /* whose lo/hi are the keys that reach the node the same way */
+    const struct path *lp_range;
     struct bkey *bk;      /* batched writes: the keys, their paths, (leaf, key) order, leaves, locks */
     struct path *bp;
     struct border *bo;
@@ -411,21 +411,23 @@ static int find_leaf(CH_T *h, const uint8_t *key, path *p) {
  * probing the cache or descending: a request's chain of adjacent blocks costs one descent. */
 static int batch_find_leaf(CH_T *h, const uint8_t *key, path *p) {
     const path *r = h->lp_range;
-    if (h->lp_ok && kcmp(key, r->lo) >= 0 && (r->hinf || kcmp(key, r->hi) < 0)) {
-        dm_gaddr child = search(h->lpar, key);
-        memcpy(p, r, sizeof *p); /* the whole path: a split's separator inserts climb it */
+    if (h->lp_ok && h->cache.gen == h->lp_gen && kcmp(key, r->lo) >= 0 && (r->hinf || kcmp(key, r->hi) < 0)) {
+        dm_gaddr child = search(h->lp_node, key);
+        int top = h->root_level > 0 && h->root_level < MAXH ? h->root_level : MAXH - 1;
+        memcpy(p->node, r->node, (size_t)(top + 1) * sizeof p->node[0]); /* a split's separators climb it */
+        p->parent = r->parent;
         p->leaf = untag(child);
         p->ver = DM_GADDR_TAG(child) ? (int)DM_GADDR_TAG(child) : -1;
+        p->root_leaf = 0;
+        p->hops = 0;
+        p->rng_ok = 0;
         return DM_OK;
     }
     int rc = find_leaf(h, key, p);
-    const uint8_t *n = rc == DM_OK && p->parent && p->rng_ok ? kvidx_cache_get(&h->cache, p->parent) : NULL;
-    h->lp_ok = n != NULL && (h->lp_range || (h->lp_range = malloc(sizeof *h->lp_range)));
-    if (h->lp_ok) {
-        memcpy(h->lpar, n, NODE_PAYLOAD);
-        h->lp_addr = p->parent;
-        memcpy(h->lp_range, p, sizeof *p);
-    }
+    h->lp_node = rc == DM_OK && p->parent && p->rng_ok ? kvidx_cache_get(&h->cache, p->parent) : NULL;
+    h->lp_ok = h->lp_node != NULL;
+    h->lp_gen = h->cache.gen;
+    h->lp_range = p; /* the caller keeps p until its batch's routing is done */
     return rc;
 }
 
@@ -1335,7 +1337,6 @@ void CH(close)(CH_T *h) {
     if (!h) return;
     kvidx_cache_free(&h->cache);
     free(h->probes);
-    free(h->lp_range);
     free(h->bk);
     free(h->bp);
     free(h->bo);
@@ -1367,11 +1368,11 @@ static int get_many(CH_T *h, const uint8_t *keys, size_t n, uint64_t *vals, uint
     size_t per = keys_per_doorbell(h, n);
     if (per > DM_MAX_BATCH) per = DM_MAX_BATCH;
     int rc = probes_for(h, per);
-    h->lp_ok = 0; /* the copy serves one call only */
     if (rc != DM_OK) return rc;
     for (size_t s = 0; s < n;) {
         LAT_BEGIN;
         size_t m = 0;
+        h->lp_ok = 0; /* lp_range points into the probes, which this doorbell reuses */
         while (s + m < n && m < per && rc == DM_OK && dm_batch_len(h->ctx) + PROBE_VERBS <= DM_MAX_BATCH) {
             rc = probe_post(h, keys + (s + m) * KB, &h->probes[m], m ? &h->probes[m - 1] : NULL);
             m++;

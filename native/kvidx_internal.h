@@ -117,6 +117,7 @@ int kvidx_unlock(kvidx_locker *lk, dm_gaddr lock_addr, uint64_t word);
  * entries is evicted. Pointers returned by get/put are valid until the next put or del. */
 typedef struct kvidx_cache {
     size_t blob, slot, cap, mask, n;
+    uint64_t gen; /* bumped by every put and del: a pointer from get is valid while gen is unchanged */
     uint8_t *slots;
     uint64_t rng;
     kvidx_stats *st;

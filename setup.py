@@ -17,7 +17,7 @@ setup(
     packages=[f"kvdm.{p}" for p in SUBPACKAGES] + ["kvdm.transport.softroce", "kvdm.traces.fixtures"],
     package_dir={f"kvdm.{p}": p for p in SUBPACKAGES},
     package_data={
-        "kvdm.native": ["*.h", "*.c", "*.cdef"],
+        "kvdm.native": ["*.h", "*.c", "*.inc", "*.cdef"],
         "kvdm.transport.softroce": ["*.sh", "*.py"],
         "kvdm.traces.fixtures": ["*.jsonl", "*.jsonl.gz"],
     },

@@ -379,9 +379,9 @@ def chain_config(args: argparse.Namespace) -> Any:
     if args.keys < 0:
         raise UsageError(f"--keys must be >= 0, got {args.keys}")
     opts = dict(args.index_opt)
-    if "lpm" in opts or getattr(args, "redis_prefix", None) is not None:
+    if "lpm" in opts or getattr(args, "lpm", None) is not None or getattr(args, "redis_prefix", None) is not None:
         raise UsageError("--op chain sweeps the LPM strategy itself: choose them with --lpm-strategies "
-                         "(not --index-opt lpm=... or --redis-prefix)")
+                         "(not --lpm, --index-opt lpm=... or --redis-prefix)")
     specs = [_chain_spec(args, b, opts, len(backends) > 1, max(lengths)) for b in backends]
     if len(backends) > 1:
         from kvdm.index.native import DEFAULTS as NATIVE_OPTIONS

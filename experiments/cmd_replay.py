@@ -14,6 +14,7 @@ from kvdm.experiments.options import add_transport_options, transport_config
 from kvdm.experiments.replay import DRIVERS, ReplayConfig, parse_mode, replay
 from kvdm.experiments.results import RunResults
 from kvdm.index import IndexSpec, available
+from kvdm.index.native import LPM_STRATEGIES
 from kvdm.traces.mapping import INSERT_MODES as INSERTS
 from kvdm.traces.mapping import KEY_SCHEMES, MAPPINGS, RANGE_SEMANTICS
 
@@ -34,6 +35,12 @@ def add_index_options(parser: argparse.ArgumentParser, default: str = "chime") -
                    help=f"index backend: {', '.join(available())} (default {default})")
     g.add_argument("--cache-mb", type=float, default=None,
                    help="compute-side cache budget of the native indexes in MB (backend default if unset)")
+    g.add_argument("--lpm", type=choices_type(LPM_STRATEGIES, "LPM strategy"), default=None,
+                   help="native indexes: how a prefix match runs: auto (default: parallel, or kary where a cost "
+                   "model over the modelled RTT and bandwidth finds it cheaper and presence has proved "
+                   "prefix-closed), parallel (every block's lookup in one doorbell), kary (rounds of 16 evenly "
+                   "spaced probes; assumes prefix closure), sequential (one block per round trip until the "
+                   "first miss); index option lpm")
     g.add_argument("--index-opt", action="append", default=[], metavar="KEY=VALUE", type=parse_index_opt,
                    help="a backend option, repeatable, e.g. window=1 (native indexes: at most 1 lookup per "
                    "doorbell; default 0 = all), lpm=kary, lease_ms=1000; an unknown key lists the valid ones")
@@ -70,6 +77,11 @@ def index_spec(args: argparse.Namespace, key_bytes: int) -> IndexSpec:
     if args.index in ("chime", "sherman", "race") and args.cache_mb is not None:
         options["cache_mb"] = args.cache_mb
     options.update(dict(getattr(args, "index_opt", [])))  # the backend's factory rejects unknown keys
+    if getattr(args, "lpm", None) is not None:
+        if args.index not in ("chime", "sherman", "race"):
+            raise ValueError(f"--lpm applies to the native indexes (chime, sherman, race), not {args.index}"
+                             + ("; Redis prefix matches: --redis-prefix pipeline|lua" if args.index == "redis" else ""))
+        options["lpm"] = args.lpm
     redis_opts = _redis_options_module()
     if redis_opts is not None:
         redis_opts.check_redis_flags(args, args.index)

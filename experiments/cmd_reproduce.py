@@ -33,7 +33,9 @@ def register(sub: Any) -> None:
         description="One command for every figure of the paper we have data for: Fig. 1a/1b/2a/2b of each "
         "trace, Fig. 3a/3b (range and get p99 per 10-minute bin for chime, sherman, redis: 32 B SHA-256 keys, "
         "8 B values, 10 min warm-up, shm transport with a latency model printed on the figure), plus load "
-        "curves (closed-loop client sweep, compressed open-loop replays) and RTT/byte costs per op. Fig. 3 "
+        "curves (closed-loop client sweep, compressed open-loop replays), RTT/byte costs per op, and the engine's "
+        "view (step engine: the sweep of `kvdm bench index --op chain`, longest prefix match per strategy and "
+        "chain insert against the chain length N = 1..512, per backend, drawn as p99 against N). Fig. 3 "
         "uses a compressed, unloaded replay by default (1 client, ops back to back, binned by trace time: the "
         "same latencies as the 59-minute real-time run); --realtime replays at the trace's timestamps. Writes "
         "OUT/figures/*.png (+ .csv for trace figures), OUT/runs/<run>/ (for `kvdm plot`), OUT/report.md "
@@ -41,13 +43,15 @@ def register(sub: Any) -> None:
     p.add_argument("--out", default="reproduction", help="output folder (default ./reproduction)")
     p.add_argument("--quick", action="store_true",
                    help="small version (the 400-request conversation fixture, 0.5-min bins, clients 1,2, "
-                   "compress x10,x100, 2 s per load point): a few minutes, what CI runs; explicit flags override")
+                   "compress x10,x100, 2 s per load point; engine step at N = 1,8,64 with 200 chains and 10,000 "
+                   "background keys): under a minute, what CI runs; explicit flags override")
     p.add_argument("--traces", type=_csv(str, "trace list"), default=None, metavar="A,B",
                    help="traces for Fig. 1-2 (default conversation,synthetic)")
     p.add_argument("--fig3-traces", type=_csv(str, "trace list"), default=None, metavar="A,B",
                    help="traces replayed for Fig. 3; the first also drives the load curves (default conversation)")
     p.add_argument("--backends", type=_csv(str, "backend list"), default=None, metavar="A,B",
-                   help="index backends for Fig. 3 and the load curves (default chime,sherman,redis)")
+                   help="index backends for Fig. 3, the load curves and the engine step (default "
+                   "chime,sherman,redis; race and dict run too)")
     p.add_argument("--limit", type=int, default=0, metavar="N", help="use only the first N requests of each trace")
     p.add_argument("--realtime", action="store_true",
                    help="Fig. 3 at the trace's own timestamps (the full conversation trace takes 59 min per "

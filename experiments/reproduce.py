@@ -18,33 +18,46 @@ Steps (each can be left out with ``steps``):
    3a/3b (range / get p99 per bin) and the RTT and byte costs per op come from these runs;
 3. ``load``: per backend, a closed-loop sweep of client counts and open-loop replays compressed
    by several factors (one client), each capped at ``load_duration_s`` of wall time, drawn as
-   p99 against throughput (load curves).
+   p99 against throughput (load curves);
+4. ``engine``: per backend, the engine's view (:mod:`kvdm.experiments.bench_chain`, the sweep of
+   ``kvdm bench index --op chain``, run in-process): longest prefix match per LPM strategy and
+   chain insert, swept over the chain length N, 32 B keys, at the reproduction's transport.
+   The full run sweeps N = 1, 2, 4, ..., 512 with that command's defaults (1,000 chains per N,
+   1M background keys); ``--quick`` N = 1, 8, 64 with 200 chains and 10,000 background keys.
+   Drawn as p99 against N.
 
-Every run is kept under ``OUT/runs/<name>/`` (results.parquet + run.json) for ``kvdm plot``;
-figures go to ``OUT/figures/``; ``OUT/report.md`` and ``OUT/report.html`` come last.
+Every run is kept under ``OUT/runs/<name>/`` (results.parquet + run.json; replays for ``kvdm
+plot``, the engine step's ``engine-<backend>`` runs are chain-bench results); figures go to
+``OUT/figures/``; ``OUT/report.md`` and ``OUT/report.html`` come last.
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from kvdm.experiments.plots import Run, load_runs, plot_runs
+import pandas as pd
+
+from kvdm.experiments import bench_chain as bc
+from kvdm.experiments.plots import Run, load_runs, plot_chain, plot_runs
 from kvdm.experiments.replay import ReplayConfig, parse_mode, replay
 from kvdm.experiments.report import Report
 from kvdm.experiments.results import RunResults
 from kvdm.index import IndexSpec
 from kvdm.transport import TransportConfig
 
-STEPS = ("traces", "fig3", "load")
+STEPS = ("traces", "fig3", "load", "engine")
 NATIVE = ("chime", "sherman", "race")
 #: the paper's Fig. 3 claims (Zhu et al., CLOUD 2025, toolagent trace)
 PAPER_REDIS_P99_US = 100.0
 PAPER_SHERMAN_RANGE_GAIN = 10.3   # % lower range p99 than CHIME
 PAPER_CHIME_GET_GAIN = 5.5        # % lower get p99 than Sherman
+#: the engine step's background keys: ``kvdm bench index``'s --keys default (1M)
+ENGINE_KEYS = 1 << 20
+ENGINE_KEY_BYTES = 32             # as the reproduction's SHA-256 keys (and the token layer's chunk keys)
 
 
 @dataclass
@@ -69,14 +82,19 @@ class ReproduceConfig:
     redis_options: dict[str, Any] = field(default_factory=dict)
     steps: tuple[str, ...] = STEPS
     resume: bool = False              # keep runs already under OUT/runs instead of re-running them
+    engine_lengths: tuple[int, ...] = bc.CHAIN_LENGTHS  # engine step: chain lengths N
+    engine_chains: int = bc.DEFAULT_CHAINS              # engine step: chains per N (LPM calls, chain inserts)
+    engine_keys: int = ENGINE_KEYS                      # engine step: background keys per backend
 
     @classmethod
     def quick_defaults(cls, **overrides: Any) -> ReproduceConfig:
-        """The CI-sized version: the 400-request fixture, 0.5-minute bins, a small sweep."""
+        """The CI-sized version: the 400-request fixture, 0.5-minute bins, a small sweep; the engine
+        step at N = 1, 8, 64 with 200 chains and 10,000 background keys (about a second per backend)."""
         from kvdm.traces.registry import FIXTURE
 
         base = {"quick": True, "traces": (str(FIXTURE),), "fig3_traces": (str(FIXTURE),), "warmup_min": 0.5,
-                "bin_min": 0.5, "clients": (1, 2), "compress": (10.0, 100.0), "load_duration_s": 2.0}
+                "bin_min": 0.5, "clients": (1, 2), "compress": (10.0, 100.0), "load_duration_s": 2.0,
+                "engine_lengths": (1, 8, 64), "engine_chains": 200, "engine_keys": 10_000}
         base.update(overrides)
         return cls(**base)
 
@@ -89,6 +107,12 @@ class ReproduceConfig:
         if any(c < 1 for c in self.clients) or any(x <= 0 for x in self.compress):
             raise ValueError("--clients values must be >= 1 and --compress factors > 0")
         parse_mode(self.fig3_mode)
+        if not self.engine_lengths or any(not 1 <= n <= bc.MAX_CHAIN for n in self.engine_lengths):
+            raise ValueError(f"engine chain lengths must be integers in 1..{bc.MAX_CHAIN}, got {self.engine_lengths}")
+        self.engine_lengths = tuple(sorted(set(self.engine_lengths)))
+        if self.engine_chains < 1 or self.engine_keys < 0:
+            raise ValueError(f"engine step: chains must be >= 1 and background keys >= 0 (got {self.engine_chains}, "
+                             f"{self.engine_keys})")
 
     def latency_note(self) -> str:
         t = self.transport
@@ -128,6 +152,8 @@ class Reproduction:
         self.load: dict[str, list[Run]] = {"closed": [], "compressed": []}
         self.load_figs: list[Path] = []
         self.fig3_figs: dict[str, list[Path]] = {}
+        self.engine: dict[str, RunResults] = {}    # backend -> its stored chain-bench run
+        self.engine_fig: Path | None = None
         self.timings: list[tuple[str, float]] = []
         self._streams: dict[str, Any] = {}
 
@@ -141,6 +167,8 @@ class Reproduction:
             self._timed("Fig. 3 replays", self.fig3_runs)
         if "load" in self.cfg.steps:
             self._timed("load curves", self.load_runs)
+        if "engine" in self.cfg.steps:
+            self._timed("the engine's view", self.engine_runs)
         self.timings.append(("total", time.perf_counter() - t0))
         md, ht = self.write_report()
         log(f"done in {time.perf_counter() - t0:,.0f} s: {md}, {ht}")
@@ -253,6 +281,74 @@ class Reproduction:
                 log_y=True, note=note,
                 title=f"load curve, open loop compressed x{', x'.join(f'{x:g}' for x in cfg.compress)}, "
                       f"1 client: {op} p99 ({tname})"))
+
+    def chain_spec(self, backend: str) -> IndexSpec:
+        """A backend's IndexSpec for the engine step, as ``kvdm bench index --op chain`` sets it up:
+        Redis at its best protocol (a pipeline as deep as the longest chain, +1 for the sorted set's
+        ZADD, unless --redis-pipeline says otherwise; its prefix mode is swept as LPM strategies)."""
+        spec = replace(self.index_spec(backend), key_bytes=ENGINE_KEY_BYTES)
+        if backend == "redis":
+            options = {k: v for k, v in spec.options.items() if k != "prefix_mode"}
+            options.setdefault("range_mode", "zset")  # mget needs 8-byte id keys
+            options.setdefault("pipeline", max(self.cfg.engine_lengths) + (options["range_mode"] == "zset"))
+            spec = replace(spec, options=options)
+        return spec
+
+    def chain_config(self, backends: tuple[str, ...], out: Path) -> bc.ChainConfig:
+        """The engine step's sweep of ``backends`` into ``out``."""
+        cfg = self.cfg
+        specs = [self.chain_spec(b) for b in backends]
+        notes = []
+        red = next((s for s in specs if s.name == "redis"), None)
+        if red is not None:
+            notes.append(f"redis: pipeline depth {red.options['pipeline']}, range mode {red.options['range_mode']}; "
+                         "timed in Python around the client call (no C driver for Redis yet)")
+        # memory or a server that outlives the run may hold an earlier run's chains: number ours apart
+        kept = bool(cfg.transport.memory_nodes) or any(s.options.get("url") for s in specs if s.name == "redis")
+        return bc.ChainConfig(specs, cfg.transport, cfg.engine_lengths, bc.ALL_STRATEGIES, cfg.engine_chains,
+                              cfg.engine_keys, "random", out=str(out), notes=notes,
+                              key_base=bc.fresh_key_base() if kept else bc.CHAIN_KEY_BASE)
+
+    def engine_run(self, backend: str) -> RunResults:
+        """One backend's chain sweep into OUT/runs/engine-<backend> (or the stored one with ``resume``)."""
+        d = self.runs_dir / f"engine-{backend}"
+        if self.cfg.resume and (d / "run.json").exists():
+            log(f"engine-{backend}: kept from an earlier run")
+            return RunResults.read(d)
+        cc = self.chain_config((backend,), d)
+        log(f"engine-{backend}: LPM ({', '.join(bc.strategies_for(backend, cc.strategies))}) and chain insert, "
+            f"N = {', '.join(map(str, cc.lengths))}, {cc.chains:,} chains per N, {cc.keys:,} background keys")
+        t = time.perf_counter()
+        res = bc.run_chain(cc, quiet=True)
+        res.meta["reproduce"] = {"role": "engine", "latency_note": self.cfg.latency_note(),
+                                 "wall_s": time.perf_counter() - t}
+        res.write(d)
+        bad = res.rows[res.rows["mismatches"] > 0]
+        if not bad.empty:
+            log(f"engine-{backend}: WARNING: {int(bad['mismatches'].sum())} prefix matches differ from the "
+                "preloaded truth (see the report)")
+        return RunResults.read(d)
+
+    def engine_runs(self) -> None:
+        for b in self.cfg.backends:
+            self.engine[b] = self.engine_run(b)
+        self.draw_engine()
+
+    def draw_engine(self) -> None:
+        """The engine figure from the stored runs (p99 per call against N, LPM and insert panels)."""
+        rows = pd.concat([r.rows for r in self.engine.values()], ignore_index=True)
+        first = next(iter(self.engine.values())).meta["config"]
+        native = [b for b in self.engine if b in NATIVE]
+        t = self.engine[native[0]].meta["config"]["transport"] if native else None
+        merged = bc.ChainConfig([IndexSpec(b, ENGINE_KEY_BYTES, {}) for b in self.engine],
+                                TransportConfig(**t) if t else self.cfg.transport, chains=first["chains"],
+                                keys=first["keys"], matched=first["matched"])
+        note = bc.figure_note(merged) + f"; {ENGINE_KEY_BYTES} B keys"
+        if "redis" in self.engine:
+            note += "\nredis: a real redis-server over this machine's loopback TCP (not the modelled RTT)"
+        self.engine_fig = plot_chain(rows, self.figs / "engine_chain_p99.png", note=note,
+                                     title="the engine's view: p99 per call against chain length N "
+                                           "(longest prefix match per strategy; chain insert)")
 
     # ---- report --------------------------------------------------------------------------
     def write_report(self) -> tuple[Path, Path]:

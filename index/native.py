@@ -22,7 +22,7 @@ Options (keyword arguments; anything else is a ValueError listing these):
   call, split only at the transport's limit of 256 verbs per doorbell (``DM_MAX_BATCH``, the
   verbs backend's send-queue depth). 1 is the one-key-per-round-trip baseline, for writes too
   (a batched put or delete otherwise locks all its leaves in one doorbell and writes them in
-  a second: native/btree_batch_internal.h, race_internal.h).
+  a second: native/btree_batch.inc, race.inc).
 * ``lpm`` ("auto"): how :meth:`~NativeIndex.prefix_match` runs: ``parallel`` (every key in
   one doorbell; exact), ``kary`` (rounds of ``lpm_fanout`` evenly spaced probes; assumes
   presence is prefix-closed, as when engines insert whole chains; exact with ``lpm_exact``),
@@ -37,7 +37,7 @@ Options (keyword arguments; anything else is a ValueError listing these):
 
 Reserved keys: 0 and 2**64-1 for 8-byte keys, the all-zero key for 32-byte keys.
 
-race (protocol in native/race_internal.h): lookups read both combined buckets in one doorbell,
+race (protocol in native/race.inc): lookups read both combined buckets in one doorbell,
 then the fingerprint-matching KV block (2 RTT; a batch shares both doorbells among its lookups);
 inserts 2 RTT, updates and deletes 3 RTT; ``range``/``range_count`` raise
 RangeNotSupported. Its counters reuse the shared names: ``splits`` (subtable splits),

@@ -3,7 +3,9 @@
 Every ``native/*.c`` is compiled into one extension, ``kvdm.native._kvdm_native``, so indexes
 call the transport directly and Python crosses into C once per batch. Declarations exposed to
 Python come from ``native/*.cdef`` (one file per component), and the public headers (every
-``*.h`` not ending in ``_internal.h``) are included in the generated module.
+``*.h`` not ending in ``_internal.h``) are included in the generated module. Templates compiled
+once per key width (``*.inc``: the index implementations) are included only by their
+``<index>_k8.c`` / ``<index>_k32.c`` sources, never by the generated module.
 
 Environment knobs (read at build time):
   KVDM_VERBS=0|1   force the verbs backend off/on (default: on if <infiniband/verbs.h> exists)

@@ -199,7 +199,8 @@ static void read_line_piece(shm_node *m, uint64_t off, uint8_t *dst, uint32_t n)
     uint32_t *seq = &m->seq[(off / DM_LINE) & m->seq_mask];
     for (;;) {
         uint32_t s1 = wait_even(seq);
-        memcpy(dst, m->base + off, n);
+        if (n == DM_LINE) memcpy(dst, m->base + off, DM_LINE); /* a constant size: inlined, no libc call */
+        else memcpy(dst, m->base + off, n);
         __atomic_thread_fence(__ATOMIC_ACQUIRE);
         if (__atomic_load_n(seq, __ATOMIC_RELAXED) == s1) return;
     }
@@ -210,7 +211,8 @@ static void write_line_piece(shm_node *m, uint64_t off, const uint8_t *src, uint
     for (;;) {
         uint32_t s = wait_even(seq);
         if (__atomic_compare_exchange_n(seq, &s, s + 1, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) {
-            memcpy(m->base + off, src, n);
+            if (n == DM_LINE) memcpy(m->base + off, src, DM_LINE);
+            else memcpy(m->base + off, src, n);
             __atomic_store_n(seq, s + 2, __ATOMIC_RELEASE);
             return;
         }

@@ -8,6 +8,8 @@
 #define N_DM (sizeof(dm_counters) / 8)
 #define N_COUNTERS (N_DM + sizeof(kvidx_stats) / 8)
 #define VIRTUAL_AT (offsetof(dm_counters, virtual_ns) / 8)
+_Static_assert(sizeof(dm_counters) % sizeof(uint64_t) == 0, "dm_counters is read as uint64 words (snapshot)");
+_Static_assert(sizeof(kvidx_stats) % sizeof(uint64_t) == 0, "kvidx_stats is read as uint64 words (snapshot)");
 
 size_t kvdm_drive_counters(void) { return N_COUNTERS; }
 
@@ -138,7 +140,7 @@ int kvdm_drive(const kvidx_ops *ix, void *h, dm_ctx *ctx, const kvdm_stream *s, 
                char *err, size_t errlen) {
     out->done = 0;
     if (!ix || !h || !ctx) return dm_fail_buf(err, errlen, DM_EINVAL, "kvdm_drive: no index or transport");
-    size_t max_keys;
+    size_t max_keys = 1; /* set by validate; initialised for GCC 12's -Wmaybe-uninitialized */
     int rc = validate(ix, s, op_ids, groups, n, n_groups, &max_keys, err, errlen);
     if (rc != DM_OK) return rc;
     scratch sc = {malloc(max_keys * 8), malloc(max_keys), NULL, NULL, 0};

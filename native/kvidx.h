@@ -1,7 +1,8 @@
 /*
  * kvidx.h - what every remote-memory index (chime, sherman, race) shares with Python:
- * the open options and the per-handle statistics. The index implementations live in
- * <name>_internal.h, compiled once per key width by <name>_k8.c and <name>_k32.c.
+ * the open options and the per-handle statistics. The index implementations are templates
+ * (*.inc: btree_core.inc with a btree_leaf_<format>.inc for chime and sherman, race.inc),
+ * compiled once per key width by <name>_k8.c and <name>_k32.c.
  */
 #ifndef KVDM_KVIDX_H
 #define KVDM_KVIDX_H
@@ -27,7 +28,7 @@ typedef struct kvidx_opts {
 } kvidx_opts;
 
 /* Longest-prefix-match strategies (notes/index-anchors.md R9):
- *   AUTO       a cost model picks parallel or kary per call (see kvidx_handle_internal.h);
+ *   AUTO       a cost model picks parallel or kary per call (see kvidx_handle.inc);
  *   PARALLEL   every key's lookup in one doorbell (exact; chunked at DM_MAX_BATCH verbs);
  *   KARY       rounds of lpm_fanout evenly spaced probes, assuming presence is prefix-closed
  *              (engines insert whole chains and evict tails first); exact with lpm_exact;

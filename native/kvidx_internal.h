@@ -16,6 +16,7 @@
  * line of a unit) saw no torn multi-line write. The other 62 bytes are payload. */
 #define KVIDX_LINE_META 2
 #define KVIDX_LINE_PAYLOAD (DM_LINE - KVIDX_LINE_META)
+_Static_assert(KVIDX_LINE_META + KVIDX_LINE_PAYLOAD == DM_LINE, "line metadata and payload make one line");
 
 /* raw (nlines*64 bytes) -> payload (nlines*62 bytes), node_ver and unit_ver of every line */
 void kvidx_unpack(const uint8_t *raw, int nlines, uint8_t *payload, uint8_t *nver, uint8_t *uver);

@@ -204,7 +204,7 @@ def _u64(b: bytes, i: int = 0) -> int:
 @pytest.mark.parametrize("marked", [range(10), range(182, 192)])
 def test_splitter_that_died_half_way_is_recovered(shm_node, dm, marked: range) -> None:
     """Raw verbs leave what a splitter that died half way through marking (the first buckets
-    marked) or unmarking (the last ones still marked) leaves (layout of native/race_internal.h):
+    marked) or unmarking (the last ones still marked) leaves (layout of native/race.inc):
     some buckets of a subtable marked SPLITTING, its lock held with an expired lease. Writers
     that meet a marked bucket take the lock over, re-mark every bucket and redo the split;
     nothing is lost."""

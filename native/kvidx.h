@@ -60,6 +60,8 @@ typedef struct kvidx_stats {
     uint64_t lpm_parallel, lpm_kary, lpm_sequential; /* ... by the strategy that ran (auto's pick) */
     uint64_t lpm_probes;       /* keys looked up by prefix matches */
     uint64_t lpm_unclosed;     /* parallel matches that found a key present after the first miss */
+    uint64_t lpm_cpu_ns;       /* local time prefix matches took, modelled waits excluded (auto's input) */
+    uint64_t lpm_reads, lpm_bytes; /* READs posted and bytes read by prefix matches (auto's input) */
     uint64_t batch_rounds;     /* lock-all rounds of batched writes (1 per batch when uncontended) */
     uint64_t batch_deferred;   /* keys of batched writes finished by the single-key path (split, full) */
 } kvidx_stats;

@@ -30,7 +30,9 @@ Options (keyword arguments; anything else is a ValueError listing these):
   cost model over the modelled RTT and bandwidth finds kary cheaper and this handle's parallel
   matches have shown presence to be prefix-closed);
 * ``lpm_fanout`` (16) and ``lpm_exact`` (False): kary's probes per round, and verification of
-  the matched prefix (one more doorbell);
+  the matched prefix (one more doorbell); ``lpm_probe_ns`` (150): the client time per probe
+  auto's cost model charges (a constant, so a replay's choices do not depend on the machine's
+  load; the counter ``lpm_cpu_ns`` shows the measured time);
 * ``local_locks`` (None): a :class:`LocalLockTable` shared by the handles of several threads
   of this process: they queue on a leaf lock locally and hand the remote lock over (a
   per-key protocol: with a table, writes go key by key).
@@ -60,7 +62,7 @@ from kvdm.native import ffi, lib
 from kvdm.transport.dm import DMContext, DMError, raise_for
 
 DEFAULTS: dict[str, Any] = {"cache_mb": 100.0, "root_slot": None, "lease_ms": 1000, "max_wait_ms": 10000,
-                            "window": 0, "lpm": "auto", "lpm_fanout": 16, "lpm_exact": False,
+                            "window": 0, "lpm": "auto", "lpm_fanout": 16, "lpm_exact": False, "lpm_probe_ns": 150,
                             "local_locks": None}
 #: prefix-match strategies, in the C enum's order (kvidx.h KVIDX_LPM_*)
 LPM_STRATEGIES = ("auto", "parallel", "kary", "sequential")
@@ -158,6 +160,10 @@ class NativeIndex(Index):
         c_opts.lpm = LPM_STRATEGIES.index(opts["lpm"])
         c_opts.lpm_fanout = fanout
         c_opts.lpm_exact = int(bool(opts["lpm_exact"]))
+        probe_ns = int(opts["lpm_probe_ns"])
+        if not 1 <= probe_ns <= 10**6:
+            raise ValueError(f"lpm_probe_ns must be in 1..1000000, got {probe_ns}")
+        c_opts.lpm_probe_ns = probe_ns
         c_opts.add_virtual_ns = int(transport.config.latency_model == "virtual")
         table = opts["local_locks"]
         if table is not None and not isinstance(table, LocalLockTable):

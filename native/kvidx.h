@@ -24,6 +24,7 @@ typedef struct kvidx_opts {
     uint32_t lpm;         /* prefix-match strategy: KVIDX_LPM_* (0 = auto) */
     uint32_t lpm_fanout;  /* kary: probes per round (B >= 1; 0 = 16) */
     int lpm_exact;        /* kary: verify the matched prefix (one more doorbell) */
+    uint32_t lpm_probe_ns; /* auto: the client time one probe costs in the cost model (0 = 150 ns) */
     struct kvidx_llt *local_locks; /* NULL, or a local lock table shared by handles of one process */
 } kvidx_opts;
 
@@ -60,7 +61,7 @@ typedef struct kvidx_stats {
     uint64_t lpm_parallel, lpm_kary, lpm_sequential; /* ... by the strategy that ran (auto's pick) */
     uint64_t lpm_probes;       /* keys looked up by prefix matches */
     uint64_t lpm_unclosed;     /* parallel matches that found a key present after the first miss */
-    uint64_t lpm_cpu_ns;       /* local time prefix matches took, modelled waits excluded (auto's input) */
+    uint64_t lpm_cpu_ns;       /* local time prefix matches took, modelled waits excluded */
     uint64_t lpm_reads, lpm_bytes; /* READs posted and bytes read by prefix matches (auto's input) */
     uint64_t batch_rounds;     /* lock-all rounds of batched writes (1 per batch when uncontended) */
     uint64_t batch_deferred;   /* keys of batched writes finished by the single-key path (split, full) */

@@ -261,6 +261,17 @@ CHAIN_PANELS = (("prefix_match", "longest prefix match (one call per chain)"),
                 ("insert", "chain insert (one put of N keys)"))
 
 
+#: one line style and marker per prefix-match strategy (the color says the backend)
+CHAIN_STYLES = {"parallel": ("-", "o"), "kary": ("--", "s"), "sequential": (":", "v"), "auto": ("-.", "D"),
+                "lua": ("-", "o"), "pipeline": ("--", "s"), "-": ("-", "o")}
+
+
+def chain_color(rows: pd.DataFrame, backend: str) -> str:
+    """The backend's color: the same in both panels (its position among the rows' backends)."""
+    backends = list(dict.fromkeys(rows["index"]))
+    return f"C{backends.index(backend) % 10}"
+
+
 def plot_chain(rows: pd.DataFrame, out: str | Path, metric: str = "p99", title: str = "", note: str = "") -> Path:
     """The ``kvdm bench index --op chain`` figure: ``metric`` (default p99 latency per call) against
     the chain length N (log2 axis), one line per backend and LPM strategy, in two panels (LPM,
@@ -279,7 +290,8 @@ def plot_chain(rows: pd.DataFrame, out: str | Path, metric: str = "p99", title: 
         for (backend, strategy), g in part.groupby(["index", "strategy"], sort=False):
             g = g.sort_values("chain_len")
             label = backend if strategy == "-" else f"{backend} {strategy}"
-            ax.plot(g["chain_len"], g[col], marker="o", ms=3, label=label)
+            color, (style, marker) = chain_color(rows, backend), CHAIN_STYLES.get(strategy, ("-", "o"))
+            ax.plot(g["chain_len"], g[col], marker=marker, ms=3.5, ls=style, color=color, label=label)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         lengths = sorted(int(n) for n in rows["chain_len"].unique())

@@ -177,16 +177,22 @@ def plot_runs(runs: Sequence[Run], metric: str, op: str, by: str, out: str | Pat
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(title or f"{op if by != 'op' else 'per op'} {metric} by {by}", fontsize=10)
+    return _save(fig, out, note, 135)
+
+
+def _save(fig: Any, out: str | Path, note: str, width: int) -> Path:
+    """Write the figure to the PNG ``out`` with ``note`` (wrapped at ``width`` characters) in small
+    print below the axes; returns the path."""
     bottom = 0.0
     if note:
-        lines = [w for line in note.split("\n") for w in textwrap.wrap(line, 135)]
+        lines = [w for line in note.split("\n") for w in textwrap.wrap(line, width)]
         fig.text(0.01, 0.01, "\n".join(lines), fontsize=7, color="0.3")
         bottom = 0.01 + 0.028 * len(lines)
     fig.tight_layout(rect=(0, bottom, 1, 1))
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
+    pyplot().close(fig)
     return path
 
 
@@ -306,14 +312,4 @@ def plot_chain(rows: pd.DataFrame, out: str | Path, metric: str = "p99", title: 
             ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
     axes[0].set_ylabel(f"{METRICS[metric][1]} per call")
     fig.suptitle(title or f"the engine's view: {metric} latency per call against chain length", fontsize=11)
-    bottom = 0.0
-    if note:
-        lines = [w for line in note.split("\n") for w in textwrap.wrap(line, 160)]
-        fig.text(0.01, 0.01, "\n".join(lines), fontsize=7, color="0.3")
-        bottom = 0.01 + 0.028 * len(lines)
-    fig.tight_layout(rect=(0, bottom, 1, 1))
-    path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, out, note, 160)

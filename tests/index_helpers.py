@@ -77,3 +77,20 @@ def crash_holding_lock(uri: str, name: str, key_bytes: int, key_int: int, option
     idx = open_client(uri, name, key_bytes, **options)
     idx.debug_hold_lock(make_keys([key_int], key_bytes))
     os._exit(0)
+
+
+def fill_until_full(idx: Any, key_bytes: int, batch: int) -> tuple[int, int]:
+    """Put keys 1, 2, ... (value = the key's integer) in batches of ``batch`` until the memory
+    node is full; returns (first key not in a finished batch, first key of the failed batch)."""
+    from kvdm.transport import MemoryNodeFull
+
+    done, start = 1, 1
+    try:
+        for start in range(1, 10**7, batch):
+            ints = np.arange(start, start + batch, dtype=np.uint64)
+            idx.put(make_keys(ints, key_bytes), ints)
+            done = start + batch
+    except MemoryNodeFull as exc:
+        assert "full" in str(exc)
+        return done, start
+    raise AssertionError("the memory node never filled up")

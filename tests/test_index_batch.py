@@ -11,10 +11,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from index_helpers import NATIVE_BACKENDS, ORDERED_BACKENDS, encode, make_keys, open_client
+from index_helpers import NATIVE_BACKENDS, ORDERED_BACKENDS, encode, fill_until_full, make_keys, open_client
 
 import kvdm.index as kindex
-from kvdm.transport import MemoryNodeFull
 
 
 def skip_tear(fabric, tear: bool) -> None:
@@ -110,12 +109,7 @@ def test_memory_node_full_mid_batch(name: str, key_bytes: int, fabric) -> None:
     with fabric.start_node(1 << 20) as node:
         ctx = fabric.connect([node.uri], chunk_bytes=16 << 10)
         idx = kindex.open(name, ctx, key_bytes, cache_mb=1.0)
-        done, start = 1, 1
-        with pytest.raises(MemoryNodeFull, match="full"):
-            for start in range(1, 10**6, 512):
-                ints = np.arange(start, start + 512, dtype=np.uint64)
-                idx.put(make_keys(ints, key_bytes), ints)
-                done = start + 512
+        done, start = fill_until_full(idx, key_bytes, 512)
         assert done > 1000
         ints = np.arange(1, done, dtype=np.uint64)
         vals, found = idx.get(make_keys(ints, key_bytes))

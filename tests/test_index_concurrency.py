@@ -10,7 +10,16 @@ import time
 
 import numpy as np
 import pytest
-from index_helpers import NATIVE_BACKENDS, crash_holding_lock, encode, make_keys, open_client, reader_proc, writer_proc
+from index_helpers import (
+    NATIVE_BACKENDS,
+    crash_holding_lock,
+    encode,
+    fill_until_full,
+    make_keys,
+    open_client,
+    reader_proc,
+    writer_proc,
+)
 
 from kvdm.transport import MemoryNodeFull
 
@@ -146,12 +155,7 @@ def test_memory_node_full_keeps_index_consistent(name: str, key_bytes: int, fabr
         import kvdm.index as kindex
 
         idx = kindex.open(name, ctx, key_bytes, cache_mb=1.0)
-        done = 0
-        with pytest.raises(MemoryNodeFull, match="full"):
-            for start in range(1, 10**6, 50):
-                ints = np.arange(start, start + 50, dtype=np.uint64)
-                idx.put(make_keys(ints, key_bytes), ints)
-                done = start + 50
+        done, _ = fill_until_full(idx, key_bytes, 50)
         assert done > 1000
         ints = np.arange(1, done, dtype=np.uint64)
         vals, found = idx.get(make_keys(ints, key_bytes))

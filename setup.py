@@ -36,6 +36,9 @@ setup(
     extras_require={
         "test": ["pytest>=7", "hypothesis>=6.80", "pytest-timeout>=2.1"],
         "dev": ["ruff>=0.5"],
+        # the token-level API's retrieve_mask (kvdm.index.tokens); pinned: an unpinned torch
+        # pulls a multi-GB CUDA build, 2.13.0 is the local CPU build these machines serve
+        "torch": ["torch==2.13.0"],
     },
     entry_points={"console_scripts": ["kvdm=kvdm.experiments.cli:main"]},
 )

@@ -1,0 +1,335 @@
+"""Token-level prefix caching over any index: what an engine (vLLM, LMCache, SGLang) asks.
+
+    from kvdm.index.tokens import TokenIndex
+    tix = TokenIndex(kvdm.index.open("chime", ctx, key_bytes=32), chunk_size=256)
+    tix.store(prompt, locations)          # one uint64 location per full chunk
+    tix.lookup(prompt)                    # -> cached prefix, in tokens
+    tix.retrieve_mask(prompt)             # -> torch.BoolTensor, LMCache's retrieve() mask
+
+A prompt is split into chunks of ``chunk_size`` tokens; each chunk is keyed by a hash chained
+on every token before it, so a chunk's key names the whole prefix that ends with it, and the
+cached part of a prompt is the longest run of leading chunks whose keys are in the index.
+
+Tokens
+------
+A 1-d sequence of integer token ids: a torch tensor (CPU; a CUDA tensor is copied to the
+host), a numpy array or a list of ints. Ids must lie in ``[0, 2**32)``: each is encoded as a
+**little-endian uint32** (4 bytes), whatever the input's dtype, so an int64 torch tensor and
+a list of the same ids give the same keys. Negative ids, ids >= 2**32, a rank other than 1,
+and non-integer dtypes (float, bool, complex, object) are rejected with ``ValueError``
+(values, rank) or ``TypeError`` (dtype). torch is optional: everything except
+:meth:`TokenIndex.retrieve_mask` (which returns a torch tensor) works without it.
+
+Chunks
+------
+``n = len(tokens)``, ``C = chunk_size``. Chunk ``i`` is ``tokens[i*C:(i+1)*C]`` for the
+``n // C`` full chunks. With ``partial_chunks=True`` a trailing partial chunk
+``tokens[(n//C)*C:]`` (1 to C-1 tokens) gets a key too (hashed over its actual tokens, as
+LMCache's ``save_unfull_chunk``); with ``partial_chunks=False`` (the default, as vLLM) it has
+no key and is never cached.
+
+Chunk keys (``key_scheme``), exactly
+------------------------------------
+``B_i`` is the byte string of chunk ``i``'s token ids as little-endian uint32.
+
+* ``"sha256"`` (32-byte keys; the index must have ``key_bytes == 32``)::
+
+      h_0 = SHA-256(b"kvdm-chunk-v1" + B_0)          # the 13 ASCII bytes, then the chunk
+      h_i = SHA-256(h_{i-1} + B_i)                   # h_{i-1}: the 32-byte digest, i >= 1
+      key_i = h_i                                    # as uint8[32], byte order as digested
+
+  The all-zero key is reserved by the index API; a digest of 32 zero bytes (probability
+  2**-256) would be stored as 31 zero bytes followed by 0x01 (the chain still uses ``h_i``).
+
+* ``"u64"`` (8-byte keys; ``key_bytes == 8``): the same chain ``h_i``, and
+  ``key_i = int.from_bytes(h_i[:8], "little")`` (the digest's first 8 bytes as a
+  little-endian uint64), with the two reserved values remapped: 0 -> 1 and
+  2**64-1 -> 2**64-2 (the chain still uses ``h_i``).
+
+* ``"vllm-sha256"`` (32-byte keys): vLLM's ``hash_block_tokens`` with its ``sha256`` hash
+  function (vLLM >= 0.10, where block hashes are ``bytes``), and extra_keys None::
+
+      NONE_HASH = SHA-256(pickle.dumps(vllm_seed, protocol=5))      # vllm_seed: a str
+      h_i       = SHA-256(pickle.dumps((h_{i-1} or NONE_HASH, tuple(int(t) for t in chunk_i), None),
+                                       protocol=5))
+      key_i     = h_i     (all-zero -> ... 0x01, as for "sha256")
+
+  With ``chunk_size`` equal to vLLM's block size and ``vllm_seed`` equal to the engine's
+  ``PYTHONHASHSEED`` (vLLM seeds ``NONE_HASH = sha256(PYTHONHASHSEED)``; unset, it draws a
+  random ``NONE_HASH`` per process and nothing can match it), these keys equal vLLM's block
+  hashes for requests without LoRA, multi-modal inputs, cache salt or prompt embeddings (those
+  set ``extra_keys``, which kvdm does not model). ``pickle.HIGHEST_PROTOCOL`` is 5 on every
+  CPython kvdm supports; vLLM's ``sha256_cbor`` (CBOR-encoded) and ``xxhash`` variants are not
+  offered. LMCache v1's ``ChunkedTokenDatabase`` with ``pre_caching_hash_algorithm:
+  sha256`` chains the same function over 256-token chunks from vLLM's ``NONE_HASH`` and
+  hashes the trailing partial chunk (``save_unfull_chunk``), so ``chunk_size=256,
+  partial_chunks=True`` reproduces LMCache's chunk hashes (LMCache then wraps each hash in a
+  ``CacheEngineKey`` with the model name, world size and worker id; kvdm stores the bare
+  hash). This scheme is slower than ``"sha256"`` (one pickle per chunk).
+
+Hashing is one ``hashlib`` call per chunk (the chain is sequential); the token array is
+converted, range-checked and encoded once per prompt with numpy.
+
+Batches
+-------
+:meth:`TokenIndex.lookup_many` hashes every prompt, concatenates all the keys and asks the
+index in ONE ``index.get`` call, then derives each prompt's prefix from the found flags (the
+first miss per prompt). For the native indexes that is one C call whose reads share doorbell
+batches (all keys in one doorbell per round trip by default; the ``window`` option caps the
+keys per doorbell): e.g. 20 prompts of 31 chunks on chime cost 3 round trips, against 20 for
+20 :meth:`lookup` calls. For Redis it is one pipelined exchange per ``pipeline`` keys (open
+it with ``pipeline`` >= the key count for a single round trip). The single-prompt :meth:`TokenIndex.lookup` uses
+``index.prefix_match`` instead, which lets a backend stop early or use its own prefix
+strategy; both give the same answer. :meth:`TokenIndex.store_many` is one ``index.put``.
+
+LMCache's retrieve mask
+-----------------------
+:meth:`TokenIndex.retrieve_mask` follows LMCache v1 ``LMCacheEngine.retrieve`` /
+``ChunkedTokenDatabase.process_tokens``: the result is a CPU ``torch.bool`` tensor of
+``len(tokens)``, False everywhere except on the chunks found, in order, starting at the first
+chunk the caller wants and stopping at the first missing chunk. The optional ``mask`` marks
+the tokens the caller wants retrieved; as in LMCache it must look like ``F...FT...T`` (the
+Falses, e.g. tokens already in the engine's own cache, are a prefix) and the number of Falses
+must be a multiple of ``chunk_size`` (else ``ValueError``, as LMCache). Chunks inside the
+False prefix are hashed (the chain needs them) but not looked up, and stay False in the
+result. Differences from LMCache: (1) kvdm only answers from the index (no KV data is moved:
+the values are locations for the caller to fetch); (2) LMCache fetches chunk by chunk and stops
+at a miss, kvdm asks for the candidate chunks in one ``prefix_match``; (3) LMCache only counts
+the mask's Falses and would accept e.g. ``T...TF...F``, kvdm rejects a mask that is not
+Falses-then-Trues, and a mask of the wrong length, rank or dtype; (4) kvdm's default is
+``partial_chunks=False`` (LMCache's default ``save_unfull_chunk`` is True).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from kvdm.index.api import Index, as_values
+
+KEY_SCHEMES = {"sha256": 32, "u64": 8, "vllm-sha256": 32}
+CHAIN_SEED = b"kvdm-chunk-v1"
+TOKEN_MAX = 2**32
+TORCH_EXTRA = "pip install 'kvdm[torch]' (torch==2.13.0)"
+_U64_MAX = 2**64 - 1
+_ZERO32 = bytes(32)
+_NONZERO32 = bytes(31) + b"\x01"
+
+
+def _torch() -> Any:
+    """The torch module, or an ImportError naming the extra to install."""
+    try:
+        import torch
+    except ImportError as exc:
+        raise ImportError(f"kvdm.index.tokens.retrieve_mask returns a torch tensor and needs torch: "
+                          f"{TORCH_EXTRA}") from exc
+    return torch
+
+
+def _is_torch_tensor(x: Any) -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
+def as_tokens(tokens: Any) -> np.ndarray:
+    """Validate one prompt's token ids and return them as a 1-d ``<u4`` (little-endian uint32)
+    array (see the module docstring for what is accepted)."""
+    if _is_torch_tensor(tokens):
+        t = tokens
+        if t.is_floating_point() or t.is_complex() or t.dtype == sys.modules["torch"].bool:
+            raise TypeError(f"token ids must have an integer dtype, got torch tensor of {t.dtype}")
+        arr = t.detach().cpu().numpy()
+    elif isinstance(tokens, np.ndarray):
+        arr = tokens
+    elif isinstance(tokens, (list, tuple, range)):
+        arr = np.asarray(tokens) if len(tokens) else np.zeros(0, dtype=np.int64)
+    else:
+        raise TypeError(f"token ids must be a torch tensor, a numpy array or a list of ints, "
+                        f"got {type(tokens).__name__}")
+    if arr.dtype.kind == "O" and arr.ndim == 1 and all(type(x) is int for x in arr):
+        raise ValueError(f"token ids must lie in [0, 2**32), got {max(arr)}" if min(arr) >= 0
+                         else f"token ids must be non-negative, got {min(arr)}")
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"token ids must have an integer dtype, got {arr.dtype}")
+    if arr.ndim != 1:
+        raise ValueError(f"token ids must be 1-d (one prompt), got shape {tuple(arr.shape)}")
+    if arr.size:
+        if arr.dtype.kind == "i" and int(arr.min()) < 0:
+            raise ValueError(f"token ids must be non-negative, got {int(arr.min())}")
+        if int(arr.max()) >= TOKEN_MAX:
+            raise ValueError(f"token ids must lie in [0, 2**32), got {int(arr.max())}")
+    return np.ascontiguousarray(arr, dtype="<u4")
+
+
+class TokenIndex:
+    """Token-level prefix lookups and stores over any :class:`kvdm.index.api.Index`.
+
+    ``key_scheme``: ``"sha256"`` (32-byte keys), ``"u64"`` (8-byte keys) or ``"vllm-sha256"``
+    (32-byte, vLLM/LMCache-compatible, seeded by ``vllm_seed``); its width must match
+    ``index.key_bytes`` (ValueError otherwise). None (the default) picks ``"sha256"`` for a
+    32-byte index and ``"u64"`` for an 8-byte one. The index's values are the chunks' locations (uint64)."""
+
+    def __init__(self, index: Index, chunk_size: int = 256, key_scheme: str | None = None,
+                 partial_chunks: bool = False, vllm_seed: str = "0") -> None:
+        if key_scheme is None:
+            key_scheme = "u64" if index.key_bytes == 8 else "sha256"
+        if key_scheme not in KEY_SCHEMES:
+            raise ValueError(f"unknown key_scheme {key_scheme!r}; valid: {', '.join(KEY_SCHEMES)}")
+        width = KEY_SCHEMES[key_scheme]
+        if index.key_bytes != width:
+            raise ValueError(f"key_scheme {key_scheme!r} makes {width}-byte keys but the index has "
+                             f"key_bytes={index.key_bytes}; open it with key_bytes={width}")
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
+            raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
+        if not isinstance(vllm_seed, str):
+            raise TypeError(f"vllm_seed must be a str (vLLM hashes the PYTHONHASHSEED string), got {vllm_seed!r}")
+        self.index = index
+        self.chunk_size = int(chunk_size)
+        self.key_scheme = key_scheme
+        self.partial_chunks = bool(partial_chunks)
+        self.key_bytes = width
+        self._none_hash = hashlib.sha256(pickle.dumps(vllm_seed, protocol=5)).digest()
+
+    # -- keys --
+    def num_chunks(self, n_tokens: int) -> int:
+        """How many keyed chunks a prompt of ``n_tokens`` has."""
+        full, rest = divmod(n_tokens, self.chunk_size)
+        return full + (1 if rest and self.partial_chunks else 0)
+
+    def _digests(self, toks: np.ndarray) -> list[bytes]:
+        c = self.chunk_size
+        n = self.num_chunks(len(toks))
+        out: list[bytes] = []
+        if self.key_scheme == "vllm-sha256":
+            ids = toks.tolist()
+            parent = self._none_hash
+            for i in range(n):
+                parent = hashlib.sha256(pickle.dumps((parent, tuple(ids[i * c:(i + 1) * c]), None),
+                                                     protocol=5)).digest()
+                out.append(parent)
+            return out
+        buf = memoryview(toks.tobytes())
+        step = 4 * c
+        sha = hashlib.sha256
+        prev = CHAIN_SEED
+        for i in range(n):
+            h = sha(prev)
+            h.update(buf[i * step:(i + 1) * step])
+            prev = h.digest()
+            out.append(prev)
+        return out
+
+    def _keys_of(self, toks: np.ndarray) -> np.ndarray:
+        digests = self._digests(toks)
+        if self.key_bytes == 32:
+            raw = b"".join(_NONZERO32 if d == _ZERO32 else d for d in digests)
+            return np.frombuffer(raw, dtype=np.uint8).reshape(-1, 32).copy()
+        raw = b"".join(d[:8] for d in digests)
+        keys = np.frombuffer(raw, dtype="<u8").astype(np.uint64)
+        keys[keys == 0] = 1
+        keys[keys == np.uint64(_U64_MAX)] = np.uint64(_U64_MAX - 1)
+        return keys
+
+    def chunk_keys(self, tokens: Any) -> np.ndarray:
+        """The keys of the prompt's chunks, in order: ``uint8[n, 32]`` or ``uint64[n]``."""
+        return self._keys_of(as_tokens(tokens))
+
+    # -- one prompt --
+    def _tokens_of(self, matched: int, n_tokens: int) -> int:
+        return min(matched * self.chunk_size, n_tokens)
+
+    def lookup(self, tokens: Any) -> int:
+        """The cached prefix of the prompt, in tokens (whole chunks, capped at its length)."""
+        toks = as_tokens(tokens)
+        keys = self._keys_of(toks)
+        if not len(keys):
+            return 0
+        return self._tokens_of(self.index.prefix_match(keys), len(toks))
+
+    def store(self, tokens: Any, locations: Any) -> None:
+        """Record the prompt's chunks: ``locations`` (uint64, one per keyed chunk, see
+        :meth:`num_chunks`) become the values of the chunk keys."""
+        keys = self.chunk_keys(tokens)
+        values = self._locations(locations, len(keys))
+        if len(keys):
+            self.index.put(keys, values)
+
+    def retrieve_mask(self, tokens: Any, mask: Any = None) -> Any:
+        """LMCache's ``retrieve`` answer: a CPU ``torch.bool`` tensor, True on the tokens of the
+        cached chunks from the first wanted chunk to the first miss (module docstring)."""
+        torch = _torch()
+        toks = as_tokens(tokens)
+        n = len(toks)
+        skip = self._mask_skip(mask, n, torch)
+        ret = torch.zeros(n, dtype=torch.bool)
+        keys = self._keys_of(toks)[skip // self.chunk_size:]
+        if len(keys):
+            matched = self.index.prefix_match(keys)
+            ret[skip:self._tokens_of(skip // self.chunk_size + matched, n)] = True
+        return ret
+
+    def _mask_skip(self, mask: Any, n: int, torch: Any) -> int:
+        """The number of leading Falses of an LMCache-style ``F...FT...T`` mask (0 if None)."""
+        if mask is None:
+            return 0
+        m = mask.detach().cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
+        if m.dtype != np.bool_:
+            raise TypeError(f"mask must be boolean, got {m.dtype}")
+        if m.ndim != 1 or m.shape[0] != n:
+            raise ValueError(f"mask must be 1-d with one entry per token ({n}), got shape {tuple(m.shape)}")
+        skip = n - int(m.sum())
+        if m[:skip].any() or not m[skip:].all():
+            raise ValueError("mask must be Falses then Trues (F...FT...T): LMCache retrieves a suffix")
+        if skip % self.chunk_size:
+            raise ValueError(f"the number of Falses in the mask ({skip}) is not a multiple of the "
+                             f"chunk size ({self.chunk_size})")
+        return skip
+
+    # -- many prompts, one index call --
+    def lookup_many(self, prompts: Sequence[Any]) -> list[int]:
+        """:meth:`lookup` for every prompt, with every prompt's keys in ONE ``index.get``."""
+        toks = [as_tokens(p) for p in prompts]
+        keys = [self._keys_of(t) for t in toks]
+        counts = [len(k) for k in keys]
+        total = sum(counts)
+        if not total:
+            return [0] * len(toks)
+        _, found = self.index.get(np.concatenate(keys))
+        out = []
+        start = 0
+        for t, c in zip(toks, counts, strict=True):
+            misses = np.flatnonzero(~found[start:start + c])
+            matched = int(misses[0]) if misses.size else c
+            out.append(self._tokens_of(matched, len(t)))
+            start += c
+        return out
+
+    def store_many(self, prompts: Sequence[Any], locations: Sequence[Any]) -> None:
+        """:meth:`store` for every prompt (``locations[i]`` for ``prompts[i]``), in ONE
+        ``index.put`` (in prompt order: a later duplicate key wins)."""
+        if len(prompts) != len(locations):
+            raise ValueError(f"{len(prompts)} prompts but {len(locations)} location arrays")
+        keys = [self.chunk_keys(p) for p in prompts]
+        values = [self._locations(v, len(k)) for k, v in zip(keys, locations, strict=True)]
+        if sum(len(k) for k in keys):
+            self.index.put(np.concatenate(keys), np.concatenate(values))
+
+    def _locations(self, locations: Any, n: int) -> np.ndarray:
+        arr = np.asarray(locations)
+        if arr.dtype.kind not in "iu":
+            raise TypeError(f"locations must be integers (uint64), got {arr.dtype}")
+        if arr.dtype.kind == "i" and arr.size and int(arr.min()) < 0:
+            raise ValueError("locations must be non-negative (uint64)")
+        if arr.ndim > 1:
+            raise ValueError(f"locations must be 1-d (one per chunk), got shape {arr.shape}")
+        if arr.reshape(-1).shape[0] != n:
+            raise ValueError(f"the prompt has {n} keyed chunks but {arr.reshape(-1).shape[0]} locations were given")
+        return as_values(arr.astype(np.uint64), n)
+
+
+__all__ = ["KEY_SCHEMES", "TokenIndex", "as_tokens"]

@@ -1,0 +1,344 @@
+"""kvdm.index.tokens: chunk keys recomputed with plain hashlib, lookup/store/retrieve_mask
+semantics (LMCache's), batched forms, input validation, on dict, chime (shm) and a real
+redis-server; and the module without torch."""
+
+from __future__ import annotations
+
+import builtins
+import hashlib
+import importlib
+import itertools
+import pickle
+import sys
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+import kvdm.index
+from kvdm.index.redis_index import RedisIndex
+from kvdm.index.redis_server import RedisServer, pid_running, started_pids
+from kvdm.index.tokens import TokenIndex, as_tokens
+
+_names = itertools.count()
+
+
+# -- expected keys, written out with hashlib only --
+def ref_sha256_chain(tokens: list[int], chunk: int, partial: bool = False) -> list[bytes]:
+    n_full = len(tokens) // chunk
+    ends = [(i + 1) * chunk for i in range(n_full)]
+    if partial and len(tokens) % chunk:
+        ends.append(len(tokens))
+    out, prev, start = [], b"kvdm-chunk-v1", 0
+    for end in ends:
+        data = b"".join(t.to_bytes(4, "little") for t in tokens[start:end])
+        prev = hashlib.sha256(prev + data).digest()
+        out.append(prev)
+        start = end
+    return out
+
+
+def ref_u64(tokens: list[int], chunk: int, partial: bool = False) -> list[int]:
+    out = []
+    for d in ref_sha256_chain(tokens, chunk, partial):
+        v = int.from_bytes(d[:8], "little")
+        out.append(1 if v == 0 else 2**64 - 2 if v == 2**64 - 1 else v)
+    return out
+
+
+def ref_vllm(tokens: list[int], block: int, seed: str = "0") -> list[bytes]:
+    """vLLM's hash_block_tokens with its sha256 (pickle protocol 5), full blocks only."""
+    parent = hashlib.sha256(pickle.dumps(seed, protocol=pickle.HIGHEST_PROTOCOL)).digest()
+    out = []
+    for i in range(len(tokens) // block):
+        blk = tuple(tokens[i * block:(i + 1) * block])
+        parent = hashlib.sha256(pickle.dumps((parent, blk, None), protocol=pickle.HIGHEST_PROTOCOL)).digest()
+        out.append(parent)
+    return out
+
+
+PROMPTS = [
+    [],
+    [5],
+    list(range(16)),
+    list(range(100, 137)),
+    [0, 2**31 - 1, 2**31, 2**32 - 1] * 5,
+]
+
+
+@pytest.mark.parametrize("prompt", PROMPTS, ids=lambda p: f"n{len(p)}")
+@pytest.mark.parametrize("chunk", [1, 4, 16])
+def test_sha256_keys_match_hashlib(prompt, chunk):
+    tix = TokenIndex(kvdm.index.open("dict", key_bytes=32), chunk_size=chunk)
+    got = tix.chunk_keys(np.array(prompt, dtype=np.int64))
+    assert got.dtype == np.uint8 and got.shape == (len(prompt) // chunk, 32)
+    assert [bytes(r) for r in got] == ref_sha256_chain(prompt, chunk)
+    tixp = TokenIndex(kvdm.index.open("dict", key_bytes=32), chunk_size=chunk, partial_chunks=True)
+    assert [bytes(r) for r in tixp.chunk_keys(prompt)] == ref_sha256_chain(prompt, chunk, partial=True)
+
+
+@pytest.mark.parametrize("prompt", PROMPTS, ids=lambda p: f"n{len(p)}")
+def test_u64_keys_match_hashlib(prompt):
+    tix = TokenIndex(kvdm.index.open("dict", key_bytes=8), chunk_size=4, key_scheme="u64")
+    got = tix.chunk_keys(prompt)
+    assert got.dtype == np.uint64
+    assert got.tolist() == ref_u64(prompt, 4)
+    tixp = TokenIndex(kvdm.index.open("dict", key_bytes=8), chunk_size=4, partial_chunks=True)
+    assert tixp.chunk_keys(prompt).tolist() == ref_u64(prompt, 4, partial=True)
+
+
+def test_known_vector():
+    """A fixed vector, so a change of the encoding shows even if the reference drifted too."""
+    tix = TokenIndex(kvdm.index.open("dict", key_bytes=32), chunk_size=2)
+    keys = tix.chunk_keys([1, 2, 3, 4])
+    first = hashlib.sha256(b"kvdm-chunk-v1" + bytes([1, 0, 0, 0, 2, 0, 0, 0])).digest()
+    second = hashlib.sha256(first + bytes([3, 0, 0, 0, 4, 0, 0, 0])).digest()
+    assert bytes(keys[0]) == first and bytes(keys[1]) == second
+
+
+@pytest.mark.parametrize("seed", ["0", "42"])
+def test_vllm_scheme_matches_hash_block_tokens(seed):
+    prompt = list(range(1000, 1050))
+    tix = TokenIndex(kvdm.index.open("dict", key_bytes=32), chunk_size=16, key_scheme="vllm-sha256",
+                     vllm_seed=seed)
+    assert [bytes(r) for r in tix.chunk_keys(np.array(prompt, dtype=np.int32))] == ref_vllm(prompt, 16, seed)
+
+
+def test_input_forms_give_the_same_keys():
+    torch = pytest.importorskip("torch")
+    prompt = list(range(7, 40))
+    tix = TokenIndex(kvdm.index.open("dict", key_bytes=32), chunk_size=8)
+    want = tix.chunk_keys(prompt)
+    for form in (np.array(prompt, np.uint32), np.array(prompt, np.int64), np.array(prompt, np.uint16),
+                 torch.tensor(prompt), torch.tensor(prompt, dtype=torch.int32), tuple(prompt)):
+        assert np.array_equal(tix.chunk_keys(form), want), type(form)
+
+
+def test_scheme_width_mismatch_and_bad_options():
+    with pytest.raises(ValueError, match="32-byte keys.*key_bytes=8"):
+        TokenIndex(kvdm.index.open("dict", key_bytes=8), key_scheme="sha256")
+    with pytest.raises(ValueError, match="8-byte keys.*key_bytes=32"):
+        TokenIndex(kvdm.index.open("dict", key_bytes=32), key_scheme="u64")
+    with pytest.raises(ValueError, match="unknown key_scheme"):
+        TokenIndex(kvdm.index.open("dict", key_bytes=32), key_scheme="md5")
+    with pytest.raises(ValueError, match="chunk_size"):
+        TokenIndex(kvdm.index.open("dict", key_bytes=32), chunk_size=0)
+    assert TokenIndex(kvdm.index.open("dict", key_bytes=8)).key_scheme == "u64"
+    assert TokenIndex(kvdm.index.open("dict", key_bytes=32)).key_scheme == "sha256"
+
+
+def test_input_validation():
+    with pytest.raises(ValueError, match="non-negative"):
+        as_tokens([1, -2, 3])
+    with pytest.raises(ValueError, match="non-negative"):
+        as_tokens(np.array([1, -2], np.int32))
+    with pytest.raises(ValueError, match=r"\[0, 2\*\*32\)"):
+        as_tokens([2**32])
+    with pytest.raises(ValueError, match=r"\[0, 2\*\*32\)"):
+        as_tokens([2**70, 1])
+    with pytest.raises(ValueError, match="1-d"):
+        as_tokens(np.zeros((2, 3), np.int64))
+    with pytest.raises(TypeError, match="integer dtype.*float"):
+        as_tokens(np.array([1.0, 2.0]))
+    with pytest.raises(TypeError, match="integer dtype.*float"):
+        as_tokens([1.5, 2])
+    with pytest.raises(TypeError, match="integer dtype.*bool"):
+        as_tokens(np.array([True, False]))
+    with pytest.raises(TypeError, match="torch tensor, a numpy array or a list"):
+        as_tokens("hello")
+    assert as_tokens([]).shape == (0,)
+
+
+def test_torch_input_validation():
+    torch = pytest.importorskip("torch")
+    with pytest.raises(TypeError, match="integer dtype.*float"):
+        as_tokens(torch.tensor([1.0, 2.0]))
+    with pytest.raises(TypeError, match="integer dtype.*bool"):
+        as_tokens(torch.tensor([True]))
+    with pytest.raises(ValueError, match="1-d"):
+        as_tokens(torch.zeros((1, 4), dtype=torch.int64))
+    with pytest.raises(ValueError, match="non-negative"):
+        as_tokens(torch.tensor([3, -1]))
+
+
+# -- semantics over every backend --
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    with RedisServer() as s:
+        yield s
+    assert not any(pid_running(p) for p in started_pids()), "a redis-server was left behind"
+
+
+@pytest.fixture(params=["dict", "chime", "redis"])
+def open_index(request):
+    opened = []
+
+    def opener(key_bytes: int):
+        if request.param == "dict":
+            idx = kvdm.index.open("dict", key_bytes=key_bytes)
+        elif request.param == "chime":
+            idx = kvdm.index.open("chime", request.getfixturevalue("dm"), key_bytes)
+        else:
+            server = request.getfixturevalue("redis_server")
+            idx = RedisIndex(key_bytes, url=server.url, namespace=f"tok{next(_names)}:", pipeline=8)
+        opened.append(idx)
+        return idx
+
+    yield opener
+    for idx in opened:
+        idx.close()
+
+
+def _prompt(seed: int, n: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 50_000, n, dtype=np.int64)
+
+
+@pytest.mark.parametrize("key_bytes", [8, 32])
+def test_lookup_store_prefix(open_index, key_bytes):
+    tix = TokenIndex(open_index(key_bytes), chunk_size=16)
+    p = _prompt(1, 100)                      # 6 full chunks + 4 tokens
+    assert tix.num_chunks(100) == 6
+    assert tix.lookup(p) == 0
+    tix.store(p[:64], np.arange(10, 14, dtype=np.uint64))
+    assert tix.lookup(p) == 64
+    assert tix.lookup(p[:64]) == 64
+    assert tix.lookup(p[:70]) == 64
+    assert tix.lookup(p[:40]) == 32          # capped at whole chunks of the shorter prompt
+    keys = tix.chunk_keys(p)
+    values, found = tix.index.get(keys)
+    assert found.tolist() == [True] * 4 + [False] * 2 and values[:4].tolist() == [10, 11, 12, 13]
+    # a gap: chunk 4 missing, chunk 5 present -> the prefix stops at the first miss
+    tix.index.put(keys[5:6], np.array([99], dtype=np.uint64))
+    assert tix.lookup(p) == 64
+    # a different first token changes every key
+    q = p.copy()
+    q[0] += 1
+    assert tix.lookup(q) == 0
+    tix.store(p, np.arange(6))
+    assert tix.lookup(p) == 96               # the 4-token tail is never cached by default
+
+
+def test_partial_chunks(open_index):
+    tix = TokenIndex(open_index(32), chunk_size=16, partial_chunks=True)
+    p = _prompt(2, 100)
+    assert tix.num_chunks(100) == 7
+    with pytest.raises(ValueError, match="7 keyed chunks but 6"):
+        tix.store(p, np.arange(6))
+    tix.store(p, np.arange(7))
+    assert tix.lookup(p) == 100
+    # the partial chunk's key covers exactly its tokens: a longer prompt does not match it
+    assert tix.lookup(np.concatenate([p, [1, 2]])) == 96
+    assert tix.lookup(p[:96]) == 96
+    assert tix.lookup(p[:98]) == 96
+
+
+def test_retrieve_mask(open_index):
+    torch = pytest.importorskip("torch")
+    tix = TokenIndex(open_index(32), chunk_size=4)
+    p = torch.tensor(_prompt(3, 18))         # 4 full chunks + 2 tokens
+    m = tix.retrieve_mask(p)
+    assert m.dtype == torch.bool and m.device.type == "cpu" and m.shape == (18,) and not m.any()
+    tix.store(p[:12], [1, 2, 3])
+    assert tix.retrieve_mask(p).tolist() == [True] * 12 + [False] * 6
+    # a mask: the caller already has the first chunk; chunks found from chunk 1 on
+    want = torch.tensor([False] * 4 + [True] * 14)
+    assert tix.retrieve_mask(p, want).tolist() == [False] * 4 + [True] * 8 + [False] * 6
+    # the first wanted chunk is missing -> nothing, even though later chunks are present
+    keys = tix.chunk_keys(p)
+    tix.index.delete(keys[1:2])
+    assert tix.retrieve_mask(p, want).tolist() == [False] * 18
+    assert tix.retrieve_mask(p).tolist() == [True] * 4 + [False] * 14
+    # a mask beyond every keyed chunk, numpy and list masks
+    tail = np.array([False] * 16 + [True] * 2)
+    assert tix.retrieve_mask(p, tail).tolist() == [False] * 18
+    assert tix.retrieve_mask(p.tolist(), [True] * 18).tolist() == [True] * 4 + [False] * 14
+
+
+def test_retrieve_mask_partial_chunk():
+    pytest.importorskip("torch")
+    tix = TokenIndex(kvdm.index.open("dict", key_bytes=32), chunk_size=4, partial_chunks=True)
+    p = list(range(10))
+    tix.store(p, [1, 2, 3])
+    assert tix.retrieve_mask(p).tolist() == [True] * 10
+    assert tix.lookup(p) == 10
+
+
+def test_retrieve_mask_errors():
+    torch = pytest.importorskip("torch")
+    tix = TokenIndex(kvdm.index.open("dict", key_bytes=32), chunk_size=4)
+    p = list(range(8))
+    with pytest.raises(ValueError, match="multiple of the chunk size"):
+        tix.retrieve_mask(p, torch.tensor([False] * 2 + [True] * 6))
+    with pytest.raises(ValueError, match=r"F\.\.\.FT\.\.\.T"):
+        tix.retrieve_mask(p, torch.tensor([True] * 4 + [False] * 4))
+    with pytest.raises(ValueError, match="one entry per token"):
+        tix.retrieve_mask(p, torch.ones(7, dtype=torch.bool))
+    with pytest.raises(TypeError, match="boolean"):
+        tix.retrieve_mask(p, torch.ones(8, dtype=torch.int64))
+
+
+@pytest.mark.parametrize("key_bytes", [8, 32])
+def test_batched_forms_equal_one_by_one(open_index, key_bytes):
+    a = TokenIndex(open_index(key_bytes), chunk_size=8)
+    b = TokenIndex(open_index(key_bytes), chunk_size=8)
+    base = _prompt(4, 64)
+    prompts = [base, base[:30], np.concatenate([base[:24], _prompt(5, 40)]), _prompt(6, 50), [], base[:7]]
+    locs = [np.arange(a.num_chunks(len(p)), dtype=np.uint64) + 100 * i for i, p in enumerate(prompts)]
+    stored = [0, 3, 5]
+    for i in stored:
+        a.store(prompts[i], locs[i])
+    b.store_many([prompts[i] for i in stored], [locs[i] for i in stored])
+    one = [a.lookup(p) for p in prompts]
+    assert a.lookup_many(prompts) == one == b.lookup_many(prompts) == [b.lookup(p) for p in prompts]
+    assert one == [64, 24, 24, 48, 0, 0]
+    assert np.array_equal(a.index.get(a.chunk_keys(base))[0], b.index.get(b.chunk_keys(base))[0])
+    assert a.lookup_many([]) == []
+
+
+def test_lookup_many_is_one_get(monkeypatch):
+    idx = kvdm.index.open("dict", key_bytes=8)
+    tix = TokenIndex(idx, chunk_size=4)
+    calls = []
+    real = idx.get
+    monkeypatch.setattr(idx, "get", lambda keys: calls.append(len(keys)) or real(keys))
+    tix.lookup_many([list(range(8)), list(range(12)), list(range(3))])
+    assert calls == [5]
+
+
+def test_lookup_many_shares_round_trips_on_chime(dm):
+    """20 prompts in one batch take fewer round trips than 20 one-prompt lookups."""
+    idx = kvdm.index.open("chime", dm, 32)
+    tix = TokenIndex(idx, chunk_size=16)
+    prompts = [_prompt(100 + i, 500) for i in range(20)]
+    tix.store_many(prompts, [np.arange(31) for _ in prompts])
+    idx.reset_counters()
+    assert tix.lookup_many(prompts) == [496] * 20
+    many = idx.counters()["rtts"]
+    idx.reset_counters()
+    assert [tix.lookup(p) for p in prompts] == [496] * 20
+    assert many < idx.counters()["rtts"]
+    idx.close()
+
+
+def test_without_torch(monkeypatch):
+    """numpy and list inputs work without torch; retrieve_mask names the extra to install."""
+    real_import = builtins.__import__
+
+    def no_torch(name, *args, **kwargs):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("No module named 'torch'")
+        return real_import(name, *args, **kwargs)
+
+    for mod in [m for m in sys.modules if m == "torch" or m.startswith("torch.")]:
+        monkeypatch.delitem(sys.modules, mod)
+    monkeypatch.setattr(kvdm.index, "tokens", sys.modules["kvdm.index.tokens"], raising=False)
+    monkeypatch.delitem(sys.modules, "kvdm.index.tokens", raising=False)
+    monkeypatch.setattr(builtins, "__import__", no_torch)
+    tokens = importlib.import_module("kvdm.index.tokens")
+    tix = tokens.TokenIndex(kvdm.index.open("dict", key_bytes=32), chunk_size=4)
+    p = np.arange(10, dtype=np.int64)
+    tix.store(p, [1, 2])
+    assert tix.lookup(p) == 8 and tix.lookup(list(range(10))) == 8
+    assert tix.lookup_many([p, p[:4]]) == [8, 4]
+    with pytest.raises(ImportError, match=r"kvdm\[torch\].*torch==2\.13\.0"):
+        tix.retrieve_mask(p)

@@ -52,13 +52,28 @@ static uint64_t takeover_expect(uint64_t old) {
     return (past > 0 && past < (LEASE_MASK >> 1)) ? old : 0;
 }
 
-static int post_lock_round(kvidx_locker *lk, dm_gaddr lock_addr, uint64_t expect, uint64_t want,
-                           const kvidx_read *reads, int nreads, uint64_t *old) {
+/* Post CAS(lock: expect -> want) and then the reads it protects (same node: they execute after it). */
+static int post_lock(kvidx_locker *lk, dm_gaddr lock_addr, uint64_t expect, uint64_t want, const kvidx_read *reads,
+                     int nreads, uint64_t *old) {
     int rc = dm_cas(lk->ctx, lock_addr, expect, want, old);
     for (int i = 0; i < nreads && rc == DM_OK; i++) rc = dm_read(lk->ctx, reads[i].local, reads[i].remote, reads[i].len);
+    return rc;
+}
+
+static int post_lock_round(kvidx_locker *lk, dm_gaddr lock_addr, uint64_t expect, uint64_t want,
+                           const kvidx_read *reads, int nreads, uint64_t *old) {
+    int rc = post_lock(lk, lock_addr, expect, want, reads, nreads, old);
     if (rc == DM_OK) return dm_submit(lk->ctx);
     dm_discard(lk->ctx);
     return rc;
+}
+
+/* DM_ETIMEDOUT for a lock still held (lease word old) after max_wait_ms, explained in lk->err. */
+static int lock_timeout(kvidx_locker *lk, dm_gaddr lock_addr, uint64_t old) {
+    return dm_fail_buf(lk->err, lk->errlen, DM_ETIMEDOUT,
+                       "gave up on lock 0x%016llx after %u ms: held by client %u (lease word 0x%016llx)",
+                       (unsigned long long)lock_addr, lk->max_wait_ms, (unsigned)(old >> LEASE_BITS),
+                       (unsigned long long)old);
 }
 
 static int remote_lock_and_read(kvidx_locker *lk, dm_gaddr lock_addr, const kvidx_read *reads, int nreads,
@@ -75,19 +90,14 @@ static int remote_lock_and_read(kvidx_locker *lk, dm_gaddr lock_addr, const kvid
         }
         lk->st->lock_fail++;
         expect = takeover_expect(old);
-        if (kvidx_wall_ms() - start > lk->max_wait_ms)
-            return dm_fail_buf(lk->err, lk->errlen, DM_ETIMEDOUT,
-                           "gave up on lock 0x%016llx after %u ms: held by client %u (lease word 0x%016llx)",
-                           (unsigned long long)lock_addr, lk->max_wait_ms, (unsigned)(old >> LEASE_BITS),
-                           (unsigned long long)old);
+        if (kvidx_wall_ms() - start > lk->max_wait_ms) return lock_timeout(lk, lock_addr, old);
         if (attempt > 4) sched_yield(); /* the holder may need this core */
     }
 }
 
 int kvidx_post_try_lock(kvidx_locker *lk, dm_gaddr lock_addr, const kvidx_read *rd, uint64_t *word, uint64_t *old) {
     *word = lock_word(lk);
-    int rc = dm_cas(lk->ctx, lock_addr, 0, *word, old);
-    return rc == DM_OK ? dm_read(lk->ctx, rd->local, rd->remote, rd->len) : rc;
+    return post_lock(lk, lock_addr, 0, *word, rd, 1, old);
 }
 
 int kvidx_post_release(kvidx_locker *lk, dm_gaddr lock_addr, uint64_t word, uint64_t *old_out) {
@@ -101,8 +111,7 @@ static int lock_round(kvidx_locker *lk, kvidx_lockreq *req, size_t a, size_t b, 
         if (req[i].held) continue;
         if (dm_batch_len(lk->ctx) + 2 > DM_MAX_BATCH) rc = dm_submit(lk->ctx);
         req[i].word = lock_word(lk);
-        if (rc == DM_OK) rc = dm_cas(lk->ctx, req[i].lock, req[i].expect, req[i].word, &old[i]);
-        if (rc == DM_OK) rc = dm_read(lk->ctx, req[i].rd.local, req[i].rd.remote, req[i].rd.len);
+        if (rc == DM_OK) rc = post_lock(lk, req[i].lock, req[i].expect, req[i].word, &req[i].rd, 1, &old[i]);
     }
     if (rc == DM_OK) return dm_submit(lk->ctx);
     dm_discard(lk->ctx);
@@ -150,10 +159,7 @@ int kvidx_lock_many(kvidx_locker *lk, kvidx_lockreq *req, size_t n) {
         single = 1;
         req[f].expect = takeover_expect(old[f]);
         if (kvidx_wall_ms() - start > lk->max_wait_ms) {
-            rc = dm_fail_buf(lk->err, lk->errlen, DM_ETIMEDOUT,
-                             "gave up on lock 0x%016llx after %u ms: held by client %u (lease word 0x%016llx)",
-                             (unsigned long long)req[f].lock, lk->max_wait_ms, (unsigned)(old[f] >> LEASE_BITS),
-                             (unsigned long long)old[f]);
+            rc = lock_timeout(lk, req[f].lock, old[f]);
             break;
         }
         if (attempt > 4) sched_yield(); /* the holder may need this core */

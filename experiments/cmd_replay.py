@@ -11,7 +11,7 @@ import pandas as pd
 
 from kvdm.experiments.cli import choices_type
 from kvdm.experiments.options import add_transport_options, transport_config
-from kvdm.experiments.replay import DRIVERS, ReplayConfig, parse_mode, replay
+from kvdm.experiments.replay import DRIVERS, NATIVE_INDEXES, ReplayConfig, parse_mode, replay
 from kvdm.experiments.results import RunResults
 from kvdm.index import IndexSpec, available
 from kvdm.index.native import LPM_STRATEGIES
@@ -74,12 +74,12 @@ def _redis_options_module() -> Any:
 def index_spec(args: argparse.Namespace, key_bytes: int) -> IndexSpec:
     """The IndexSpec the index options describe."""
     options: dict[str, Any] = {}
-    if args.index in ("chime", "sherman", "race") and args.cache_mb is not None:
+    if args.index in NATIVE_INDEXES and args.cache_mb is not None:
         options["cache_mb"] = args.cache_mb
     options.update(dict(getattr(args, "index_opt", [])))  # the backend's factory rejects unknown keys
     if getattr(args, "lpm", None) is not None:
-        if args.index not in ("chime", "sherman", "race"):
-            raise ValueError(f"--lpm applies to the native indexes (chime, sherman, race), not {args.index}"
+        if args.index not in NATIVE_INDEXES:
+            raise ValueError(f"--lpm applies to the native indexes ({', '.join(NATIVE_INDEXES)}), not {args.index}"
                              + ("; Redis prefix matches: --redis-prefix pipeline|lua" if args.index == "redis" else ""))
         options["lpm"] = args.lpm
     redis_opts = _redis_options_module()

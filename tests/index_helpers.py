@@ -94,3 +94,18 @@ def fill_until_full(idx: Any, key_bytes: int, batch: int) -> tuple[int, int]:
         assert "full" in str(exc)
         return done, start
     raise AssertionError("the memory node never filled up")
+
+
+def skip_tear(fabric: Any, tear: bool) -> None:
+    """Tear injection is a fault model of the shm transport only."""
+    if tear and fabric.name != "shm":
+        import pytest
+
+        pytest.skip("tear injection is a fault model of the shm transport")
+
+
+def full_range(key_bytes: int) -> tuple[Any, Any]:
+    """The (lo, hi) range bounds that cover every non-reserved key of this width."""
+    if key_bytes == 8:
+        return np.uint64(1), np.uint64(2**64 - 2)
+    return np.zeros(32, np.uint8), np.full(32, 255, np.uint8)

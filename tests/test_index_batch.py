@@ -11,14 +11,18 @@ from typing import Any
 
 import numpy as np
 import pytest
-from index_helpers import NATIVE_BACKENDS, ORDERED_BACKENDS, encode, fill_until_full, make_keys, open_client
+from index_helpers import (
+    NATIVE_BACKENDS,
+    ORDERED_BACKENDS,
+    encode,
+    fill_until_full,
+    full_range,
+    make_keys,
+    open_client,
+    skip_tear,
+)
 
 import kvdm.index as kindex
-
-
-def skip_tear(fabric, tear: bool) -> None:
-    if tear and fabric.name != "shm":
-        pytest.skip("tear injection is a fault model of the shm transport")
 
 
 def batch_writer(uri: str, name: str, key_bytes: int, tear: bool, ints: np.ndarray, writer: int, batch: int,
@@ -120,8 +124,7 @@ def test_memory_node_full_mid_batch(name: str, key_bytes: int, fabric) -> None:
         assert idx.delete(make_keys(ints[:100], key_bytes)).all()
         assert not idx.get(make_keys(ints[:100], key_bytes))[1].any()
         if idx.ordered:
-            lo = np.uint64(1) if key_bytes == 8 else np.zeros(32, np.uint8)
-            hi = np.uint64(2**64 - 2) if key_bytes == 8 else np.full(32, 255, np.uint8)
+            lo, hi = full_range(key_bytes)
             keys, _ = idx.range(lo, hi)
             assert len(keys) == len(ints) - 100 + int(found.sum())
         idx.close()

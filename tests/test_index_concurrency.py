@@ -15,18 +15,15 @@ from index_helpers import (
     crash_holding_lock,
     encode,
     fill_until_full,
+    full_range,
     make_keys,
     open_client,
     reader_proc,
+    skip_tear,
     writer_proc,
 )
 
 from kvdm.transport import MemoryNodeFull
-
-
-def skip_tear(fabric, tear: bool) -> None:
-    if tear and fabric.name != "shm":
-        pytest.skip("tear injection is a fault model of the shm transport")
 
 
 def run_all(procs: list) -> None:
@@ -67,8 +64,7 @@ def test_four_writers_lose_nothing(name: str, key_bytes: int, tear: bool, fabric
         assert ((vals >> np.uint64(8)) == shared).all()
         assert np.isin(vals & np.uint64(0xFF), [1, 2, 3, 4]).all()
         if idx.ordered:
-            lo = np.uint64(1) if key_bytes == 8 else np.zeros(32, np.uint8)
-            hi = np.uint64(2**64 - 2) if key_bytes == 8 else np.full(32, 255, np.uint8)
+            lo, hi = full_range(key_bytes)
             keys, _ = idx.range(lo, hi)
             assert len(keys) == 4 * per + len(shared)
         else:  # one delete removes a key for good: no duplicate copy of a shared key survived
@@ -170,8 +166,7 @@ def test_memory_node_full_keeps_index_consistent(name: str, key_bytes: int, fabr
             vals, found = idx.get(keys)
             assert found.all() and np.isin(vals - ints[:100], [0, 1]).all()
         if idx.ordered:
-            lo = np.uint64(1) if key_bytes == 8 else np.zeros(32, np.uint8)
-            hi = np.uint64(2**64 - 2) if key_bytes == 8 else np.full(32, 255, np.uint8)
+            lo, hi = full_range(key_bytes)
             keys, _ = idx.range(lo, hi)
             assert len(keys) >= done - 1
         idx.close()

@@ -109,3 +109,13 @@ def full_range(key_bytes: int) -> tuple[Any, Any]:
     if key_bytes == 8:
         return np.uint64(1), np.uint64(2**64 - 2)
     return np.zeros(32, np.uint8), np.full(32, 255, np.uint8)
+
+
+def run_all(procs: list, timeout: float = 150) -> None:
+    """Start every client process, wait for each (``timeout`` s), and fail on any that did not
+    exit cleanly (a deadlock ends in a time-out)."""
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout)
+        assert p.exitcode == 0, f"client process {p.pid} exited with {p.exitcode} (a deadlock ends in a time-out)"

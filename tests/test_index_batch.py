@@ -19,6 +19,7 @@ from index_helpers import (
     full_range,
     make_keys,
     open_client,
+    run_all,
     skip_tear,
 )
 
@@ -56,11 +57,7 @@ def test_overlapping_batches_in_different_orders(name: str, key_bytes: int, tear
         procs = [fabric.mp.Process(target=batch_writer,
                                    args=(node.uri, name, key_bytes, tear, work[w], w + 1, 64, w, 2))
                  for w in range(4)]
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.join(240)
-            assert p.exitcode == 0, f"writer {p.pid} exited with {p.exitcode} (a deadlock ends in a time-out)"
+        run_all(procs, 240)
         idx = open_client(node.uri, name, key_bytes)
         allints = np.concatenate(work)
         vals, found = idx.get(make_keys(allints, key_bytes))

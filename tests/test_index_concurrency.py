@@ -19,19 +19,12 @@ from index_helpers import (
     make_keys,
     open_client,
     reader_proc,
+    run_all,
     skip_tear,
     writer_proc,
 )
 
 from kvdm.transport import MemoryNodeFull
-
-
-def run_all(procs: list) -> None:
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(150)
-        assert p.exitcode == 0, f"client process {p.pid} exited with {p.exitcode}"
 
 
 @pytest.mark.timeout(300)

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 from index_conformance import IndexConformance
-from index_helpers import crash_holding_lock, encode, make_keys, open_client, writer_proc
+from index_helpers import crash_holding_lock, encode, make_keys, open_client, run_all, writer_proc
 
 import kvdm.index as kindex
 from kvdm.index.api import Index, RangeNotSupported
@@ -131,11 +131,7 @@ def test_two_writers_of_the_same_keys_leave_one_copy(tear: bool) -> None:
         procs = [SPAWN.Process(target=writer_proc, args=(node.uri, "race", 32, tear,
                                                           np.random.default_rng(w).permutation(ints), w + 1, 50, {}))
                  for w in range(2)]
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.join(100)
-            assert p.exitcode == 0
+        run_all(procs, 100)
         idx = open_client(node.uri, "race", 32)
         keys = make_keys(ints, 32)
         vals, found = idx.get(keys)
@@ -394,11 +390,7 @@ def test_four_batch_writers_of_overlapping_keys(key_bytes: int) -> None:
         open_client(node.uri, "race", key_bytes).close()
         procs = [SPAWN.Process(target=writer_proc, args=(node.uri, "race", key_bytes, False, work[w], w + 1, 128, {}))
                  for w in range(4)]
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.join(100)
-            assert p.exitcode == 0
+        run_all(procs, 100)
         idx = open_client(node.uri, "race", key_bytes)
         everything = np.unique(np.concatenate(work))
         keys = make_keys(everything, key_bytes)

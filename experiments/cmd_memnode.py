@@ -53,10 +53,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return int(verbs_memnode.serve(args) or 0)
     from kvdm.transport.memnode import ShmMemoryNode
 
+    stopped = stop_on_signals()  # before the region exists: a SIGTERM right after the announcement removes it
     node = ShmMemoryNode(args.size, args.node_id, args.name)
     print(f"memory node {node.node_id} serving {node.uri} ({args.size} bytes, pid {os.getpid()}); "
           "Ctrl-C to stop", flush=True)
-    stopped = stop_on_signals()
     try:
         while not stopped():
             time.sleep(0.2)

@@ -51,7 +51,8 @@ def make_ffi() -> FFI:
     sources = [p for p in _sorted("*.c")]
     cflags = ["-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-fno-strict-aliasing"]
     macros: list[tuple[str, str | None]] = []
-    libraries: list[str] = ["rt", "m"]
+    # crypto: OpenSSL's SHA-256 for the token layer's chunk keys; hiredis: the C-timed Redis client
+    libraries: list[str] = ["rt", "m", "crypto", "hiredis"]
     ldflags: list[str] = []
     if _flag("KVDM_DEBUG", False):
         cflags += ["-O0", "-g"]

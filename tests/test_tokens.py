@@ -46,11 +46,12 @@ def ref_u64(tokens: list[int], chunk: int, partial: bool = False) -> list[int]:
     return out
 
 
-def ref_vllm(tokens: list[int], block: int, seed: str = "0") -> list[bytes]:
-    """vLLM's hash_block_tokens with its sha256 (pickle protocol 5), full blocks only."""
+def ref_vllm(tokens: list[int], block: int, seed: str = "0", partial: bool = False) -> list[bytes]:
+    """vLLM's hash_block_tokens with its sha256 (pickle protocol 5); LMCache's trailing partial
+    chunk too when ``partial``."""
     parent = hashlib.sha256(pickle.dumps(seed, protocol=pickle.HIGHEST_PROTOCOL)).digest()
     out = []
-    for i in range(len(tokens) // block):
+    for i in range(-(-len(tokens) // block) if partial else len(tokens) // block):
         blk = tuple(tokens[i * block:(i + 1) * block])
         parent = hashlib.sha256(pickle.dumps((parent, blk, None), protocol=pickle.HIGHEST_PROTOCOL)).digest()
         out.append(parent)
@@ -104,6 +105,24 @@ def test_vllm_scheme_matches_hash_block_tokens(seed):
     assert [bytes(r) for r in tix.chunk_keys(np.array(prompt, dtype=np.int32))] == ref_vllm(prompt, 16, seed)
 
 
+@pytest.mark.parametrize("chunk", [1, 2, 3, 4, 5, 16, 256])
+def test_vllm_scheme_every_pickle_form(chunk):
+    """The C encoder writes pickle's bytes itself: every int opcode (BININT1/2, BININT, LONG1 at
+    the boundaries), every tuple form (1, 2, 3 and MARK...TUPLE) and a partial last chunk."""
+    edges = [0, 1, 255, 256, 65535, 65536, 2**31 - 1, 2**31, 2**32 - 1]
+    rng = np.random.default_rng(chunk)
+    prompt = edges + rng.integers(0, 2**32, 600).tolist() + edges[::-1] + [7]
+    for partial in (False, True):
+        tix = TokenIndex(kvdm.index.open("dict", key_bytes=32), chunk_size=chunk, key_scheme="vllm-sha256",
+                         partial_chunks=partial, vllm_seed="7")
+        assert [bytes(r) for r in tix.chunk_keys(prompt)] == ref_vllm(prompt, chunk, "7", partial)
+
+
+def test_vllm_scheme_chunk_limit():
+    with pytest.raises(ValueError, match="up to 8192 tokens"):
+        TokenIndex(kvdm.index.open("dict", key_bytes=32), chunk_size=8193, key_scheme="vllm-sha256")
+
+
 def test_input_forms_give_the_same_keys():
     torch = pytest.importorskip("torch")
     prompt = list(range(7, 40))
@@ -147,6 +166,17 @@ def test_input_validation():
     with pytest.raises(TypeError, match="torch tensor, a numpy array or a list"):
         as_tokens("hello")
     assert as_tokens([]).shape == (0,)
+    with pytest.raises(ValueError, match="got -1 at position 2"):
+        as_tokens(np.array([0, 1, -1, -5], np.int8))
+    with pytest.raises(ValueError, match=r"got 4294967296 at position 1"):
+        as_tokens(np.array([7, 2**32], np.uint64))
+
+
+@pytest.mark.parametrize("dtype", ["i1", "u1", "<i2", ">u2", "<i4", ">i4", "<u4", ">i8", "<u8", "u8"])
+def test_every_integer_dtype_encodes_the_same(dtype):
+    ids = [0, 1, 2, 100, 127]
+    assert as_tokens(np.array(ids, dtype=dtype)).tobytes() == b"".join(i.to_bytes(4, "little") for i in ids)
+    assert as_tokens(np.array(ids, dtype=dtype)[::2]).tolist() == ids[::2]  # a strided view
 
 
 def test_torch_input_validation():

@@ -1,0 +1,40 @@
+/* chunkhash.h - the token layer's chunk keys (kvdm.index.tokens): a prompt's token ids cut into
+ * chunks, each keyed by a SHA-256 chained over every chunk before it. One C call per prompt, so
+ * hashing costs what SHA-256 costs (OpenSSL's, SHA-NI where the CPU has it) and not a Python
+ * call per chunk. The exact definitions are in index/tokens.py's docstring; tests recompute them
+ * with hashlib and pickle.
+ *
+ * Tokens arrive as their little-endian uint32 bytes (4 * n_tokens bytes). Chunk i is tokens
+ * [i*chunk, (i+1)*chunk); a trailing partial chunk is keyed only when `partial` is non-zero.
+ * Digests are written as they come out of SHA-256 (the caller remaps reserved keys). */
+#ifndef KVDM_CHUNKHASH_H
+#define KVDM_CHUNKHASH_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* h_0 = SHA-256(seed || B_0), h_i = SHA-256(h_{i-1} || B_i), B_i the chunk's uint32 LE bytes. */
+#define KVDM_CHUNK_SHA256 0
+/* vLLM's hash_block_tokens with sha256: h_i = SHA-256(pickle.dumps((h_{i-1}, tuple(chunk_i),
+ * None), protocol=5)), h_{-1} = seed (vLLM's 32-byte NONE_HASH). Chunks up to
+ * KVDM_CHUNK_VLLM_MAX tokens (one pickle frame). */
+#define KVDM_CHUNK_VLLM 1
+#define KVDM_CHUNK_VLLM_MAX 8192
+
+/* Token ids of any integer width (elem_bytes 1, 2, 4 or 8, signed or not, native byte order) to
+ * their uint32 little-endian bytes, checked in the same pass. Returns -1 when all of the n ids
+ * lie in [0, 2^32), else the position of the first that does not (out is then incomplete), or
+ * -2 for an unsupported elem_bytes. */
+int64_t kvdm_tokens_to_u32le(const void *in, int elem_bytes, int is_signed, size_t n, uint8_t *out);
+
+/* Number of keyed chunks of a prompt of n_tokens. */
+size_t kvdm_chunk_count(size_t n_tokens, size_t chunk, int partial);
+
+/* Writes the prompt's chunk digests (32 bytes each) to out, which holds out_chunks of them.
+ * Returns the number written, or -1 on bad arguments (unknown scheme, chunk 0, out too small,
+ * a vLLM chunk over KVDM_CHUNK_VLLM_MAX tokens or a seed that is not 32 bytes), or -2 when
+ * OpenSSL fails. */
+int64_t kvdm_chunk_chain(int scheme, const uint8_t *seed, size_t seed_len, const uint8_t *tokens_le,
+                         size_t n_tokens, size_t chunk, int partial, uint8_t *out, size_t out_chunks);
+
+#endif

@@ -6,17 +6,25 @@ transport``, ``kvdm bench index``) get it from :func:`group`. A command's handle
 ``parser.set_defaults(func=handler)`` and receives the parsed namespace; it returns an exit
 status (or None for 0). Errors meant for the user are raised as :class:`UsageError` (or
 ValueError / DMError) and printed without a traceback.
+
+Every error is one ``kvdm: error: ...`` line with exit status 2, parse errors included
+(:class:`KvdmParser`): no usage dump. Numeric flags take their type from :func:`integer`,
+:func:`real`, :func:`size` (and the ``count``/``positive``/... shorthands), whose messages say
+what is wrong; a bare ``type=int``/``float``/``parse_size`` gets the same messages without a
+range check.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import os
 import pkgutil
+import re
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import kvdm.experiments as experiments_pkg
 
@@ -53,9 +61,104 @@ def choices_type(valid: Sequence[str], what: str) -> Callable[[str], str]:
     return parse
 
 
+def _numeric(kind: type, low: float | None, high: float | None, open_low: bool, what: str) -> Callable[[str], Any]:
+    noun = "an integer" if kind is int else "a number"
+    if not what:
+        what = noun
+        if low is not None and high is not None:
+            what = f"{noun} in {low:g}..{high:g}"
+        elif low is not None:
+            what = f"{noun} {'>' if open_low else '>='} {low:g}"
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {noun}, got {text!r}") from None
+        if kind is float and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+        if (low is not None and (value < low or (open_low and value == low))) or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+        return value
+
+    parse.__name__ = what
+    return parse
+
+
+def integer(low: int | None = None, high: int | None = None, what: str = "") -> Callable[[str], int]:
+    """argparse type: an integer in [low, high] (either bound optional); ``what`` names the rule in
+    the message (default "an integer >= low" ...)."""
+    return _numeric(int, low, high, False, what)
+
+
+def real(low: float | None = None, high: float | None = None, open_low: bool = False,
+         what: str = "") -> Callable[[str], float]:
+    """argparse type: a finite float in [low, high] (``open_low``: > low)."""
+    return _numeric(float, low, high, open_low, what)
+
+
+count = integer(1, what="a positive count")
+count0 = integer(0, what="a count >= 0")
+positive = real(0, open_low=True, what="a positive number")
+non_negative = real(0, what="a number >= 0")
+
+
+def size(text: str) -> int:
+    """argparse type: a positive byte size or count with an optional K/M/G/T suffix (4G, 512MiB, 1M)."""
+    from kvdm.transport.config import parse_size
+
+    try:
+        value = parse_size(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive count or size (a number, optionally with a K, M, G or T "
+                                         f"suffix), got {text}")
+    return value
+
+
+# a negative number, optionally with a size suffix: a value, not a flag (argparse's own pattern
+# misses "-1G", so `--size -1G` said "expected one argument" instead of what is wrong with it)
+_NEGATIVE_VALUE = re.compile(r"^-\d*\.?\d+(e[-+]?\d+)?([kmgt]i?b?)?$", re.IGNORECASE)
+
+
+class KvdmParser(argparse.ArgumentParser):
+    """argparse with one-line errors (``kvdm: error: --keys must be a positive count, got -5``, exit
+    status 2, no usage dump) and checked numbers for a bare ``type=int``/``float``/``parse_size``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        from kvdm.transport.config import parse_size
+
+        self._negative_number_matcher = _NEGATIVE_VALUE
+        # argparse looks a flag's type up in this registry first: these replace the builtins
+        self.register("type", int, integer())
+        self.register("type", float, real())
+        self.register("type", parse_size, size)
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"kvdm: error: {one_line(message, self.prog)}\n")
+
+
+def one_line(message: str, prog: str = "kvdm") -> str:
+    """An argparse message as kvdm says it: ``--keys must be ...`` / ``--index: unknown ...``;
+    "invalid choice" as ``unknown command 'x'; valid: ...``."""
+    choice = re.search(r"invalid choice: (.+?) \(choose from (.*)\)$", message, re.S)
+    if choice:
+        valid = choice.group(2).replace("'", "")
+        return f"unknown command {choice.group(1)} for {prog}; valid: {valid}"
+    m = re.match(r"argument ([^:]+): (.*)$", message, re.S)
+    if m:
+        flag, rest = m.groups()
+        message = f"{flag} {rest}" if rest.startswith("must ") else f"{flag}: {rest}"
+    if "arguments are required" in message:
+        message += f" (see {prog} --help)"
+    return " ".join(message.split())
+
+
 def build_parser() -> argparse.ArgumentParser:
     _groups.clear()
-    parser = argparse.ArgumentParser(
+    parser = KvdmParser(
         prog="kvdm",
         description="KV-cache metadata on disaggregated memory: remote-memory indexes driven by "
         "one-sided verbs, replayed against real KV-cache traces and Redis.",

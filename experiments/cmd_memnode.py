@@ -8,7 +8,7 @@ import sys
 import time
 from typing import Any
 
-from kvdm.experiments.cli import choices_type, group
+from kvdm.experiments.cli import choices_type, group, integer, size
 from kvdm.transport.config import TRANSPORTS, parse_size
 from kvdm.transport.lifecycle import stop_on_signals
 
@@ -21,17 +21,17 @@ def register(sub: Any) -> None:
     p.add_argument("--name", default=None,
                    help="shm: region name, stored as kvdm-NAME (default: a unique kvdm-PID-N); "
                    "verbs: not used (the node is known by its URI)")
-    p.add_argument("--size", type=parse_size, default=parse_size("4G"), help="region size (default 4G)")
-    p.add_argument("--node-id", type=int, default=0, help="memory-node id, 0..254 (default 0)")
+    p.add_argument("--size", type=size, default=parse_size("4G"), help="region size (default 4G)")
+    p.add_argument("--node-id", type=integer(0, 254), default=0, help="memory-node id, 0..254 (default 0)")
     p.add_argument("--transport", type=choices_type(TRANSPORTS, "transport"), default="shm",
                    help="shm (default) or verbs")
     v = p.add_argument_group("verbs transport (ignored for shm)")
     v.add_argument("--device", default=None, help="RDMA device, e.g. rxe0 or mlx5_0 (default: the first one)")
-    v.add_argument("--gid-index", type=int, default=None,
+    v.add_argument("--gid-index", type=integer(0), default=None,
                    help="GID index (default: auto, the first RoCE v2 IPv4-mapped GID; "
                    "`kvdm doctor` lists them)")
-    v.add_argument("--ib-port", type=int, default=1, help="device port (default 1)")
-    v.add_argument("--port", type=int, default=7471,
+    v.add_argument("--ib-port", type=integer(1, 255), default=1, help="device port (default 1)")
+    v.add_argument("--port", type=integer(0, 65535), default=7471,
                    help="TCP port for the connection handshake (default 7471; 0 = any free port)")
     v.add_argument("--listen", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
     p.set_defaults(func=cmd_serve)

@@ -1,7 +1,7 @@
 """``kvdm traces list|stats|fetch|generate|map``: named traces, characterisation, generators.
 
-:func:`add_trace_options` / :func:`load_trace_from_args` are the trace flags other commands
-(figures, replay) share.
+:func:`add_trace_options` / :func:`trace_options` / :func:`load_trace_from_args` are the trace
+flags every command that reads a trace shares (figures, replay, reproduce).
 """
 
 from __future__ import annotations
@@ -12,35 +12,49 @@ import sys
 import time
 from typing import Any
 
-from kvdm.experiments.cli import UsageError, choices_type, group
-from kvdm.traces.loaders import FORMATS, Trace
+from kvdm.experiments.cli import UsageError, choices_type, count0, group, positive
+from kvdm.traces.loaders import ARRIVALS, FORMATS, Trace, TraceOptions
 
 
-def add_trace_options(p: argparse.ArgumentParser, positional: bool = True) -> None:
-    """The trace argument (NAME or PATH) and the loader flags."""
-    if positional:
+def add_trace_options(p: argparse.ArgumentParser, positional: bool = True, trace: bool = True) -> None:
+    """The trace argument (NAME or PATH; ``trace=False``: none, the command names its traces
+    itself) and the loader flags."""
+    if trace and positional:
         p.add_argument("trace", metavar="NAME|PATH",
-                       help="a trace file (.jsonl or .jsonl.gz) or a name: conversation, synthetic, "
+                       help="a trace file (.jsonl, .csv, optionally gzipped) or a name: conversation, synthetic, "
                        "toolagent, ...")
-    else:
+    elif trace:
         p.add_argument("--trace", default="conversation", metavar="NAME|PATH",
-                       help="trace file or name (default conversation)")
-    p.add_argument("--format", type=choices_type(FORMATS, "trace format"), default="auto",
-                   help="trace format: auto (default), mooncake, bailian")
-    p.add_argument("--skip-bad", action="store_true",
+                       help="trace file or name: conversation (default), synthetic, toolagent after "
+                       "`kvdm traces fetch`, or a path")
+    g = p.add_argument_group("trace loading")
+    g.add_argument("--format", type=choices_type(FORMATS, "trace format"), default="auto",
+                   help="auto (default: from the first line), mooncake (JSONL, 512-token blocks), bailian "
+                   "(Bailian / ServeGen JSONL, 16-token blocks), bailian-csv (the same as CSV)")
+    g.add_argument("--skip-bad", action="store_true",
                    help="skip (and count) malformed lines instead of failing")
-    p.add_argument("--limit", type=int, default=0, metavar="N", help="use only the first N requests")
+    g.add_argument("--limit", type=count0, default=0, metavar="N",
+                   help="use only the first N requests (default 0: all)")
+    g.add_argument("--strict-order", action="store_true",
+                   help="reject a trace whose timestamps are out of order (default: sort them, with a warning)")
+    g.add_argument("--arrivals", type=choices_type(ARRIVALS, "arrival model"), default="even",
+                   help="a trace without timestamps (ServeGen offline): even (default: one request every 1/R s) "
+                   "or poisson (exponential gaps, mean 1/R s, seed 0); recorded with the run")
+    g.add_argument("--rate", type=positive, default=1.0, metavar="R",
+                   help="requests per second of --arrivals (default 1)")
+
+
+def trace_options(args: argparse.Namespace) -> TraceOptions:
+    """The TraceOptions the :func:`add_trace_options` flags describe."""
+    return TraceOptions(format=args.format, skip_bad=args.skip_bad, limit=args.limit,
+                        strict_order=args.strict_order, arrivals=args.arrivals, rate=args.rate)
 
 
 def load_trace_from_args(args: argparse.Namespace) -> Trace:
-    """Load the trace named by :func:`add_trace_options` flags, reporting skipped lines."""
+    """Load the trace named by :func:`add_trace_options` flags (warnings on stderr)."""
     from kvdm.traces.registry import load
 
-    trace = load(args.trace, format=args.format, skip_bad=args.skip_bad, limit=args.limit)
-    if trace.skipped_lines:
-        print(f"kvdm: warning: {trace.skipped_lines} malformed line(s) skipped in {trace.source}",
-              file=sys.stderr)
-    return trace
+    return load(args.trace, trace_options(args))
 
 
 def register(sub: Any) -> None:
@@ -116,6 +130,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
     stats = compute_stats(trace)
     print(f"trace {trace.name}: {trace.source} ({trace.format}, {trace.block_tokens}-token blocks; "
           f"loaded in {load_s * 1000:.0f} ms)")
+    print(f"  arrivals: {trace.arrivals}" + (f"; {trace.reordered:,} request(s) were out of timestamp order "
+                                             "(sorted)" if trace.reordered else ""))
     rows = [("quantity", "measured", "paper")] + stats.rows()
     w0 = max(len(r[0]) for r in rows)
     w1 = max(len(r[1]) for r in rows)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from kvdm.experiments.cli import choices_type
+from kvdm.experiments.cli import choices_type, count, non_negative, positive, size
 from kvdm.transport.config import LATENCY_MODELS, TRANSPORTS, TransportConfig, parse_size
 
 
@@ -16,13 +16,13 @@ def add_transport_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--latency-model", type=choices_type(LATENCY_MODELS, "latency model"), default="none",
                    help="shm only: none (raw speed), spin (wait RTT + bytes/bandwidth per round trip), "
                    "virtual (add that time to reported latency without waiting)")
-    g.add_argument("--rtt-us", type=float, default=2.0, help="modelled round trip in us (default 2)")
-    g.add_argument("--gbps", type=float, default=100.0, help="modelled bandwidth in Gb/s (default 100)")
-    g.add_argument("--memory-nodes", type=int, default=1,
+    g.add_argument("--rtt-us", type=non_negative, default=2.0, help="modelled round trip in us (default 2)")
+    g.add_argument("--gbps", type=positive, default=100.0, help="modelled bandwidth in Gb/s (default 100)")
+    g.add_argument("--memory-nodes", type=count, default=1,
                    help="number of embedded memory nodes to start when no --memory-node is given")
     g.add_argument("--memory-node", action="append", default=[], metavar="URI",
                    help="an existing memory node (shm:NAME or verbs://HOST:PORT?dev=D&gid=G); repeatable")
-    g.add_argument("--node-size", type=parse_size, default=parse_size("1G"),
+    g.add_argument("--node-size", type=size, default=parse_size("1G"),
                    help="size of each embedded memory node (default 1G; K/M/G suffixes)")
     g.add_argument("--tear", action="store_true",
                    help="shm fault injection: apply READs/WRITEs over 64 B line by line in random order")

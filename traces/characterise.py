@@ -189,6 +189,8 @@ class TraceStats:
     span_s: float
     blocks_per_request_mean: float
     blocks_per_request_p99: float
+    length_mismatches: int = 0  # requests with ceil(input_length / block_tokens) != blocks
+    block_tokens: int = 512
 
     def rows(self) -> list[tuple[str, str, str]]:
         """(quantity, measured, paper) rows; paper is '' where the paper gives no value."""
@@ -207,6 +209,7 @@ class TraceStats:
             ("time span", f"{self.span_s:,.1f} s", ""),
             ("blocks/request mean, p99",
              f"{self.blocks_per_request_mean:.2f}, {self.blocks_per_request_p99:.0f}", ""),
+            (f"input_length != blocks x {self.block_tokens} tokens", f"{self.length_mismatches:,} requests", ""),
             ("infinite-cache block hit fraction", pct(self.hit_fraction * 100), ""),
             ("requests with hit ratio >= 50%", pct(self.share_hit_ge_50 * 100), paper("share_hit_ge_50")),
             ("requests with hit ratio > 80%", pct(self.share_hit_gt_80 * 100), paper("share_hit_gt_80")),
@@ -239,4 +242,5 @@ def compute_stats(trace: Trace) -> TraceStats:
         span_s=float(trace.timestamps_ms.max() - trace.timestamps_ms.min()) / 1000.0,
         blocks_per_request_mean=float(lengths.mean()),
         blocks_per_request_p99=float(np.percentile(lengths, 99)),
+        length_mismatches=trace.length_mismatches(), block_tokens=trace.block_tokens,
     )

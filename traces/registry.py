@@ -11,6 +11,9 @@ Resolution order of :func:`resolve` for ``NAME_OR_PATH``:
 3. ``conversation`` only: the bundled fixture (its first 400 requests), with a warning on
    stderr, so the package runs without the shared folder.
 
+:func:`load` also says on stderr what the loader did to the file: malformed lines skipped,
+requests sorted into timestamp order, arrival times made up for a trace without timestamps.
+
 The fetch cache is ``$KVDM_CACHE_DIR/traces`` if set, else ``$XDG_CACHE_HOME/kvdm/traces``,
 else ``~/.cache/kvdm/traces``.
 """
@@ -23,11 +26,12 @@ import sys
 import tempfile
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import kvdm.traces
-from kvdm.traces.loaders import Trace, load_trace
+from kvdm.traces.loaders import FROM_TRACE, Trace, TraceOptions, load_trace
 
 _MOONCAKE_RAW = "https://raw.githubusercontent.com/kvcache-ai/Mooncake/main/FAST25-release/traces/"
 
@@ -95,7 +99,7 @@ def _candidates(name: str) -> list[str]:
 
 
 def _looks_like_path(s: str) -> bool:
-    return "/" in s or s.endswith((".jsonl", ".gz", ".json"))
+    return "/" in s or s.endswith((".jsonl", ".gz", ".json", ".csv"))
 
 
 def find(name: str) -> Path | None:
@@ -179,9 +183,28 @@ def fetch(name: str | TraceInfo, url: str | None = None, dest_dir: Path | None =
         tmp.unlink(missing_ok=True)
 
 
-def load(name_or_path: str | Path, format: str = "auto", skip_bad: bool = False, limit: int = 0,
-         warn: bool = True) -> Trace:
-    """Resolve a trace name or path (:func:`resolve`) and load it (:func:`load_trace`)."""
+def load(name_or_path: str | Path, options: TraceOptions | None = None, warn: bool = True,
+         **overrides: Any) -> Trace:
+    """Resolve a trace name or path (:func:`resolve`) and load it (:func:`load_trace`) with
+    ``options`` (fields of :class:`TraceOptions` may also be given as keywords)."""
+    opts = replace(options or TraceOptions(), **overrides)
     path = resolve(name_or_path, warn=warn)
     name = str(name_or_path) if not _looks_like_path(str(name_or_path)) and path != FIXTURE else None
-    return load_trace(path, format=format, skip_bad=skip_bad, name=name, limit=limit)
+    trace = load_trace(path, name=name, **asdict(opts))
+    if warn:
+        for note in load_notes(trace):
+            print(f"kvdm: warning: {note}", file=sys.stderr)
+    return trace
+
+
+def load_notes(trace: Trace) -> list[str]:
+    """What the loader did to a trace's file that a user should know (one line each)."""
+    notes = []
+    if trace.skipped_lines:
+        notes.append(f"{trace.skipped_lines} malformed line(s) skipped in {trace.source}")
+    if trace.reordered:
+        notes.append(f"{trace.reordered} request(s) out of timestamp order in {trace.source}: sorted by timestamp "
+                     "(--strict-order rejects such a file)")
+    if trace.arrivals != FROM_TRACE:
+        notes.append(f"{trace.source}: arrivals {trace.arrivals} (--arrivals even|poisson, --rate R)")
+    return notes

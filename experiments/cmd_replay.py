@@ -15,8 +15,9 @@ from kvdm.experiments.replay import DRIVERS, NATIVE_INDEXES, ReplayConfig, parse
 from kvdm.experiments.results import RunResults
 from kvdm.index import IndexSpec, available
 from kvdm.index.native import LPM_STRATEGIES
+from kvdm.index.tokens import KEY_SCHEMES as TOKEN_KEY_SCHEMES
 from kvdm.traces.mapping import INSERT_MODES as INSERTS
-from kvdm.traces.mapping import KEY_SCHEMES, MAPPINGS, RANGE_SEMANTICS
+from kvdm.traces.mapping import KEY_SCHEMES, MAPPINGS, RANGE_SEMANTICS, key_bytes_of
 
 
 def mode_type(text: str) -> str:
@@ -99,12 +100,18 @@ def register(sub: Any) -> None:
     p.add_argument("--trace", default="conversation",
                    help="trace name (conversation, synthetic, toolagent after `kvdm traces fetch`) or a path")
     p.add_argument("--clients", type=int, default=2, help="client processes (default 2)")
-    p.add_argument("--mapping", type=choices_type(MAPPINGS, "mapping"), default="paper",
+    p.add_argument("--mapping", type=choices_type(MAPPINGS, "mapping"), default=None,
                    help="paper (runs -> range queries, other blocks -> gets, then inserts) or prefix "
-                   "(longest-prefix match, then insert the missing blocks); default paper")
-    p.add_argument("--key-scheme", type=choices_type(KEY_SCHEMES, "key scheme"), default="id",
+                   "(longest-prefix match, then insert the missing blocks); default paper (prefix with --tokens)")
+    p.add_argument("--key-scheme", type=choices_type(REPLAY_KEY_SCHEMES, "key scheme"), default=None,
                    help="id (integer id, 8 B: runs stay adjacent), u64 (chained 64-bit hash), "
-                   "sha256 (32 B, the paper's key); default id")
+                   "sha256 (32 B, the paper's key); with --tokens: sha256 (32 B chain over the chunk's tokens), "
+                   "u64 (its first 8 B) or vllm-sha256 (vLLM's block hash); default id (sha256 with --tokens)")
+    p.add_argument("--tokens", type=nonnegative_int, nargs="?", const=0, default=None, metavar="CHUNK",
+                   help="token level: synthesise each request's prompt from its hash_ids, key it in chunks of "
+                   "CHUNK tokens (default: the trace's block size, whose hits then equal the block-level ground "
+                   "truth) with kvdm.index.tokens, and replay the engine's view over those keys; prints the "
+                   "token hit ratio")
     p.add_argument("--inserts", type=choices_type(INSERTS, "insert mode"), default="timed",
                    help="timed (issued and measured), untimed (issued, not in statistics), none (preload "
                    "every key first); default timed")
@@ -130,11 +137,30 @@ def register(sub: Any) -> None:
     p.set_defaults(func=cmd_replay)
 
 
+def nonnegative_int(text: str) -> int:
+    """argparse type of a count that may be 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a count >= 0, got {text!r}")
+    return value
+
+
+REPLAY_KEY_SCHEMES = KEY_SCHEMES + tuple(k for k in TOKEN_KEY_SCHEMES if k not in KEY_SCHEMES)
+
+
 def config_from_args(args: argparse.Namespace) -> ReplayConfig:
-    key_bytes = 32 if args.key_scheme == "sha256" else 8
+    tokens = args.tokens is not None
+    key_scheme = args.key_scheme or ("sha256" if tokens else "id")
+    if key_scheme in TOKEN_KEY_SCHEMES and key_scheme not in KEY_SCHEMES and not tokens:
+        raise ValueError(f"--key-scheme {key_scheme} keys token chunks: it needs --tokens")
+    key_bytes = TOKEN_KEY_SCHEMES[key_scheme] if tokens else key_bytes_of(key_scheme)
     return ReplayConfig(
         trace=args.trace, index=index_spec(args, key_bytes), transport=transport_config(args),
-        clients=args.clients, mapping=args.mapping, key_scheme=args.key_scheme, inserts=args.inserts,
+        clients=args.clients, mapping=args.mapping or ("prefix" if tokens else "paper"), key_scheme=key_scheme,
+        tokens=tokens, chunk_tokens=args.tokens or 0, inserts=args.inserts,
         mode=args.mode, duration_s=args.duration, warmup_min=args.warmup_min, bin_min=args.bin_min,
         driver=args.driver, range_semantics=args.range_semantics,
         name=args.out or f"results/run-{time.strftime('%Y%m%d-%H%M%S')}-{args.index}",
@@ -175,7 +201,16 @@ def print_summary(res: RunResults) -> None:
         print(show.to_string(index=False))
     hits, expected = int(rows["hits"].sum()), int(rows["expected_hits"].sum())
     mism = int(rows["hit_mismatch"].sum())
-    print(f"block hits {hits:,} (infinite-cache ground truth {expected:,}; {mism} ops differ)")
+    print(f"{'chunk' if 'tokens' in res.meta else 'block'} hits {hits:,} (infinite-cache ground truth {expected:,}; "
+          f"{mism} ops differ)")
+    tok = res.meta.get("tokens")
+    if tok:
+        same = "equal" if tok["block_truth_hit_tokens"] == tok["hit_tokens"] and not tok["prompts_differing"] \
+            else f"{tok['prompts_differing']:,} prompts differ"
+        print(f"token hits {tok['hit_tokens']:,} of {tok['prompt_tokens']:,} prompt tokens "
+              f"({100 * tok['hit_ratio']:.2f}%) in {tok['prompts']:,} prompts, chunks of {tok['chunk_tokens']} tokens; "
+              f"block-level ground truth {tok['block_truth_hit_tokens']:,} tokens ({same}); "
+              f"prompts synthesised and keyed in {tok['hash_s']:.1f} s")
     run = res.meta.get("run", {})
     if run.get("in_ops_share") is not None:
         skew_ms = 1e3 * run.get("start_skew_s", 0.0)

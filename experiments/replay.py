@@ -100,9 +100,22 @@ class ReplayConfig:
     name: str = ""
     driver: str = "auto"         # auto: the backend's C loop where it has one (native indexes), else Python
     range_semantics: str = "bounds"  # paper mapping: what a range op over a run asks (kvdm.traces.mapping)
+    tokens: bool = False         # token level: prompts synthesised from hash_ids, keyed per chunk (kvdm.traces.tokens)
+    chunk_tokens: int = 0        # token level: tokens per chunk (0 = the trace's block size)
 
     def __post_init__(self) -> None:
         parse_mode(self.mode)
+        if self.tokens:
+            from kvdm.index.tokens import KEY_SCHEMES as TOKEN_KEY_SCHEMES
+
+            if self.key_scheme not in TOKEN_KEY_SCHEMES:
+                raise ValueError(f"--tokens keys chunks by a hash of their tokens: --key-scheme "
+                                 f"{' or '.join(TOKEN_KEY_SCHEMES)}, not {self.key_scheme}")
+            if self.mapping != "prefix":
+                raise ValueError("--tokens replays the engine's view: a prefix match per prompt, then an insert "
+                                 "(--mapping prefix), not --mapping " + self.mapping)
+            if self.chunk_tokens < 0:
+                raise ValueError(f"--tokens: the chunk size must be a count of tokens, got {self.chunk_tokens}")
         if self.clients < 1:
             raise ValueError("--clients must be >= 1")
         if self.bin_min <= 0:
@@ -121,7 +134,9 @@ class ReplayConfig:
             ("trace", self.trace),
             ("mapping", f"{self.mapping}, inserts {self.inserts}"
                         + (f", ranges: {self.range_semantics}" if self.mapping == "paper" else "")),
-            ("keys", f"{self.key_scheme} ({self.index.key_bytes} B)"),
+            ("keys", f"{self.key_scheme} ({self.index.key_bytes} B)"
+                     + (f" of {f'{self.chunk_tokens}-token' if self.chunk_tokens else 'block-size'} chunks of "
+                        "prompts synthesised from hash_ids" if self.tokens else "")),
             ("mode", self.mode + (f", stop after {self.duration_s:g} s" if self.duration_s else "")),
             ("bins", f"{self.bin_min:g} min of trace time, warm-up {self.warmup_min:g} min"),
         ]
@@ -148,7 +163,16 @@ def _load_stream(cfg: ReplayConfig) -> Any:
     from kvdm.traces.mapping import map_trace
     from kvdm.traces.registry import load
 
-    return map_trace(load(cfg.trace), cfg.mapping, cfg.key_scheme, cfg.inserts, range_semantics=cfg.range_semantics)
+    trace = load(cfg.trace)
+    if cfg.tokens:
+        from kvdm.index.tokens import ChunkKeys
+        from kvdm.traces.tokens import token_stream
+
+        keyer = ChunkKeys(cfg.chunk_tokens or trace.block_tokens, cfg.key_scheme, partial_chunks=True)
+        stream, info = token_stream(trace, keyer, cfg.inserts)
+        stream.tokens = info
+        return stream
+    return map_trace(trace, cfg.mapping, cfg.key_scheme, cfg.inserts, range_semantics=cfg.range_semantics)
 
 
 def _op_hits(index: Any, stream: Any, j: int, kind: int, keys: np.ndarray) -> int:
@@ -514,7 +538,7 @@ def summarise(cfg: ReplayConfig, stream: Any, clients: list[ClientResult], inter
             row[f"{kk}_per_op"] = v / n
         rows.append(row)
     df = pd.DataFrame(rows)
-    meta = {
+    meta: dict[str, Any] = {
         "config": _config_dict(cfg),
         "machine": machine_description(),
         "trace": {"name": cfg.trace, "requests": stream.n_requests, "ops": stream.n_ops,
@@ -524,7 +548,27 @@ def summarise(cfg: ReplayConfig, stream: Any, clients: list[ClientResult], inter
                 "ops_done": int(ops.size), "interrupted": interrupted,
                 "max_lag_ms": max((c.max_lag_ms for c in clients), default=0.0), "pid": os.getpid()},
     }
+    if stream.tokens is not None:
+        meta["tokens"] = token_summary(stream, ops, hits, req_of_op)
     return RunResults(df, meta, hists)
+
+
+def token_summary(stream: Any, ops: np.ndarray, hits: np.ndarray, req_of_op: np.ndarray) -> dict[str, Any]:
+    """A token-level run's hits in tokens, over the requests whose prefix match ran, beside the
+    block-level ground truth of the same requests (equal when chunks are blocks)."""
+    from kvdm.traces.mapping import OP_PREFIX
+
+    info = stream.tokens
+    pm = stream.kind[ops] == OP_PREFIX
+    req = req_of_op[ops[pm]]
+    got = info.hit_tokens(req, hits[pm])
+    truth = info.block_hit_tokens[req]
+    prompt = int(info.prompt_tokens[req].sum())
+    return {"chunk_tokens": info.chunk, "key_scheme": info.key_scheme, "block_tokens": info.block,
+            "prompts": int(req.size), "prompt_tokens": prompt, "hit_tokens": int(got.sum()),
+            "hit_ratio": float(got.sum()) / prompt if prompt else 0.0,
+            "block_truth_hit_tokens": int(truth.sum()), "prompts_differing": int((got != truth).sum()),
+            "length_mismatch": info.length_mismatch, "hash_s": info.hash_s}
 
 
 def add_counts(acc: dict[str, int], delta: dict[str, int]) -> None:

@@ -172,6 +172,64 @@ def as_tokens(tokens: Any) -> np.ndarray:
     return out
 
 
+class ChunkKeys:
+    """The chunk-key function alone (no index): ``key_scheme`` (see the module docstring),
+    ``chunk_size``, ``partial_chunks`` and, for ``"vllm-sha256"``, ``vllm_seed``. Used by
+    :class:`TokenIndex` and by the token-level replay, which keys a whole trace up front."""
+
+    def __init__(self, chunk_size: int = 256, key_scheme: str = "sha256", partial_chunks: bool = False,
+                 vllm_seed: str = "0") -> None:
+        if key_scheme not in KEY_SCHEMES:
+            raise ValueError(f"unknown key_scheme {key_scheme!r}; valid: {', '.join(KEY_SCHEMES)}")
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
+            raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
+        if not isinstance(vllm_seed, str):
+            raise TypeError(f"vllm_seed must be a str (vLLM hashes the PYTHONHASHSEED string), got {vllm_seed!r}")
+        self.chunk_size = int(chunk_size)
+        self.key_scheme = key_scheme
+        self.partial_chunks = bool(partial_chunks)
+        self.key_bytes = KEY_SCHEMES[key_scheme]
+        if key_scheme == "vllm-sha256":
+            if self.chunk_size > lib.KVDM_CHUNK_VLLM_MAX:
+                raise ValueError(f"key_scheme 'vllm-sha256' supports chunks of up to {lib.KVDM_CHUNK_VLLM_MAX} "
+                                 f"tokens, got {self.chunk_size}")
+            self._scheme = lib.KVDM_CHUNK_VLLM
+            self._seed = hashlib.sha256(pickle.dumps(vllm_seed, protocol=5)).digest()  # vLLM's NONE_HASH
+        else:
+            self._scheme, self._seed = lib.KVDM_CHUNK_SHA256, CHAIN_SEED
+
+    def num_chunks(self, n_tokens: int) -> int:
+        """How many keyed chunks a prompt of ``n_tokens`` has."""
+        full, rest = divmod(n_tokens, self.chunk_size)
+        return full + (1 if rest and self.partial_chunks else 0)
+
+    def digests(self, toks: np.ndarray) -> np.ndarray:
+        """The chain's digests h_i of a validated prompt (:func:`as_tokens`), uint8[n, 32]: one
+        C call (native/chunkhash.c)."""
+        n = self.num_chunks(len(toks))
+        out = np.empty((n, 32), dtype=np.uint8)
+        if n:
+            got = lib.kvdm_chunk_chain(self._scheme, self._seed, len(self._seed), ffi.from_buffer(toks),
+                                       len(toks), self.chunk_size, self.partial_chunks,
+                                       ffi.from_buffer(out), n)
+            if got != n:  # the arguments were checked here, so only OpenSSL can fail
+                raise RuntimeError(f"kvdm_chunk_chain failed ({got}) for a prompt of {len(toks)} tokens")
+        return out
+
+    def keys(self, toks: np.ndarray) -> np.ndarray:
+        """The chunk keys of a validated prompt (:func:`as_tokens`): ``uint8[n, 32]`` or ``uint64[n]``."""
+        digests = self.digests(toks)
+        if self.key_bytes == 32:
+            zero = ~digests.any(axis=1)
+            if zero.any():  # the reserved all-zero key (probability 2**-256 per chunk)
+                digests[zero, 31] = 1
+            return digests
+        keys = np.ascontiguousarray(digests[:, :8]).view("<u8").reshape(-1).astype(np.uint64)
+        keys[keys == 0] = 1
+        keys[keys == np.uint64(_U64_MAX)] = np.uint64(_U64_MAX - 1)
+        return keys
+
+
 class TokenIndex:
     """Token-level prefix lookups and stores over any :class:`kvdm.index.api.Index`.
 
@@ -184,59 +242,23 @@ class TokenIndex:
                  partial_chunks: bool = False, vllm_seed: str = "0") -> None:
         if key_scheme is None:
             key_scheme = "u64" if index.key_bytes == 8 else "sha256"
-        if key_scheme not in KEY_SCHEMES:
-            raise ValueError(f"unknown key_scheme {key_scheme!r}; valid: {', '.join(KEY_SCHEMES)}")
-        width = KEY_SCHEMES[key_scheme]
-        if index.key_bytes != width:
-            raise ValueError(f"key_scheme {key_scheme!r} makes {width}-byte keys but the index has "
-                             f"key_bytes={index.key_bytes}; open it with key_bytes={width}")
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
-            raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
-        if not isinstance(vllm_seed, str):
-            raise TypeError(f"vllm_seed must be a str (vLLM hashes the PYTHONHASHSEED string), got {vllm_seed!r}")
+        self.keyer = ChunkKeys(chunk_size, key_scheme, partial_chunks, vllm_seed)
+        if index.key_bytes != self.keyer.key_bytes:
+            raise ValueError(f"key_scheme {key_scheme!r} makes {self.keyer.key_bytes}-byte keys but the index has "
+                             f"key_bytes={index.key_bytes}; open it with key_bytes={self.keyer.key_bytes}")
         self.index = index
-        self.chunk_size = int(chunk_size)
+        self.chunk_size = self.keyer.chunk_size
         self.key_scheme = key_scheme
-        self.partial_chunks = bool(partial_chunks)
-        self.key_bytes = width
-        if key_scheme == "vllm-sha256":
-            if self.chunk_size > lib.KVDM_CHUNK_VLLM_MAX:
-                raise ValueError(f"key_scheme 'vllm-sha256' supports chunks of up to {lib.KVDM_CHUNK_VLLM_MAX} "
-                                 f"tokens, got {self.chunk_size}")
-            self._scheme = lib.KVDM_CHUNK_VLLM
-            self._seed = hashlib.sha256(pickle.dumps(vllm_seed, protocol=5)).digest()  # vLLM's NONE_HASH
-        else:
-            self._scheme, self._seed = lib.KVDM_CHUNK_SHA256, CHAIN_SEED
+        self.partial_chunks = self.keyer.partial_chunks
+        self.key_bytes = self.keyer.key_bytes
 
     # -- keys --
     def num_chunks(self, n_tokens: int) -> int:
         """How many keyed chunks a prompt of ``n_tokens`` has."""
-        full, rest = divmod(n_tokens, self.chunk_size)
-        return full + (1 if rest and self.partial_chunks else 0)
-
-    def _digests(self, toks: np.ndarray) -> np.ndarray:
-        """The chain's digests h_i, uint8[n, 32]: one C call (native/chunkhash.c)."""
-        n = self.num_chunks(len(toks))
-        out = np.empty((n, 32), dtype=np.uint8)
-        if n:
-            got = lib.kvdm_chunk_chain(self._scheme, self._seed, len(self._seed), ffi.from_buffer(toks),
-                                       len(toks), self.chunk_size, self.partial_chunks,
-                                       ffi.from_buffer(out), n)
-            if got != n:  # the arguments were checked here, so only OpenSSL can fail
-                raise RuntimeError(f"kvdm_chunk_chain failed ({got}) for a prompt of {len(toks)} tokens")
-        return out
+        return self.keyer.num_chunks(n_tokens)
 
     def _keys_of(self, toks: np.ndarray) -> np.ndarray:
-        digests = self._digests(toks)
-        if self.key_bytes == 32:
-            zero = ~digests.any(axis=1)
-            if zero.any():  # the reserved all-zero key (probability 2**-256 per chunk)
-                digests[zero, 31] = 1
-            return digests
-        keys = np.ascontiguousarray(digests[:, :8]).view("<u8").reshape(-1).astype(np.uint64)
-        keys[keys == 0] = 1
-        keys[keys == np.uint64(_U64_MAX)] = np.uint64(_U64_MAX - 1)
-        return keys
+        return self.keyer.keys(toks)
 
     def chunk_keys(self, tokens: Any) -> np.ndarray:
         """The keys of the prompt's chunks, in order: ``uint8[n, 32]`` or ``uint64[n]``."""
@@ -335,4 +357,4 @@ class TokenIndex:
         return as_values(arr.astype(np.uint64), n)
 
 
-__all__ = ["KEY_SCHEMES", "TokenIndex", "as_tokens"]
+__all__ = ["KEY_SCHEMES", "ChunkKeys", "TokenIndex", "as_tokens"]

@@ -74,6 +74,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -104,7 +105,8 @@ def _check(value: str, valid: tuple[str, ...], what: str) -> None:
         raise ValueError(f"unknown {what} {value!r}; valid: {', '.join(valid)}")
 
 
-def _mix64(x: np.ndarray) -> np.ndarray:
+def mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser, elementwise over uint64 (wrapping arithmetic)."""
     x = x ^ (x >> np.uint64(30))
     x = x * _M1
     x = x ^ (x >> np.uint64(27))
@@ -137,7 +139,7 @@ def block_keys(trace: Trace, scheme: str) -> np.ndarray:
         uids = ids.astype(np.uint64)
         for j, idx in enumerate(_positions_by_depth(trace)):
             parent = np.full(idx.shape[0], U64_SEED) if j == 0 else h[idx - 1]
-            h[idx] = _mix64(parent * _GOLDEN + uids[idx])
+            h[idx] = mix64(parent * _GOLDEN + uids[idx])
         h[h == 0] = 1
         h[h == _U64_MAX] = _U64_MAX - np.uint64(1)
         return h
@@ -221,6 +223,7 @@ class OpStream:
     preload_keys: np.ndarray
     range_limit: np.ndarray | None = None  # None: no limits (streams saved before scan existed)
     range_semantics: str = "bounds"
+    tokens: Any = None  # a token-level stream's kvdm.traces.tokens.TokenStreamInfo (not saved)
 
     def __post_init__(self) -> None:
         if self.range_limit is None:

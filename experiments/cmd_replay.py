@@ -9,9 +9,10 @@ from typing import Any
 
 import pandas as pd
 
-from kvdm.experiments.cli import choices_type
+from kvdm.experiments.cli import UsageError, choices_type, count, non_negative, positive
+from kvdm.experiments.cmd_traces import add_trace_options, load_trace_from_args, trace_options
 from kvdm.experiments.options import add_transport_options, transport_config
-from kvdm.experiments.replay import DRIVERS, NATIVE_INDEXES, ReplayConfig, parse_mode, replay
+from kvdm.experiments.replay import DRIVERS, NATIVE_INDEXES, ReplayConfig, load_stream, parse_mode, replay
 from kvdm.experiments.results import RunResults
 from kvdm.index import IndexSpec, available
 from kvdm.index.native import LPM_STRATEGIES
@@ -34,7 +35,7 @@ def add_index_options(parser: argparse.ArgumentParser, default: str = "chime") -
     g = parser.add_argument_group("index")
     g.add_argument("--index", type=choices_type(available(), "index"), default=default,
                    help=f"index backend: {', '.join(available())} (default {default})")
-    g.add_argument("--cache-mb", type=float, default=None,
+    g.add_argument("--cache-mb", type=non_negative, default=None,
                    help="compute-side cache budget of the native indexes in MB (backend default if unset)")
     g.add_argument("--lpm", type=choices_type(LPM_STRATEGIES, "LPM strategy"), default=None,
                    help="native indexes: how a prefix match runs: auto (default: parallel, or kary where a cost "
@@ -97,12 +98,12 @@ def register(sub: Any) -> None:
         description="Replay a KV-cache trace's index operations through N client processes and print "
         "per-op throughput, latency percentiles, RTTs, verbs and bytes per op. With no flags: the "
         "conversation trace on chime over an embedded shm memory node, closed loop.")
-    p.add_argument("--trace", default="conversation",
-                   help="trace name (conversation, synthetic, toolagent after `kvdm traces fetch`) or a path")
-    p.add_argument("--clients", type=int, default=2, help="client processes (default 2)")
+    add_trace_options(p, positional=False)
+    p.add_argument("--clients", type=count, default=2, help="client processes (default 2)")
     p.add_argument("--mapping", type=choices_type(MAPPINGS, "mapping"), default=None,
                    help="paper (runs -> range queries, other blocks -> gets, then inserts) or prefix "
-                   "(longest-prefix match, then insert the missing blocks); default paper (prefix with --tokens)")
+                   "(longest-prefix match, then insert the missing blocks); default paper (prefix with --tokens, and "
+                   "on an index that keeps no key order: race)")
     p.add_argument("--key-scheme", type=choices_type(REPLAY_KEY_SCHEMES, "key scheme"), default=None,
                    help="id (integer id, 8 B: runs stay adjacent), u64 (chained 64-bit hash), "
                    "sha256 (32 B, the paper's key); with --tokens: sha256 (32 B chain over the chunk's tokens), "
@@ -118,11 +119,11 @@ def register(sub: Any) -> None:
     p.add_argument("--mode", type=mode_type, default="closed",
                    help="closed (as fast as the clients can), realtime (trace timestamps), compressed:X "
                    "(timestamps / X); default closed")
-    p.add_argument("--duration", type=float, default=0.0,
+    p.add_argument("--duration", type=non_negative, default=0.0,
                    help="stop after S seconds of wall time (default: the whole trace)")
-    p.add_argument("--warmup-min", type=float, default=0.0,
+    p.add_argument("--warmup-min", type=non_negative, default=0.0,
                    help="minutes of trace time excluded from the whole-run figures (the paper uses 10)")
-    p.add_argument("--bin-min", type=float, default=10.0, help="minutes of trace time per bin (default 10)")
+    p.add_argument("--bin-min", type=positive, default=10.0, help="minutes of trace time per bin (default 10)")
     p.add_argument("--out", default=None, help="results directory (default results/run-<time>-<index>)")
     p.add_argument("--range-semantics", type=choices_type(RANGE_SEMANTICS, "range semantics"), default="bounds",
                    help="paper mapping: what a range op over a run asks: bounds ([min, max] of the run's keys; "
@@ -159,7 +160,8 @@ def config_from_args(args: argparse.Namespace) -> ReplayConfig:
     key_bytes = TOKEN_KEY_SCHEMES[key_scheme] if tokens else key_bytes_of(key_scheme)
     return ReplayConfig(
         trace=args.trace, index=index_spec(args, key_bytes), transport=transport_config(args),
-        clients=args.clients, mapping=args.mapping or ("prefix" if tokens else "paper"), key_scheme=key_scheme,
+        clients=args.clients, mapping=args.mapping or ("prefix" if tokens or not keeps_order(args.index) else "paper"),
+        key_scheme=key_scheme, trace_options=trace_options(args),
         tokens=tokens, chunk_tokens=args.tokens or 0, inserts=args.inserts,
         mode=args.mode, duration_s=args.duration, warmup_min=args.warmup_min, bin_min=args.bin_min,
         driver=args.driver, range_semantics=args.range_semantics,
@@ -218,12 +220,34 @@ def print_summary(res: RunResults) -> None:
               f"harness); run span {run['wall_s']:.2f} s, clients started {skew_ms:.1f} ms apart")
 
 
+def keeps_order(index: str) -> bool:
+    """Whether a backend keeps its keys in order (serves range queries), known without opening it."""
+    from kvdm.index import native
+
+    return not any(isinstance(b, native.Backend) and b.name == index and not b.ordered for b in vars(native).values())
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
+    from kvdm.traces.mapping import OP_RANGE
+
     cfg = config_from_args(args)
+    # the trace is read, checked and mapped before anything is printed: its errors come alone
+    trace = load_trace_from_args(args)
+    stream = load_stream(cfg, trace)
+    if not keeps_order(cfg.index.name) and bool((stream.kind == OP_RANGE).any()):
+        raise UsageError(f"{cfg.index.name} keeps no key order, but the {cfg.mapping} mapping issues range queries: "
+                         "use --mapping prefix (the default for this index), or an ordered index (chime, sherman)")
     print("# kvdm replay")
     for k, v in cfg.describe():
         print(f"#   {k:<10} {v}")
-    res = replay(cfg)
+    print(f"#   {'arrivals':<10} {trace.arrivals}")
+    if args.mapping is None and args.tokens is None and not keeps_order(cfg.index.name):
+        print(f"#   note: {cfg.index.name} keeps no key order, so it replays with the prefix mapping (the paper "
+              "mapping's range queries need an ordered index)")
+    res = replay(cfg, stream)
+    res.meta["trace"].update(source=trace.source, format=trace.format, arrivals=trace.arrivals,
+                             reordered=trace.reordered, skipped_lines=trace.skipped_lines,
+                             length_mismatches=trace.length_mismatches())
     print_summary(res)
     if res.meta["run"]["interrupted"]:
         print("# interrupted: the figures cover what ran before Ctrl-C")

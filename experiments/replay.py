@@ -39,6 +39,7 @@ from kvdm.experiments.cli import CommandFailed
 from kvdm.experiments.metrics import Histogram
 from kvdm.experiments.results import RunResults, machine_description, row_key
 from kvdm.index import IndexSpec, open_spec
+from kvdm.traces.loaders import TraceOptions
 from kvdm.transport import TransportConfig, connect, memory_nodes
 
 NATIVE_INDEXES = ("chime", "sherman", "race")
@@ -102,6 +103,7 @@ class ReplayConfig:
     range_semantics: str = "bounds"  # paper mapping: what a range op over a run asks (kvdm.traces.mapping)
     tokens: bool = False         # token level: prompts synthesised from hash_ids, keyed per chunk (kvdm.traces.tokens)
     chunk_tokens: int = 0        # token level: tokens per chunk (0 = the trace's block size)
+    trace_options: TraceOptions = field(default_factory=TraceOptions)  # how the trace file is read
 
     def __post_init__(self) -> None:
         parse_mode(self.mode)
@@ -120,6 +122,8 @@ class ReplayConfig:
             raise ValueError("--clients must be >= 1")
         if self.bin_min <= 0:
             raise ValueError("--bin-min must be > 0")
+        if self.duration_s < 0 or self.warmup_min < 0:
+            raise ValueError("--duration and --warmup-min must be >= 0")
         if self.driver not in DRIVERS:
             raise ValueError(f"unknown driver {self.driver!r}; valid: {', '.join(DRIVERS)}")
 
@@ -159,11 +163,12 @@ class ClientResult:
     ended: float = 0.0
 
 
-def _load_stream(cfg: ReplayConfig) -> Any:
+def load_stream(cfg: ReplayConfig, trace: Any = None) -> Any:
+    """The operation stream of ``cfg``'s trace (loaded with ``cfg.trace_options`` unless given)."""
     from kvdm.traces.mapping import map_trace
     from kvdm.traces.registry import load
 
-    trace = load(cfg.trace)
+    trace = load(cfg.trace, cfg.trace_options) if trace is None else trace
     if cfg.tokens:
         from kvdm.index.tokens import ChunkKeys
         from kvdm.traces.tokens import token_stream
@@ -379,7 +384,7 @@ class Progress:
 def replay(cfg: ReplayConfig, stream: Any = None, quiet: bool = False) -> RunResults:
     """Run a replay and return its results (the caller writes them)."""
     if stream is None:
-        stream = _load_stream(cfg)
+        stream = load_stream(cfg)
     if stream.key_bytes != cfg.index.key_bytes:
         raise ValueError(f"key scheme {cfg.key_scheme} has {stream.key_bytes} B keys but the index was opened "
                          f"for {cfg.index.key_bytes} B")

@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 from pathlib import Path
 from typing import Any
 
-from kvdm.experiments.cli import UsageError, choices_type
-from kvdm.experiments.cmd_replay import mode_type
+from kvdm.experiments.cli import UsageError, choices_type, count0, non_negative, positive
+from kvdm.experiments.cmd_replay import keeps_order, mode_type
 from kvdm.experiments.options import add_transport_options, transport_config
 from kvdm.experiments.options_redis import add_redis_options, given_redis_flags, redis_options
 
@@ -51,8 +52,8 @@ def register(sub: Any) -> None:
                    help="traces replayed for Fig. 3; the first also drives the load curves (default conversation)")
     p.add_argument("--backends", type=_csv(str, "backend list"), default=None, metavar="A,B",
                    help="index backends for Fig. 3, the load curves and the engine step (default "
-                   "chime,sherman,redis; race and dict run too)")
-    p.add_argument("--limit", type=int, default=0, metavar="N", help="use only the first N requests of each trace")
+                   "chime,sherman,redis; dict runs too; race keeps no key order: only with --steps engine)")
+    p.add_argument("--limit", type=count0, default=0, metavar="N", help="use only the first N requests of each trace")
     p.add_argument("--realtime", action="store_true",
                    help="Fig. 3 at the trace's own timestamps (the full conversation trace takes 59 min per "
                    "backend); the same as --fig3-mode realtime")
@@ -62,18 +63,18 @@ def register(sub: Any) -> None:
     p.add_argument("--range-semantics", type=choices_type(RANGE_SEMANTICS, "range semantics"), default="scan",
                    help="scan (default: from the run's first key, at most run-length entries) or bounds "
                    "([min, max] of the run's keys: ~69,000 entries per range on SHA-256 keys, very slow)")
-    p.add_argument("--warmup-min", type=float, default=None, help="warm-up minutes of trace time (default 10)")
-    p.add_argument("--bin-min", type=float, default=None, help="minutes of trace time per bin (default 10)")
+    p.add_argument("--warmup-min", type=non_negative, default=None, help="warm-up minutes of trace time (default 10)")
+    p.add_argument("--bin-min", type=positive, default=None, help="minutes of trace time per bin (default 10)")
     p.add_argument("--clients", type=_csv(int, "client counts"), default=None, metavar="1,2,4",
                    help="closed-loop client sweep of the load curves (default 1,2,4)")
     p.add_argument("--compress", type=_csv(float, "compression factors"), default=None, metavar="10,100",
                    help="open-loop compression factors of the load curves (default 10,100,300,1000)")
-    p.add_argument("--load-duration", type=float, default=None, metavar="S",
+    p.add_argument("--load-duration", type=positive, default=None, metavar="S",
                    help="wall seconds per load-curve point (default 15)")
     p.add_argument("--steps", type=_csv(str, "steps"), default=STEPS, metavar="A,B",
                    help=f"steps to run: {', '.join(STEPS)} (default all)")
     p.add_argument("--resume", action="store_true", help="keep runs already under OUT/runs instead of re-running")
-    p.add_argument("--cache-mb", type=float, default=None,
+    p.add_argument("--cache-mb", type=non_negative, default=None,
                    help="compute-side cache budget of the native indexes in MB (backend default if unset)")
     add_transport_options(p)
     p.set_defaults(latency_model="virtual")
@@ -104,9 +105,34 @@ def config_from_args(args: argparse.Namespace) -> Any:
     return ReproduceConfig.quick_defaults(**common) if args.quick else ReproduceConfig(**common)
 
 
+def check_inputs(cfg: Any) -> None:
+    """What would fail mid-run, checked before anything is written: backends that cannot run a
+    step, and every trace (found, and readable)."""
+    from kvdm.traces.registry import load
+
+    replays = [s for s in ("fig3", "load") if s in cfg.steps]
+    unordered = [b for b in cfg.backends if not keeps_order(b)]
+    if unordered and replays:
+        raise UsageError(f"{', '.join(unordered)} keeps no key order, so it cannot run the {' and '.join(replays)} "
+                         "step(s): the paper mapping issues range queries; leave it out of --backends, or give "
+                         "--steps engine (the engine step runs it)")
+    names = (cfg.traces if "traces" in cfg.steps else ()) + (cfg.fig3_traces if replays else ())
+    for name in dict.fromkeys(names):
+        load(name, limit=cfg.limit, warn=False)
+
+
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from kvdm.experiments.reproduce import reproduce
 
-    md, ht = reproduce(config_from_args(args))
+    cfg = config_from_args(args)
+    check_inputs(cfg)
+    existed = cfg.out.exists()
+    try:
+        md, ht = reproduce(cfg)
+    except BaseException:
+        # a folder this run created and left without a finished replay (nothing --resume could keep) goes
+        if not existed and not any(cfg.out.glob("runs/*/run.json")):
+            shutil.rmtree(cfg.out, ignore_errors=True)
+        raise
     print(f"report: {md}\nreport: {ht}")
     return 0

@@ -312,11 +312,14 @@ def cmd_bench_index(args: argparse.Namespace) -> int:
     row = pd.DataFrame([{f"{k}_per_op": v for k, v in per.items()}])
     derived = {k: float(v.iloc[0]) for k, v in derived_columns(row).items()}
     calls_per_s = lat.size / cfg.seconds / 1e6
+    def cell(v: float | None, width: int, digits: int) -> str:  # '-' where the backend does not report it
+        return f"{'-' if v is None else f'{v:.{digits}f}':>{width}}"
+
     print(f"{calls_per_s:>8.3f} {keys_done / cfg.seconds / 1e6:>8.3f} {p['p50']:>8.2f} {p['p99']:>8.2f} "
-          f"{p['p99.9']:>9.2f} {per.get('rtts', float('nan')):>8.3f} {per.get('reads', float('nan')):>8.3f} "
-          f"{per.get('bytes_read', float('nan')):>10.1f} {per.get('bytes_written', float('nan')):>9.1f} "
-          f"{derived.get('retries_per_op', 0.0):>11.4f} {derived.get('cache_hit_pct', float('nan')):>11.2f} "
-          f"{per.get('server_cpu_us', float('nan')):>14.2f}")
+          f"{p['p99.9']:>9.2f} {cell(per.get('rtts'), 8, 3)} {cell(per.get('reads'), 8, 3)} "
+          f"{cell(per.get('bytes_read'), 10, 1)} {cell(per.get('bytes_written'), 9, 1)} "
+          f"{derived.get('retries_per_op', 0.0):>11.4f} {cell(derived.get('cache_hit_pct'), 11, 2)} "
+          f"{cell(per.get('server_cpu_us'), 14, 2)}")
     clock = {True: "in C (the C loop)", False: "around the C call"}[cfg.driver != "python"] if native \
         else "in Python around the index call"
     if "handovers" in counters:

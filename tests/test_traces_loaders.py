@@ -228,3 +228,127 @@ def test_fetch_cli(isolated, capsys):
     assert "download of toolagent" in capsys.readouterr().err
     assert main(["traces", "list"]) == 0
     assert "kvdm traces fetch toolagent" in capsys.readouterr().out
+
+
+# --- checks on timestamps, lengths and order (issue 15) ---
+
+def _moon(ts, il=600, ol=5, ids=(0, 1)) -> str:
+    return json.dumps({"timestamp": ts, "input_length": il, "output_length": ol, "hash_ids": list(ids)})
+
+
+@pytest.mark.parametrize("line,message", [
+    (_moon(-1), "timestamp must be finite and >= 0, got -1"),
+    ('{"timestamp": NaN, "input_length": 600, "output_length": 5, "hash_ids": [0, 1]}', "got nan"),
+    ('{"timestamp": Infinity, "input_length": 600, "output_length": 5, "hash_ids": [0, 1]}', "got inf"),
+    (_moon(3, il=-600), "field 'input_length' must be >= 0, got -600"),
+    (_moon(3, ol=-1), "field 'output_length' must be >= 0, got -1"),
+])
+def test_bad_timestamps_and_lengths_are_rejected(tmp_path, line, message):
+    path = _write(tmp_path / "t.jsonl", [GOOD, line, GOOD])
+    with pytest.raises(TraceFormatError) as exc:
+        load_trace(path)
+    assert f"{path}: line 2: " in str(exc.value) and message in str(exc.value)
+    assert load_trace(path, skip_bad=True).skipped_lines == 1
+
+
+def test_bailian_negative_timestamp_and_length(tmp_path):
+    rec = {"chat_id": 1, "timestamp": 1.0, "input_length": 32, "hash_ids": [1, 2]}
+    path = _write(tmp_path / "b.jsonl", [json.dumps(rec), json.dumps({**rec, "timestamp": -0.5}),
+                                         json.dumps({**rec, "input_length": -3})])
+    with pytest.raises(TraceFormatError, match="line 2: timestamp must be finite and >= 0, got -0.5"):
+        load_trace(path)
+    assert load_trace(path, skip_bad=True).skipped_lines == 2
+
+
+def test_unsorted_timestamps_are_sorted_and_counted(tmp_path, capsys):
+    path = _write(tmp_path / "u.jsonl", [_moon(10, ids=[1]), _moon(0, ids=[2, 3]), _moon(30, ids=[4]),
+                                         _moon(20, il=1, ids=[5]), _moon(5, ids=[6])])
+    t = load_trace(path)
+    assert t.reordered == 3  # lines 2, 4 and 5 come before a timestamp already seen
+    assert t.timestamps_ms.tolist() == [0, 5, 10, 20, 30]
+    assert [t.request(i).tolist() for i in range(5)] == [[2, 3], [6], [1], [5], [4]]
+    assert t.input_length.tolist() == [600, 600, 600, 1, 600]
+    with pytest.raises(TraceFormatError, match=r"u.jsonl: line 2: timestamp earlier than a previous line's \(3 "):
+        load_trace(path, strict_order=True)
+    registry.load(path)
+    assert "kvdm: warning: 3 request(s) out of timestamp order" in capsys.readouterr().err
+
+
+def test_length_mismatch_is_counted(tmp_path, capsys):
+    # 600 tokens = 2 blocks of 512: right; 513 = 2: right; 1 = 1 block, not 2; 2000 = 4, not 2
+    path = _write(tmp_path / "m.jsonl", [_moon(0), _moon(1, il=513), _moon(2, il=1), _moon(3, il=2000)])
+    t = load_trace(path)
+    assert t.length_mismatches() == 2
+    assert compute_stats(t).length_mismatches == 2
+    assert main(["traces", "stats", str(path)]) == 0
+    assert "input_length != blocks x 512 tokens 2 requests" in " ".join(capsys.readouterr().out.split())
+
+
+# --- the Bailian / ServeGen family ---
+
+SERVEGEN_JSONL = registry.FIXTURE.parent / "servegen_offline.jsonl"
+SERVEGEN_CSV = registry.FIXTURE.parent / "servegen_offline.csv"
+BAILIAN_CSV = registry.FIXTURE.parent / "bailian_timed.csv"
+
+
+def test_servegen_jsonl_without_timestamps():
+    t = load_trace(SERVEGEN_JSONL)
+    assert t.format == "bailian" and t.block_tokens == 16 and t.n_requests == 12
+    assert t.arrivals == "even at 1 requests/s: the trace has no timestamps"
+    assert t.timestamps_ms.tolist() == [1000.0 * i for i in range(12)]
+    assert t.meta["request_id"][0] == "req-0000" and t.meta["type"][2] == "image" and t.meta["images"][2] == 1
+    assert t.meta["chat_id"].tolist() == [-1] * 12 and t.request(0).tolist() == [0, 1, 2, 3, 100, 101]
+    assert t.length_mismatches() == 0
+    fast = load_trace(SERVEGEN_JSONL, rate=4.0)
+    assert fast.timestamps_ms[-1] == 11 * 250.0
+    p1, p2 = (load_trace(SERVEGEN_JSONL, arrivals="poisson", rate=10.0) for _ in range(2))
+    assert np.array_equal(p1.timestamps_ms, p2.timestamps_ms) and p1.timestamps_ms[0] == 0  # seeded
+    assert np.all(np.diff(p1.timestamps_ms) > 0) and p1.arrivals.startswith("poisson at 10 requests/s (seed 0)")
+    assert not np.array_equal(p1.timestamps_ms, load_trace(SERVEGEN_JSONL, arrivals="poisson", rate=10.0,
+                                                           seed=1).timestamps_ms)
+
+
+def test_servegen_csv_matches_the_jsonl():
+    a, b = load_trace(SERVEGEN_JSONL), load_trace(SERVEGEN_CSV)
+    assert b.format == "bailian-csv" and b.name == "servegen_offline"
+    for attr in ("offsets", "blocks", "timestamps_ms", "input_length", "output_length"):
+        assert np.array_equal(getattr(a, attr), getattr(b, attr)), attr
+    for k in ("request_id", "type", "images"):
+        assert a.meta[k].tolist() == b.meta[k].tolist(), k
+
+
+def test_bailian_csv_with_timestamps():
+    t = load_trace(BAILIAN_CSV)
+    assert t.format == "bailian-csv" and t.arrivals == "trace timestamps" and t.reordered == 0
+    assert t.timestamps_ms[0] == 744.0 and np.all(np.diff(t.timestamps_ms) > 0)
+    assert t.meta["chat_id"].tolist() == list(range(12)) and t.meta["parent_chat_id"][4] == 0
+    assert np.array_equal(t.blocks, load_trace(SERVEGEN_JSONL).blocks)
+
+
+def test_csv_errors_name_the_line(tmp_path):
+    head = "request_id,input_length,hash_ids"
+    path = _write(tmp_path / "s.csv", [head, 'a,32,"[1, 2]"', "b,32", "c,-5,1 2", "d,x,1", 'e,16,"[1, -2]"'])
+    for line, message in ((3, "expected 3 CSV columns"), (4, "'input_length' must be >= 0"),
+                          (5, "'input_length' must be an integer"), (6, "non-negative 63-bit integers")):
+        bad = _write(tmp_path / "one.csv", [head, 'a,32,"[1, 2]"', path.read_text().splitlines()[line - 1]])
+        with pytest.raises(TraceFormatError, match=f"one.csv: line 3: .*{message}"):
+            load_trace(bad)
+    assert load_trace(path, skip_bad=True).skipped_lines == 4
+
+
+def test_auto_detection_tells_the_formats_apart(tmp_path):
+    from kvdm.traces.loaders import detect_format
+
+    assert detect_format(FIXTURE) == "mooncake"
+    assert detect_format(SERVEGEN_JSONL) == "bailian" and detect_format(SERVEGEN_CSV) == "bailian-csv"
+    gz = tmp_path / "s.csv.gz"
+    gz.write_bytes(gzip.compress(SERVEGEN_CSV.read_bytes()))
+    assert load_trace(gz).format == "bailian-csv"
+    for text, message in (("id,prompt\n1,hi\n", "unknown trace format: line 1 is neither JSON"),
+                          ('{"prompt": "hi"}\n', "unknown trace format: line 1 is a JSON object with fields 'prompt'")):
+        path = tmp_path / "x.trace"
+        path.write_text(text)
+        with pytest.raises(TraceFormatError, match=message):
+            load_trace(path)
+    with pytest.raises(ValueError, match="valid: auto, mooncake, bailian, bailian-csv"):
+        load_trace(FIXTURE, format="parquet")

@@ -119,7 +119,6 @@ KEY_SCHEMES = {"sha256": 32, "u64": 8, "vllm-sha256": 32}
 CHAIN_SEED = b"kvdm-chunk-v1"
 TOKEN_MAX = 2**32
 TORCH_EXTRA = "pip install 'kvdm[torch]' (torch==2.13.0)"
-_U64_MAX = 2**64 - 1
 
 
 def _torch() -> Any:
@@ -203,31 +202,17 @@ class ChunkKeys:
         full, rest = divmod(n_tokens, self.chunk_size)
         return full + (1 if rest and self.partial_chunks else 0)
 
-    def digests(self, toks: np.ndarray) -> np.ndarray:
-        """The chain's digests h_i of a validated prompt (:func:`as_tokens`), uint8[n, 32]: one
-        C call (native/chunkhash.c)."""
-        n = self.num_chunks(len(toks))
-        out = np.empty((n, 32), dtype=np.uint8)
-        if n:
-            got = lib.kvdm_chunk_chain(self._scheme, self._seed, len(self._seed), ffi.from_buffer(toks),
-                                       len(toks), self.chunk_size, self.partial_chunks,
-                                       ffi.from_buffer(out), n)
-            if got != n:  # the arguments were checked here, so only OpenSSL can fail
-                raise RuntimeError(f"kvdm_chunk_chain failed ({got}) for a prompt of {len(toks)} tokens")
-        return out
-
     def keys(self, toks: np.ndarray) -> np.ndarray:
-        """The chunk keys of a validated prompt (:func:`as_tokens`): ``uint8[n, 32]`` or ``uint64[n]``."""
-        digests = self.digests(toks)
-        if self.key_bytes == 32:
-            zero = ~digests.any(axis=1)
-            if zero.any():  # the reserved all-zero key (probability 2**-256 per chunk)
-                digests[zero, 31] = 1
-            return digests
-        keys = np.ascontiguousarray(digests[:, :8]).view("<u8").reshape(-1).astype(np.uint64)
-        keys[keys == 0] = 1
-        keys[keys == np.uint64(_U64_MAX)] = np.uint64(_U64_MAX - 1)
-        return keys
+        """The chunk keys of a validated prompt (:func:`as_tokens`): ``uint8[n, 32]`` or
+        ``uint64[n]``, in one C call (native/chunkhash.c, which also remaps the reserved keys)."""
+        n = self.num_chunks(len(toks))
+        out = np.empty((n, 32), dtype=np.uint8) if self.key_bytes == 32 else np.empty(n, dtype=np.uint64)
+        if n:
+            got = lib.kvdm_chunk_keys(self._scheme, self._seed, len(self._seed), ffi.from_buffer(toks), len(toks),
+                                      self.chunk_size, self.partial_chunks, self.key_bytes, ffi.from_buffer(out), n)
+            if got != n:  # the arguments were checked here, so only OpenSSL can fail
+                raise RuntimeError(f"kvdm_chunk_keys failed ({got}) for a prompt of {len(toks)} tokens")
+        return out
 
 
 class TokenIndex:

@@ -6,7 +6,7 @@
  *
  * Tokens arrive as their little-endian uint32 bytes (4 * n_tokens bytes). Chunk i is tokens
  * [i*chunk, (i+1)*chunk); a trailing partial chunk is keyed only when `partial` is non-zero.
- * Digests are written as they come out of SHA-256 (the caller remaps reserved keys). */
+ */
 #ifndef KVDM_CHUNKHASH_H
 #define KVDM_CHUNKHASH_H
 
@@ -30,11 +30,14 @@ int64_t kvdm_tokens_to_u32le(const void *in, int elem_bytes, int is_signed, size
 /* Number of keyed chunks of a prompt of n_tokens. */
 size_t kvdm_chunk_count(size_t n_tokens, size_t chunk, int partial);
 
-/* Writes the prompt's chunk digests (32 bytes each) to out, which holds out_chunks of them.
- * Returns the number written, or -1 on bad arguments (unknown scheme, chunk 0, out too small,
- * a vLLM chunk over KVDM_CHUNK_VLLM_MAX tokens or a seed that is not 32 bytes), or -2 when
- * OpenSSL fails. */
-int64_t kvdm_chunk_chain(int scheme, const uint8_t *seed, size_t seed_len, const uint8_t *tokens_le,
-                         size_t n_tokens, size_t chunk, int partial, uint8_t *out, size_t out_chunks);
+/* Writes the prompt's chunk keys to out, which holds out_chunks of them: key_bytes 32 (the
+ * digest; all-zero, reserved by the index API, becomes 31 zero bytes and 0x01) or 8 (the
+ * digest's first 8 bytes as a little-endian uint64, stored as the host's uint64; 0 -> 1 and
+ * 2^64-1 -> 2^64-2). The chain always runs on the digests. Returns the number written, or -1 on
+ * bad arguments (unknown scheme, chunk 0, key_bytes not 8 or 32, out too small, a vLLM chunk over
+ * KVDM_CHUNK_VLLM_MAX tokens or a seed that is not 32 bytes), or -2 when OpenSSL fails. */
+int64_t kvdm_chunk_keys(int scheme, const uint8_t *seed, size_t seed_len, const uint8_t *tokens_le,
+                        size_t n_tokens, size_t chunk, int partial, int key_bytes, uint8_t *out,
+                        size_t out_chunks);
 
 #endif

@@ -1,0 +1,205 @@
+"""``kvdm bench tokens``: the token layer (:class:`kvdm.index.tokens.TokenIndex`) at prompt scale.
+
+What an engine pays per prompt to ask "how much of this prompt is cached?": hashing the prompt
+into chunk keys, then one prefix match, swept over the prompt length and the backends.
+
+* **Workload.** Per prompt length L (``--lengths``) and backend, ``--prompts`` P prompts of L
+  random token ids (below 128,256, seeded) are drawn. The first ``--cached`` share of each
+  prompt (rounded down to whole chunks) is stored first (``TokenIndex.store``: hash + one put),
+  then every prompt is looked up (``TokenIndex.lookup``: hash + one prefix match) and its
+  answer checked against what was stored (``mismatches``; 0 or the command fails). Then all P
+  prompts are looked up in one ``lookup_many`` call (one batch of every prompt's keys).
+* **Timing.** Per prompt, in Python: the hashing (``chunk_keys``: token conversion and the C
+  chain) and the index call (native indexes: the C call's own time, plus the transport's
+  modelled time with ``--latency-model virtual``; Redis and others: around the client call).
+  A prompt's latency is their sum. prompts/s and tokens/s are 1 / mean of that.
+* **Reference.** ``hashlib.sha256`` over each prompt's token bytes (one call, 4 bytes per
+  token), as Mtokens/s beside the chain's hashing rate. The chain hashes a little more (each
+  chunk also hashes its parent's 32-byte digest and is padded on its own: at 256-token chunks
+  17 SHA-256 blocks per 16 of token bytes), so equal rates mean the C chain runs at SHA-256's
+  speed.
+* **Output.** One table, the rows in ``results.parquet``/``results.csv`` and ``run.json`` in
+  ``--out``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from kvdm.experiments.metrics import Histogram
+from kvdm.experiments.replay import NATIVE_INDEXES, backend_session, open_client
+from kvdm.experiments.results import RunResults, machine_description
+from kvdm.index import IndexSpec
+from kvdm.index.tokens import TokenIndex
+from kvdm.traces.tokens import VOCAB
+from kvdm.transport import TransportConfig
+
+LENGTHS = (1024, 4096, 16384, 65536, 131072)
+RESULTS_KIND = "bench-tokens"
+
+
+@dataclass
+class TokensConfig:
+    """A ``kvdm bench tokens`` run."""
+
+    indexes: list[IndexSpec]
+    transport: TransportConfig = field(default_factory=TransportConfig)
+    lengths: tuple[int, ...] = LENGTHS
+    prompts: int = 32
+    chunk: int = 256
+    key_scheme: str = "sha256"
+    cached: float = 0.5
+    seed: int = 1
+    out: str = ""
+
+    def __post_init__(self) -> None:
+        if self.prompts < 1:
+            raise ValueError(f"--prompts must be a positive count, got {self.prompts}")
+        if not 0.0 <= self.cached <= 1.0:
+            raise ValueError(f"--cached must be a share in 0..1, got {self.cached}")
+        if not self.lengths or min(self.lengths) < 1:
+            raise ValueError(f"--lengths must be positive token counts, got {self.lengths}")
+
+
+@dataclass
+class _Timed:
+    hash_ns: np.ndarray
+    call_ns: np.ndarray
+    answers: np.ndarray
+
+
+def _time_prompts(tix: TokenIndex, prompts: list[np.ndarray], virtual: bool,
+                  call: Any) -> _Timed:
+    """Hash each prompt, then ``call(keys, i)``; each part timed per prompt."""
+    index = tix.index
+    names = index.counter_names()
+    vi = names.index("virtual_ns") if virtual else -1
+    clock = time.perf_counter_ns
+    n = len(prompts)
+    hash_ns, call_ns, answers = np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n, np.int64)
+    for i, p in enumerate(prompts):
+        t0 = clock()
+        keys = tix.chunk_keys(p)
+        t1 = clock()
+        v0 = int(index.counter_vector()[vi]) if virtual else 0
+        index.last_call_ns = None
+        t2 = clock()
+        answers[i] = call(keys, i)
+        elapsed = clock() - t2 if index.last_call_ns is None else index.last_call_ns
+        if virtual:
+            elapsed += int(index.counter_vector()[vi]) - v0
+        hash_ns[i], call_ns[i] = t1 - t0, elapsed
+    return _Timed(hash_ns, call_ns, answers)
+
+
+def hashlib_ns(prompts: list[np.ndarray]) -> np.ndarray:
+    """The reference: ``hashlib.sha256`` over each prompt's uint32 LE token bytes, per prompt."""
+    clock = time.perf_counter_ns
+    out = np.zeros(len(prompts), np.int64)
+    for i, p in enumerate(prompts):
+        data = p.astype("<u4").tobytes()
+        t = clock()
+        hashlib.sha256(data).digest()
+        out[i] = clock() - t
+    return out
+
+
+def bench_backend(cfg: TokensConfig, spec: IndexSpec) -> tuple[list[dict[str, Any]], dict[str, Histogram]]:
+    """Every prompt length on one backend (its own memory nodes or server for the duration)."""
+    rows: list[dict[str, Any]] = []
+    hists: dict[str, Histogram] = {}
+    virtual = spec.name in NATIVE_INDEXES and cfg.transport.latency_model == "virtual"
+    with backend_session(spec, cfg.transport) as (uris, shared), open_client(shared, cfg.transport, uris) as index:
+        tix = TokenIndex(index, chunk_size=cfg.chunk, key_scheme=cfg.key_scheme)
+        for n, length in enumerate(cfg.lengths):
+            rng = np.random.default_rng([cfg.seed, n])
+            prompts = [rng.integers(0, VOCAB, length, dtype=np.int64) for _ in range(cfg.prompts)]
+            stored = int(length * cfg.cached) // cfg.chunk * cfg.chunk
+            expect = stored if stored else 0
+            base = np.uint64(n) << np.uint64(32)
+
+            def put(keys: np.ndarray, i: int, base: np.uint64 = base) -> int:
+                index.put(keys, base + np.arange(len(keys), dtype=np.uint64))
+                return len(keys)
+
+            store = _time_prompts(tix, [p[:stored] for p in prompts], virtual, put) if stored else None
+            look = _time_prompts(tix, prompts, virtual, lambda keys, i: index.prefix_match(keys) if len(keys) else 0)
+            got = np.minimum(look.answers * cfg.chunk, length)
+            t = time.perf_counter_ns()
+            many = tix.lookup_many(prompts)
+            many_ns = time.perf_counter_ns() - t
+            ref = hashlib_ns(prompts)
+            total = look.hash_ns + look.call_ns
+            h = Histogram()
+            h.record(total)
+            hists[f"{spec.name}/{length}/lookup"] = h
+            mean_s = float(total.mean()) / 1e9
+            rows.append({
+                "index": spec.name, "tokens": length, "prompts": cfg.prompts, "chunks": -(-length // cfg.chunk),
+                "prompts_per_s": 1.0 / mean_s, "mtokens_per_s": length / mean_s / 1e6,
+                "hash_us_p50": float(np.median(look.hash_ns)) / 1e3,
+                "lookup_us_p50": float(np.median(look.call_ns)) / 1e3,
+                "p50_us": h.percentile(50) / 1e3, "p99_us": h.percentile(99) / 1e3,
+                "hash_share": float(look.hash_ns.sum()) / float(total.sum()),
+                "hash_mtokens_per_s": length * cfg.prompts / (float(look.hash_ns.sum()) / 1e9) / 1e6,
+                "hashlib_mtokens_per_s": length * cfg.prompts / (float(ref.sum()) / 1e9) / 1e6,
+                "store_us_p50": float(np.median(store.hash_ns + store.call_ns)) / 1e3 if store else 0.0,
+                "batch_prompts_per_s": cfg.prompts / (many_ns / 1e9),
+                "cached_tokens": expect,
+                "mismatches": int((got != expect).sum()) + sum(1 for m in many if m != expect),
+                "virtual_added": virtual,
+            })
+    return rows, hists
+
+
+COLUMNS = (("index", "index", "{}"), ("tokens", "tokens", "{:,}"), ("prompts_per_s", "prompts/s", "{:,.0f}"),
+           ("mtokens_per_s", "Mtok/s", "{:,.1f}"), ("hash_us_p50", "hash us", "{:,.1f}"),
+           ("lookup_us_p50", "lookup us", "{:,.1f}"), ("p50_us", "p50 us", "{:,.1f}"), ("p99_us", "p99 us", "{:,.1f}"),
+           ("hash_mtokens_per_s", "hash Mtok/s", "{:,.0f}"), ("hashlib_mtokens_per_s", "hashlib Mtok/s", "{:,.0f}"),
+           ("store_us_p50", "store us", "{:,.1f}"), ("batch_prompts_per_s", "batch prompts/s", "{:,.0f}"),
+           ("mismatches", "mismatch", "{}"))
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """The printed table."""
+    cells = [[title for _, title, _ in COLUMNS]] + [[fmt.format(r[k]) for k, _, fmt in COLUMNS] for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(COLUMNS))]
+    return "\n".join("  ".join(c.rjust(w) for c, w in zip(line, widths, strict=True)) for line in cells)
+
+
+def echo(cfg: TokensConfig) -> list[str]:
+    t = cfg.transport
+    return [f"backends {', '.join(s.name for s in cfg.indexes)}; {cfg.prompts} prompts per length, chunks of "
+            f"{cfg.chunk} tokens, keys {cfg.key_scheme}, {cfg.cached:.0%} of each prompt stored first",
+            f"native indexes: {t.describe()}"]
+
+
+def run_tokens(cfg: TokensConfig, quiet: bool = False) -> RunResults:
+    """The sweep; prints the table unless ``quiet``."""
+    say = (lambda s: None) if quiet else print
+    for line in echo(cfg):
+        say(f"# {line}")
+    rows: list[dict[str, Any]] = []
+    hists: dict[str, Histogram] = {}
+    t0 = time.perf_counter()
+    for spec in cfg.indexes:
+        r, h = bench_backend(cfg, spec)
+        rows += r
+        hists.update(h)
+    say(table(rows))
+    say("# per prompt: hash = chunk keys (token conversion + the C SHA-256 chain), lookup = one prefix match "
+        "(native: the C call" + (" + modelled transport time" if cfg.transport.latency_model == "virtual" else "")
+        + "; redis: around the client call); prompts/s and Mtok/s from their mean sum; batch = one lookup_many "
+        "of every prompt; hashlib = hashlib.sha256 over the same token bytes, one call per prompt")
+    meta = {"kind": RESULTS_KIND, "config": asdict(cfg) | {"echo": echo(cfg)}, "machine": machine_description(),
+            "run": {"wall_s": time.perf_counter() - t0}}
+    return RunResults(pd.DataFrame(rows), meta, hists)
+
+
+__all__ = ["LENGTHS", "TokensConfig", "run_tokens"]

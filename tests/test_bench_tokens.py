@@ -1,0 +1,43 @@
+"""kvdm bench tokens: the sweep runs on native and Redis backends, checks every answer and prints
+the hashing split with its hashlib reference."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from kvdm.experiments.bench_tokens import TokensConfig, run_tokens
+from kvdm.index import IndexSpec
+
+
+@pytest.mark.parametrize("scheme", ["sha256", "u64"])
+def test_sweep_answers_what_was_stored(scheme: str):
+    kb = 32 if scheme == "sha256" else 8
+    cfg = TokensConfig([IndexSpec("chime", kb), IndexSpec("dict", kb)], lengths=(1000, 4096), prompts=4,
+                       chunk=256, key_scheme=scheme, cached=0.5)
+    res = run_tokens(cfg, quiet=True)
+    rows = res.rows
+    assert len(rows) == 4 and (rows["mismatches"] == 0).all()
+    assert rows.set_index(["index", "tokens"]).loc[("chime", 1000), "cached_tokens"] == 256  # 500 -> whole chunks
+    assert (rows["hash_us_p50"] > 0).all() and (rows["hashlib_mtokens_per_s"] > 0).all()
+    assert (rows["p50_us"] >= rows["hash_us_p50"]).all()
+
+
+def test_cli_prints_the_table_for_chime_and_redis(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "kvdm.experiments.cli", "bench", "tokens", "--lengths", "1024,8192",
+                          "--prompts", "3", "--out", str(tmp_path / "r")], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    lines = run.stdout.splitlines()
+    assert any(line.split()[:2] == ["chime", "8,192"] for line in lines)
+    assert any(line.split()[:2] == ["redis", "1,024"] for line in lines)
+    assert "hashlib Mtok/s" in run.stdout and (tmp_path / "r" / "results.parquet").exists()
+
+
+def test_cli_rejects_bad_values():
+    for args, msg in ((["--lengths", "0,5"], "--lengths"), (["--backends", "nosuch"], "unknown index"),
+                      (["--cached", "2"], "--cached"), (["--prompts", "0"], "--prompts")):
+        run = subprocess.run([sys.executable, "-m", "kvdm.experiments.cli", "bench", "tokens", *args],
+                             capture_output=True, text=True, timeout=60)
+        assert run.returncode == 2 and msg in run.stderr and not run.stdout, (args, run.stdout, run.stderr)

@@ -34,9 +34,14 @@ Chunk keys (``key_scheme``), exactly
 
 * ``"sha256"`` (32-byte keys; the index must have ``key_bytes == 32``)::
 
-      h_0 = SHA-256(b"kvdm-chunk-v1" + B_0)          # the 13 ASCII bytes, then the chunk
-      h_i = SHA-256(h_{i-1} + B_i)                   # h_{i-1}: the 32-byte digest, i >= 1
-      key_i = h_i                                    # as uint8[32], byte order as digested
+      h_{-1} = SHA-256(b"kvdm-chunk-v2")             # the 13 ASCII bytes
+      h_i    = SHA-256(B_i + h_{i-1})                # the chunk, then its parent's 32-byte digest
+      key_i  = h_i                                   # as uint8[32], byte order as digested
+
+  The parent comes last so that the chunk's whole 64-byte SHA-256 blocks do not depend on
+  it: ``native/chunkhash.c`` compresses two chunks' blocks as two interleaved streams on the
+  CPU's SHA extensions, and only each chunk's final block or two (its tail, the parent, the
+  padding) runs in chain order. (Version 1 of these keys put the parent first.)
 
   The all-zero key is reserved by the index API; a digest of 32 zero bytes (probability
   2**-256) would be stored as 31 zero bytes followed by 0x01 (the chain still uses ``h_i``).
@@ -67,10 +72,10 @@ Chunk keys (``key_scheme``), exactly
   ``CacheEngineKey`` with the model name, world size and worker id; kvdm stores the bare
   hash).
 
-Hashing is one C call per prompt (``native/chunkhash.c``: OpenSSL's SHA-256, which uses the
-CPU's SHA extensions where present; the vLLM pickle is written byte for byte in C, for chunks
-of up to 8192 tokens); the token array is converted, range-checked and encoded once per prompt
-with numpy. ``kvdm bench tokens`` prints its rate beside ``hashlib.sha256`` over the same bytes.
+Hashing is one C call per prompt (``native/chunkhash.c``: SHA-256 on the CPU's SHA extensions,
+two chunks at a time, else OpenSSL's; the vLLM pickle is written byte for byte in C, for chunks
+of up to 8192 tokens, and hashed with OpenSSL); the token ids are converted and range-checked
+in one C pass. ``kvdm bench tokens`` prints its rate beside ``hashlib.sha256`` over the same bytes.
 
 Batches
 -------
@@ -104,6 +109,7 @@ Falses-then-Trues, and a mask of the wrong length, rank or dtype; (4) kvdm's def
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import pickle
 import sys
@@ -116,9 +122,16 @@ from kvdm.index.api import Index, as_values
 from kvdm.native import ffi, lib
 
 KEY_SCHEMES = {"sha256": 32, "u64": 8, "vllm-sha256": 32}
-CHAIN_SEED = b"kvdm-chunk-v1"
+CHAIN_SEED = hashlib.sha256(b"kvdm-chunk-v2").digest()  # h_{-1} of the "sha256" and "u64" chains
 TOKEN_MAX = 2**32
 TORCH_EXTRA = "pip install 'kvdm[torch]' (torch==2.13.0)"
+
+
+@functools.cache
+def _sha_extensions() -> bool:
+    """Whether the CPU has the SHA extensions native/chunkhash.c uses (asked once: CPUID traps
+    to the hypervisor in a VM)."""
+    return bool(lib.kvdm_chunk_accel())
 
 
 def _torch() -> Any:
@@ -177,7 +190,7 @@ class ChunkKeys:
     :class:`TokenIndex` and by the token-level replay, which keys a whole trace up front."""
 
     def __init__(self, chunk_size: int = 256, key_scheme: str = "sha256", partial_chunks: bool = False,
-                 vllm_seed: str = "0") -> None:
+                 vllm_seed: str = "0", accel: bool = True) -> None:
         if key_scheme not in KEY_SCHEMES:
             raise ValueError(f"unknown key_scheme {key_scheme!r}; valid: {', '.join(KEY_SCHEMES)}")
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
@@ -188,6 +201,7 @@ class ChunkKeys:
         self.key_scheme = key_scheme
         self.partial_chunks = bool(partial_chunks)
         self.key_bytes = KEY_SCHEMES[key_scheme]
+        self.accel = bool(accel) and _sha_extensions()  # False: OpenSSL only (the same keys)
         if key_scheme == "vllm-sha256":
             if self.chunk_size > lib.KVDM_CHUNK_VLLM_MAX:
                 raise ValueError(f"key_scheme 'vllm-sha256' supports chunks of up to {lib.KVDM_CHUNK_VLLM_MAX} "
@@ -209,7 +223,8 @@ class ChunkKeys:
         out = np.empty((n, 32), dtype=np.uint8) if self.key_bytes == 32 else np.empty(n, dtype=np.uint64)
         if n:
             got = lib.kvdm_chunk_keys(self._scheme, self._seed, len(self._seed), ffi.from_buffer(toks), len(toks),
-                                      self.chunk_size, self.partial_chunks, self.key_bytes, ffi.from_buffer(out), n)
+                                      self.chunk_size, self.partial_chunks, self.key_bytes, self.accel,
+                                      ffi.from_buffer(out), n)
             if got != n:  # the arguments were checked here, so only OpenSSL can fail
                 raise RuntimeError(f"kvdm_chunk_keys failed ({got}) for a prompt of {len(toks)} tokens")
         return out

@@ -1,5 +1,5 @@
 /* chunkhash.c - chunk-key chains over a prompt's tokens (see chunkhash.h). */
-#define OPENSSL_API_COMPAT 0x10101000L /* SHA256_Init & co.: no provider lookup per chunk */
+#define OPENSSL_API_COMPAT 0x10101000L /* SHA256_Transform & co.: no provider lookup per block */
 #include "chunkhash.h"
 
 #include <openssl/sha.h>
@@ -112,6 +112,138 @@ static size_t vllm_pickle(uint8_t *buf, const uint8_t parent[32], const uint8_t 
     return (size_t)(p - buf);
 }
 
+/* --- SHA-256 compression: x86 SHA extensions (one or two interleaved streams), else OpenSSL's --- */
+
+static const uint32_t SHA256_IV[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
+                                      0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
+
+static void compress_openssl(uint32_t st[8], const uint8_t *d, size_t nb) {
+    SHA256_CTX c;
+    for (int i = 0; i < 8; i++) c.h[i] = st[i];
+    for (; nb; nb--, d += 64) SHA256_Transform(&c, d);
+    for (int i = 0; i < 8; i++) st[i] = c.h[i];
+}
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#include <immintrin.h>
+
+int kvdm_chunk_accel(void) {
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & bit_SSSE3) || !(c & bit_SSE4_1)) return 0;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
+    return (b >> 29) & 1; /* CPUID.7.0:EBX.SHA */
+}
+
+static const uint32_t SHA256_K[64] = {
+    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
+    0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
+    0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
+    0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
+    0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
+    0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
+    0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+    0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2};
+
+#define SHANI __attribute__((target("sha,ssse3,sse4.1")))
+#define BSWAP_MASK _mm_set_epi64x(0x0c0d0e0f08090a0bULL, 0x0405060700010203ULL)
+
+/* The state as the SHA instructions want it: ABEF and CDGH. */
+SHANI static void shani_load(const uint32_t st[8], __m128i *abef, __m128i *cdgh) {
+    __m128i dcba = _mm_shuffle_epi32(_mm_loadu_si128((const __m128i *)&st[0]), 0xB1);
+    __m128i efgh = _mm_shuffle_epi32(_mm_loadu_si128((const __m128i *)&st[4]), 0x1B);
+    *abef = _mm_alignr_epi8(dcba, efgh, 8);
+    *cdgh = _mm_blend_epi16(efgh, dcba, 0xF0);
+}
+
+SHANI static void shani_store(uint32_t st[8], __m128i abef, __m128i cdgh) {
+    __m128i feba = _mm_shuffle_epi32(abef, 0x1B);
+    __m128i dchg = _mm_shuffle_epi32(cdgh, 0xB1);
+    _mm_storeu_si128((__m128i *)&st[0], _mm_blend_epi16(feba, dchg, 0xF0));
+    _mm_storeu_si128((__m128i *)&st[4], _mm_alignr_epi8(dchg, feba, 8));
+}
+
+/* 4 rounds of group g on one stream; m[] holds the message schedule's last four groups. */
+#define SHANI_GROUP(g, d, m, s0, s1)                                                                      \
+    do {                                                                                                \
+        if ((g) < 4) {                                                                                  \
+            m[g] = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)((d) + 16 * (g))), BSWAP_MASK);     \
+        } else {                                                                                        \
+            __m128i t_ = _mm_sha256msg1_epu32(m[(g) & 3], m[((g) + 1) & 3]);                            \
+            t_ = _mm_add_epi32(t_, _mm_alignr_epi8(m[((g) + 3) & 3], m[((g) + 2) & 3], 4));             \
+            m[(g) & 3] = _mm_sha256msg2_epu32(t_, m[((g) + 3) & 3]);                                    \
+        }                                                                                               \
+        __m128i w_ = _mm_add_epi32(m[(g) & 3], _mm_loadu_si128((const __m128i *)&SHA256_K[4 * (g)])); \
+        s1 = _mm_sha256rnds2_epu32(s1, s0, w_);                                                         \
+        s0 = _mm_sha256rnds2_epu32(s0, s1, _mm_shuffle_epi32(w_, 0x0E));                                \
+    } while (0)
+
+SHANI static void compress_shani(uint32_t st[8], const uint8_t *d, size_t nb) {
+    __m128i s0, s1;
+    shani_load(st, &s0, &s1);
+    for (; nb; nb--, d += 64) {
+        __m128i a0 = s0, a1 = s1, m[4];
+        _Pragma("GCC unroll 16") for (int g = 0; g < 16; g++) SHANI_GROUP(g, d, m, s0, s1);
+        s0 = _mm_add_epi32(s0, a0);
+        s1 = _mm_add_epi32(s1, a1);
+    }
+    shani_store(st, s0, s1);
+}
+
+/* Two independent streams of nb blocks each, interleaved: the SHA unit's latency, not its
+ * throughput, bounds one stream, so two run in not much more than the time of one. */
+SHANI static void compress_shani_x2(uint32_t st[8], const uint8_t *d, uint32_t su[8], const uint8_t *e, size_t nb) {
+    __m128i s0, s1, u0, u1;
+    shani_load(st, &s0, &s1);
+    shani_load(su, &u0, &u1);
+    for (; nb; nb--, d += 64, e += 64) {
+        __m128i a0 = s0, a1 = s1, b0 = u0, b1 = u1, m[4], n[4];
+        _Pragma("GCC unroll 16") for (int g = 0; g < 16; g++) {
+            SHANI_GROUP(g, d, m, s0, s1);
+            SHANI_GROUP(g, e, n, u0, u1);
+        }
+        s0 = _mm_add_epi32(s0, a0);
+        s1 = _mm_add_epi32(s1, a1);
+        u0 = _mm_add_epi32(u0, b0);
+        u1 = _mm_add_epi32(u1, b1);
+    }
+    shani_store(st, s0, s1);
+    shani_store(su, u0, u1);
+}
+#else
+int kvdm_chunk_accel(void) { return 0; }
+static void compress_shani(uint32_t st[8], const uint8_t *d, size_t nb) { compress_openssl(st, d, nb); }
+static void compress_shani_x2(uint32_t st[8], const uint8_t *d, uint32_t su[8], const uint8_t *e, size_t nb) {
+    compress_openssl(st, d, nb);
+    compress_openssl(su, e, nb);
+}
+#endif
+
+static void compress(int accel, uint32_t st[8], const uint8_t *d, size_t nb) {
+    if (accel) compress_shani(st, d, nb);
+    else compress_openssl(st, d, nb);
+}
+
+/* SHA-256 of (the whole blocks already folded into st: done bytes) || tail || parent, into h. */
+static void finish_with_parent(int accel, uint32_t st[8], uint64_t done, const uint8_t *tail, size_t tail_len,
+                               const uint8_t parent[32], uint8_t h[32]) {
+    uint8_t buf[128] = {0}; /* tail_len < 64: tail, parent, 0x80, length: at most two blocks */
+    size_t len = tail_len + 32;
+    memcpy(buf, tail, tail_len);
+    memcpy(buf + tail_len, parent, 32);
+    buf[len] = 0x80;
+    size_t total = len + 9 <= 64 ? 64 : 128;
+    uint64_t bits = (done + len) * 8;
+    for (int i = 0; i < 8; i++) buf[total - 1 - i] = (uint8_t)(bits >> (8 * i));
+    compress(accel, st, buf, total / 64);
+    for (int i = 0; i < 8; i++) {
+        h[4 * i] = (uint8_t)(st[i] >> 24);
+        h[4 * i + 1] = (uint8_t)(st[i] >> 16);
+        h[4 * i + 2] = (uint8_t)(st[i] >> 8);
+        h[4 * i + 3] = (uint8_t)st[i];
+    }
+}
+
 /* The key of digest h: h itself for 32-byte keys (all-zero is reserved: ...01), or its first 8
  * bytes as a little-endian uint64 (0 and 2^64-1 are reserved: 1 and 2^64-2). */
 static void put_key(uint8_t *out, const uint8_t h[32], int key_bytes) {
@@ -129,7 +261,7 @@ static void put_key(uint8_t *out, const uint8_t h[32], int key_bytes) {
 }
 
 int64_t kvdm_chunk_keys(int scheme, const uint8_t *seed, size_t seed_len, const uint8_t *tokens_le,
-                        size_t n_tokens, size_t chunk, int partial, int key_bytes, uint8_t *out,
+                        size_t n_tokens, size_t chunk, int partial, int key_bytes, int accel, uint8_t *out,
                         size_t out_chunks) {
     size_t n = kvdm_chunk_count(n_tokens, chunk, partial);
     if (chunk == 0 || n > out_chunks || (n && !out) || (n_tokens && !tokens_le) || (seed_len && !seed) ||
@@ -137,13 +269,30 @@ int64_t kvdm_chunk_keys(int scheme, const uint8_t *seed, size_t seed_len, const 
         return -1;
     uint8_t h[32]; /* h_{i-1}: the chain runs on digests, the keys may be remapped */
     if (scheme == KVDM_CHUNK_SHA256) {
-        SHA256_CTX ctx;
-        for (size_t i = 0; i < n; i++) {
-            size_t len = (i + 1) * chunk <= n_tokens ? chunk : n_tokens - i * chunk;
-            if (!SHA256_Init(&ctx) || !SHA256_Update(&ctx, i ? h : seed, i ? 32 : seed_len) ||
-                !SHA256_Update(&ctx, tokens_le + 4 * i * chunk, 4 * len) || !SHA256_Final(h, &ctx))
-                return -2;
+        /* h_i = SHA-256(B_i || h_{i-1}): B_i's whole blocks do not depend on the chain, so two
+         * chunks' blocks run as two interleaved streams; only the last block or two (the tail of
+         * B_i, h_{i-1}, padding) wait for the previous key. */
+        if (seed_len != 32 || accel < 0) return -1;
+        const uint8_t *parent = seed;
+        uint32_t st[2][8];
+        for (size_t i = 0; i < n; i += 2) {
+            size_t len0 = (i + 1) * chunk <= n_tokens ? chunk : n_tokens - i * chunk;
+            size_t len1 = i + 1 < n ? ((i + 2) * chunk <= n_tokens ? chunk : n_tokens - (i + 1) * chunk) : 0;
+            const uint8_t *b0 = tokens_le + 4 * i * chunk, *b1 = b0 + 4 * chunk;
+            size_t nb0 = 4 * len0 / 64, nb1 = 4 * len1 / 64, both = nb1 < nb0 ? nb1 : nb0;
+            memcpy(st[0], SHA256_IV, 32);
+            memcpy(st[1], SHA256_IV, 32);
+            if (accel && both) compress_shani_x2(st[0], b0, st[1], b1, both);
+            else both = 0;
+            compress(accel, st[0], b0 + 64 * both, nb0 - both);
+            finish_with_parent(accel, st[0], 64 * nb0, b0 + 64 * nb0, 4 * len0 % 64, parent, h);
             put_key(out + (size_t)key_bytes * i, h, key_bytes);
+            if (i + 1 < n) { /* finish_with_parent reads its parent before it writes h */
+                compress(accel, st[1], b1 + 64 * both, nb1 - both);
+                finish_with_parent(accel, st[1], 64 * nb1, b1 + 64 * nb1, 4 * len1 % 64, h, h);
+                put_key(out + (size_t)key_bytes * (i + 1), h, key_bytes);
+            }
+            parent = h;
         }
         return (int64_t)n;
     }

@@ -13,7 +13,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* h_0 = SHA-256(seed || B_0), h_i = SHA-256(h_{i-1} || B_i), B_i the chunk's uint32 LE bytes. */
+/* h_i = SHA-256(B_i || h_{i-1}), h_{-1} = seed (32 bytes), B_i the chunk's uint32 LE bytes. The
+ * parent comes last so that B_i's whole 64-byte blocks do not wait for it: two chunks' blocks are
+ * compressed as two interleaved streams (x86 SHA extensions), and only the final block or two of
+ * each chunk is sequential. */
 #define KVDM_CHUNK_SHA256 0
 /* vLLM's hash_block_tokens with sha256: h_i = SHA-256(pickle.dumps((h_{i-1}, tuple(chunk_i),
  * None), protocol=5)), h_{-1} = seed (vLLM's 32-byte NONE_HASH). Chunks up to
@@ -27,17 +30,22 @@
  * -2 for an unsupported elem_bytes. */
 int64_t kvdm_tokens_to_u32le(const void *in, int elem_bytes, int is_signed, size_t n, uint8_t *out);
 
+/* 1 when this CPU has the SHA extensions (and SSSE3, SSE4.1) kvdm_chunk_keys can use, else 0. */
+int kvdm_chunk_accel(void);
+
 /* Number of keyed chunks of a prompt of n_tokens. */
 size_t kvdm_chunk_count(size_t n_tokens, size_t chunk, int partial);
 
 /* Writes the prompt's chunk keys to out, which holds out_chunks of them: key_bytes 32 (the
  * digest; all-zero, reserved by the index API, becomes 31 zero bytes and 0x01) or 8 (the
  * digest's first 8 bytes as a little-endian uint64, stored as the host's uint64; 0 -> 1 and
- * 2^64-1 -> 2^64-2). The chain always runs on the digests. Returns the number written, or -1 on
- * bad arguments (unknown scheme, chunk 0, key_bytes not 8 or 32, out too small, a vLLM chunk over
- * KVDM_CHUNK_VLLM_MAX tokens or a seed that is not 32 bytes), or -2 when OpenSSL fails. */
+ * 2^64-1 -> 2^64-2). The chain always runs on the digests. accel: 1 to use the SHA extensions,
+ * only where kvdm_chunk_accel() returned 1 (the caller asks once: CPUID is a trap to the
+ * hypervisor in a VM, ~15 us), 0 for OpenSSL's compression only (same keys; tests compare them). Returns the number written, or -1 on bad arguments (unknown scheme, chunk 0,
+ * key_bytes not 8 or 32, out too small, a vLLM chunk over KVDM_CHUNK_VLLM_MAX tokens or a seed
+ * that is not 32 bytes), or -2 when OpenSSL fails. */
 int64_t kvdm_chunk_keys(int scheme, const uint8_t *seed, size_t seed_len, const uint8_t *tokens_le,
-                        size_t n_tokens, size_t chunk, int partial, int key_bytes, uint8_t *out,
+                        size_t n_tokens, size_t chunk, int partial, int key_bytes, int accel, uint8_t *out,
                         size_t out_chunks);
 
 #endif

@@ -18,7 +18,7 @@ import pytest
 import kvdm.index
 from kvdm.index.redis_index import RedisIndex
 from kvdm.index.redis_server import RedisServer, pid_running, started_pids
-from kvdm.index.tokens import TokenIndex, as_tokens
+from kvdm.index.tokens import ChunkKeys, TokenIndex, as_tokens
 
 _names = itertools.count()
 
@@ -29,10 +29,10 @@ def ref_sha256_chain(tokens: list[int], chunk: int, partial: bool = False) -> li
     ends = [(i + 1) * chunk for i in range(n_full)]
     if partial and len(tokens) % chunk:
         ends.append(len(tokens))
-    out, prev, start = [], b"kvdm-chunk-v1", 0
+    out, prev, start = [], hashlib.sha256(b"kvdm-chunk-v2").digest(), 0
     for end in ends:
         data = b"".join(t.to_bytes(4, "little") for t in tokens[start:end])
-        prev = hashlib.sha256(prev + data).digest()
+        prev = hashlib.sha256(data + prev).digest()
         out.append(prev)
         start = end
     return out
@@ -92,9 +92,24 @@ def test_known_vector():
     """A fixed vector, so a change of the encoding shows even if the reference drifted too."""
     tix = TokenIndex(kvdm.index.open("dict", key_bytes=32), chunk_size=2)
     keys = tix.chunk_keys([1, 2, 3, 4])
-    first = hashlib.sha256(b"kvdm-chunk-v1" + bytes([1, 0, 0, 0, 2, 0, 0, 0])).digest()
-    second = hashlib.sha256(first + bytes([3, 0, 0, 0, 4, 0, 0, 0])).digest()
+    seed = hashlib.sha256(b"kvdm-chunk-v2").digest()
+    first = hashlib.sha256(bytes([1, 0, 0, 0, 2, 0, 0, 0]) + seed).digest()
+    second = hashlib.sha256(bytes([3, 0, 0, 0, 4, 0, 0, 0]) + first).digest()
     assert bytes(keys[0]) == first and bytes(keys[1]) == second
+    assert bytes(keys[1]).hex()[:16] == "8644653d1a1487bc"
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 15, 16, 17, 32, 100, 256, 1000])
+@pytest.mark.parametrize("n", [0, 1, 15, 16, 17, 255, 256, 257, 1023, 2047, 4097])
+def test_sha_extensions_and_openssl_give_the_same_keys(chunk, n):
+    """Two compression paths (two interleaved SHA-extension streams with the tails done apart,
+    and OpenSSL's blocks) against hashlib, over chunk and prompt sizes that put the tail at
+    every interesting length (0, < 24 and >= 24 bytes beside the 32-byte parent, two blocks)."""
+    prompt = np.random.default_rng(chunk * 10_000 + n).integers(0, 2**32, n).tolist()
+    want = ref_sha256_chain(prompt, chunk, partial=True)
+    for accel in (True, False):
+        keyer = ChunkKeys(chunk, "sha256", partial_chunks=True, accel=accel)
+        assert [bytes(r) for r in keyer.keys(as_tokens(prompt))] == want, accel
 
 
 @pytest.mark.parametrize("seed", ["0", "42"])

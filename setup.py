@@ -19,7 +19,7 @@ setup(
     package_data={
         "kvdm.native": ["*.h", "*.c", "*.inc", "*.cdef"],
         "kvdm.transport.softroce": ["*.sh", "*.py"],
-        "kvdm.traces.fixtures": ["*.jsonl", "*.jsonl.gz"],
+        "kvdm.traces.fixtures": ["*.jsonl", "*.jsonl.gz", "*.csv", "*.md"],
     },
     cffi_modules=["native/build.py:ffibuilder"],
     setup_requires=["cffi>=1.15"],

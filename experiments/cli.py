@@ -186,6 +186,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("kvdm: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `kvdm traces stats ... | head`: the reader left, which is not an error
+        # stdout's pending bytes cannot be written any more: point it at devnull so the exit flush is quiet
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (UsageError, PackageUsageError, ValueError, DMError, FileNotFoundError) as exc:
         print(f"kvdm: error: {exc}", file=sys.stderr)
         return 2

@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from kvdm.experiments.cli import UsageError, choices_type, count, non_negative, positive
+from kvdm.experiments.cli import UsageError, choices_type, count, count0, non_negative, positive
 from kvdm.experiments.cmd_traces import add_trace_options, load_trace_from_args, trace_options
 from kvdm.experiments.options import add_transport_options, transport_config
 from kvdm.experiments.replay import DRIVERS, NATIVE_INDEXES, ReplayConfig, load_stream, parse_mode, replay
@@ -108,7 +108,7 @@ def register(sub: Any) -> None:
                    help="id (integer id, 8 B: runs stay adjacent), u64 (chained 64-bit hash), "
                    "sha256 (32 B, the paper's key); with --tokens: sha256 (32 B chain over the chunk's tokens), "
                    "u64 (its first 8 B) or vllm-sha256 (vLLM's block hash); default id (sha256 with --tokens)")
-    p.add_argument("--tokens", type=nonnegative_int, nargs="?", const=0, default=None, metavar="CHUNK",
+    p.add_argument("--tokens", type=count0, nargs="?", const=0, default=None, metavar="CHUNK",
                    help="token level: synthesise each request's prompt from its hash_ids, key it in chunks of "
                    "CHUNK tokens (default: the trace's block size, whose hits then equal the block-level ground "
                    "truth) with kvdm.index.tokens, and replay the engine's view over those keys; prints the "
@@ -136,17 +136,6 @@ def register(sub: Any) -> None:
     add_index_options(p)
     add_transport_options(p)
     p.set_defaults(func=cmd_replay)
-
-
-def nonnegative_int(text: str) -> int:
-    """argparse type of a count that may be 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a count >= 0, got {text!r}")
-    return value
 
 
 REPLAY_KEY_SCHEMES = KEY_SCHEMES + tuple(k for k in TOKEN_KEY_SCHEMES if k not in KEY_SCHEMES)

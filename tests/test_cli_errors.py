@@ -138,3 +138,13 @@ def test_bench_index_prints_dashes_not_nan(capsys):
     assert status == 0, err
     row = out.splitlines()[[i for i, line in enumerate(out.splitlines()) if line.lstrip().startswith("Mops")][0] + 1]
     assert "nan" not in out and row.split()[-1] == "-"  # server CPU: a Redis-only column
+
+
+def test_a_reader_that_leaves_early_is_not_an_error():
+    """`kvdm traces stats ... | head -1`: the closed pipe ends the command quietly."""
+    proc = subprocess.Popen([sys.executable, "-m", "kvdm.experiments.cli", "traces", "stats", str(FIXTURE)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # before the command writes its first line
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0 and "Traceback" not in err and "BrokenPipe" not in err, err

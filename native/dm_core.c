@@ -84,8 +84,10 @@ int dm_attach(dm_ctx *ctx, const char *uri, unsigned *node_id_out) {
     if (node->id > DM_MAX_NODES || ctx->nodes[node->id]) {
         unsigned id = node->id;
         node->ops->detach(node);
-        return dm_fail(ctx, DM_EEXIST, "memory node id %u (from '%s') is %s", id, uri,
-                       id > DM_MAX_NODES ? "out of range" : "already attached to this context");
+        if (id > DM_MAX_NODES) /* the header says so: not a kvdm region, or a damaged one */
+            return dm_fail(ctx, DM_EPROTO, "memory node '%s' has a bad region header: node id %u is outside 0..%d",
+                           uri, id, DM_MAX_NODES);
+        return dm_fail(ctx, DM_EEXIST, "memory node id %u (from '%s') is already attached to this context", id, uri);
     }
     ctx->nodes[node->id] = node;
     ctx->num_nodes++;

@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from kvdm.native import lib
 from kvdm.transport import (
     AddressError,
+    BadRegion,
     DMContext,
     DMError,
     MemoryNodeFull,
@@ -405,6 +406,18 @@ def test_tear_counter_counts_injected_transfers(shm_node: ShmMemoryNode) -> None
 
 
 # ---- shm only: regions and configuration -------------------------------------------------------
+
+
+def test_a_region_header_with_a_bad_node_id_is_a_bad_region() -> None:
+    node = ShmMemoryNode(1 << 20, node_id=3)
+    try:
+        with open(f"/dev/shm/{node.name}", "r+b") as f:
+            f.seek(16)  # DM_HDR_NODE_ID (dm.h)
+            f.write(struct.pack("<Q", 999))
+        with pytest.raises(BadRegion, match=r"bad region header: node id 999 is outside 0\.\.\d+"):
+            DMContext(uris=[node.uri])
+    finally:
+        node.destroy()
 
 
 def test_region_errors(shm_node: ShmMemoryNode) -> None:

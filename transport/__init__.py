@@ -16,6 +16,7 @@ from dataclasses import replace
 from kvdm.transport.config import LATENCY_MODELS, TRANSPORTS, TransportConfig, parse_size
 from kvdm.transport.dm import (
     AddressError,
+    BadRegion,
     DMContext,
     DMError,
     MemoryNodeFull,
@@ -50,7 +51,7 @@ def connect(config: TransportConfig, uris: list[str]) -> DMContext:
 
 
 __all__ = [
-    "LATENCY_MODELS", "TRANSPORTS", "AddressError", "DMContext", "DMError", "MemoryNodeFull",
+    "LATENCY_MODELS", "TRANSPORTS", "AddressError", "BadRegion", "DMContext", "DMError", "MemoryNodeFull",
     "RegionExists", "RegionMissing", "ShmMemoryNode", "TransportConfig", "TransportUnavailable",
     "connect", "embedded_nodes", "gaddr", "memory_nodes", "parse_size", "root_gaddr",
 ]

@@ -43,6 +43,10 @@ class TransportUnavailable(DMError):
     """The transport is not built in (e.g. verbs without rdma-core)."""
 
 
+class BadRegion(DMError, ValueError):
+    """A malformed region header or peer message (DM_EPROTO)."""
+
+
 _ERRORS: dict[int, type[DMError]] = {
     lib.DM_ENOMEM: MemoryNodeFull,
     lib.DM_ENODE: AddressError,
@@ -51,6 +55,7 @@ _ERRORS: dict[int, type[DMError]] = {
     lib.DM_EEXIST: RegionExists,
     lib.DM_ENOENT: RegionMissing,
     lib.DM_ENOSYS: TransportUnavailable,
+    lib.DM_EPROTO: BadRegion,
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import time
+from dataclasses import replace
 from typing import Any
 
 import pandas as pd
@@ -12,7 +13,15 @@ import pandas as pd
 from kvdm.experiments.cli import UsageError, choices_type, count, count0, non_negative, positive
 from kvdm.experiments.cmd_traces import add_trace_options, load_trace_from_args, trace_options
 from kvdm.experiments.options import add_transport_options, transport_config
-from kvdm.experiments.replay import DRIVERS, NATIVE_INDEXES, ReplayConfig, load_stream, parse_mode, replay
+from kvdm.experiments.replay import (
+    DRIVERS,
+    LAUNCHERS,
+    NATIVE_INDEXES,
+    ReplayConfig,
+    load_stream,
+    parse_mode,
+    replay,
+)
 from kvdm.experiments.results import RunResults
 from kvdm.index import IndexSpec, available
 from kvdm.index.native import LPM_STRATEGIES
@@ -99,7 +108,12 @@ def register(sub: Any) -> None:
         "per-op throughput, latency percentiles, RTTs, verbs and bytes per op. With no flags: the "
         "conversation trace on chime over an embedded shm memory node, closed loop.")
     add_trace_options(p, positional=False)
-    p.add_argument("--clients", type=count, default=2, help="client processes (default 2)")
+    p.add_argument("--clients", type=count, default=None,
+                   help="client processes (default 2; with --launcher mpi: the MPI world size)")
+    p.add_argument("--launcher", type=choices_type(LAUNCHERS, "launcher"), default="local",
+                   help="local (client processes on this host; default) or mpi (run as `mpirun -np N kvdm replay "
+                   "--launcher mpi ...`: each rank is a client, rank 0 reads the trace, shares the backend and "
+                   "writes the merged results; see docs)")
     p.add_argument("--mapping", type=choices_type(MAPPINGS, "mapping"), default=None,
                    help="paper (runs -> range queries, other blocks -> gets, then inserts) or prefix "
                    "(longest-prefix match, then insert the missing blocks); default paper (prefix with --tokens, and "
@@ -149,7 +163,8 @@ def config_from_args(args: argparse.Namespace) -> ReplayConfig:
     key_bytes = TOKEN_KEY_SCHEMES[key_scheme] if tokens else key_bytes_of(key_scheme)
     return ReplayConfig(
         trace=args.trace, index=index_spec(args, key_bytes), transport=transport_config(args),
-        clients=args.clients, mapping=args.mapping or ("prefix" if tokens or not keeps_order(args.index) else "paper"),
+        clients=args.clients or 2, launcher=args.launcher,
+        mapping=args.mapping or ("prefix" if tokens or not keeps_order(args.index) else "paper"),
         key_scheme=key_scheme, trace_options=trace_options(args),
         tokens=tokens, chunk_tokens=args.tokens or 0, inserts=args.inserts,
         mode=args.mode, duration_s=args.duration, warmup_min=args.warmup_min, bin_min=args.bin_min,
@@ -217,23 +232,43 @@ def keeps_order(index: str) -> bool:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from kvdm.traces.mapping import OP_RANGE
-
     cfg = config_from_args(args)
-    # the trace is read, checked and mapped before anything is printed: its errors come alone
-    trace = load_trace_from_args(args)
-    stream = load_stream(cfg, trace)
-    if not keeps_order(cfg.index.name) and bool((stream.kind == OP_RANGE).any()):
-        raise UsageError(f"{cfg.index.name} keeps no key order, but the {cfg.mapping} mapping issues range queries: "
-                         "use --mapping prefix (the default for this index), or an ordered index (chime, sherman)")
-    print("# kvdm replay")
-    for k, v in cfg.describe():
-        print(f"#   {k:<10} {v}")
-    print(f"#   {'arrivals':<10} {trace.arrivals}")
-    if args.mapping is None and args.tokens is None and not keeps_order(cfg.index.name):
-        print(f"#   note: {cfg.index.name} keeps no key order, so it replays with the prefix mapping (the paper "
-              "mapping's range queries need an ordered index)")
-    res = replay(cfg, stream)
+    loaded: list[Any] = []
+
+    def prepare() -> Any:
+        """Read, check and map the trace, then print the header: its errors come alone."""
+        from kvdm.traces.mapping import OP_RANGE
+
+        trace = load_trace_from_args(args)
+        stream = load_stream(cfg, trace)
+        if not keeps_order(cfg.index.name) and bool((stream.kind == OP_RANGE).any()):
+            raise UsageError(f"{cfg.index.name} keeps no key order, but the {cfg.mapping} mapping issues range "
+                             "queries: use --mapping prefix (the default for this index), or an ordered index "
+                             "(chime, sherman)")
+        print("# kvdm replay")
+        for k, v in cfg.describe():
+            print(f"#   {k:<10} {v}")
+        print(f"#   {'arrivals':<10} {trace.arrivals}")
+        if args.mapping is None and args.tokens is None and not keeps_order(cfg.index.name):
+            print(f"#   note: {cfg.index.name} keeps no key order, so it replays with the prefix mapping (the paper "
+                  "mapping's range queries need an ordered index)")
+        loaded.append(trace)
+        return stream
+
+    if cfg.launcher == "mpi":
+        from kvdm.experiments.launch_mpi import replay_mpi, world
+
+        size = world().size
+        if args.clients is not None and args.clients != size:
+            raise UsageError(f"--clients {args.clients} with --launcher mpi: the clients are the MPI ranks "
+                             f"(mpirun -np {size}); leave --clients out")
+        cfg = replace(cfg, clients=size)
+        res = replay_mpi(cfg, prepare)
+        if res is None:  # a rank other than 0: rank 0 reports
+            return 0
+    else:
+        res = replay(cfg, prepare())
+    trace = loaded[0]
     res.meta["trace"].update(source=trace.source, format=trace.format, arrivals=trace.arrivals,
                              reordered=trace.reordered, skipped_lines=trace.skipped_lines,
                              length_mismatches=trace.length_mismatches())
@@ -243,3 +278,5 @@ def cmd_replay(args: argparse.Namespace) -> int:
     path = res.write(cfg.name)
     print(f"# results: {path}/results.parquet (+ .csv, run.json)")
     return 130 if res.meta["run"]["interrupted"] else 0
+
+

@@ -101,6 +101,7 @@ class ReplayConfig:
     name: str = ""
     driver: str = "auto"         # auto: the backend's C loop where it has one (native indexes), else Python
     range_semantics: str = "bounds"  # paper mapping: what a range op over a run asks (kvdm.traces.mapping)
+    launcher: str = "local"      # local: client processes on this host; mpi: the ranks of an MPI job (launch_mpi)
     tokens: bool = False         # token level: prompts synthesised from hash_ids, keyed per chunk (kvdm.traces.tokens)
     chunk_tokens: int = 0        # token level: tokens per chunk (0 = the trace's block size)
     trace_options: TraceOptions = field(default_factory=TraceOptions)  # how the trace file is read
@@ -124,6 +125,8 @@ class ReplayConfig:
             raise ValueError("--bin-min must be > 0")
         if self.duration_s < 0 or self.warmup_min < 0:
             raise ValueError("--duration and --warmup-min must be >= 0")
+        if self.launcher not in LAUNCHERS:
+            raise ValueError(f"unknown launcher {self.launcher!r}; valid: {', '.join(LAUNCHERS)}")
         if self.driver not in DRIVERS:
             raise ValueError(f"unknown driver {self.driver!r}; valid: {', '.join(DRIVERS)}")
 
@@ -134,7 +137,8 @@ class ReplayConfig:
         return [
             ("backend", self.index.name + (f" {self.index.options}" if self.index.options else "")),
             ("transport", t.describe() if native else "n/a (not a remote-memory index)"),
-            ("clients", f"{self.clients} processes, measuring loop: {self.driver}"),
+            ("clients", f"{self.clients} {'MPI ranks' if self.launcher == 'mpi' else 'processes'}, measuring loop: "
+                        f"{self.driver}"),
             ("trace", self.trace),
             ("mapping", f"{self.mapping}, inserts {self.inserts}"
                         + (f", ranges: {self.range_semantics}" if self.mapping == "paper" else "")),
@@ -203,22 +207,30 @@ def _op_hits(index: Any, stream: Any, j: int, kind: int, keys: np.ndarray) -> in
 def _client_main(cfg: ReplayConfig, client: int, uris: list[str], stream: Any, start: Any,
                  stop: Any, progress: Any, results: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    results.put(client_run(cfg, client, uris, stream, start, stop, progress))
+
+
+def client_run(cfg: ReplayConfig, client: int, uris: list[str], stream: Any, start: Any, stop: Any,
+               progress: Any) -> ClientResult:
+    """One client, start to end: open the index, run its share, close; a failure becomes the
+    result's ``error`` (and releases the others from ``start``). Any launcher's client body."""
     try:
         index = open_client(cfg.index, cfg.transport, uris)
         if needs_preload(stream) and cfg.index.name in PRIVATE_INDEXES:
             preload(index, stream)  # a private index must be filled by its own client
         res = run_client(cfg, client, index, stream, start, stop, progress)
         index.close()
+        return res
     except Exception as exc:  # reported by the parent with the client's number
         start.abort()  # release the others from the start barrier
         error = "another client failed before the start" if isinstance(exc, threading.BrokenBarrierError) \
             else f"{type(exc).__name__}: {exc}"
-        res = ClientResult(client, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64), {}, 0.0, 0,
-                           0.0, error=error)
-    results.put(res)
+        return ClientResult(client, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64), {}, 0.0, 0,
+                            0.0, error=error)
 
 
 DRIVERS = ("auto", "c", "python")
+LAUNCHERS = ("local", "mpi")
 CHUNK_REQUESTS = 128  # closed loop: requests per measuring call (stop, deadline and progress are checked between)
 
 
@@ -381,34 +393,49 @@ class Progress:
         print(("\r" if self.tty else "") + line + end, file=sys.stderr, end="", flush=True)
 
 
-def replay(cfg: ReplayConfig, stream: Any = None, quiet: bool = False) -> RunResults:
-    """Run a replay and return its results (the caller writes them)."""
-    if stream is None:
-        stream = load_stream(cfg)
+@contextmanager
+def shared_backend(cfg: ReplayConfig, stream: Any, quiet: bool = False) -> Iterator[tuple[ReplayConfig, list[str]]]:
+    """What the clients of a run share, ready for them for the duration of the block: the
+    backend session (memory nodes, Redis), the index created (a native index's root exists
+    before any client attaches), the keys preloaded for ``--inserts none``. Yields the config
+    with the session's IndexSpec and the memory-node URIs. Used by every launcher."""
     if stream.key_bytes != cfg.index.key_bytes:
         raise ValueError(f"key scheme {cfg.key_scheme} has {stream.key_bytes} B keys but the index was opened "
                          f"for {cfg.index.key_bytes} B")
     if cfg.index.name == "dict" and cfg.clients > 1 and not quiet:
         print("kvdm: note: the dict backend is private to each client process: with several clients "
               "each sees only its own inserts", file=sys.stderr)
-    native = cfg.index.name in NATIVE_INDEXES
-    mpc = mp.get_context("spawn")
-    interrupted = False
     with backend_session(cfg.index, cfg.transport) as (uris, shared):
         cfg = replace(cfg, index=shared)
         owner = None
-        if native:  # create the index (and its root) before the clients attach to it
+        if cfg.index.name in NATIVE_INDEXES:  # create the index (and its root) before the clients attach to it
             owner = open_client(cfg.index, cfg.transport, uris)
             from kvdm.traces.mapping import OP_RANGE
 
             if not owner.ordered and bool((stream.kind == OP_RANGE).any()):
+                owner.close()
                 raise ValueError(f"{cfg.index.name} keeps no key order, but the {cfg.mapping} mapping issues range "
                                  "queries: use --mapping prefix, or an ordered index (chime, sherman)")
         elif cfg.index.name != "dict":
             open_spec(cfg.index).close()  # fail early (e.g. an unreachable server)
-        if needs_preload(stream) and cfg.index.name not in PRIVATE_INDEXES:
-            with open_client(cfg.index, cfg.transport, uris) as index:
-                preload(index, stream)
+        try:
+            if needs_preload(stream) and cfg.index.name not in PRIVATE_INDEXES:
+                with open_client(cfg.index, cfg.transport, uris) as index:
+                    preload(index, stream)
+            yield cfg, uris
+        finally:
+            if owner is not None:
+                owner.close()
+
+
+def replay(cfg: ReplayConfig, stream: Any = None, quiet: bool = False) -> RunResults:
+    """Run a replay with its clients as local processes and return its results (the caller
+    writes them). ``kvdm.experiments.launch_mpi`` runs them as MPI ranks instead."""
+    if stream is None:
+        stream = load_stream(cfg)
+    mpc = mp.get_context("spawn")
+    interrupted = False
+    with shared_backend(cfg, stream, quiet) as (cfg, uris):
         stop, progress_q, results_q = mpc.Event(), mpc.Queue(), mpc.Queue()
         start = mpc.Barrier(cfg.clients)
         start_at = time.time()
@@ -447,9 +474,12 @@ def replay(cfg: ReplayConfig, stream: Any = None, quiet: bool = False) -> RunRes
             p.join(10)
             if p.is_alive():
                 p.terminate()
-        if owner is not None:
-            owner.close()
-    errors = [f"client {c.client}: {c.error}" for c in collected if c.error]
+    return finish(cfg, stream, collected, interrupted)
+
+
+def finish(cfg: ReplayConfig, stream: Any, collected: list[ClientResult], interrupted: bool) -> RunResults:
+    """The run's results from every client's, or CommandFailed naming the clients that failed."""
+    errors = [f"client {c.client}: {c.error}" for c in sorted(collected, key=lambda c: c.client) if c.error]
     if errors:
         raise CommandFailed("replay failed: " + "; ".join(errors))
     return summarise(cfg, stream, collected, interrupted)

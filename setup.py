@@ -1,6 +1,6 @@
 """kvdm: KV-cache metadata on disaggregated memory.
 
-The top-level folders are the subpackages of one ``kvdm`` namespace (see DESIGN: Layout);
+The top-level folders are the subpackages of one ``kvdm`` namespace (see docs/DESIGN.md: Layout);
 ``package_dir`` maps them, so nothing is installed under a generic top-level name.
 """
 

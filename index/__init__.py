@@ -4,7 +4,8 @@
     values, found = idx.get(keys)
 
 A backend is a factory ``f(transport, key_bytes, **options) -> Index`` registered under a
-name; adding one is one module plus one line in ``_BUILTIN`` (see README, "Adding an index").
+name; adding one is one module plus one line in ``_BUILTIN`` (a native index also needs its C and
+a few names in experiments/: docs/extending.md, "Adding an index").
 Backends are imported lazily so that e.g. Redis is not needed to use the native indexes.
 """
 

@@ -72,6 +72,8 @@ def _flag(action: argparse.Action) -> str:
 
 def _default(action: argparse.Action) -> str:
     value = action.default
+    if action.required and action.option_strings:
+        return "required"
     if action.nargs == 0 or value is None or value is argparse.SUPPRESS or action.required:
         return ""
     if isinstance(value, list | tuple):
@@ -98,8 +100,8 @@ def _groups(parser: argparse.ArgumentParser) -> list[tuple[str, tuple[Row, ...]]
     for group in parser._action_groups:
         rows = _rows(group._group_actions)
         if rows:
-            title = "options" if group.title in ("options", "optional arguments", "positional arguments") \
-                else group.title
+            title = {"optional arguments": "options", "positional arguments": "arguments"}.get(group.title or "",
+                                                                                             group.title or "")
             out.append((title, rows))
     return out
 
@@ -136,7 +138,7 @@ def render() -> str:
     seen: dict[tuple[str, tuple[Row, ...]], list[str]] = {}
     for path, groups in per_command.items():
         for title, rows in groups:
-            if title != "options":
+            if title not in ("options", "arguments"):
                 seen.setdefault((title, rows), []).append(path)
     shared: dict[tuple[str, tuple[Row, ...]], str] = {}
     for (title, rows), users in seen.items():

@@ -4,8 +4,8 @@ Researchers on RDMA clusters start multi-host jobs with MPI, so kvdm runs under 
 bringing a launcher of its own. Every rank is one client; the world size is the client count.
 
 * **Rank 0** reads and maps the trace, opens the run's shared backend as a local run does
-  (memory nodes given by ``--memory-node`` URIs, or embedded ones it starts and serves for the
-  run; the Redis server likewise) and broadcasts the operation stream, the memory-node URIs
+  (memory nodes given by ``--memory-node`` URIs, or embedded shm ones it starts for the run;
+  the Redis server likewise) and broadcasts the operation stream, the memory-node URIs
   and the backend's options. It is also client 0.
 * **Every rank** opens the index and runs the requests ``r`` with ``r mod N == rank``, exactly
   as local client ``rank`` would, in the same measuring loop (:func:`replay.client_run`).
@@ -18,8 +18,7 @@ status is broadcast, so all ranks exit alike. SIGINT (mpirun forwards Ctrl-C) st
 after its current chunk of requests, and rank 0 still writes what was measured.
 
 Embedded shm memory nodes only reach ranks on rank 0's host; across hosts, give verbs memory
-nodes (``--transport verbs --memory-node verbs://HOST:PORT``, started with ``kvdm memnode serve``)
-or let rank 0 serve embedded verbs nodes. A Redis server rank 0 starts listens on loopback:
+nodes (``--transport verbs --memory-node verbs://HOST:PORT``, started with ``kvdm memnode serve``). A Redis server rank 0 starts listens on loopback:
 across hosts, give ``--redis-url``.
 """
 

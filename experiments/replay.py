@@ -477,11 +477,17 @@ def replay(cfg: ReplayConfig, stream: Any = None, quiet: bool = False) -> RunRes
     return finish(cfg, stream, collected, interrupted)
 
 
+def client_errors(collected: list[ClientResult]) -> str:
+    """"" when every client ran, else the failures, by client number."""
+    errors = [f"client {c.client}: {c.error}" for c in sorted(collected, key=lambda c: c.client) if c.error]
+    return "replay failed: " + "; ".join(errors) if errors else ""
+
+
 def finish(cfg: ReplayConfig, stream: Any, collected: list[ClientResult], interrupted: bool) -> RunResults:
     """The run's results from every client's, or CommandFailed naming the clients that failed."""
-    errors = [f"client {c.client}: {c.error}" for c in sorted(collected, key=lambda c: c.client) if c.error]
+    errors = client_errors(collected)
     if errors:
-        raise CommandFailed("replay failed: " + "; ".join(errors))
+        raise CommandFailed(errors)
     return summarise(cfg, stream, collected, interrupted)
 
 

@@ -335,55 +335,26 @@ class NativeIndex(Index):
         hits, and per group (``groups[i]`` for op i) the summed counter deltas as
         int64[n_groups, len(counter_names())]."""
         view = self._stream_view(stream)
-        op_ids = np.ascontiguousarray(op_ids, dtype=np.int64)
-        groups = np.ascontiguousarray(groups, dtype=np.int32)
-        if op_ids.shape != groups.shape:
-            raise ValueError(f"{op_ids.size} op ids but {groups.size} groups")
-        n = op_ids.size
-        lat = np.zeros(n, np.int64)
-        hits = np.zeros(n, np.int64)
-        counters = np.zeros((max(n_groups, 1), int(lib.kvdm_drive_counters())), np.uint64)
-        out = ffi.new("kvdm_drive_out *")
-        out.latency_ns, out.hits = _ptr(lat, "int64_t *"), _ptr(hits, "int64_t *")
-        out.counters = _ptr(counters, "uint64_t *")
-        err = ffi.new("char[512]")
-        rc = lib.kvdm_drive(self._ops, self._live(), self.transport.ptr, view[0], _ptr(op_ids, "int64_t *"),
-                            _ptr(groups, "int32_t *"), n, n_groups, int(add_virtual), out, err, 512)
-        if rc != lib.DM_OK:
-            msg = f"{ffi.string(err).decode(errors='replace')} (after {out.done} of {n} ops)"
-            if rc == lib.DM_EINVAL:
-                raise ValueError(msg)
-            raise_for(rc, msg)
-        return lat, hits, counters.view(np.int64)  # deltas of gauges may be negative
+        h = self._live()
+
+        def call(ids: Any, grp: Any, n: int, out: Any, err: Any) -> int:
+            return lib.kvdm_drive(self._ops, h, self.transport.ptr, view[0], ids, grp, n, n_groups,
+                                  int(add_virtual), out, err, 512)
+
+        return run_drive(call, op_ids, groups, n_groups, int(lib.kvdm_drive_counters()), self._raise_drive)
+
+    @staticmethod
+    def _raise_drive(rc: int, msg: str) -> None:
+        if rc == lib.DM_EINVAL:
+            raise ValueError(msg)
+        raise_for(rc, msg)
 
     def _stream_view(self, stream: Any) -> tuple[Any, list[np.ndarray]]:
-        """The kvdm_stream struct over a stream's arrays (kept alive with it; built once)."""
+        """:func:`stream_view` of a stream, built once per stream."""
         cached = getattr(self, "_stream", None)
         if cached is not None and cached[0] is stream:
             return cached[1]
-        kb = self.key_bytes
-        arrays = {
-            "kind": np.ascontiguousarray(stream.kind, np.uint8),
-            "key_offsets": np.ascontiguousarray(stream.key_offsets, np.int64),
-            "keys": np.ascontiguousarray(stream.keys).view(np.uint8),
-            "key_block": np.ascontiguousarray(stream.key_block, np.int64),
-            "range_lo": np.ascontiguousarray(stream.range_lo).view(np.uint8),
-            "range_hi": np.ascontiguousarray(stream.range_hi).view(np.uint8),
-        }
-        limit = getattr(stream, "range_limit", None)
-        if limit is not None:
-            arrays["range_limit"] = np.ascontiguousarray(limit, np.int64)
-        n_ops, n_keys = arrays["kind"].size, arrays["key_block"].size
-        if arrays["keys"].size != n_keys * kb or arrays["range_lo"].size != n_ops * kb \
-                or arrays["range_hi"].size != n_ops * kb or arrays["key_offsets"].size != n_ops + 1:
-            raise ValueError(f"the stream's arrays do not fit {kb}-byte keys, {n_ops} ops and {n_keys} keys")
-        st = ffi.new("kvdm_stream *")
-        for name in ("kind", "keys", "range_lo", "range_hi"):
-            setattr(st, name, _ptr(arrays[name]))
-        for name in ("key_offsets", "key_block", "range_limit"):
-            setattr(st, name, _ptr(arrays.get(name), "int64_t *"))
-        st.n_ops, st.n_keys, st.key_bytes = n_ops, n_keys, kb
-        view = (st, list(arrays.values()))
+        view = stream_view(stream, self.key_bytes)
         self._stream = (stream, view)
         return view
 
@@ -397,6 +368,58 @@ class NativeIndex(Index):
         if self._h is not None:
             ffi.release(self._h)  # runs the close function now
             self._h = None
+
+
+def stream_view(stream: Any, key_bytes: int) -> tuple[Any, list[np.ndarray]]:
+    """The ``kvdm_stream`` struct (driver.h) over an operation stream's arrays, and the arrays it
+    borrows (keep them alive with it)."""
+    kb = key_bytes
+    arrays = {
+        "kind": np.ascontiguousarray(stream.kind, np.uint8),
+        "key_offsets": np.ascontiguousarray(stream.key_offsets, np.int64),
+        "keys": np.ascontiguousarray(stream.keys).view(np.uint8),
+        "key_block": np.ascontiguousarray(stream.key_block, np.int64),
+        "range_lo": np.ascontiguousarray(stream.range_lo).view(np.uint8),
+        "range_hi": np.ascontiguousarray(stream.range_hi).view(np.uint8),
+    }
+    limit = getattr(stream, "range_limit", None)
+    if limit is not None:
+        arrays["range_limit"] = np.ascontiguousarray(limit, np.int64)
+    n_ops, n_keys = arrays["kind"].size, arrays["key_block"].size
+    if arrays["keys"].size != n_keys * kb or arrays["range_lo"].size != n_ops * kb \
+            or arrays["range_hi"].size != n_ops * kb or arrays["key_offsets"].size != n_ops + 1:
+        raise ValueError(f"the stream's arrays do not fit {kb}-byte keys, {n_ops} ops and {n_keys} keys")
+    st = ffi.new("kvdm_stream *")
+    for name in ("kind", "keys", "range_lo", "range_hi"):
+        setattr(st, name, _ptr(arrays[name]))
+    for name in ("key_offsets", "key_block", "range_limit"):
+        setattr(st, name, _ptr(arrays.get(name), "int64_t *"))
+    st.n_ops, st.n_keys, st.key_bytes = n_ops, n_keys, kb
+    return st, list(arrays.values())
+
+
+def run_drive(call: Any, op_ids: np.ndarray, groups: np.ndarray, n_groups: int, n_counters: int,
+              raise_error: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One C measuring-loop call (``call(op_ids, groups, n, out, err) -> status``, over a
+    ``kvdm_drive_out`` and a 512-byte error buffer) with its result arrays: per-op latency and
+    hits, and int64[n_groups, n_counters] counter sums. A failure goes to ``raise_error(status,
+    message)``, the message saying how many ops ran."""
+    op_ids = np.ascontiguousarray(op_ids, dtype=np.int64)
+    groups = np.ascontiguousarray(groups, dtype=np.int32)
+    if op_ids.shape != groups.shape:
+        raise ValueError(f"{op_ids.size} op ids but {groups.size} groups")
+    n = op_ids.size
+    lat = np.zeros(n, np.int64)
+    hits = np.zeros(n, np.int64)
+    counters = np.zeros((max(n_groups, 1), n_counters), np.uint64)
+    out = ffi.new("kvdm_drive_out *")
+    out.latency_ns, out.hits = _ptr(lat, "int64_t *"), _ptr(hits, "int64_t *")
+    out.counters = _ptr(counters, "uint64_t *")
+    err = ffi.new("char[512]")
+    rc = call(_ptr(op_ids, "int64_t *"), _ptr(groups, "int32_t *"), n, out, err)
+    if rc != lib.DM_OK:
+        raise_error(rc, f"{ffi.string(err).decode(errors='replace')} (after {out.done} of {n} ops)")
+    return lat, hits, counters.view(np.int64)  # deltas of gauges may be negative
 
 
 def open_chime(transport: DMContext, key_bytes: int, **options: Any) -> NativeIndex:

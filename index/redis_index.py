@@ -18,7 +18,8 @@ Data layout
   key) named ``<namespace>kvdm:zset``; in a cluster it lives on one shard.
 
 Operations (``pipeline = d``: commands go out in pipelines of d, each one round trip;
-``d = 1`` is one round trip per command, the paper's unoptimised client)
+``d = 0``, the default, sends all of an operation's commands in one round trip; ``d = 1`` is one
+round trip per command, the paper's unoptimised client)
 -----------------------------------------------------------------------------------------
 * get: one GET per key. put: one SET per key, plus (zset mode) one ZADD per 1,024 keys.
   delete: (zset mode) one ZREM per 1,024 keys, then one DEL per key (its reply says whether
@@ -34,12 +35,13 @@ Operations (``pipeline = d``: commands go out in pipelines of d, each one round 
   races with a put/delete of the same key sees it or not, and skips a member whose value is
   already gone (range_count may still count it).
 * prefix_match, two variants:
-  - ``pipeline``: EXISTS per key, d per round trip, stopping after the first round trip
-    that finds a miss;
+  - ``pipeline`` (default): EXISTS per key, d per round trip, stopping after the first round
+    trip that finds a miss (d = 0: one round trip);
   - ``lua``: one EVALSHA of a script that checks the keys in order and stops at the first
-    miss: 1 round trip. In a cluster a script may only touch one slot, so the keys are cut
-    into maximal runs sharing a slot and the runs go one after another (useful with
-    ``hash_tags``; without them each key is its own run).
+    miss. In a cluster a script may only touch one slot, so the keys are cut into maximal
+    runs sharing a slot, one EVALSHA each, d per round trip, stopping after the round trip
+    holding the first run that came up short (d = 0: one round trip; with ``hash_tags`` a
+    request's run of ids is usually one slot, so one script call).
 * In a cluster, redis-py's ``RedisCluster`` keeps the slot map; a pipeline's commands go to
   their shards (written to every shard concerned, then read: about one round trip), multi-key
   commands are split by slot, and commands that meet a moved slot are re-run through the
@@ -54,6 +56,16 @@ asks after every operation (the replay engine) sees each step land on one operat
 shared among operation kinds in proportion to their round trips on average. It includes
 every client of the server and its idle work: with several clients take it once, never sum
 it. The pipeline depth is the attribute ``pipeline`` (and in ``describe()``).
+
+The C driver
+------------
+:meth:`RedisIndex.drive` runs ops of an operation stream in the replay engine's C measuring loop
+(native/driver.h) through a hiredis client (native/redis_client.h) that issues exactly the
+commands above (same names, values, scripts and pipelining), so Redis is timed like the native
+indexes, with no Python inside an op. That client opens its own connection(s) on first use.
+Its errors become redis-py's exceptions: ``redis.ConnectionError`` (refused, lost mid-run),
+``redis.TimeoutError`` (no reply within ``reply_timeout``), ``redis.ResponseError`` (an error
+reply, or a reply kvdm did not write).
 
 Open the index in each process that uses it (a connection is never shared across a fork).
 """
@@ -70,7 +82,9 @@ import numpy as np
 import redis
 
 from kvdm.index.api import Index, as_keys, as_values
+from kvdm.index.native import run_drive, stream_view
 from kvdm.index.redis_server import RedisClusterServers, RedisServer, start_servers
+from kvdm.native import ffi, lib
 
 RANGE_MODES = ("zset", "mget")
 PREFIX_MODES = ("pipeline", "lua")
@@ -81,6 +95,8 @@ MGET_RANGE_MAX = 1 << 16
 #: hash tags group keys that differ only in this many trailing bytes
 TAG_SUFFIX_BYTES = 1
 _ZSET_NAME = b"kvdm:zset"
+#: Redis Cluster's hash slots
+SLOTS = 16384
 _NO_VALUE = bytes(8)
 #: counters() re-reads the servers' CPU time (one INFO) once this much time has passed or
 #: this many round trips were made since the last read, so it costs at most ~1% extra
@@ -109,20 +125,23 @@ class RedisOptions:
     (or ``cluster`` shards) owned by the index and stopped by ``close()``.
     ``cluster``: shards to start when ``url`` is None; with a ``url``, any value > 0 means the
     URL is a cluster node and the cluster client is used. ``pipeline``: commands per round
-    trip (>= 1). ``range_mode``: ``zset`` or ``mget``; ``prefix_mode``: ``pipeline`` or
+    trip, 0 (the default) = all of an operation's commands in one round trip, 1 = the paper's
+    one round trip per command. ``range_mode``: ``zset`` or ``mget``; ``prefix_mode``: ``pipeline`` or
     ``lua`` (see the module docstring). ``hash_tags``: group keys into slots by all but their
     last byte. ``namespace``: a prefix for every Redis key name, so several indexes can
-    share a server. ``connect_timeout``: seconds.
+    share a server. ``connect_timeout``: seconds to connect; ``reply_timeout``: seconds to
+    wait for a reply (then the call fails; both clients).
     """
 
     url: str | None = None
     cluster: int = 0
-    pipeline: int = 1
+    pipeline: int = 0
     range_mode: str = "zset"
     prefix_mode: str = "pipeline"
     hash_tags: bool = False
     namespace: str = ""
     connect_timeout: float = 5.0
+    reply_timeout: float = 30.0
 
     @classmethod
     def from_dict(cls, options: dict[str, Any]) -> RedisOptions:
@@ -133,8 +152,12 @@ class RedisOptions:
         return cls(**options)
 
     def validate(self, key_bytes: int) -> None:
-        if not isinstance(self.pipeline, int) or self.pipeline < 1:
-            raise ValueError(f"redis pipeline depth must be an integer >= 1, got {self.pipeline!r}")
+        if not isinstance(self.pipeline, int) or isinstance(self.pipeline, bool) or self.pipeline < 0:
+            raise ValueError(f"redis pipeline depth must be an integer >= 0 (0 = all of an operation's commands "
+                             f"in one round trip), got {self.pipeline!r}")
+        if not self.connect_timeout > 0 or not self.reply_timeout > 0:
+            raise ValueError(f"redis timeouts must be > 0 s, got connect {self.connect_timeout!r}, "
+                             f"reply {self.reply_timeout!r}")
         if not isinstance(self.cluster, int) or self.cluster < 0:
             raise ValueError(f"redis cluster shard count must be an integer >= 0, got {self.cluster!r}")
         if self.range_mode not in RANGE_MODES:
@@ -266,6 +289,7 @@ class RedisIndex(Index):
         self._servers: RedisServer | RedisClusterServers | None = None
         self._client: Any = None
         self._wire: _StandaloneWire | _ClusterWire | None = None
+        self._c: Any = None  # the C client of drive(), opened on first use
         try:
             if opts.url is None:
                 self._servers = start_servers(opts.cluster)
@@ -285,7 +309,7 @@ class RedisIndex(Index):
 
     # -- connection --
     def _connect(self) -> Any:
-        kw = {"socket_connect_timeout": self.options.connect_timeout}
+        kw = {"socket_connect_timeout": self.options.connect_timeout, "socket_timeout": self.options.reply_timeout}
         try:
             if self.cluster:
                 client = redis.RedisCluster.from_url(self.url, **kw)
@@ -336,9 +360,9 @@ class RedisIndex(Index):
 
     # -- command execution --
     def _chunks(self, cmds: Sequence[tuple[Any, ...]]) -> Iterator[list[Any]]:
-        """Run ``cmds`` in order, ``pipeline`` per round trip; yields each round trip's replies
-        (so a caller may stop early)."""
-        d = self.pipeline
+        """Run ``cmds`` in order, ``pipeline`` per round trip (0: all in one); yields each round
+        trip's replies (so a caller may stop early)."""
+        d = self.pipeline or len(cmds) or 1
         exchange = self._wire.exchange
         for i in range(0, len(cmds), d):
             part = cmds[i:i + d]
@@ -501,6 +525,13 @@ class RedisIndex(Index):
         return matched
 
     def _prefix_lua(self, names: list[bytes]) -> int:
+        try:
+            return self._prefix_lua_runs(names)
+        except redis.exceptions.NoScriptError:  # the server lost it (restart, SCRIPT FLUSH)
+            self._prefix_sha = self._load_script()
+            return self._prefix_lua_runs(names)
+
+    def _prefix_lua_runs(self, names: list[bytes]) -> int:
         runs = [names]
         if self.cluster:  # a script touches one slot: cut into maximal same-slot runs
             slots = [self._client.keyslot(n) for n in names]
@@ -509,20 +540,15 @@ class RedisIndex(Index):
                 if i == len(names) or slots[i] != slots[start]:
                     runs.append(names[start:i])
                     start = i
-        matched = 0
-        for run in runs:
-            self._rtts += 1
-            self._commands += 1
-            self._keys += len(run)
-            cmd = ("EVALSHA", self._prefix_sha, len(run), *run)
-            try:
-                n = int(self._wire.exchange([cmd])[0])
-            except redis.exceptions.NoScriptError:  # the server lost it (restart, SCRIPT FLUSH)
-                self._prefix_sha = self._load_script()
-                n = int(self._wire.exchange([cmd[:1] + (self._prefix_sha,) + cmd[2:]])[0])
-            matched += n
-            if n < len(run):
-                break
+        matched, at = 0, 0
+        for replies in self._chunks([("EVALSHA", self._prefix_sha, len(run), *run) for run in runs]):
+            for n in map(int, replies):
+                run = runs[at]
+                at += 1
+                self._keys += len(run)
+                matched += n
+                if n < len(run):
+                    return matched
         return matched
 
     def _layout(self, raw: Sequence[bytes]) -> np.ndarray:
@@ -540,6 +566,13 @@ class RedisIndex(Index):
             else self._client.info("cpu")
         per_node = info.values() if self.cluster else [info]
         return sum(float(i["used_cpu_sys"]) + float(i["used_cpu_user"]) for i in per_node)
+
+    def _server_cpu_now(self) -> float | None:
+        """:meth:`_server_cpu`, or None when the server cannot say (gone: the C client reports it)."""
+        try:
+            return self._server_cpu()
+        except (redis.RedisError, OSError):
+            return None
 
     def counters(self) -> dict[str, int]:
         """``rtts``, ``commands``, ``keys`` and ``server_cpu_us``. The server CPU costs an INFO
@@ -561,9 +594,110 @@ class RedisIndex(Index):
         self._cpu_base = self._cpu_seen = self._server_cpu()
         self._cpu_read_at, self._cpu_read_rtts = time.monotonic(), 0
 
+    # -- the replay engine's C loop --
+    def _c_client(self) -> Any:
+        """The hiredis client of :meth:`drive` (opened on first use, with this index's settings
+        and, in a cluster, the client's current slot map)."""
+        if self._c is not None:
+            return self._c
+        if self._client is None:
+            raise ValueError("this redis index is closed")
+        if self.cluster:
+            primaries = self._client.get_primaries()
+            where = {n.name: i for i, n in enumerate(primaries)}
+            slot_node = np.zeros(SLOTS, np.uint16)
+            for slot, nodes in self._client.nodes_manager.slots_cache.items():
+                slot_node[slot] = where[nodes[0].name]
+            nodes = [(n.host, int(n.port)) for n in primaries]
+        else:
+            kw = self._client.connection_pool.connection_kwargs
+            nodes, slot_node = [(str(kw.get("host", "127.0.0.1")), int(kw.get("port", 6379)))], None
+            if int(kw.get("db", 0) or 0) or kw.get("password") or kw.get("username"):
+                raise ValueError(f"the C driver connects without AUTH or SELECT: {self.url} needs them; "
+                                 "use --driver python")
+        keep = [ffi.new("char[]", h.encode()) for h, _ in nodes]
+        o = ffi.new("kvdm_redis_opts *")
+        hosts = ffi.new("char *[]", keep)
+        ports = ffi.new("int[]", [p for _, p in nodes])
+        o.hosts, o.ports, o.n_nodes = hosts, ports, len(nodes)
+        o.slot_node = ffi.NULL if slot_node is None else ffi.cast("uint16_t *", ffi.from_buffer(slot_node))
+        ns = ffi.new("uint8_t[]", self._ns or b"\0")
+        o.key_bytes, o.ns, o.ns_len = self.key_bytes, ns, len(self._ns)
+        o.hash_tags = int(self.hash_tags)
+        o.range_mode = RANGE_MODES.index(self.range_mode)
+        o.prefix_mode = PREFIX_MODES.index(self.prefix_mode)
+        o.pipeline = self.pipeline
+        sha, src = ffi.new("char[]", self._prefix_sha.encode()), ffi.new("char[]", _PREFIX_LUA.encode())
+        o.lua_sha, o.lua_src = sha, src
+        o.connect_timeout_s, o.reply_timeout_s = self.options.connect_timeout, self.options.reply_timeout
+        out = ffi.new("kvdm_redis **")
+        err = ffi.new("char[512]")
+        rc = lib.kvdm_redis_open(o, out, err, 512)
+        if rc != lib.DM_OK:
+            msg = ffi.string(err).decode(errors="replace")
+            if rc == lib.DM_EINVAL:
+                raise ValueError(msg)
+            raise RedisUnavailable(msg)
+        self._c = ffi.gc(out[0], lib.kvdm_redis_close)
+        return self._c
+
+    @staticmethod
+    def _raise_c(rc: int, msg: str) -> None:
+        """A C client's failure as the exception redis-py would raise."""
+        if rc == lib.DM_EINVAL:
+            raise ValueError(msg)
+        if rc == lib.DM_ENOMEM:
+            raise MemoryError(msg)
+        if rc == lib.DM_ETIMEDOUT:
+            raise redis.exceptions.TimeoutError(msg)
+        if rc == lib.DM_EIO:
+            raise redis.exceptions.ConnectionError(msg)
+        raise redis.exceptions.ResponseError(msg)
+
+    def drive(self, stream: Any, op_ids: np.ndarray, groups: np.ndarray, n_groups: int,
+              add_virtual: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Run ops ``op_ids`` of an :class:`~kvdm.traces.mapping.OpStream` through the C client in
+        the replay engine's C loop (driver.h), each op timed alone in C. Returns per-op latency
+        (ns) and hits, and per group (``groups[i]`` for op i) the summed deltas of
+        :meth:`counters` as int64[n_groups, 4]: the servers' CPU time over the call is shared
+        among the groups in proportion to their round trips. ``add_virtual`` is ignored (Redis
+        has no modelled time)."""
+        c = self._c_client()
+        cached = getattr(self, "_stream", None)
+        if cached is None or cached[0] is not stream:
+            cached = (stream, stream_view(stream, self.key_bytes))
+            self._stream = cached
+        view = cached[1]
+
+        def call(ids: Any, grp: Any, n: int, out: Any, err: Any) -> int:
+            return lib.kvdm_redis_drive(c, view[0], ids, grp, n, n_groups, out, err, 512)
+
+        cpu0 = self._server_cpu_now()
+        try:
+            lat, hits, acc = run_drive(call, op_ids, groups, n_groups, int(lib.kvdm_redis_counters()), self._raise_c)
+        finally:
+            st = ffi.new("kvdm_redis_stats *")
+            lib.kvdm_redis_get_stats(c, st)
+            seen = getattr(self, "_c_seen", (0, 0, 0))
+            self._c_seen = (st.rtts, st.commands, st.keys)
+            self._rtts += st.rtts - seen[0]
+            self._commands += st.commands - seen[1]
+            self._keys += st.keys - seen[2]
+        cpu1 = self._server_cpu_now()
+        cpu_us = 0
+        if cpu0 is not None and cpu1 is not None:
+            self._cpu_seen, self._cpu_read_at, self._cpu_read_rtts = cpu1, time.monotonic(), self._rtts
+            cpu_us = int(round((cpu1 - cpu0) * 1e6))
+        rtts = acc[:, 0].astype(np.float64)
+        share = np.diff(np.round(np.concatenate(([0.0], np.cumsum(rtts))) * cpu_us / max(rtts.sum(), 1.0)))
+        return lat, hits, np.column_stack((acc, share.astype(np.int64)))
+
     # -- lifecycle --
     def close(self) -> None:
         """Close the connections and stop the server(s) this index started (their data goes)."""
+        c, self._c = self._c, None
+        if c is not None:
+            ffi.release(c)
         wire, self._wire = self._wire, None
         if wire is not None:
             wire.close()

@@ -13,11 +13,19 @@ _Static_assert(sizeof(kvidx_stats) % sizeof(uint64_t) == 0, "kvidx_stats is read
 
 size_t kvdm_drive_counters(void) { return N_COUNTERS; }
 
-static void snapshot(const kvidx_ops *ix, const void *h, dm_ctx *ctx, uint64_t *v) {
+/* A native index's counters: its transport context's, then the index's own. */
+typedef struct native_src {
+    const kvidx_ops *ix;
+    const void *h;
+    dm_ctx *ctx;
+} native_src;
+
+static void native_read(const void *src, uint64_t *v) {
+    const native_src *ns = src;
     dm_counters d;
     kvidx_stats st;
-    dm_get_counters(ctx, &d);
-    ix->stats(h, &st);
+    dm_get_counters(ns->ctx, &d);
+    ns->ix->stats(ns->h, &st);
     memcpy(v, &d, sizeof d);
     memcpy(v + N_DM, &st, sizeof st);
 }
@@ -140,29 +148,46 @@ int kvdm_drive(const kvidx_ops *ix, void *h, dm_ctx *ctx, const kvdm_stream *s, 
                char *err, size_t errlen) {
     out->done = 0;
     if (!ix || !h || !ctx) return dm_fail_buf(err, errlen, DM_EINVAL, "kvdm_drive: no index or transport");
+    native_src src = {ix, h, ctx};
+    kvdm_counter_src cs = {native_read, &src, N_COUNTERS, VIRTUAL_AT};
+    return kvdm_drive_with(ix, h, &cs, s, op_ids, groups, n, n_groups, add_virtual_ns, out, err, errlen);
+}
+
+int kvdm_drive_with(const kvidx_ops *ix, void *h, const kvdm_counter_src *cs, const kvdm_stream *s,
+                    const int64_t *op_ids, const int32_t *groups, size_t n, size_t n_groups, int add_virtual_ns,
+                    kvdm_drive_out *out, char *err, size_t errlen) {
+    out->done = 0;
+    if (!ix || !h || !cs || !cs->read || !cs->n)
+        return dm_fail_buf(err, errlen, DM_EINVAL, "kvdm_drive: no index or counters");
     size_t max_keys = 1; /* set by validate; initialised for GCC 12's -Wmaybe-uninitialized */
     int rc = validate(ix, s, op_ids, groups, n, n_groups, &max_keys, err, errlen);
     if (rc != DM_OK) return rc;
+    size_t nc = cs->n;
+    int with_virtual = add_virtual_ns && cs->virtual_at < nc;
     scratch sc = {malloc(max_keys * 8), malloc(max_keys), NULL, NULL, 0};
-    if (!sc.vals || !sc.found) {
+    uint64_t *before = malloc(2 * nc * sizeof *before);
+    if (!sc.vals || !sc.found || !before) {
         free(sc.vals);
         free(sc.found);
+        free(before);
         return dm_fail_buf(err, errlen, DM_ENOMEM, "kvdm_drive: no memory for %zu keys", max_keys);
     }
-    uint64_t before[N_COUNTERS], after[N_COUNTERS];
-    snapshot(ix, h, ctx, before);
+    uint64_t *after = before + nc;
+    cs->read(cs->src, before);
     for (size_t i = 0; i < n; i++) {
         uint64_t t0 = dm_now_ns();
         rc = run_op(ix, h, s, (size_t)op_ids[i], &sc, &out->hits[i], err, errlen);
         uint64_t t1 = dm_now_ns();
         if (rc != DM_OK) break;
-        snapshot(ix, h, ctx, after);
-        uint64_t *acc = out->counters + (size_t)groups[i] * N_COUNTERS;
-        for (size_t c = 0; c < N_COUNTERS; c++) acc[c] += after[c] - before[c];
-        out->latency_ns[i] = (int64_t)(t1 - t0 + (add_virtual_ns ? after[VIRTUAL_AT] - before[VIRTUAL_AT] : 0));
-        memcpy(before, after, sizeof before);
+        cs->read(cs->src, after);
+        uint64_t *acc = out->counters + (size_t)groups[i] * nc;
+        for (size_t c = 0; c < nc; c++) acc[c] += after[c] - before[c];
+        uint64_t modelled = with_virtual ? after[cs->virtual_at] - before[cs->virtual_at] : 0;
+        out->latency_ns[i] = (int64_t)(t1 - t0 + modelled);
+        memcpy(before, after, nc * sizeof *before);
         out->done = i + 1;
     }
+    free(before);
     free(sc.vals);
     free(sc.found);
     free(sc.rkeys);

@@ -1,7 +1,7 @@
 /*
  * driver.h - the replay engine's measuring loop in C. It runs operations of an operation
- * stream (the arrays of kvdm.traces.mapping.OpStream) against one native index handle and
- * times each operation with nothing of Python inside it, so µs-scale latencies and closed-loop
+ * stream (the arrays of kvdm.traces.mapping.OpStream) against one index handle (a native index,
+ * or the Redis client of redis_client.h) and times each operation with nothing of Python inside it, so µs-scale latencies and closed-loop
  * throughputs are the index's, not the harness's.
  */
 #ifndef KVDM_DRIVER_H
@@ -45,5 +45,22 @@ size_t kvdm_drive_counters(void);
 int kvdm_drive(const kvidx_ops *ix, void *h, dm_ctx *ctx, const kvdm_stream *s, const int64_t *op_ids,
                const int32_t *groups, size_t n, size_t n_groups, int add_virtual_ns, kvdm_drive_out *out,
                char *err, size_t errlen);
+
+/* Where the loop reads a backend's cumulative counters before and after each op: read(src, v)
+ * fills v[0..n) (uint64 words); word virtual_at holds modelled time (added to latencies when
+ * add_virtual_ns), or virtual_at >= n when there is none. kvdm_drive reads the transport's
+ * dm_counters and then the index's kvidx_stats; a backend without a transport (the Redis
+ * client, redis_client.h) gives its own. */
+typedef struct kvdm_counter_src {
+    void (*read)(const void *src, uint64_t *v);
+    const void *src;
+    size_t n, virtual_at;
+} kvdm_counter_src;
+
+/* kvdm_drive over any backend behind kvidx_ops (its stats member is not used): out->counters
+ * holds n_groups * cs->n words. */
+int kvdm_drive_with(const kvidx_ops *ix, void *h, const kvdm_counter_src *cs, const kvdm_stream *s,
+                    const int64_t *op_ids, const int32_t *groups, size_t n, size_t n_groups, int add_virtual_ns,
+                    kvdm_drive_out *out, char *err, size_t errlen);
 
 #endif /* KVDM_DRIVER_H */

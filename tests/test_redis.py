@@ -32,12 +32,21 @@ def opener(server: RedisServer, **options: object):
     return open_fresh
 
 
-class TestRedisUnpipelined(IndexConformance):
-    """pipeline 1 (one round trip per command), zset ranges, pipelined-EXISTS prefix match."""
+class TestRedisDefaults(IndexConformance):
+    """The defaults: every call's commands in one round trip, zset ranges, pipelined-EXISTS
+    prefix match."""
 
     @pytest.fixture
     def index_factory(self, server):
         return opener(server)
+
+
+class TestRedisUnpipelined(IndexConformance):
+    """pipeline 1 (one round trip per command, the paper's client), zset ranges."""
+
+    @pytest.fixture
+    def index_factory(self, server):
+        return opener(server, pipeline=1)
 
 
 class TestRedisPipelinedLua(IndexConformance):
@@ -99,7 +108,8 @@ def test_mget_mode_keeps_no_sorted_set(server):
 
 
 @pytest.mark.parametrize(("option", "value", "message"), [
-    ("pipeline", 0, "pipeline depth"),
+    ("pipeline", -1, "pipeline depth"),
+    ("reply_timeout", 0, "timeouts must be > 0"),
     ("range_mode", "btree", "valid: zset, mget"),
     ("prefix_mode", "magic", "valid: pipeline, lua"),
     ("namespace", "{x}", "hash tags"),
@@ -112,7 +122,7 @@ def test_bad_options_are_clear_errors(server, option, value, message):
 
 def test_counters_round_trips_follow_the_pipeline_depth(server):
     keys = np.arange(1, 41, dtype=np.uint64)
-    for depth, rtts in ((1, 40), (16, 3), (64, 1)):
+    for depth, rtts in ((1, 40), (16, 3), (64, 1), (0, 1)):
         with RedisIndex(8, url=server.url, pipeline=depth, namespace=f"rt{depth}:") as idx:
             idx.put(keys, keys)
             idx.reset_counters()

@@ -138,7 +138,7 @@ def test_a_cluster_url_without_cluster_option_is_a_clear_error(cluster):
 
 
 def test_server_cpu_sums_the_shards(cluster):
-    with RedisIndex(8, url=cluster.url, cluster=SHARDS, namespace="cpu:") as idx:
+    with RedisIndex(8, url=cluster.url, cluster=SHARDS, pipeline=1, namespace="cpu:") as idx:
         keys = np.arange(1, 2001, dtype=np.uint64)
         idx.reset_counters()
         idx.put(keys, keys)

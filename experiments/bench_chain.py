@@ -20,16 +20,16 @@ length N of ``--chain-lengths`` and every backend of the run this measures both:
   doorbell), ``kary`` (rounds of ``lpm_fanout`` probes), ``sequential`` (one key per round trip
   until the first miss), ``auto`` (a cost model picks). Redis: ``lua`` (one EVALSHA of a
   script that stops at the first miss: one round trip) and ``pipeline`` (pipelined EXISTS); its
-  inserts are one pipeline of SETs. The Redis pipeline depth defaults to the longest N, so
-  every Redis call is one round trip; 8-byte keys use range mode ``mget`` (a put is SETs only,
+  inserts are one pipeline of SETs. Redis sends all of a call's commands in one round trip
+  (its default pipeline depth 0); 8-byte keys use range mode ``mget`` (a put is SETs only,
   no sorted set to maintain). Other backends (``dict``, third-party) run their own
   ``prefix_match`` (strategy ``-``).
 * **Timing.** Native indexes: each call is timed in C (the replay engine's C loop,
   ``--driver auto|c``) or around the C call (``Index.last_call_ns``, ``--driver python``); with
   ``--latency-model virtual`` the transport's modelled time of the call (``virtual_ns``) is
-  added. Redis and the other backends are timed in Python around the client call (there is no
-  C driver for Redis yet; the client library is part of its cost). Counters are deltas of
-  ``Index.counters()`` over the timed calls, per call: ``rtts`` (Redis: its round trips),
+  added. Redis is timed the same way: in C through a hiredis client (``--driver auto|c``), or
+  around the redis-py call (``--driver python``); other backends in Python around the call.
+  Counters are deltas of ``Index.counters()`` over the timed calls, per call: ``rtts`` (Redis: its round trips),
   ``reads``, ``bytes_read``, ``bytes_written``, and retries (lock CAS failures, version
   mismatches, go-right reads, torn re-reads).
 * **Output.** One table (backend, strategy, op, N, then per call RTTs, READs, bytes read and
@@ -203,7 +203,7 @@ def time_calls(cfg: ChainConfig, index: Any, op: str, keys: np.ndarray, n: int) 
     calls = keys.shape[0] // n
     native = index.name in NATIVE_INDEXES
     virtual = native and cfg.transport.latency_model == "virtual"
-    if native and use_c_driver(cfg, index):
+    if use_c_driver(cfg, index):  # native indexes and Redis (a hiredis client in the same C loop)
         stream = _call_stream(OP_PREFIX if op == OP_LPM else K_INSERT, keys, n, calls)
         lat, hits, acc = index.drive(stream, np.arange(calls, dtype=np.int64), np.zeros(calls, np.int32), 1,
                                      virtual)
@@ -403,8 +403,10 @@ def figure_note(cfg: ChainConfig) -> str:
         parts.append(f"native ({', '.join(native)}): {t.transport}, latency model {t.latency_model}"
                      + (f" {t.rtt_us:g} us RTT (modelled time added)" if t.latency_model == "virtual" else
                         f" {t.rtt_us:g} us RTT" if t.latency_model == "spin" else "") + ", timed in C")
-    if any(s.name not in NATIVE_INDEXES for s in cfg.indexes):
-        parts.append("redis/other: timed in Python around the client call")
+    if any(s.name == "redis" for s in cfg.indexes):
+        parts.append("redis: timed " + ("around the redis-py call" if cfg.driver == "python" else "in C (hiredis)"))
+    if any(s.name not in NATIVE_INDEXES + ("redis",) for s in cfg.indexes):
+        parts.append("other: timed in Python around the call")
     parts.append(f"{cfg.chains:,} calls per point; preloaded prefix {cfg.matched}; {cfg.keys:,} background keys")
     return "; ".join(parts)
 

@@ -7,10 +7,13 @@ for ``--seconds`` each: ``get`` of preloaded keys (uniform), ``put`` of new keys
 (``--read-ratio`` gets, the rest puts of new keys; with ``--hot-keys N`` puts update the first N
 preloaded keys instead, a skewed hot-key workload). ``--threads T`` runs T threads per client
 process, each with its own handle and transport context; ``--handover`` gives a process's
-threads one shared local lock table (native indexes). Every call carries ``--batch`` keys. A
-native index's call is timed around its C call alone (``Index.last_call_ns``); other backends
-are timed around the Python call (Redis: the client library is part of its cost). With
-``--latency-model virtual`` the transport's modelled time is added. Prints Mops, p50/p99 per
+threads one shared local lock table (native indexes). Every call carries ``--batch`` keys. With
+``--driver auto`` (the default) or ``c``, the calls of native indexes and Redis are generated in
+chunks and each is run and timed in C (the C measuring loop; Redis through a hiredis client).
+With ``--driver python`` a native index's call is timed around its C call alone
+(``Index.last_call_ns``) and Redis around the redis-py call; other backends (dict) always are
+timed around the Python call. With ``--latency-model virtual`` the transport's modelled time is
+added (native indexes). Prints Mops, p50/p99 per
 call, RTTs, verbs and bytes per key, cache hit ratio, retries, and for Redis server CPU per key.
 
 ``--op chain``: per chain length N (``--chain-lengths``, default 1,2,4,...,512), ``--chains``
@@ -320,8 +323,8 @@ def cmd_bench_index(args: argparse.Namespace) -> int:
           f"{cell(per.get('bytes_read'), 10, 1)} {cell(per.get('bytes_written'), 9, 1)} "
           f"{derived.get('retries_per_op', 0.0):>11.4f} {cell(derived.get('cache_hit_pct'), 11, 2)} "
           f"{cell(per.get('server_cpu_us'), 14, 2)}")
-    clock = {True: "in C (the C loop)", False: "around the C call"}[cfg.driver != "python"] if native \
-        else "in Python around the index call"
+    c_loop = cfg.driver != "python" and (native or cfg.index.name == "redis")
+    clock = "in C (the C loop)" if c_loop else "around the C call" if native else "in Python around the index call"
     if "handovers" in counters:
         print(f"# locks: {per.get('cas', 0):.3f} CAS/key (lock + unlock + failed), {per['lock_fail']:.4f} failed lock "
               f"CAS/key, {per['handovers']:.4f} handovers/key, {per['local_waits']:.4f} local waits/key")
@@ -385,7 +388,7 @@ def chain_config(args: argparse.Namespace) -> Any:
     if "lpm" in opts or getattr(args, "lpm", None) is not None or getattr(args, "redis_prefix", None) is not None:
         raise UsageError("--op chain sweeps the LPM strategy itself: choose them with --lpm-strategies "
                          "(not --lpm, --index-opt lpm=... or --redis-prefix)")
-    specs = [_chain_spec(args, b, opts, len(backends) > 1, max(lengths)) for b in backends]
+    specs = [_chain_spec(args, b, opts, len(backends) > 1) for b in backends]
     if len(backends) > 1:
         from kvdm.index.native import DEFAULTS as NATIVE_OPTIONS
         from kvdm.index.redis_index import RedisOptions
@@ -396,11 +399,10 @@ def chain_config(args: argparse.Namespace) -> Any:
         if unknown:
             raise UsageError(f"--index-opt {', '.join(unknown)}: no backend of --backends {','.join(backends)} "
                              f"takes it (each option goes to the backends that know it: {', '.join(sorted(known))})")
-    notes = []
+    from kvdm.experiments import options_redis
+
     red = next((s for s in specs if s.name == "redis"), None)
-    if red is not None:
-        notes.append(f"redis: pipeline depth {red.options['pipeline']}, range mode {red.options['range_mode']}; "
-                     "timed in Python around the client call (no C driver for Redis yet)")
+    notes = [options_redis.redis_note(red.options, args.driver)] if red is not None else []
     out = args.out or f"results/chain-{time.strftime('%Y%m%d-%H%M%S')}-{'+'.join(backends)}"
     # memory that outlives the run may hold an earlier run's chains: number this run's chains apart
     kept = bool(args.memory_node) or any(s.options.get("url") for s in specs if s.name == "redis")
@@ -409,8 +411,7 @@ def chain_config(args: argparse.Namespace) -> Any:
                           bc.fresh_key_base() if kept else bc.CHAIN_KEY_BASE)
 
 
-def _chain_spec(args: argparse.Namespace, backend: str, opts: dict[str, Any], several: bool,
-                longest: int) -> IndexSpec:
+def _chain_spec(args: argparse.Namespace, backend: str, opts: dict[str, Any], several: bool) -> IndexSpec:
     """One backend's IndexSpec: --cache-mb and the --index-opt options it takes (with several
     backends: only those it knows), Redis at its best protocol unless flags say otherwise."""
     from kvdm.experiments import options_redis
@@ -428,8 +429,6 @@ def _chain_spec(args: argparse.Namespace, backend: str, opts: dict[str, Any], se
         options.update({k: v for k, v in opts.items() if not several or k in {f.name for f in fields(RedisOptions)}})
         options.update(options_redis.redis_options(args, start_local=False))
         options.setdefault("range_mode", "mget" if args.key_bytes == 8 else "zset")
-        # one round trip per call: every key of the longest chain (and a zset ZADD) in one pipeline
-        options.setdefault("pipeline", longest + (options["range_mode"] == "zset"))
     else:
         options.update(opts if not several else {})
     return IndexSpec(backend, args.key_bytes, options)

@@ -60,9 +60,9 @@ def add_redis_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--redis-url", metavar="URL",
                    help="use this Redis server (redis://HOST:PORT[/DB]) instead of starting a local "
                    "redis-server on a free loopback port; with --redis-cluster, a node of that cluster")
-    g.add_argument("--redis-pipeline", type=_int_at_least(1, "pipeline depth"), metavar="N",
-                   help="commands per round trip (default 1: one round trip per key, the paper's "
-                   "unoptimised client)")
+    g.add_argument("--redis-pipeline", type=_int_at_least(0, "pipeline depth"), metavar="N",
+                   help="at most N commands per round trip (default 0: all of an operation's commands in one "
+                   "round trip; 1: one round trip per key, the paper's unoptimised client)")
     g.add_argument("--redis-cluster", type=_int_at_least(0, "cluster shard count"), metavar="N",
                    help="start N local shards as a Redis Cluster and use the cluster client "
                    "(default 0: one standalone server)")
@@ -70,8 +70,8 @@ def add_redis_options(parser: argparse.ArgumentParser) -> None:
                    help="range queries: zset (ZRANGE BYLEX over a sorted set of the keys, then MGET; "
                    "default) or mget (MGET of every id between lo and hi; 8-byte id keys only)")
     g.add_argument("--redis-prefix", type=choices_type(PREFIX_MODES, "redis prefix mode"),
-                   help="prefix_match: pipeline (pipelined EXISTS, stop at the first miss; default) "
-                   "or lua (one server-side script call, one round trip)")
+                   help="prefix_match: pipeline (pipelined EXISTS, stop after the round trip holding the "
+                   "first miss; default) or lua (a server-side script per slot run, stopping at the first miss)")
     g.add_argument("--redis-hash-tags", action="store_true", default=None,
                    help="cluster: key names carry a hash tag of all but their last byte, so runs of "
                    "consecutive ids share a slot (one shard per request's run)")
@@ -118,3 +118,12 @@ def redis_session(options: dict[str, Any]) -> Iterator[dict[str, Any]]:
         yield {**options, "url": servers.url}
     finally:
         servers.stop()
+
+
+def redis_note(options: dict[str, Any], driver: str = "auto") -> str:
+    """How a run drives Redis, for tables and figures: its pipelining, range mode and clock."""
+    depth = int(options.get("pipeline", 0))
+    rtt = "each call's commands in one round trip" if depth == 0 else f"pipeline depth {depth}"
+    clock = "timed in Python around the redis-py call" if driver == "python" \
+        else "timed in C (a hiredis client in the C measuring loop)"
+    return f"redis: {rtt}, range mode {options.get('range_mode', 'zset')}; {clock}"

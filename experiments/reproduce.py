@@ -26,6 +26,13 @@ Steps (each can be left out with ``steps``):
    1M background keys); ``--quick`` N = 1, 8, 64 with 200 chains and 10,000 background keys.
    Drawn as p99 against N.
 
+With redis among the backends, every Redis run of the reproduction uses one server (started here,
+emptied before each run, unless ``redis_options`` names a ``url``; each run then keys its own
+namespace), and the ``fig3`` step ends with a reference measured on that server: ``redis-benchmark
+-t get -c 1`` (and ``-P 16``), then kvdm's GET of one key through the C loop (hiredis) and through
+redis-py, back to back (:func:`redis_reference`). A missing ``redis-benchmark`` is reported, not
+fatal.
+
 Every run is kept under ``OUT/runs/<name>/`` (results.parquet + run.json; replays for ``kvdm
 plot``, the engine step's ``engine-<backend>`` runs are chain-bench results); figures go to
 ``OUT/figures/``; ``OUT/report.md`` and ``OUT/report.html`` come last.
@@ -33,12 +40,21 @@ plot``, the engine step's ``engine-<backend>`` runs are chain-bench results); fi
 
 from __future__ import annotations
 
+import csv
+import io
+import json
+import shutil
+import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
+import numpy as np
 import pandas as pd
 
 from kvdm.experiments import bench_chain as bc
@@ -58,6 +74,10 @@ PAPER_CHIME_GET_GAIN = 5.5        # % lower get p99 than Sherman
 #: the engine step's background keys: ``kvdm bench index``'s --keys default (1M)
 ENGINE_KEYS = 1 << 20
 ENGINE_KEY_BYTES = 32             # as the reproduction's SHA-256 keys (and the token layer's chunk keys)
+#: the redis-benchmark runs of the Redis reference: (label, extra arguments)
+REDIS_BENCHMARKS = (("GET, 1 client", ()), ("GET, 1 client, pipeline 16", ("-P", "16")))
+#: kvdm's C-loop GET p50 should be within this share of redis-benchmark's (issue 14)
+REDIS_REFERENCE_TOLERANCE = 0.10
 
 
 @dataclass
@@ -85,6 +105,7 @@ class ReproduceConfig:
     engine_lengths: tuple[int, ...] = bc.CHAIN_LENGTHS  # engine step: chain lengths N
     engine_chains: int = bc.DEFAULT_CHAINS              # engine step: chains per N (LPM calls, chain inserts)
     engine_keys: int = ENGINE_KEYS                      # engine step: background keys per backend
+    reference_requests: int = 100_000                  # the Redis reference: requests per redis-benchmark run
 
     @classmethod
     def quick_defaults(cls, **overrides: Any) -> ReproduceConfig:
@@ -94,7 +115,8 @@ class ReproduceConfig:
 
         base = {"quick": True, "traces": (str(FIXTURE),), "fig3_traces": (str(FIXTURE),), "warmup_min": 0.5,
                 "bin_min": 0.5, "clients": (1, 2), "compress": (10.0, 100.0), "load_duration_s": 2.0,
-                "engine_lengths": (1, 8, 64), "engine_chains": 200, "engine_keys": 10_000}
+                "engine_lengths": (1, 8, 64), "engine_chains": 200, "engine_keys": 10_000,
+                "reference_requests": 20_000}
         base.update(overrides)
         return cls(**base)
 
@@ -120,7 +142,8 @@ class ReproduceConfig:
                  "spin": f"latency model spin (busy-waits {t.rtt_us:g} µs per round trip + bytes at {t.gbps:g} Gb/s)",
                  "virtual": f"latency model virtual ({t.rtt_us:g} µs per round trip + bytes at {t.gbps:g} Gb/s "
                             "added to each measured op, no waiting)"}[t.latency_model]
-        return f"chime/sherman: {t.transport} transport, {model}; redis: a real redis-server over loopback TCP"
+        return (f"chime/sherman: {t.transport} transport, {model}; redis: a real redis-server over loopback TCP, "
+                "timed in C (hiredis)")
 
     def mode_note(self) -> str:
         if self.fig3_mode == "realtime":
@@ -156,6 +179,8 @@ class Reproduction:
         self.engine_fig: Path | None = None
         self.timings: list[tuple[str, float]] = []
         self._streams: dict[str, Any] = {}
+        self.redis_reference: dict[str, Any] | None = None
+        self._redis: dict[str, Any] = dict(cfg.redis_options)  # with the shared server's url while run() runs
 
     # ---- steps ---------------------------------------------------------------------------
     def run(self) -> tuple[Path, Path]:
@@ -163,12 +188,15 @@ class Reproduction:
         t0 = time.perf_counter()
         if "traces" in self.cfg.steps:
             self._timed("Fig. 1-2 (trace figures)", self.trace_figures)
-        if "fig3" in self.cfg.steps:
-            self._timed("Fig. 3 replays", self.fig3_runs)
-        if "load" in self.cfg.steps:
-            self._timed("load curves", self.load_runs)
-        if "engine" in self.cfg.steps:
-            self._timed("the engine's view", self.engine_runs)
+        with self.redis_server():
+            if "fig3" in self.cfg.steps:
+                self._timed("Fig. 3 replays", self.fig3_runs)
+                if "redis" in self.cfg.backends:
+                    self._timed("Redis reference (redis-benchmark)", self.reference_run)
+            if "load" in self.cfg.steps:
+                self._timed("load curves", self.load_runs)
+            if "engine" in self.cfg.steps:
+                self._timed("the engine's view", self.engine_runs)
         self.timings.append(("total", time.perf_counter() - t0))
         md, ht = self.write_report()
         log(f"done in {time.perf_counter() - t0:,.0f} s: {md}, {ht}")
@@ -204,12 +232,39 @@ class Reproduction:
                                             range_semantics=self.cfg.range_semantics)
         return self._streams[name]
 
-    def index_spec(self, backend: str) -> IndexSpec:
+    @contextmanager
+    def redis_server(self) -> Iterator[None]:
+        """The one Redis server (or cluster) every Redis run of the block uses: started here
+        unless the options name a url."""
+        replays = {"fig3", "load", "engine"} & set(self.cfg.steps)
+        if "redis" not in self.cfg.backends or not replays:
+            yield
+            return
+        from kvdm.experiments.options_redis import redis_session
+
+        with redis_session(self.cfg.redis_options) as options:
+            self._redis = options
+            try:
+                yield
+            finally:
+                self._redis = dict(self.cfg.redis_options)
+
+    def _fresh_redis(self) -> None:
+        """Empty the shared server before a run when this reproduction owns it."""
+        if self.cfg.redis_options.get("url") is None and self._redis.get("url"):
+            from kvdm.index.redis_server import flush
+
+            flush(self._redis["url"], int(self._redis.get("cluster", 0)) > 0)
+
+    def index_spec(self, backend: str, run_name: str = "") -> IndexSpec:
+        """A backend's IndexSpec; Redis on the shared server, keyed under the run's namespace."""
         options: dict[str, Any] = {}
         if backend in NATIVE and self.cfg.cache_mb is not None:
             options["cache_mb"] = self.cfg.cache_mb
         if backend == "redis":
-            options.update(self.cfg.redis_options)
+            options.update(self._redis)
+            if run_name:
+                options["namespace"] = f"{run_name}:"
         return IndexSpec(backend, 32, options)
 
     def replay_run(self, run_name: str, trace: str, backend: str, role: str, **kw: Any) -> Run:
@@ -219,7 +274,9 @@ class Reproduction:
             log(f"{run_name}: kept from an earlier run")
             return load_runs([d])[0]
         stream = self.stream(trace)
-        rc = ReplayConfig(trace=trace, index=self.index_spec(backend), transport=self.cfg.transport,
+        if backend == "redis":
+            self._fresh_redis()
+        rc = ReplayConfig(trace=trace, index=self.index_spec(backend, run_name), transport=self.cfg.transport,
                           mapping="paper", key_scheme="sha256", inserts="timed", name=run_name,
                           range_semantics=self.cfg.range_semantics, **kw)
         log(f"{run_name}: {backend}, {rc.clients} client(s), mode {rc.mode}"
@@ -284,13 +341,12 @@ class Reproduction:
 
     def chain_spec(self, backend: str) -> IndexSpec:
         """A backend's IndexSpec for the engine step, as ``kvdm bench index --op chain`` sets it up:
-        Redis at its best protocol (a pipeline as deep as the longest chain, +1 for the sorted set's
-        ZADD, unless --redis-pipeline says otherwise; its prefix mode is swept as LPM strategies)."""
-        spec = replace(self.index_spec(backend), key_bytes=ENGINE_KEY_BYTES)
+        Redis at its best protocol (each call's commands in one round trip unless --redis-pipeline
+        says otherwise; its prefix mode is swept as LPM strategies)."""
+        spec = replace(self.index_spec(backend, f"engine-{backend}"), key_bytes=ENGINE_KEY_BYTES)
         if backend == "redis":
             options = {k: v for k, v in spec.options.items() if k != "prefix_mode"}
             options.setdefault("range_mode", "zset")  # mget needs 8-byte id keys
-            options.setdefault("pipeline", max(self.cfg.engine_lengths) + (options["range_mode"] == "zset"))
             spec = replace(spec, options=options)
         return spec
 
@@ -298,11 +354,10 @@ class Reproduction:
         """The engine step's sweep of ``backends`` into ``out``."""
         cfg = self.cfg
         specs = [self.chain_spec(b) for b in backends]
-        notes = []
+        from kvdm.experiments.options_redis import redis_note
+
         red = next((s for s in specs if s.name == "redis"), None)
-        if red is not None:
-            notes.append(f"redis: pipeline depth {red.options['pipeline']}, range mode {red.options['range_mode']}; "
-                         "timed in Python around the client call (no C driver for Redis yet)")
+        notes = [redis_note(red.options)] if red is not None else []
         # memory or a server that outlives the run may hold an earlier run's chains: number ours apart
         kept = bool(cfg.transport.memory_nodes) or any(s.options.get("url") for s in specs if s.name == "redis")
         return bc.ChainConfig(specs, cfg.transport, cfg.engine_lengths, bc.ALL_STRATEGIES, cfg.engine_chains,
@@ -316,6 +371,8 @@ class Reproduction:
             log(f"engine-{backend}: kept from an earlier run")
             return RunResults.read(d)
         cc = self.chain_config((backend,), d)
+        if backend == "redis":
+            self._fresh_redis()
         log(f"engine-{backend}: LPM ({', '.join(bc.strategies_for(backend, cc.strategies))}) and chain insert, "
             f"N = {', '.join(map(str, cc.lengths))}, {cc.chains:,} chains per N, {cc.keys:,} background keys")
         t = time.perf_counter()
@@ -350,6 +407,20 @@ class Reproduction:
                                      title="the engine's view: p99 per call against chain length N "
                                            "(longest prefix match per strategy; chain insert)")
 
+    def reference_run(self) -> None:
+        """The Redis reference on the shared server (OUT/runs/redis-reference.json; kept with ``resume``)."""
+        path = self.runs_dir / "redis-reference.json"
+        if self.cfg.resume and path.exists():
+            log("redis reference: kept from an earlier run")
+            self.redis_reference = json.loads(path.read_text())
+            return
+        self._fresh_redis()
+        log(f"redis reference: redis-benchmark -t get -c 1 -n {self.cfg.reference_requests:,} (and -P 16), then "
+            "kvdm's GET through the C loop and redis-py, on the Fig. 3 server")
+        self.redis_reference = redis_reference(self._redis, self.cfg.reference_requests)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.redis_reference, indent=1))
+
     # ---- report --------------------------------------------------------------------------
     def write_report(self) -> tuple[Path, Path]:
         from kvdm.experiments.reproduce_report import build_report
@@ -368,3 +439,101 @@ def reproduce(cfg: ReproduceConfig) -> tuple[Path, Path]:
     """Run a reproduction; returns the paths of report.md and report.html."""
     return Reproduction(cfg).run()
 
+
+
+def parse_redis_benchmark_csv(text: str) -> dict[str, dict[str, float]]:
+    """redis-benchmark ``--csv`` output: per test (e.g. ``GET``), its columns as numbers, latencies
+    converted from ms to µs (``p50_latency_ms`` -> ``p50_us``); rows that are not numbers are
+    skipped. Older versions print only ``"test","rps"``: then only ``rps`` is there."""
+    out: dict[str, dict[str, float]] = {}
+    header: list[str] | None = None
+    for row in csv.reader(io.StringIO(text)):
+        if not row:
+            continue
+        if row[0] == "test":
+            header = row
+            continue
+        cols = header or ["test", "rps"]
+        values: dict[str, float] = {}
+        for name, cell in zip(cols[1:], row[1:], strict=False):
+            try:
+                v = float(cell)
+            except ValueError:
+                continue
+            if name.endswith("_latency_ms"):
+                values[name[:-len("_latency_ms")] + "_us"] = v * 1e3
+            else:
+                values[name] = v
+        if values:
+            out[row[0]] = values
+    return out
+
+
+def run_redis_benchmark(url: str, cluster: bool, requests: int, extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``redis-benchmark -t get -c 1 -n requests --csv [extra]`` against ``url``: its GET row
+    (``rps``, ``p50_us``, ...) and the command line, or ``error`` saying why there is none."""
+    binary = shutil.which("redis-benchmark")
+    u = urlparse(url)
+    cmd = ["redis-benchmark", "-h", u.hostname or "127.0.0.1", "-p", str(u.port or 6379), "-t", "get", "-c", "1",
+           "-n", str(requests), "--csv", *extra] + (["--cluster"] if cluster else [])
+    res: dict[str, Any] = {"command": " ".join(cmd)}
+    if binary is None:
+        res["error"] = "redis-benchmark not found on PATH (Debian package redis-tools)"
+        return res
+    try:
+        proc = subprocess.run([binary, *cmd[1:]], capture_output=True, text=True, timeout=600)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        res["error"] = f"redis-benchmark failed: {exc}"
+        return res
+    get = parse_redis_benchmark_csv(proc.stdout).get("GET")
+    if proc.returncode != 0 or get is None:
+        res["error"] = (f"redis-benchmark exited with status {proc.returncode} and no GET row: "
+                        f"{(proc.stderr or proc.stdout).strip()[-300:]}")
+        return res
+    res.update(get)
+    return res
+
+
+def _get_p50(lat_ns: np.ndarray) -> dict[str, float]:
+    from kvdm.experiments.metrics import Histogram
+
+    h = Histogram()
+    h.record(lat_ns)
+    return {"p50_us": h.percentile(50) / 1e3, "p99_us": h.percentile(99) / 1e3, "calls": float(lat_ns.size),
+            "rps": float(lat_ns.size / max(lat_ns.sum() / 1e9, 1e-9))}
+
+
+def redis_reference(options: dict[str, Any], requests: int, keys: int = 10_000) -> dict[str, Any]:
+    """redis-benchmark's GET (``REDIS_BENCHMARKS``), then kvdm's GET of one key (of ``keys``
+    preloaded 32 B keys, drawn uniformly) through the C loop and through redis-py, back to back
+    on the server of ``options``, ``requests // 2`` calls each (after as many untimed)."""
+    from kvdm.experiments.bench_chain import _call_stream
+    from kvdm.experiments.cmd_bench_index import make_keys
+    from kvdm.index.redis_index import RedisIndex
+    from kvdm.traces.mapping import OP_GET
+
+    url, cluster = options["url"], int(options.get("cluster", 0)) > 0
+    out: dict[str, Any] = {"url": url, "cluster": cluster, "requests": requests, "benchmarks": {}}
+    for label, extra in REDIS_BENCHMARKS:
+        out["benchmarks"][label] = run_redis_benchmark(url, cluster, requests, extra)
+    calls = max(requests // 2, 1)
+    opts = {k: v for k, v in options.items() if k not in ("namespace", "prefix_mode", "range_mode")}
+    with RedisIndex(ENGINE_KEY_BYTES, namespace="reference:", **opts) as idx:
+        k = make_keys(0, keys, ENGINE_KEY_BYTES)
+        idx.put(k, np.arange(keys, dtype=np.uint64))
+        pick = k[np.random.default_rng(14).integers(0, keys, size=calls)]
+        stream = _call_stream(OP_GET, pick, 1, calls)
+        ids, groups = np.arange(calls, dtype=np.int64), np.zeros(calls, np.int32)
+        idx.drive(stream, ids, groups, 1)  # warm-up
+        lat, hits, _ = idx.drive(stream, ids, groups, 1)
+        out["kvdm_c"] = {**_get_p50(lat), "hits": int(hits.sum())}
+        clock = time.perf_counter_ns
+        py = np.zeros(calls, np.int64)
+        for i in range(calls):
+            t = clock()
+            idx.get(pick[i:i + 1])
+            py[i] = clock() - t
+        out["kvdm_python"] = _get_p50(py)
+    ref = out["benchmarks"][REDIS_BENCHMARKS[0][0]].get("p50_us")
+    out["ratio_c"] = out["kvdm_c"]["p50_us"] / ref if ref else None
+    return out

@@ -388,3 +388,20 @@ def serving(cluster: int = 0) -> Iterator[str]:
         yield servers.url
     finally:
         servers.stop()
+
+
+def flush(url: str, cluster: bool = False) -> None:
+    """FLUSHALL on the server at ``url`` (every primary of a cluster): for servers kvdm owns,
+    so that each run starts from an empty server as if it had started its own."""
+    if cluster:
+        client: Any = redis.RedisCluster.from_url(url)
+        try:
+            client.flushall(target_nodes=redis.RedisCluster.PRIMARIES)
+        finally:
+            client.close()
+        return
+    plain = redis.Redis.from_url(url)
+    try:
+        plain.flushall()
+    finally:
+        plain.close()

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -54,7 +57,48 @@ def test_reproduce_quick_writes_every_figure_and_the_report(tmp_path: Path) -> N
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == len(FIGURES)  # self-contained
     assert isinstance(fig3["chime"].results.rows, pd.DataFrame)
+    assert fig3["redis"].config["driver"] == "auto" and "measuring loop: auto" in fig3["redis"].results.meta[
+        "config"]["echo"]["clients"]
     _check_engine(out, md)
+    _check_redis_reference(out, md, fig3["redis"])
+
+
+def _check_redis_reference(out: Path, md: str, fig3_redis: Any) -> None:
+    """redis-benchmark ran on the server the Redis runs used, and the report quotes it beside kvdm's
+    C-loop GET (or says that redis-benchmark is absent)."""
+    ref = json.loads((out / "runs" / "redis-reference.json").read_text())
+    section = md.split("# Redis reference: redis-benchmark on the same server", 1)[1].split("\n# ", 1)[0]
+    get1 = ref["benchmarks"]["GET, 1 client"]
+    assert get1["command"].startswith("redis-benchmark -h 127.0.0.1 -p ") and "-t get -c 1" in get1["command"]
+    assert f":{get1['command'].split(' -p ')[1].split()[0]}" in ref["url"]  # the same server
+    assert ref["kvdm_c"]["hits"] == ref["kvdm_c"]["calls"]  # every GET found its preloaded key
+    assert f"{ref['kvdm_c']['p50_us']:,.1f}" in section
+    if shutil.which("redis-benchmark") is None:
+        assert "redis-benchmark not found on PATH" in section
+    else:
+        assert get1["p50_us"] > 0 and get1["rps"] > 0
+        assert f"against redis-benchmark's {get1['p50_us']:,.1f} µs (-c 1)" in section
+    assert f"The Fig. 3 replay's get p50 is {fig3_redis.whole.loc['get', 'p50_us']:,.1f} µs" in section
+
+
+def test_redis_benchmark_csv_is_parsed() -> None:
+    """Both forms of redis-benchmark --csv: with latency columns (Redis 7) and rps only (older)."""
+    from kvdm.experiments.reproduce import parse_redis_benchmark_csv
+
+    new = ('"test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms",'
+           '"max_latency_ms"\n"GET","17182.13","0.054","0.016","0.055","0.111","0.183","1.639"\n')
+    got = parse_redis_benchmark_csv(new)["GET"]
+    assert got["rps"] == 17182.13 and abs(got["p50_us"] - 55.0) < 1e-9 and abs(got["p99_us"] - 183.0) < 1e-9
+    assert parse_redis_benchmark_csv('"GET","80000.00"\n') == {"GET": {"rps": 80000.0}}
+    assert parse_redis_benchmark_csv("") == {}
+
+
+def test_a_missing_redis_benchmark_is_reported_not_fatal(monkeypatch: Any) -> None:
+    from kvdm.experiments import reproduce
+
+    monkeypatch.setenv("PATH", "/nonexistent")
+    res = reproduce.run_redis_benchmark("redis://127.0.0.1:1", False, 10)
+    assert res["error"].startswith("redis-benchmark not found on PATH")
 
 
 def _check_engine(out: Path, md: str) -> None:
@@ -81,7 +125,7 @@ def _check_engine(out: Path, md: str) -> None:
     # the findings quote the parallel LPM's RTT/op and p99 at the sweep's ends
     assert f"{par.loc[1, 'rtts_per_op']:,.2f} → {par.loc[64, 'rtts_per_op']:,.2f} RTT/op on chime" in section
     assert f"{par.loc[64, 'p99_us']:,.2f} µs" in section
-    assert "Redis is timed around its Python client here (until a C driver exists) and its network is this VM's " \
-           "loopback TCP, while the native indexes run at the modelled RTT" in section
+    assert "both sides are timed in the same C loop, but Redis's network is this VM's loopback TCP, while the " \
+           "native indexes run at the modelled RTT" in section
     assert "issue 14" in section
     assert re.search(r"\(figures/engine_chain_p99\.png\)", section)

@@ -59,7 +59,7 @@ import numpy as np
 
 from kvdm.index.api import Index, RangeNotSupported, as_keys, as_values
 from kvdm.native import ffi, lib
-from kvdm.transport.dm import DMContext, DMError, raise_for
+from kvdm.transport.dm import DMContext, Timeout, raise_for
 
 DEFAULTS: dict[str, Any] = {"cache_mb": 100.0, "root_slot": None, "lease_ms": 1000, "max_wait_ms": 10000,
                             "window": 0, "lpm": "auto", "lpm_fanout": 16, "lpm_exact": False, "lpm_probe_ns": 150,
@@ -89,8 +89,7 @@ class LocalLockTable:
         self.max_handover = max_handover
 
 
-class LockTimeout(DMError, TimeoutError):
-    """A lock stayed held (and its lease valid) for longer than ``max_wait_ms``."""
+LockTimeout = Timeout  # a lock stayed held (and its lease valid) for longer than ``max_wait_ms``
 
 
 @dataclass(frozen=True)
@@ -173,10 +172,7 @@ class NativeIndex(Index):
         err = ffi.new("char[512]")
         rc = self._c("open")(transport.ptr, c_opts, out, err, 512)
         if rc != lib.DM_OK:
-            msg = ffi.string(err).decode(errors="replace")
-            if rc == lib.DM_EINVAL:
-                raise ValueError(msg)
-            raise_for(rc, msg)
+            raise_for(rc, ffi.string(err).decode(errors="replace"))
         self._h = ffi.gc(out[0], self._c("close"))
         self._ops = self._c("ops")()
         # counter snapshots land in these structs; the numpy views read them without copies
@@ -209,12 +205,7 @@ class NativeIndex(Index):
     def _check(self, rc: int) -> None:
         if rc == lib.DM_OK:
             return
-        msg = ffi.string(self._c("error")(self._h)).decode(errors="replace")
-        if rc == lib.DM_ETIMEDOUT:
-            raise LockTimeout(rc, msg)
-        if rc == lib.DM_EINVAL:
-            raise ValueError(msg)
-        raise_for(rc, msg)
+        raise_for(rc, ffi.string(self._c("error")(self._h)).decode(errors="replace"))
 
     def _keys(self, keys: Any, check: bool = True) -> np.ndarray:
         arr = as_keys(keys, self.key_bytes)
@@ -341,13 +332,7 @@ class NativeIndex(Index):
             return lib.kvdm_drive(self._ops, h, self.transport.ptr, view[0], ids, grp, n, n_groups,
                                   int(add_virtual), out, err, 512)
 
-        return run_drive(call, op_ids, groups, n_groups, int(lib.kvdm_drive_counters()), self._raise_drive)
-
-    @staticmethod
-    def _raise_drive(rc: int, msg: str) -> None:
-        if rc == lib.DM_EINVAL:
-            raise ValueError(msg)
-        raise_for(rc, msg)
+        return run_drive(call, op_ids, groups, n_groups, int(lib.kvdm_drive_counters()), raise_for)
 
     def _stream_view(self, stream: Any) -> tuple[Any, list[np.ndarray]]:
         """:func:`stream_view` of a stream, built once per stream."""

@@ -28,10 +28,12 @@ from kvdm.transport import (
     BadRegion,
     DMContext,
     DMError,
+    InvalidArgument,
     MemoryNodeFull,
     RegionExists,
     RegionMissing,
     ShmMemoryNode,
+    Timeout,
     TransportConfig,
     TransportUnavailable,
     connect,
@@ -459,3 +461,19 @@ def test_region_is_private_to_its_user(shm_node: ShmMemoryNode) -> None:
 
     mode = os.stat(f"/dev/shm/{shm_node.name}").st_mode
     assert stat.S_IMODE(mode) == 0o600
+
+
+def test_one_error_table_maps_every_status() -> None:
+    """Each C status has its exception class, subclassing the builtin a caller would catch."""
+    from kvdm.transport.dm import raise_for
+
+    cases = [(lib.DM_EINVAL, InvalidArgument, ValueError), (lib.DM_ETIMEDOUT, Timeout, TimeoutError),
+             (lib.DM_ENOMEM, MemoryNodeFull, MemoryError), (lib.DM_ERANGE, AddressError, ValueError),
+             (lib.DM_EEXIST, RegionExists, FileExistsError), (lib.DM_ENOENT, RegionMissing, FileNotFoundError),
+             (lib.DM_EPROTO, BadRegion, ValueError), (lib.DM_ENOSYS, TransportUnavailable, DMError),
+             (lib.DM_EIO, DMError, DMError)]
+    for code, cls, builtin in cases:
+        with pytest.raises(cls, match="boom") as err:
+            raise_for(code, "boom")
+        assert isinstance(err.value, builtin) and isinstance(err.value, DMError) and err.value.code == code
+    raise_for(lib.DM_OK, "not raised")

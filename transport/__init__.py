@@ -19,9 +19,11 @@ from kvdm.transport.dm import (
     BadRegion,
     DMContext,
     DMError,
+    InvalidArgument,
     MemoryNodeFull,
     RegionExists,
     RegionMissing,
+    Timeout,
     TransportUnavailable,
     gaddr,
     root_gaddr,
@@ -51,7 +53,7 @@ def connect(config: TransportConfig, uris: list[str]) -> DMContext:
 
 
 __all__ = [
-    "LATENCY_MODELS", "TRANSPORTS", "AddressError", "BadRegion", "DMContext", "DMError", "MemoryNodeFull",
-    "RegionExists", "RegionMissing", "ShmMemoryNode", "TransportConfig", "TransportUnavailable",
-    "connect", "embedded_nodes", "gaddr", "memory_nodes", "parse_size", "root_gaddr",
+    "LATENCY_MODELS", "TRANSPORTS", "AddressError", "BadRegion", "DMContext", "DMError", "InvalidArgument",
+    "MemoryNodeFull", "RegionExists", "RegionMissing", "ShmMemoryNode", "Timeout", "TransportConfig",
+    "TransportUnavailable", "connect", "embedded_nodes", "gaddr", "memory_nodes", "parse_size", "root_gaddr",
 ]

@@ -23,6 +23,15 @@ class DMError(RuntimeError):
         self.code = code
 
 
+class InvalidArgument(DMError, ValueError):
+    """A bad argument the C side refused (DM_EINVAL)."""
+
+
+class Timeout(DMError, TimeoutError):
+    """Something waited past its limit (DM_ETIMEDOUT): e.g. a lock held, with a valid lease, for
+    longer than the index's ``max_wait_ms``."""
+
+
 class MemoryNodeFull(DMError, MemoryError):
     """A memory node has no room left (DM_ENOMEM)."""
 
@@ -47,7 +56,11 @@ class BadRegion(DMError, ValueError):
     """A malformed region header or peer message (DM_EPROTO)."""
 
 
+# The one table of dm statuses to exception classes (the transport's and every native index's):
+# DM_EIO (a verb or peer failed) and anything unknown raise the base DMError.
 _ERRORS: dict[int, type[DMError]] = {
+    lib.DM_EINVAL: InvalidArgument,
+    lib.DM_ETIMEDOUT: Timeout,
     lib.DM_ENOMEM: MemoryNodeFull,
     lib.DM_ENODE: AddressError,
     lib.DM_EALIGN: AddressError,

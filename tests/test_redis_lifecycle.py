@@ -203,7 +203,7 @@ def test_options_without_url_start_a_server_the_process_owns():
 @pytest.mark.parametrize(("argv", "message"), [
     (["--redis-range", "btree"], "unknown redis range mode 'btree'; valid: zset, mget"),
     (["--redis-prefix", "x"], "valid: pipeline, lua"),
-    (["--redis-pipeline", "0"], "pipeline depth must be an integer >= 1"),
+    (["--redis-pipeline", "-1"], "pipeline depth must be an integer >= 0"),
     (["--redis-cluster", "-1"], "cluster shard count must be an integer >= 0"),
 ])
 def test_bad_flag_values_are_clear_errors(argv, message, capsys):

@@ -11,8 +11,9 @@ from kvdm.transport.config import LATENCY_MODELS, TRANSPORTS, TransportConfig, p
 def add_transport_options(parser: argparse.ArgumentParser) -> None:
     """--transport, --latency-model, --rtt-us, --gbps, --memory-nodes, --memory-node, --node-size, --tear."""
     g = parser.add_argument_group("transport")
-    g.add_argument("--transport", type=choices_type(TRANSPORTS, "transport"), default="shm",
-                   help="one-sided verbs backend: shm (emulated, default) or verbs (rdma-core)")
+    g.add_argument("--transport", type=choices_type(TRANSPORTS, "transport"), default=None,
+                   help="one-sided verbs backend: shm (emulated) or verbs (rdma-core); default: the --memory-node "
+                   "URIs' scheme, shm for embedded memory nodes (a conflicting value is an error)")
     g.add_argument("--latency-model", type=choices_type(LATENCY_MODELS, "latency model"), default="none",
                    help="shm only: none (raw speed), spin (wait RTT + bytes/bandwidth per round trip), "
                    "virtual (add that time to reported latency without waiting)")
@@ -31,7 +32,7 @@ def add_transport_options(parser: argparse.ArgumentParser) -> None:
 def transport_config(args: argparse.Namespace) -> TransportConfig:
     """The TransportConfig the transport options describe."""
     return TransportConfig(
-        transport=args.transport,
+        transport=args.transport or "",
         latency_model=args.latency_model,
         rtt_us=args.rtt_us,
         gbps=args.gbps,

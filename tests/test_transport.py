@@ -477,3 +477,40 @@ def test_one_error_table_maps_every_status() -> None:
             raise_for(code, "boom")
         assert isinstance(err.value, builtin) and isinstance(err.value, DMError) and err.value.code == code
     raise_for(lib.DM_OK, "not raised")
+
+
+def test_the_transport_comes_from_the_uris(shm_node: ShmMemoryNode) -> None:
+    assert TransportConfig().transport == "shm"  # embedded nodes
+    assert TransportConfig(memory_nodes=["verbs://10.0.0.1:7471?dev=rxe0&gid=1"]).transport == "verbs"
+    assert TransportConfig(memory_nodes=[shm_node.uri]).transport == "shm"
+    with pytest.raises(ValueError, match="--transport shm disagrees with the memory node 'verbs://"):
+        TransportConfig(transport="shm", memory_nodes=["verbs://10.0.0.1:7471"])
+    with pytest.raises(ValueError, match="--transport verbs disagrees"):
+        TransportConfig(transport="verbs", memory_nodes=[shm_node.uri])
+    with pytest.raises(ValueError, match="different transports"):
+        TransportConfig(memory_nodes=[shm_node.uri, "verbs://10.0.0.1:7471"])
+    auto = TransportConfig(tear=True)  # no URIs yet: connecting gives it the nodes' transport
+    assert auto.with_nodes([shm_node.uri]).transport == "shm"
+    assert TransportConfig().with_nodes(["verbs://h:1"]).transport == "verbs"
+    assert TransportConfig(transport="shm").memory_nodes == []  # an explicit transport stays as given:
+    with pytest.raises(ValueError, match="disagrees"):
+        TransportConfig(transport="shm").with_nodes(["verbs://h:1"])
+
+
+def test_latency_models_and_tearing_are_the_shm_networks() -> None:
+    for opts, flag in (({"latency_model": "virtual"}, "--latency-model virtual"), ({"tear": True}, "--tear")):
+        with pytest.raises(ValueError, match=f"{flag} is the shm transport's model"):
+            TransportConfig(memory_nodes=["verbs://10.0.0.1:7471"], **opts)
+
+
+def test_cli_labels_the_run_by_its_uris() -> None:
+    import argparse
+
+    from kvdm.experiments.options import add_transport_options, transport_config
+
+    p = argparse.ArgumentParser()
+    add_transport_options(p)
+    assert transport_config(p.parse_args(["--memory-node", "verbs://h:7471"])).transport == "verbs"
+    assert transport_config(p.parse_args([])).transport == "shm"
+    with pytest.raises(ValueError, match="disagrees"):
+        transport_config(p.parse_args(["--transport", "shm", "--memory-node", "verbs://h:7471"]))

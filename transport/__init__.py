@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
 
 from kvdm.transport.config import LATENCY_MODELS, TRANSPORTS, TransportConfig, parse_size
 from kvdm.transport.dm import (
@@ -49,7 +48,7 @@ def memory_nodes(config: TransportConfig) -> Iterator[list[str]]:
 
 def connect(config: TransportConfig, uris: list[str]) -> DMContext:
     """A new client context attached to every node in ``uris``."""
-    return DMContext(replace(config, memory_nodes=list(uris)))
+    return DMContext(config.with_nodes(uris))
 
 
 __all__ = [

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 LATENCY_MODELS = ("none", "spin", "virtual")
 TRANSPORTS = ("shm", "verbs")
@@ -22,6 +22,13 @@ def parse_size(text: str | int) -> int:
     return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
 
 
+def uri_transport(uri: str) -> str:
+    """The transport a memory-node URI names (``shm:NAME`` -> shm, ``verbs://...`` -> verbs; ""
+    for another scheme, which attaching reports)."""
+    scheme = uri.split("://", 1)[0] if "://" in uri else uri.split(":", 1)[0]
+    return scheme if scheme in TRANSPORTS else ""
+
+
 def choice(value: str, valid: tuple[str, ...], what: str) -> str:
     """Return value if it is one of valid, else raise ValueError listing the valid ones."""
     if value not in valid:
@@ -35,12 +42,15 @@ class TransportConfig:
 
     ``memory_nodes`` are URIs (``shm:NAME`` or ``verbs://HOST:PORT?dev=rxe0&gid=1``); empty
     means "start embedded shm memory nodes" (``embedded_nodes`` of ``node_size`` bytes).
-    The latency model applies to the shm backend: ``none`` runs at memory speed, ``spin``
-    busy-waits ``rtt_us`` + bytes/``gbps`` per round trip, ``virtual`` adds that time to the
-    reported latency without waiting.
+    ``transport`` is what the URIs' scheme says: "" (the default) takes it from them (shm for
+    embedded nodes); a transport that disagrees with them is an error, so a run is labelled by
+    what it really used. The latency model is the shm transport's network model: ``none``
+    runs at memory speed, ``spin`` busy-waits ``rtt_us`` + bytes/``gbps`` per round trip,
+    ``virtual`` adds that time to the reported latency without waiting; over verbs the network
+    is real, and only ``none`` is accepted (as for ``tear``, shm's fault injection).
     """
 
-    transport: str = "shm"
+    transport: str = ""
     latency_model: str = "none"
     rtt_us: float = 2.0
     gbps: float = 100.0
@@ -52,12 +62,32 @@ class TransportConfig:
     node_size: int = 1 << 30
 
     def __post_init__(self) -> None:
+        schemes = sorted({uri_transport(u) for u in self.memory_nodes} - {""})
+        if len(schemes) > 1:
+            raise ValueError(f"memory nodes of different transports ({', '.join(schemes)}): one run uses one")
+        given = self.transport
+        self._auto = given == ""  # connect() may give an automatic config other URIs
+        if given and schemes and given != schemes[0]:
+            raise ValueError(f"--transport {given} disagrees with the memory node {self.memory_nodes[0]!r}, whose "
+                             f"scheme is {schemes[0]}: leave --transport out (the URI decides) or give a "
+                             f"{given} URI")
+        self.transport = given or (schemes[0] if schemes else "shm")
         choice(self.transport, TRANSPORTS, "transport")
         choice(self.latency_model, LATENCY_MODELS, "latency model")
+        if self.transport != "shm" and (self.latency_model != "none" or self.tear):
+            what = f"--latency-model {self.latency_model}" if self.latency_model != "none" else "--tear"
+            raise ValueError(f"{what} is the shm transport's model of a network (tear: its fault injection); over "
+                             f"{self.transport} the network is real: use --latency-model none, no --tear")
         if self.rtt_us < 0 or self.gbps < 0:
             raise ValueError(f"--rtt-us and --gbps must be >= 0 (got {self.rtt_us}, {self.gbps})")
         if self.embedded_nodes < 1 and not self.memory_nodes:
             raise ValueError("need at least one memory node")
+
+    def with_nodes(self, uris: list[str]) -> TransportConfig:
+        """This config on the memory nodes ``uris`` (one that took its transport from no URIs,
+        i.e. the default, takes it from these)."""
+        auto = getattr(self, "_auto", False) and not self.memory_nodes
+        return replace(self, memory_nodes=list(uris), transport="" if auto else self.transport)
 
     @property
     def latency_model_code(self) -> int:

@@ -114,6 +114,8 @@ class DMContext:
 
     def __init__(self, config: TransportConfig | None = None, uris: list[str] | None = None) -> None:
         config = config or TransportConfig()
+        if uris is not None:
+            config = config.with_nodes(uris)
         cfg = ffi.new("dm_config *")
         cfg.latency_model = config.latency_model_code
         cfg.rtt_us = config.rtt_us
@@ -128,7 +130,7 @@ class DMContext:
         self.config = config
         self.node_ids: list[int] = []
         self._keep: list[Any] = []
-        for uri in uris if uris is not None else config.memory_nodes:
+        for uri in config.memory_nodes:
             self.attach(uri)
 
     def _check(self, code: int) -> None:

@@ -8,10 +8,12 @@ client keeps trace order among its own requests. Modes:
 * ``compressed:X``: at timestamp / X.
 
 An operation's latency is its service time plus the transport's modelled time
-(``virtual_ns``) when the latency model is ``virtual``. The service time is the backend's own
-(``Index.last_call_ns``: the C call of a native index, without the Python wrapper, the numpy
-result handling and the hit check) where the backend measures it, else the harness's clock
-around the whole index call (Redis, where the client library is part of the cost; dict). Operations
+(``virtual_ns``) when the latency model is ``virtual``. With the C loop (``--driver auto``, the
+default, for the native indexes and Redis) every op is run and timed in C (Redis: a hiredis
+client speaking the redis-py path's protocol). With ``--driver python`` the service time is the
+backend's own (``Index.last_call_ns``: the C call of a native index, without the Python wrapper,
+the numpy result handling and the hit check) where the backend measures it, else the harness's
+clock around the whole index call (redis-py, whose client library is part of the cost; dict). Operations
 are binned by *trace* time (``bin_min`` minutes, 10 as in the paper); bins that start before
 ``warmup_min`` are reported but left out of the whole-run rows (bin -1). Each client keeps raw
 per-op latencies; the parent builds and merges histograms from them (never percentiles).
@@ -252,8 +254,8 @@ def use_c_driver(cfg: Any, index: Any) -> bool:
     with ``driver`` and ``index``)."""
     has = callable(getattr(index, "drive", None))
     if cfg.driver == "c" and not has:
-        raise ValueError(f"--driver c: the {cfg.index.name} backend has no C loop (native indexes only); "
-                         "use --driver auto or python")
+        raise ValueError(f"--driver c: the {cfg.index.name} backend has no C loop (the native indexes and "
+                         "Redis have one); use --driver auto or python")
     return has and cfg.driver != "python"
 
 

@@ -27,6 +27,9 @@
 #                    the whole host root is read-only in the guest, writes land
 #                    in tmpfs overlays and are lost)
 #   --no-rxe         do not load rdma_rxe / create rxe0
+#   --two-hosts      also build the two-hosts topology (guest-two-hosts-setup.sh):
+#                    rxea on va 10.78.0.1 <=veth=> rxeb on vb 10.78.0.2, with
+#                    policy routing so that traffic between them crosses the veth
 #   --env NAME       also hand host variable NAME to the guest (repeatable;
 #                    CI PYTHONPATH VIRTUAL_ENV PYENV_VERSION PYENV_ROOT LANG
 #                    LC_ALL TZ are handed over by default when set)
@@ -52,6 +55,8 @@
 # with the host's PATH, stderr merged into stdout, and these variables set:
 #   SOFTROCE_DEV=rxe0  SOFTROCE_GID_INDEX=<index of the IPv4 RoCEv2 GID>
 #   SOFTROCE_IP=10.77.0.1  SOFTROCE_NETDEV=rxenet0
+# and with --two-hosts TWOHOST_{SRV,CLI}_{DEV,IP,GID,NETDEV} (memory-node side
+# rxea/va/10.78.0.1, client side rxeb/vb/10.78.0.2).
 # The rxe device sits on a "dummy" netdev with that address; the guest has no
 # NIC at all (qemu -net none), so RDMA traffic never leaves the guest. Both
 # ends of a connection must use the same device (rxe0) and the same GID: two
@@ -66,7 +71,8 @@ SELF_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 VM_DIR=${SOFTROCE_VM_DIR:-${HOME:-/root}/.cache/kvdm-softroce}
 VNG_SPEC=${SOFTROCE_VNG_SPEC:-virtme-ng==1.42}
 PY=${SOFTROCE_PYTHON:-python3}
-CPUS=2 MEM=2G ACCEL=tcg CPU_MODEL=${SOFTROCE_CPU:-max,avx2=off} TIMEOUT=1800 RXE=1 VERBOSE=0 PREPARE_ONLY=0
+CPUS=2 MEM=2G ACCEL=tcg CPU_MODEL=${SOFTROCE_CPU:-max,avx2=off} TIMEOUT=1800 RXE=1 TWO_HOSTS=0 VERBOSE=0
+PREPARE_ONLY=0
 RWDIRS=()
 # host variables handed to the guest command when set (extend with --env NAME)
 PASS_ENV=(CI PYTHONPATH VIRTUAL_ENV PYENV_VERSION PYENV_ROOT LANG LC_ALL TZ)
@@ -80,6 +86,7 @@ while [ $# -gt 0 ]; do
     --mem) MEM=$2; shift 2 ;;
     --rwdir) RWDIRS+=("$(cd "$2" && pwd)"); shift 2 ;;
     --no-rxe) RXE=0; shift ;;
+    --two-hosts) TWO_HOSTS=1; shift ;;
     --env) PASS_ENV+=("$2"); shift 2 ;;
     --accel) ACCEL=$2; shift 2 ;;
     --cpu) CPU_MODEL=$2; shift 2 ;;
@@ -212,6 +219,9 @@ done
 export SOFTROCE_DEV=rxe0 SOFTROCE_GID_INDEX SOFTROCE_IP=10.77.0.1 SOFTROCE_NETDEV=rxenet0
 echo "run-in-guest: rxe0 up on rxenet0 (10.77.0.1), gid index $SOFTROCE_GID_INDEX, setup $(( ($(date +%s%N)-_t0)/1000000 )) ms" >&2
 GUEST
+  fi
+  if [ "$TWO_HOSTS" = 1 ]; then
+    printf '. %q || exit 250\n' "$SELF_DIR/guest-two-hosts-setup.sh"
   fi
   printf 'cd %q\n' "$PWD"
   printf 'exec'; printf ' %q' "$@"; printf '\n'

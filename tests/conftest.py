@@ -1,5 +1,7 @@
 """Shared fixtures: embedded shm memory nodes and connected transport contexts; ``fabric``
-(tests/fabric.py): the same tests over shm on the host and over verbs in the SoftRoCE guest."""
+(tests/fabric.py): the same tests over shm on the host and over verbs in the SoftRoCE guest;
+``two_hosts_fabric``: verbs with the memory nodes on one rxe device and the clients on another,
+across a veth link (the guest's two-hosts set-up; test_verbs_two_hosts.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fabric import NO_RDMA, Fabric, Node, VerbsNode, rdma_devices
+from fabric import NO_RDMA, NO_TWO_HOSTS, Fabric, Node, VerbsNode, rdma_devices, two_hosts
 
 from kvdm.transport import DMContext, ShmMemoryNode, TransportConfig, connect
 
@@ -37,6 +39,17 @@ VERBS = pytest.param("verbs", marks=[pytest.mark.rdma, pytest.mark.skipif(not rd
 def fabric(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Fabric:
     """The transport under test: shm, and verbs (marked rdma: it runs in the SoftRoCE guest)."""
     return Fabric(request.param, tmp_path_factory.mktemp(f"fabric-{request.param}"))
+
+
+@pytest.fixture(scope="session")
+def two_hosts_fabric(tmp_path_factory: pytest.TempPathFactory) -> Fabric:
+    """Verbs with memory nodes served on the node side's device and address and clients attached
+    from the client side's device (skips where run-in-guest.sh --two-hosts did not set them up)."""
+    sides = two_hosts()
+    if sides is None:
+        pytest.skip(NO_TWO_HOSTS)
+    server, client = sides
+    return Fabric("verbs", tmp_path_factory.mktemp("fabric-two-hosts"), server, client)
 
 
 @pytest.fixture

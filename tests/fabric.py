@@ -8,6 +8,10 @@ hands out one per transport; the verbs one is marked ``rdma`` and skipped where 
 exists. Tests written against a fabric run unchanged over both: they start nodes with
 :meth:`Fabric.start_node`, connect with :meth:`Fabric.connect`, run client processes from
 :attr:`Fabric.mp` and size their work with :meth:`Fabric.pick`.
+
+A verbs fabric may also put its memory nodes on one device and its clients on another
+(:class:`Endpoint`): the guest's two-hosts set-up, where every packet crosses a veth link
+(transport/softroce/guest-two-hosts-setup.sh; conftest's ``two_hosts_fabric``).
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ def rdma_devices() -> list[str]:
 DEVICE = os.environ.get("SOFTROCE_DEV") or (rdma_devices() or ["rxe0"])[0]
 GID_INDEX = os.environ.get("SOFTROCE_GID_INDEX")
 NO_RDMA = "no RDMA device here (run .ci/rdma-tests: SoftRoCE guest)"
+NO_TWO_HOSTS = "no two-hosts set-up here (run .ci/rdma-tests: run-in-guest.sh --two-hosts)"
 START_TIMEOUT = 180.0  # seconds for a node to print its URI: interpreter starts are slow under TCG
 _serial = itertools.count()
 
@@ -97,6 +102,42 @@ class VerbsNode:
         self.stop()
 
 
+@dataclass(frozen=True)
+class Endpoint:
+    """One side of a verbs connection: an RDMA device, its GID index and its IP address (with
+    the netdev carrying it, whose packet counters show what crossed the link)."""
+
+    device: str
+    gid_index: int | None
+    ip: str
+    netdev: str | None = None
+
+    def query(self) -> str:
+        """The device part of a verbs URI for a client on this side."""
+        return f"dev={self.device}" + (f"&gid={self.gid_index}" if self.gid_index is not None else "")
+
+
+LOCAL = Endpoint(DEVICE, int(GID_INDEX) if GID_INDEX else None, "127.0.0.1")
+
+
+def two_hosts() -> tuple[Endpoint, Endpoint] | None:
+    """(memory-node side, client side) of the guest's two-hosts set-up, from the TWOHOST_*
+    variables guest-two-hosts-setup.sh exports; None where it was not made."""
+    def side(name: str) -> Endpoint:
+        env = {k: os.environ[f"TWOHOST_{name}_{k}"] for k in ("DEV", "GID", "IP", "NETDEV")}
+        return Endpoint(env["DEV"], int(env["GID"]), env["IP"], env["NETDEV"])
+
+    try:
+        return side("SRV"), side("CLI")
+    except KeyError:
+        return None
+
+
+def client_uri(uri: str, client: Endpoint) -> str:
+    """A node's URI (as it prints it: its own device) with ``client``'s device and GID instead."""
+    return uri.split("?", 1)[0] + "?" + client.query() + "&ib_port=1"
+
+
 def _await_uri(stream: Any, what: str, log: Path, kill: Any) -> str:
     ready, _, _ = select.select([stream], [], [], START_TIMEOUT)
     line = stream.readline() if ready else ""
@@ -131,14 +172,17 @@ def start_verbs_node_cli(tmp: Path, node_id: int = 0, size: int = 64 << 20) -> V
     return VerbsNode(uri, log, proc.pid, proc)
 
 
-def fork_verbs_node(tmp: Path, node_id: int = 0, size: int = 64 << 20) -> VerbsNode:
+def fork_verbs_node(tmp: Path, node_id: int = 0, size: int = 64 << 20, server: Endpoint = LOCAL,
+                    client: Endpoint | None = None) -> VerbsNode:
     """The same memory node (``kvdm memnode serve``'s own ``serve``), forked from this process: no interpreter
     start, so cheap enough for a fresh node per test under TCG. The child closes every
-    descriptor it inherited, so it holds no client connection or device handle of ours."""
+    descriptor it inherited, so it holds no client connection or device handle of ours.
+    It serves on ``server``'s device, GID and address; with ``client`` the returned URI names
+    that side's device and GID, so clients attach from there."""
     from kvdm.transport import verbs_memnode
 
-    args = argparse.Namespace(size=size, node_id=node_id, device=DEVICE, ib_port=1, port=0, listen="127.0.0.1",
-                              gid_index=int(GID_INDEX) if GID_INDEX else None)
+    args = argparse.Namespace(size=size, node_id=node_id, device=server.device, ib_port=1, port=0,
+                              listen=server.ip, gid_index=server.gid_index)
     log = tmp / f"memnode-{node_id}-{next(_serial)}.log"
     r, w = os.pipe()
     sys.stdout.flush()
@@ -167,7 +211,7 @@ def fork_verbs_node(tmp: Path, node_id: int = 0, size: int = 64 << 20) -> VerbsN
     with open(r) as out:
         uri = _await_uri(out, f"forked memory node {node_id}", log,
                          lambda: (os.kill(pid, signal.SIGKILL), os.waitpid(pid, 0)))
-    return VerbsNode(uri, log, pid)
+    return VerbsNode(client_uri(uri, client) if client else uri, log, pid)
 
 
 Node = ShmMemoryNode | VerbsNode  # what Fabric.start_node returns: both have .uri and .destroy()
@@ -183,6 +227,8 @@ class Fabric:
 
     name: str  # "shm" or "verbs"
     tmp: Path  # logs of verbs memory nodes
+    server: Endpoint = LOCAL  # verbs: where memory nodes serve
+    client: Endpoint | None = None  # verbs: where clients attach from (None: the node's device)
 
     @property
     def mp(self) -> Any:
@@ -197,7 +243,7 @@ class Fabric:
         """A fresh memory node (a context manager; ``destroy()`` stops it)."""
         if self.name == "shm":
             return ShmMemoryNode(size, node_id=node_id)
-        return fork_verbs_node(self.tmp, node_id, size)
+        return fork_verbs_node(self.tmp, node_id, size, self.server, self.client)
 
     def config(self, **options: Any) -> TransportConfig:
         return TransportConfig(transport=self.name, **options)

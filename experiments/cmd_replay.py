@@ -173,7 +173,9 @@ def config_from_args(args: argparse.Namespace) -> ReplayConfig:
     )
 
 
-RETRY_COUNTERS = ("lock_fail", "version_mismatch", "go_right", "torn_retry", "cas_failed")
+# every index's retries, by its own counter names (race: kvidx_ops.counters in native/race.inc)
+RETRY_COUNTERS = ("lock_fail", "version_mismatch", "go_right", "torn_retry", "cas_failed", "stale_directory",
+                  "lost_insert_race", "checksum_retry")
 
 
 def derived_columns(rows: pd.DataFrame) -> dict[str, pd.Series]:

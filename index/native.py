@@ -42,11 +42,17 @@ Reserved keys: 0 and 2**64-1 for 8-byte keys, the all-zero key for 32-byte keys.
 race (protocol in native/race.inc): lookups read both combined buckets in one doorbell,
 then the fingerprint-matching KV block (2 RTT; a batch shares both doorbells among its lookups);
 inserts 2 RTT, updates and deletes 3 RTT; ``range``/``range_count`` raise
-RangeNotSupported. Its counters reuse the shared names: ``splits`` (subtable splits),
-``version_mismatch`` and ``root_reads`` (stale cached directory entries re-read),
-``lock_fail``/``lease_steals`` (subtable split locks), ``torn_retry`` (a KV block whose
-checksum failed), ``go_right`` (an insert that dropped its copy to a concurrent insert of the
-same key: RACE's duplicate check).
+RangeNotSupported.
+
+Counters: each index names its own, from its ops table (``kvidx_ops.counters``): chime and
+sherman report every field of ``kvidx_stats``; race the ones it counts, with its own names
+where it counts something else: ``stale_directory`` (a stale cached directory entry re-read),
+``lost_insert_race`` (an insert that dropped its copy to a concurrent insert of the same key:
+RACE's duplicate check), ``checksum_retry`` (a KV block whose checksum failed), ``splits``
+(subtable splits), ``lock_fail``/``lease_steals`` (subtable split locks).
+
+Every call goes through the index's ops table (``P_ops()``, native/kvidx.h): one generic set of
+``kvidx_*`` C entry points serves every index.
 """
 
 from __future__ import annotations
@@ -107,6 +113,19 @@ SHERMAN = Backend("sherman", "sherman", (2, 3))
 RACE = Backend("race", "race", (4, 5), ordered=False)
 
 
+def counter_spec(spec: Any) -> tuple[np.ndarray, tuple[str, ...]]:
+    """An ops table's ``counters`` (kvidx.h): the kvidx_stats columns an index reports and its
+    names for them (NULL: every field, under its own name)."""
+    if spec == ffi.NULL:
+        return np.arange(len(STAT_FIELDS)), STAT_FIELDS
+    cols, names = [], []
+    for item in ffi.string(spec).decode().split():
+        field, _, name = item.partition("=")
+        cols.append(STAT_FIELDS.index(field))
+        names.append(name or field)
+    return np.array(cols, dtype=np.int64), tuple(names)
+
+
 def check_keys(keys: np.ndarray, key_bytes: int) -> None:
     """Reject reserved keys (vectorised, never per key in Python)."""
     if key_bytes == 8:
@@ -142,7 +161,9 @@ class NativeIndex(Index):
         self.ordered = backend.ordered
         self.options = opts
         self.transport = transport
-        self._f = f"{backend.prefix}_k{key_bytes}_"
+        self._ops = getattr(lib, f"{backend.prefix}_k{key_bytes}_ops")()
+        self._stat_cols, self._stat_names = counter_spec(self._ops.counters)
+        self._drive_cols = np.concatenate((np.arange(len(DM_FIELDS)), len(DM_FIELDS) + self._stat_cols))
         c_opts = ffi.new("kvidx_opts *")
         c_opts.cache_mb = float(opts["cache_mb"])
         c_opts.root_slot = int(opts["root_slot"])
@@ -168,13 +189,13 @@ class NativeIndex(Index):
         if table is not None and not isinstance(table, LocalLockTable):
             raise ValueError(f"local_locks must be a LocalLockTable, got {type(table).__name__}")
         c_opts.local_locks = table.ptr if table is not None else ffi.NULL
-        out = ffi.new(f"{backend.prefix}_k{key_bytes} **")
+        out = ffi.new("void **")
         err = ffi.new("char[512]")
-        rc = self._c("open")(transport.ptr, c_opts, out, err, 512)
+        rc = lib.kvidx_open(self._ops, transport.ptr, c_opts, out, err, 512)
         if rc != lib.DM_OK:
             raise_for(rc, ffi.string(err).decode(errors="replace"))
-        self._h = ffi.gc(out[0], self._c("close"))
-        self._ops = self._c("ops")()
+        ops = self._ops
+        self._h = ffi.gc(out[0], lambda h: lib.kvidx_close(ops, h))
         # counter snapshots land in these structs; the numpy views read them without copies
         self._dm_snap = ffi.new("dm_counters *")
         self._st_snap = ffi.new("kvidx_stats *")
@@ -184,9 +205,6 @@ class NativeIndex(Index):
         self._base = self._dm_vector()
 
     # -- plumbing --
-    def _c(self, op: str) -> Any:
-        return getattr(lib, self._f + op)
-
     def _live(self) -> Any:
         if self._h is None:
             raise ValueError(f"this {self.name} index handle is closed")
@@ -194,18 +212,18 @@ class NativeIndex(Index):
             raise ValueError(f"the transport context of this {self.name} index was closed")
         return self._h
 
-    def _call(self, op: str, *args: Any) -> int:
-        """Run one C entry point, timing it alone (``last_call_ns``); returns its status."""
-        fn = self._c(op)
+    def _call(self, fn: Any, *args: Any) -> int:
+        """Run one ``kvidx_*`` entry point on this index, timing it alone (``last_call_ns``);
+        returns its status."""
         t0 = time.perf_counter_ns()
-        rc = fn(*args)
+        rc = fn(self._ops, *args)
         self.last_call_ns = time.perf_counter_ns() - t0
         return rc
 
     def _check(self, rc: int) -> None:
         if rc == lib.DM_OK:
             return
-        raise_for(rc, ffi.string(self._c("error")(self._h)).decode(errors="replace"))
+        raise_for(rc, ffi.string(lib.kvidx_error(self._ops, self._h)).decode(errors="replace"))
 
     def _keys(self, keys: Any, check: bool = True) -> np.ndarray:
         arr = as_keys(keys, self.key_bytes)
@@ -228,7 +246,7 @@ class NativeIndex(Index):
         n = k.shape[0]
         vals = np.zeros(n, dtype=np.uint64)
         found = np.zeros(n, dtype=np.uint8)
-        self._check(self._call("get", self._live(), _ptr(k), n, _ptr(vals, "uint64_t *"), _ptr(found),
+        self._check(self._call(lib.kvidx_get, self._live(), _ptr(k), n, _ptr(vals, "uint64_t *"), _ptr(found),
                                    self._lat(lat_ns, n)))
         return vals, found.astype(bool)
 
@@ -246,20 +264,21 @@ class NativeIndex(Index):
         vals = np.zeros(n, dtype=np.uint64)
         found = np.zeros(n, dtype=np.uint8)
         matched = ffi.new("size_t *")
-        self._check(self._call("prefix", self._live(), _ptr(k), n, _ptr(vals, "uint64_t *"), _ptr(found), matched))
+        self._check(self._call(lib.kvidx_prefix, self._live(), _ptr(k), n, _ptr(vals, "uint64_t *"), _ptr(found),
+                               matched))
         return int(matched[0]), vals, found.astype(bool)
 
     def put(self, keys: np.ndarray, values: np.ndarray, lat_ns: np.ndarray | None = None) -> None:
         """Insert or update every key, in order."""
         k = self._keys(keys)
         v = as_values(values, k.shape[0])
-        self._check(self._call("put", self._live(), _ptr(k), _ptr(v, "uint64_t *"), k.shape[0],
+        self._check(self._call(lib.kvidx_put, self._live(), _ptr(k), _ptr(v, "uint64_t *"), k.shape[0],
                                    self._lat(lat_ns, k.shape[0])))
 
     def delete(self, keys: np.ndarray, lat_ns: np.ndarray | None = None) -> np.ndarray:
         k = self._keys(keys, check=False)
         found = np.zeros(k.shape[0], dtype=np.uint8)
-        self._check(self._call("delete", self._live(), _ptr(k), k.shape[0], _ptr(found),
+        self._check(self._call(lib.kvidx_delete, self._live(), _ptr(k), k.shape[0], _ptr(found),
                                       self._lat(lat_ns, k.shape[0])))
         return found.astype(bool)
 
@@ -272,13 +291,13 @@ class NativeIndex(Index):
         self._ordered_only()
         lo_k, hi_k = self._keys(lo, check=False), self._keys(hi, check=False)
         count = ffi.new("size_t *")
-        self._check(self._call("range", self._live(), _ptr(lo_k), _ptr(hi_k), max(0, int(limit)), count))
+        self._check(self._call(lib.kvidx_range, self._live(), _ptr(lo_k), _ptr(hi_k), max(0, int(limit)), count))
         scan_ns = self.last_call_ns or 0
         n = int(count[0])
         keys = np.zeros(n, dtype=np.uint64) if self.key_bytes == 8 else np.zeros((n, 32), dtype=np.uint8)
         vals = np.zeros(n, dtype=np.uint64)
         if n:  # copying the scanned entries out is part of the query
-            self._call("range_fetch", self._h, _ptr(keys), _ptr(vals, "uint64_t *"))
+            self._call(lib.kvidx_range_fetch, self._h, _ptr(keys), _ptr(vals, "uint64_t *"))
             self.last_call_ns = scan_ns + (self.last_call_ns or 0)
         return keys, vals
 
@@ -288,7 +307,7 @@ class NativeIndex(Index):
         if lo_k.shape[0] != hi_k.shape[0]:
             raise ValueError(f"{lo_k.shape[0]} lower bounds but {hi_k.shape[0]} upper bounds")
         counts = np.zeros(lo_k.shape[0], dtype=np.int64)
-        self._check(self._call("range_count", self._live(), _ptr(lo_k), _ptr(hi_k), lo_k.shape[0],
+        self._check(self._call(lib.kvidx_range_count, self._live(), _ptr(lo_k), _ptr(hi_k), lo_k.shape[0],
                                            _ptr(counts, "int64_t *"), self._lat(lat_ns, lo_k.shape[0])))
         return counts
 
@@ -299,23 +318,23 @@ class NativeIndex(Index):
         return self._dm_view.astype(np.int64) - self._base
 
     def counter_names(self) -> tuple[str, ...]:
-        return DM_FIELDS + STAT_FIELDS
+        return DM_FIELDS + self._stat_names
 
     def counter_vector(self) -> np.ndarray:
         """Transport counters since the last reset, then the index's own: two C calls and
         one array, cheap enough to snapshot around every operation."""
         dm = self._dm_vector()
-        self._c("stats")(self._h, self._st_snap)
-        return np.concatenate((dm, self._st_view.astype(np.int64)))
+        lib.kvidx_stats_of(self._ops, self._h, self._st_snap)
+        return np.concatenate((dm, self._st_view[self._stat_cols].astype(np.int64)))
 
     def counters(self) -> dict[str, int]:
         """Transport counters since the last reset (``rtts``, ``bytes_read``, ``virtual_ns``,
         ...) plus the index's own (``lock_fail``, ``version_mismatch``, ``go_right``,
-        ``cache_hit``, ...)."""
+        ``cache_hit``, ...; race's under its names, see the module docstring)."""
         return dict(zip(self.counter_names(), self.counter_vector().tolist(), strict=True))
 
     def reset_counters(self) -> None:
-        self._c("reset_stats")(self._live())
+        lib.kvidx_reset_stats(self._ops, self._live())
         self._base = self._base + self._dm_vector()
 
     # -- the replay engine's C loop --
@@ -332,7 +351,8 @@ class NativeIndex(Index):
             return lib.kvdm_drive(self._ops, h, self.transport.ptr, view[0], ids, grp, n, n_groups,
                                   int(add_virtual), out, err, 512)
 
-        return run_drive(call, op_ids, groups, n_groups, int(lib.kvdm_drive_counters()), raise_for)
+        lat, hits, acc = run_drive(call, op_ids, groups, n_groups, int(lib.kvdm_drive_counters()), raise_for)
+        return lat, hits, acc[:, self._drive_cols]
 
     def _stream_view(self, stream: Any) -> tuple[Any, list[np.ndarray]]:
         """:func:`stream_view` of a stream, built once per stream."""
@@ -347,7 +367,7 @@ class NativeIndex(Index):
         """Test hook: take the lock of the leaf (race: the subtable) holding ``key`` and never
         release it, what a client that crashed mid-write leaves behind (race also marks the
         subtable's buckets as splitting: a splitter that crashed mid-split)."""
-        self._check(self._c("debug_lock")(self._live(), _ptr(self._keys(key))))
+        self._check(lib.kvidx_debug_lock(self._ops, self._live(), _ptr(self._keys(key))))
 
     def close(self) -> None:
         if self._h is not None:

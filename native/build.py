@@ -2,7 +2,9 @@
 
 Every ``native/*.c`` is compiled into one extension, ``kvdm.native._kvdm_native``, so indexes
 call the transport directly and Python crosses into C once per batch. Declarations exposed to
-Python come from ``native/*.cdef`` (one file per component), and the public headers (every
+Python come from ``native/*.cdef`` (one file per component), from ``kvidx.h`` itself (its
+preprocessor lines dropped) and, for each index, its ``P_ops()`` accessor for every
+``KVIDX_DECLARE(P)`` in the headers; the public headers (every
 ``*.h`` not ending in ``_internal.h``) are included in the generated module. Templates compiled
 once per key width (``*.inc``: the index implementations) are included only by their
 ``<index>_k8.c`` / ``<index>_k32.c`` sources, never by the generated module.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 
 from cffi import FFI
 
@@ -38,14 +41,40 @@ def _sorted(pattern: str) -> list[str]:
     return sorted(glob.glob(os.path.join(HERE, pattern)))
 
 
+def header_cdef(path: str) -> str:
+    """A header as cffi declarations: its preprocessor lines (with their continuations) dropped.
+    For headers written to be that (kvidx.h), so the declarations have one source."""
+    out, cont = [], False
+    with open(path) as f:
+        for line in f:
+            if cont or line.lstrip().startswith("#"):
+                cont = line.rstrip("\n").endswith("\\")
+                continue
+            out.append(line)
+    return "".join(out)
+
+
+def index_cdefs() -> str:
+    """The ops accessor of every index at every key width: P_ops() for each KVIDX_DECLARE(P) in
+    the headers (an index's header is the one list of what it compiles to)."""
+    names = []
+    for path in _sorted("*.h"):
+        with open(path) as f:
+            names += re.findall(r"^KVIDX_DECLARE\((\w+)\)", f.read(), re.MULTILINE)
+    return "".join(f"const kvidx_ops *{p}_ops(void);\n" for p in names)
+
+
 def make_ffi() -> FFI:
     ffi = FFI()
     cdefs = _sorted("*.cdef")
-    # dm.cdef first: the other components refer to its types
+    # dm.cdef first and then kvidx.h: the other components refer to their types
     cdefs.sort(key=lambda p: (os.path.basename(p) != "dm.cdef", p))
-    for path in cdefs:
+    for i, path in enumerate(cdefs):
         with open(path) as f:
             ffi.cdef(f.read())
+        if i == 0:
+            ffi.cdef(header_cdef(os.path.join(HERE, "kvidx.h")))
+            ffi.cdef(index_cdefs())
     headers = [os.path.basename(p) for p in _sorted("*.h") if not p.endswith("_internal.h")]
     headers.sort(key=lambda h: (h != "dm.h", h))
     sources = [p for p in _sorted("*.c")]

@@ -476,3 +476,38 @@ uint32_t kvidx_locker_init(kvidx_locker *lk, dm_ctx *ctx, kvidx_stats *st, const
     *lk = (kvidx_locker){ctx, st, owner, o->lease_ms, o->max_wait_ms ? o->max_wait_ms : 10000, err, errlen, llt};
     return owner;
 }
+
+/* ---- Python's calls through an index's ops table (kvidx.h) ---- */
+
+int kvidx_open(const kvidx_ops *ix, dm_ctx *ctx, const kvidx_opts *opts, void **out, char *err, size_t errlen) {
+    return ix->open(ctx, opts, out, err, errlen);
+}
+void kvidx_close(const kvidx_ops *ix, void *h) { ix->close(h); }
+const char *kvidx_error(const kvidx_ops *ix, const void *h) { return ix->error(h); }
+int kvidx_get(const kvidx_ops *ix, void *h, const uint8_t *keys, size_t n, uint64_t *vals, uint8_t *found,
+              uint64_t *lat_ns) {
+    return ix->get(h, keys, n, vals, found, lat_ns);
+}
+int kvidx_put(const kvidx_ops *ix, void *h, const uint8_t *keys, const uint64_t *vals, size_t n, uint64_t *lat_ns) {
+    return ix->put(h, keys, vals, n, lat_ns);
+}
+int kvidx_delete(const kvidx_ops *ix, void *h, const uint8_t *keys, size_t n, uint8_t *found, uint64_t *lat_ns) {
+    return ix->delete(h, keys, n, found, lat_ns);
+}
+int kvidx_prefix(const kvidx_ops *ix, void *h, const uint8_t *keys, size_t n, uint64_t *vals, uint8_t *found,
+                 size_t *matched) {
+    return ix->prefix(h, keys, n, vals, found, matched);
+}
+int kvidx_range(const kvidx_ops *ix, void *h, const uint8_t *lo, const uint8_t *hi, uint64_t limit, size_t *count) {
+    return ix->range(h, lo, hi, limit, count);
+}
+void kvidx_range_fetch(const kvidx_ops *ix, const void *h, uint8_t *keys, uint64_t *vals) {
+    ix->range_fetch(h, keys, vals);
+}
+int kvidx_range_count(const kvidx_ops *ix, void *h, const uint8_t *los, const uint8_t *his, size_t n,
+                      int64_t *counts, uint64_t *lat_ns) {
+    return ix->range_count(h, los, his, n, counts, lat_ns);
+}
+void kvidx_stats_of(const kvidx_ops *ix, const void *h, kvidx_stats *out) { ix->stats(h, out); }
+void kvidx_reset_stats(const kvidx_ops *ix, void *h) { ix->reset_stats(h); }
+int kvidx_debug_lock(const kvidx_ops *ix, void *h, const uint8_t *key) { return ix->debug_lock(h, key); }

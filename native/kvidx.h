@@ -1,6 +1,9 @@
 /*
  * kvidx.h - what every remote-memory index (chime, sherman, race) shares with Python:
- * the open options and the per-handle statistics. The index implementations are templates
+ * the open options, the per-handle statistics and the ops table every index is reached through.
+ * This header is also the cffi declarations (native/build.py reads it, preprocessor lines
+ * dropped): keep everything outside #define lines declarations cffi can parse. The
+ * index implementations are templates
  * (*.inc: btree_core.inc with a btree_leaf_<format>.inc for chime and sherman, race.inc),
  * compiled once per key width by <name>_k8.c and <name>_k32.c.
  */
@@ -67,19 +70,50 @@ typedef struct kvidx_stats {
     uint64_t batch_deferred;   /* keys of batched writes finished by the single-key path (split, full) */
 } kvidx_stats;
 
-/* The data-path entry points of one index at one key width, behind an untyped handle, so
- * generic C (the replay driver, driver.h) can run any index. P##_ops() returns them. */
+/* Every entry point of one index at one key width, behind an untyped handle, so generic C (the
+ * replay driver, driver.h) and Python (through the kvidx_* calls below) run any index from its
+ * P##_ops() table alone. */
 typedef struct kvidx_ops {
     const char *name;
     size_t key_bytes;
+    /* The kvidx_stats fields this index reports, space separated: "field", or "field=name" when
+     * it counts something else there under its own name (race: go_right=lost_insert_race); NULL
+     * = every field under its own name. */
+    const char *counters;
+    int (*open)(dm_ctx *ctx, const kvidx_opts *opts, void **out, char *err, size_t errlen);
+    void (*close)(void *h);
+    const char *(*error)(const void *h);
     int (*get)(void *h, const uint8_t *keys, size_t n, uint64_t *vals, uint8_t *found, uint64_t *lat_ns);
     int (*put)(void *h, const uint8_t *keys, const uint64_t *vals, size_t n, uint64_t *lat_ns);
-    int (*range)(void *h, const uint8_t *lo, const uint8_t *hi, uint64_t limit, size_t *count);
+    int (*delete)(void *h, const uint8_t *keys, size_t n, uint8_t *found, uint64_t *lat_ns);
     int (*prefix)(void *h, const uint8_t *keys, size_t n, uint64_t *vals, uint8_t *found, size_t *matched);
+    int (*range)(void *h, const uint8_t *lo, const uint8_t *hi, uint64_t limit, size_t *count);
     void (*range_fetch)(const void *h, uint8_t *keys, uint64_t *vals);
+    int (*range_count)(void *h, const uint8_t *los, const uint8_t *his, size_t n, int64_t *counts,
+                       uint64_t *lat_ns);
     void (*stats)(const void *h, kvidx_stats *out);
-    const char *(*error)(const void *h);
+    void (*reset_stats)(void *h);
+    int (*debug_lock)(void *h, const uint8_t *key);
 } kvidx_ops;
+
+/* Python's calls into any index: the ops table's entry point, called directly (cffi calls these
+ * without going through a function pointer of its own). Same contracts as the P##_ functions. */
+int kvidx_open(const kvidx_ops *ix, dm_ctx *ctx, const kvidx_opts *opts, void **out, char *err, size_t errlen);
+void kvidx_close(const kvidx_ops *ix, void *h);
+const char *kvidx_error(const kvidx_ops *ix, const void *h);
+int kvidx_get(const kvidx_ops *ix, void *h, const uint8_t *keys, size_t n, uint64_t *vals, uint8_t *found,
+              uint64_t *lat_ns);
+int kvidx_put(const kvidx_ops *ix, void *h, const uint8_t *keys, const uint64_t *vals, size_t n, uint64_t *lat_ns);
+int kvidx_delete(const kvidx_ops *ix, void *h, const uint8_t *keys, size_t n, uint8_t *found, uint64_t *lat_ns);
+int kvidx_prefix(const kvidx_ops *ix, void *h, const uint8_t *keys, size_t n, uint64_t *vals, uint8_t *found,
+                 size_t *matched);
+int kvidx_range(const kvidx_ops *ix, void *h, const uint8_t *lo, const uint8_t *hi, uint64_t limit, size_t *count);
+void kvidx_range_fetch(const kvidx_ops *ix, const void *h, uint8_t *keys, uint64_t *vals);
+int kvidx_range_count(const kvidx_ops *ix, void *h, const uint8_t *los, const uint8_t *his, size_t n,
+                      int64_t *counts, uint64_t *lat_ns);
+void kvidx_stats_of(const kvidx_ops *ix, const void *h, kvidx_stats *out);
+void kvidx_reset_stats(const kvidx_ops *ix, void *h);
+int kvidx_debug_lock(const kvidx_ops *ix, void *h, const uint8_t *key);
 
 /* Local lock table (Sherman's HOCL): threads of one process whose handles share a table queue
  * locally on a lock (slots indexed by a hash of its address) and a releasing thread hands the
@@ -114,26 +148,45 @@ void kvidx_llt_destroy(kvidx_llt *t);
     const kvidx_ops *P##_ops(void);
 
 /* Defines P##_ops() from the P##_ functions (place once, in the file that defines them; P may
- * be a macro naming the prefix). An index without range support passes NULL-returning stubs. */
-#define KVIDX_DEFINE_OPS(P, KEYB) KVIDX_DEFINE_OPS_(P, KEYB)
-#define KVIDX_DEFINE_OPS_(P, KEYB)                                                                        \
+ * be a macro naming the prefix; COUNTERS: kvidx_ops.counters). */
+#define KVIDX_DEFINE_OPS(P, KEYB, COUNTERS) KVIDX_DEFINE_OPS_(P, KEYB, COUNTERS)
+#define KVIDX_DEFINE_OPS_(P, KEYB, COUNTERS)                                                              \
+    static int P##_ops_open(dm_ctx *c, const kvidx_opts *o, void **out, char *e, size_t el) {             \
+        P *h = NULL;                                                                                      \
+        int rc = P##_open(c, o, &h, e, el);                                                               \
+        *out = h;                                                                                         \
+        return rc;                                                                                        \
+    }                                                                                                     \
+    static void P##_ops_close(void *h) { P##_close((P *)h); }                                             \
+    static const char *P##_ops_error(const void *h) { return P##_error((const P *)h); }                   \
     static int P##_ops_get(void *h, const uint8_t *k, size_t n, uint64_t *v, uint8_t *f, uint64_t *l) {   \
         return P##_get((P *)h, k, n, v, f, l);                                                            \
     }                                                                                                     \
     static int P##_ops_put(void *h, const uint8_t *k, const uint64_t *v, size_t n, uint64_t *l) {         \
         return P##_put((P *)h, k, v, n, l);                                                               \
     }                                                                                                     \
-    static int P##_ops_range(void *h, const uint8_t *lo, const uint8_t *hi, uint64_t lim, size_t *c) {    \
-        return P##_range((P *)h, lo, hi, lim, c);                                                         \
+    static int P##_ops_delete(void *h, const uint8_t *k, size_t n, uint8_t *f, uint64_t *l) {             \
+        return P##_delete((P *)h, k, n, f, l);                                                            \
     }                                                                                                     \
     static int P##_ops_prefix(void *h, const uint8_t *k, size_t n, uint64_t *v, uint8_t *f, size_t *m) {  \
         return P##_prefix((P *)h, k, n, v, f, m);                                                         \
     }                                                                                                     \
+    static int P##_ops_range(void *h, const uint8_t *lo, const uint8_t *hi, uint64_t lim, size_t *c) {    \
+        return P##_range((P *)h, lo, hi, lim, c);                                                         \
+    }                                                                                                     \
     static void P##_ops_fetch(const void *h, uint8_t *k, uint64_t *v) { P##_range_fetch((const P *)h, k, v); } \
+    static int P##_ops_count(void *h, const uint8_t *lo, const uint8_t *hi, size_t n, int64_t *c, uint64_t *l) { \
+        return P##_range_count((P *)h, lo, hi, n, c, l);                                                  \
+    }                                                                                                     \
     static void P##_ops_stats(const void *h, kvidx_stats *o) { P##_stats((const P *)h, o); }              \
-    static const char *P##_ops_error(const void *h) { return P##_error((const P *)h); }                   \
-    static const kvidx_ops P##_ops_table = {#P, KEYB, P##_ops_get, P##_ops_put, P##_ops_range,           \
-                                            P##_ops_prefix, P##_ops_fetch, P##_ops_stats, P##_ops_error};                 \
+    static void P##_ops_reset(void *h) { P##_reset_stats((P *)h); }                                       \
+    static int P##_ops_debug_lock(void *h, const uint8_t *k) { return P##_debug_lock((P *)h, k); }        \
+    static const kvidx_ops P##_ops_table = {                                                              \
+        .name = #P, .key_bytes = KEYB, .counters = COUNTERS, .open = P##_ops_open, .close = P##_ops_close, \
+        .error = P##_ops_error, .get = P##_ops_get, .put = P##_ops_put, .delete = P##_ops_delete,         \
+        .prefix = P##_ops_prefix, .range = P##_ops_range, .range_fetch = P##_ops_fetch,                   \
+        .range_count = P##_ops_count, .stats = P##_ops_stats, .reset_stats = P##_ops_reset,              \
+        .debug_lock = P##_ops_debug_lock};                                                                \
     const kvidx_ops *P##_ops(void) { return &P##_ops_table; }
 
 #endif /* KVDM_KVIDX_H */

@@ -929,8 +929,9 @@ int kvdm_redis_open(const kvdm_redis_opts *o, kvdm_redis **out, char *err, size_
     if (rc != DM_OK) return rc;
     kvdm_redis *r = calloc(1, sizeof *r);
     if (!r) return dm_fail_buf(err, errlen, DM_ENOMEM, "redis: out of memory for a client handle");
-    r->ops = (kvidx_ops){"redis",   o->key_bytes,      redis_get,         redis_put, redis_range,
-                         redis_prefix, redis_range_fetch, redis_kvidx_stats, redis_error};
+    r->ops = (kvidx_ops){.name = "redis", .key_bytes = o->key_bytes, .get = redis_get, .put = redis_put,
+                         .range = redis_range, .prefix = redis_prefix, .range_fetch = redis_range_fetch,
+                         .stats = redis_kvidx_stats, .error = redis_error};
     r->kb = o->key_bytes;
     r->hash_tags = o->hash_tags;
     r->range_mode = o->range_mode;

@@ -99,7 +99,7 @@ def machine(name: str, key_bytes: int, fabric) -> type[RuleBasedStateMachine]:
         def counters_sane(self) -> None:
             if hasattr(self, "clients"):
                 c = self.clients[0].counters()
-                assert c["lease_lost"] == 0 and c["torn_retry"] >= 0
+                assert c["lease_lost"] == 0
 
     IndexModel.__name__ = f"{name.capitalize()}K{key_bytes}Model"
     return IndexModel
@@ -136,7 +136,8 @@ def test_stale_cache_after_other_client_splits(name: str, key_bytes: int, shm_no
     vals, found = b.get(np.concatenate([first, more]))
     assert found.all() and (vals == np.arange(20000, dtype=np.uint64)).all()
     c = b.counters()
-    assert c["version_mismatch"] + c["go_right"] > 0
+    noticed = c["stale_directory"] if name == "race" else c["version_mismatch"] + c["go_right"]
+    assert noticed > 0
     absent = make_keys(np.arange(30001, 30501), key_bytes)
     assert not b.get(absent)[1].any()
     a.close()

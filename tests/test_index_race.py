@@ -67,7 +67,10 @@ def test_lookup_costs_two_round_trips(dm, key_bytes: int) -> None:
     vals, found = idx.get(keys[:1000])
     assert found.all() and (vals == np.arange(1000)).all()
     c = idx.counters()
-    assert c["rtts"] == 2000 and c["version_mismatch"] == 0
+    assert c["rtts"] == 2000 and c["stale_directory"] == 0
+    # race names the counters it uses for something else than the B+trees do
+    assert {"stale_directory", "lost_insert_race", "checksum_retry"} <= set(c)
+    assert not {"go_right", "version_mismatch", "torn_retry", "internal_splits"} & set(c)
     assert 1000 * LOOKUP_BYTES <= c["bytes_read"] <= 1000 * LOOKUP_BYTES + 64 * 100
     idx.reset_counters()
     assert not idx.get(make_keys(np.arange(90_001, 91_001), key_bytes))[1].any()

@@ -32,13 +32,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from kvdm.experiments.metrics import Histogram
-from kvdm.experiments.replay import NATIVE_INDEXES, backend_session, open_client
-from kvdm.experiments.results import RunResults, machine_description
 from kvdm.index import IndexSpec
 from kvdm.index.tokens import TokenIndex
 from kvdm.traces.tokens import VOCAB
 from kvdm.transport import TransportConfig
+
+from .metrics import Histogram
+from .replay import NATIVE_INDEXES, backend_session, open_client
+from .results import RunResults, machine_description
 
 LENGTHS = (1024, 4096, 16384, 65536, 131072)
 RESULTS_KIND = "bench-tokens"

@@ -28,6 +28,8 @@ from typing import Any, NoReturn
 
 import kvdm.experiments as experiments_pkg
 
+from .errors import CommandFailed, UsageError
+
 # numpy's BLAS pool busy-waits on its threads after any BLAS call; on the few cores a
 # benchmark shares with its memory nodes and clients that steals the measured loop's CPU.
 # (Set before any command module imports numpy; nothing above does.)
@@ -35,10 +37,6 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 _groups: dict[str, Any] = {}
-
-
-class UsageError(Exception):
-    """A user error: printed as ``kvdm: error: ...`` with exit status 2."""
 
 
 def group(sub: Any, name: str, help_text: str) -> Any:
@@ -170,16 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class CommandFailed(RuntimeError):
-    """A command ran and failed for a reason its message says (a replay client's error, ...):
-    printed without a traceback, exit status 1."""
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from kvdm.experiments.cli import UsageError as PackageUsageError  # the same class under `python -m`
-    from kvdm.transport.dm import DMError
+    from kvdm.transport import DMError
 
     try:
         status = args.func(args)
@@ -190,13 +182,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # stdout's pending bytes cannot be written any more: point it at devnull so the exit flush is quiet
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except (UsageError, PackageUsageError, ValueError, DMError, FileNotFoundError) as exc:
+    except (UsageError, ValueError, DMError, FileNotFoundError) as exc:
         print(f"kvdm: error: {exc}", file=sys.stderr)
         return 2
-    except Exception as exc:
-        # by name: under `python -m` this module is loaded twice, so there are two such classes
-        if not any(c.__name__ == "CommandFailed" for c in type(exc).__mro__):
-            raise
+    except CommandFailed as exc:
         print(f"kvdm: error: {exc}", file=sys.stderr)
         return 1
     return int(status or 0)

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from kvdm.experiments.cli import build_parser
+from .cli import build_parser
 
 #: the repository's docs/cli.md (this module lives in <repo>/experiments/)
 DEFAULT_PATH = Path(__file__).resolve().parent.parent / "docs" / "cli.md"

@@ -39,14 +39,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from kvdm.experiments.bench_chain import DEFAULT_CHAINS, MATCHED
-from kvdm.experiments.cli import CommandFailed, UsageError, choices_type, group
-from kvdm.experiments.cmd_replay import RETRY_COUNTERS, add_index_options, derived_columns, index_spec
-from kvdm.experiments.metrics import Histogram
-from kvdm.experiments.options import add_transport_options, transport_config
-from kvdm.experiments.replay import DRIVERS, NATIVE_INDEXES, backend_session, open_client, use_c_driver
 from kvdm.index import IndexSpec
 from kvdm.transport import TransportConfig, parse_size
+
+from .bench_chain import DEFAULT_CHAINS, MATCHED
+from .cli import CommandFailed, UsageError, choices_type, group
+from .cmd_replay import RETRY_COUNTERS, add_index_options, derived_columns, index_spec
+from .metrics import Histogram
+from .options import add_transport_options, transport_config
+from .replay import DRIVERS, NATIVE_INDEXES, backend_session, open_client, use_c_driver
 
 OPS = ("get", "put", "mixed", "chain")
 #: flags of --op chain only (argparse dests; None when not given)
@@ -359,8 +360,9 @@ def _run_clients(cfg: BenchIndexConfig, uris: list[str]) -> list[tuple[np.ndarra
 def chain_config(args: argparse.Namespace) -> Any:
     """The :class:`~kvdm.experiments.bench_chain.ChainConfig` of ``--op chain``'s flags (UsageError
     for flags that do not apply or bad values)."""
-    from kvdm.experiments import bench_chain as bc
     from kvdm.index import available
+
+    from . import bench_chain as bc
 
     not_chain = [flag for flag, bad in (("--clients", args.clients != 1), ("--threads", args.threads != 1),
                                         ("--batch", args.batch != 1), ("--handover", args.handover),
@@ -388,7 +390,7 @@ def chain_config(args: argparse.Namespace) -> Any:
     if "lpm" in opts or getattr(args, "lpm", None) is not None or getattr(args, "redis_prefix", None) is not None:
         raise UsageError("--op chain sweeps the LPM strategy itself: choose them with --lpm-strategies "
                          "(not --lpm, --index-opt lpm=... or --redis-prefix)")
-    specs = [_chain_spec(args, b, opts, len(backends) > 1) for b in backends]
+    specs = [backend_spec(args, b, opts, len(backends) > 1) for b in backends]
     if len(backends) > 1:
         from kvdm.index.native import DEFAULTS as NATIVE_OPTIONS
         from kvdm.index.redis_index import RedisOptions
@@ -399,7 +401,7 @@ def chain_config(args: argparse.Namespace) -> Any:
         if unknown:
             raise UsageError(f"--index-opt {', '.join(unknown)}: no backend of --backends {','.join(backends)} "
                              f"takes it (each option goes to the backends that know it: {', '.join(sorted(known))})")
-    from kvdm.experiments import options_redis
+    from . import options_redis
 
     red = next((s for s in specs if s.name == "redis"), None)
     notes = [options_redis.redis_note(red.options, args.driver)] if red is not None else []
@@ -411,10 +413,11 @@ def chain_config(args: argparse.Namespace) -> Any:
                           bc.fresh_key_base() if kept else bc.CHAIN_KEY_BASE)
 
 
-def _chain_spec(args: argparse.Namespace, backend: str, opts: dict[str, Any], several: bool) -> IndexSpec:
-    """One backend's IndexSpec: --cache-mb and the --index-opt options it takes (with several
-    backends: only those it knows), Redis at its best protocol unless flags say otherwise."""
-    from kvdm.experiments import options_redis
+def backend_spec(args: argparse.Namespace, backend: str, opts: dict[str, Any], several: bool) -> IndexSpec:
+    """One backend's IndexSpec for a bench that sweeps backends (the chain bench, ``kvdm bench
+    tokens``): --cache-mb and the --index-opt options it takes (with several backends: only
+    those it knows), Redis at its best protocol unless flags say otherwise."""
+    from . import options_redis
 
     options: dict[str, Any] = {}
     if backend in NATIVE_INDEXES:
@@ -436,8 +439,8 @@ def _chain_spec(args: argparse.Namespace, backend: str, opts: dict[str, Any], se
 
 def cmd_bench_chain(args: argparse.Namespace) -> int:
     """``kvdm bench index --op chain``."""
-    from kvdm.experiments import bench_chain as bc
-    from kvdm.experiments.options_redis import given_redis_flags
+    from . import bench_chain as bc
+    from .options_redis import given_redis_flags
 
     redis_flags = given_redis_flags(args)
     backends = bc.parse_backends(args.backends, available_indexes()) if args.backends is not None \

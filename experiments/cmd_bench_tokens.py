@@ -6,13 +6,14 @@ import argparse
 import time
 from typing import Any
 
-from kvdm.experiments.bench_tokens import LENGTHS, TokensConfig, run_tokens
-from kvdm.experiments.cli import CommandFailed, UsageError, choices_type, count, group, real
-from kvdm.experiments.cmd_bench_index import _chain_spec as backend_spec
-from kvdm.experiments.cmd_replay import add_index_options
-from kvdm.experiments.options import add_transport_options, transport_config
 from kvdm.index import available
 from kvdm.index.tokens import KEY_SCHEMES
+
+from .bench_tokens import LENGTHS, TokensConfig, run_tokens
+from .cli import CommandFailed, UsageError, choices_type, count, group, real
+from .cmd_bench_index import backend_spec
+from .cmd_replay import add_index_options
+from .options import add_transport_options, transport_config
 
 
 def register(sub: Any) -> None:
@@ -58,8 +59,7 @@ def config_from_args(args: argparse.Namespace) -> TokensConfig:
     args.key_bytes = KEY_SCHEMES[args.key_scheme]
     lengths = parse_lengths(args.lengths)
     opts = dict(args.index_opt)
-    longest = -(-max(lengths) // args.chunk)
-    specs = [backend_spec(args, b, opts, len(backends) > 1, longest) for b in backends]
+    specs = [backend_spec(args, b, opts, len(backends) > 1) for b in backends]
     return TokensConfig(specs, transport_config(args), lengths, args.prompts, args.chunk, args.key_scheme,
                         args.cached, args.seed, args.out or f"results/tokens-{time.strftime('%Y%m%d-%H%M%S')}")
 

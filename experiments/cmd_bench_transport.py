@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from kvdm.experiments.cli import UsageError, group
-from kvdm.experiments.options import add_transport_options, transport_config
 from kvdm.transport import TransportConfig, connect, memory_nodes, parse_size
+
+from .cli import UsageError, group
+from .options import add_transport_options, transport_config
 
 SYS_IB = Path("/sys/class/infiniband")
 

@@ -8,9 +8,10 @@ import sys
 import time
 from typing import Any
 
-from kvdm.experiments.cli import choices_type, group, integer, size
 from kvdm.transport.config import TRANSPORTS, parse_size
 from kvdm.transport.lifecycle import stop_on_signals
+
+from .cli import choices_type, group, integer, size
 
 
 def register(sub: Any) -> None:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from kvdm.experiments.cli import UsageError, choices_type
+from .cli import UsageError, choices_type
 
 
 def register(sub: Any) -> None:
-    from kvdm.experiments.plots import AXES, METRICS, OPS
+    from .plots import AXES, METRICS, OPS
 
     p = sub.add_parser(
         "plot", help="a figure from stored runs (compare backends, transports, latency models)",
@@ -32,7 +32,7 @@ def register(sub: Any) -> None:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from kvdm.experiments.plots import load_runs, plot_runs
+    from .plots import load_runs, plot_runs
 
     try:
         runs = load_runs(args.results)

@@ -10,10 +10,16 @@ from typing import Any
 
 import pandas as pd
 
-from kvdm.experiments.cli import UsageError, choices_type, count, count0, non_negative, positive
-from kvdm.experiments.cmd_traces import add_trace_options, load_trace_from_args, trace_options
-from kvdm.experiments.options import add_transport_options, transport_config
-from kvdm.experiments.replay import (
+from kvdm.index import IndexSpec, available
+from kvdm.index.native import LPM_STRATEGIES
+from kvdm.index.tokens import KEY_SCHEMES as TOKEN_KEY_SCHEMES
+from kvdm.traces.mapping import INSERT_MODES as INSERTS
+from kvdm.traces.mapping import KEY_SCHEMES, MAPPINGS, RANGE_SEMANTICS, key_bytes_of
+
+from .cli import UsageError, choices_type, count, count0, non_negative, positive
+from .cmd_traces import add_trace_options, load_trace_from_args, trace_options
+from .options import add_transport_options, transport_config
+from .replay import (
     DRIVERS,
     LAUNCHERS,
     NATIVE_INDEXES,
@@ -22,12 +28,7 @@ from kvdm.experiments.replay import (
     parse_mode,
     replay,
 )
-from kvdm.experiments.results import RunResults
-from kvdm.index import IndexSpec, available
-from kvdm.index.native import LPM_STRATEGIES
-from kvdm.index.tokens import KEY_SCHEMES as TOKEN_KEY_SCHEMES
-from kvdm.traces.mapping import INSERT_MODES as INSERTS
-from kvdm.traces.mapping import KEY_SCHEMES, MAPPINGS, RANGE_SEMANTICS, key_bytes_of
+from .results import RunResults
 
 
 def mode_type(text: str) -> str:
@@ -258,7 +259,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         return stream
 
     if cfg.launcher == "mpi":
-        from kvdm.experiments.launch_mpi import replay_mpi, world
+        from .launch_mpi import replay_mpi, world
 
         size = world().size
         if args.clients is not None and args.clients != size:

@@ -12,8 +12,9 @@ import sys
 import time
 from typing import Any
 
-from kvdm.experiments.cli import UsageError, choices_type, count0, group, positive
 from kvdm.traces.loaders import ARRIVALS, FORMATS, Trace, TraceOptions
+
+from .cli import UsageError, choices_type, count0, group, positive
 
 
 def add_trace_options(p: argparse.ArgumentParser, positional: bool = True, trace: bool = True) -> None:

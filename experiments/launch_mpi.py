@@ -36,8 +36,8 @@ from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import replace
 from typing import Any
 
-from kvdm.experiments.cli import CommandFailed, UsageError
-from kvdm.experiments.replay import (
+from .cli import CommandFailed, UsageError
+from .replay import (
     ClientResult,
     Progress,
     ReplayConfig,
@@ -46,7 +46,7 @@ from kvdm.experiments.replay import (
     shared_backend,
     summarise,
 )
-from kvdm.experiments.results import RunResults
+from .results import RunResults
 
 
 def world() -> Any:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from kvdm.experiments.cli import choices_type, count, non_negative, positive, size
 from kvdm.transport.config import LATENCY_MODELS, TRANSPORTS, TransportConfig, parse_size
+
+from .cli import choices_type, count, non_negative, positive, size
 
 
 def add_transport_options(parser: argparse.ArgumentParser) -> None:

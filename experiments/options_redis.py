@@ -24,9 +24,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from kvdm.experiments.cli import UsageError, choices_type
 from kvdm.index.redis_index import PREFIX_MODES, RANGE_MODES
 from kvdm.index.redis_server import start_servers
+
+from .cli import UsageError, choices_type
 
 #: argparse dest -> backend option
 _FLAG_OPTIONS = {

@@ -37,12 +37,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from kvdm.experiments.cli import CommandFailed
-from kvdm.experiments.metrics import Histogram
-from kvdm.experiments.results import RunResults, machine_description, row_key
 from kvdm.index import IndexSpec, open_spec
 from kvdm.traces.loaders import TraceOptions
 from kvdm.transport import TransportConfig, connect, memory_nodes
+
+from .cli import CommandFailed
+from .metrics import Histogram
+from .results import RunResults, machine_description, row_key
 
 NATIVE_INDEXES = ("chime", "sherman", "race")
 PRIVATE_INDEXES = ("dict",)  # live inside each client process
@@ -58,7 +59,7 @@ def backend_session(index: IndexSpec, transport: TransportConfig) -> Iterator[tu
     with ExitStack() as stack:
         uris = stack.enter_context(memory_nodes(transport)) if index.name in NATIVE_INDEXES else []
         if index.name == "redis":
-            from kvdm.experiments.options_redis import redis_session
+            from .options_redis import redis_session
 
             index = replace(index, options=stack.enter_context(redis_session(index.options)))
         yield uris, index

@@ -23,7 +23,7 @@ from typing import Any
 
 import pandas as pd
 
-from kvdm.experiments.metrics import Histogram
+from .metrics import Histogram
 
 
 def machine_description() -> dict[str, Any]:

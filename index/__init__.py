@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from kvdm.index.api import KEY_WIDTHS, Index, IndexSpec, RangeNotSupported, as_keys, as_values
+from .api import KEY_WIDTHS, Index, IndexSpec, RangeNotSupported, as_keys, as_values
 
 # name -> "module:factory" (imported on first use)
 _BUILTIN: dict[str, str] = {

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from kvdm.index.api import Index, as_keys, as_values
+from .api import Index, as_keys, as_values
 
 
 class DictIndex(Index):

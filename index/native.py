@@ -63,9 +63,10 @@ from typing import Any
 
 import numpy as np
 
-from kvdm.index.api import Index, RangeNotSupported, as_keys, as_values
 from kvdm.native import ffi, lib
 from kvdm.transport.dm import DMContext, Timeout, raise_for
+
+from .api import Index, RangeNotSupported, as_keys, as_values
 
 DEFAULTS: dict[str, Any] = {"cache_mb": 100.0, "root_slot": None, "lease_ms": 1000, "max_wait_ms": 10000,
                             "window": 0, "lpm": "auto", "lpm_fanout": 16, "lpm_exact": False, "lpm_probe_ns": 150,

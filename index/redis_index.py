@@ -81,10 +81,11 @@ import hiredis
 import numpy as np
 import redis
 
-from kvdm.index.api import Index, as_keys, as_values
-from kvdm.index.native import run_drive, stream_view
-from kvdm.index.redis_server import RedisClusterServers, RedisServer, start_servers
 from kvdm.native import ffi, lib
+
+from .api import Index, as_keys, as_values
+from .native import run_drive, stream_view
+from .redis_server import RedisClusterServers, RedisServer, start_servers
 
 RANGE_MODES = ("zset", "mget")
 PREFIX_MODES = ("pipeline", "lua")

@@ -1,6 +1,6 @@
 """Token-level prefix caching over any index: what an engine (vLLM, LMCache, SGLang) asks.
 
-    from kvdm.index.tokens import TokenIndex
+    from .tokens import TokenIndex
     tix = TokenIndex(kvdm.index.open("chime", ctx, key_bytes=32), chunk_size=256)
     tix.store(prompt, locations)          # one uint64 location per full chunk
     tix.lookup(prompt)                    # -> cached prefix, in tokens
@@ -118,8 +118,9 @@ from typing import Any
 
 import numpy as np
 
-from kvdm.index.api import Index, as_values
 from kvdm.native import ffi, lib
+
+from .api import Index, as_values
 
 KEY_SCHEMES = {"sha256": 32, "u64": 8, "vllm-sha256": 32}
 CHAIN_SEED = hashlib.sha256(b"kvdm-chunk-v2").digest()  # h_{-1} of the "sha256" and "u64" chains

@@ -5,7 +5,7 @@ exception carrying the C error message."""
 from __future__ import annotations
 
 try:
-    from kvdm.native._kvdm_native import ffi, lib
+    from ._kvdm_native import ffi, lib
 except ImportError as exc:  # pragma: no cover - only without a build
     raise ImportError(
         "kvdm's native extension is not built; run `pip install -e .` (or `bash .ci/bootstrap`) "

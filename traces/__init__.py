@@ -8,7 +8,7 @@
 
 Typical use::
 
-    from kvdm.traces.registry import load
-    from kvdm.traces.mapping import map_trace
+    from .registry import load
+    from .mapping import map_trace
     ops = map_trace(load("conversation"), mapping="paper", key_scheme="sha256", inserts="timed")
 """

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kvdm.traces.loaders import Trace
-from kvdm.traces.mapping import seen_before
+from .loaders import Trace
+from .mapping import seen_before
 
 #: reference values quoted by the paper (Zhu et al., CLOUD 2025): key -> (value, trace it is about)
 PAPER = {

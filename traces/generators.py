@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kvdm.traces.loaders import Trace
+from .loaders import Trace
 
 KINDS = ("rag", "agent", "chat", "ycsb-uniform", "ycsb-zipf")
 BLOCK_TOKENS = 512

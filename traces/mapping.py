@@ -78,7 +78,7 @@ from typing import Any
 
 import numpy as np
 
-from kvdm.traces.loaders import Trace
+from .loaders import Trace
 
 KEY_SCHEMES = ("id", "u64", "sha256")
 MAPPINGS = ("paper", "prefix")

@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import kvdm.traces
-from kvdm.traces.loaders import FROM_TRACE, Trace, TraceOptions, load_trace
+
+from .loaders import FROM_TRACE, Trace, TraceOptions, load_trace
 
 _MOONCAKE_RAW = "https://raw.githubusercontent.com/kvcache-ai/Mooncake/main/FAST25-release/traces/"
 

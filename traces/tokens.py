@@ -29,8 +29,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from kvdm.index.tokens import ChunkKeys
-from kvdm.traces.loaders import Trace
-from kvdm.traces.mapping import OP_PREFIX, OpStream, key_codes, map_trace, mix64
+
+from .loaders import Trace
+from .mapping import OP_PREFIX, OpStream, key_codes, map_trace, mix64
 
 TOKEN_SEED = np.uint64(0x6B76646D746F6B6E)  # "kvdmtokn"
 VOCAB = 128_256

@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from kvdm.transport.config import LATENCY_MODELS, TRANSPORTS, TransportConfig, parse_size
-from kvdm.transport.dm import (
+from .config import LATENCY_MODELS, TRANSPORTS, TransportConfig, parse_size
+from .dm import (
     AddressError,
     BadRegion,
     DMContext,
@@ -27,7 +27,7 @@ from kvdm.transport.dm import (
     gaddr,
     root_gaddr,
 )
-from kvdm.transport.memnode import ShmMemoryNode, embedded_nodes
+from .memnode import ShmMemoryNode, embedded_nodes
 
 
 @contextmanager

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from kvdm.native import ffi, lib
-from kvdm.transport.config import TransportConfig
+
+from .config import TransportConfig
 
 
 class DMError(RuntimeError):

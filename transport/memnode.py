@@ -15,8 +15,9 @@ from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 
 from kvdm.native import ffi, lib
-from kvdm.transport.dm import RegionMissing, check_buf
-from kvdm.transport.lifecycle import on_exit, pid_running
+
+from .dm import RegionMissing, check_buf
+from .lifecycle import on_exit, pid_running
 
 PREFIX = "kvdm-"
 SHM_DIR = "/dev/shm"

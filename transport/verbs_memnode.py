@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from kvdm.transport.lifecycle import stop_on_signals
+from .lifecycle import stop_on_signals
 
 log = logging.getLogger("kvdm.memnode.verbs")
 

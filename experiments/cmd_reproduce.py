@@ -8,10 +8,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from kvdm.experiments.cli import UsageError, choices_type, count0, non_negative, positive
-from kvdm.experiments.cmd_replay import keeps_order, mode_type
-from kvdm.experiments.options import add_transport_options, transport_config
-from kvdm.experiments.options_redis import add_redis_options, given_redis_flags, redis_options
+from .cli import UsageError, choices_type, count0, non_negative, positive
+from .cmd_replay import keeps_order, mode_type
+from .options import add_transport_options, transport_config
+from .options_redis import add_redis_options, given_redis_flags, redis_options
 
 
 def _csv(kind: Any, what: str) -> Any:
@@ -26,8 +26,9 @@ def _csv(kind: Any, what: str) -> Any:
 
 
 def register(sub: Any) -> None:
-    from kvdm.experiments.reproduce import STEPS
     from kvdm.traces.mapping import RANGE_SEMANTICS
+
+    from .reproduce import STEPS
 
     p = sub.add_parser(
         "reproduce", help="regenerate the paper's figures (Fig. 1-3), load curves and a report",
@@ -40,12 +41,13 @@ def register(sub: Any) -> None:
         "uses a compressed, unloaded replay by default (1 client, ops back to back, binned by trace time: the "
         "same latencies as the 59-minute real-time run); --realtime replays at the trace's timestamps. Writes "
         "OUT/figures/*.png (+ .csv for trace figures), OUT/runs/<run>/ (for `kvdm plot`), OUT/report.md "
-        "and OUT/report.html. The latency model defaults to virtual here (RTT 2 us, 100 Gb/s).")
+        "and OUT/report.html. The latency model defaults to virtual here (RTT 2 us, 100 Gb/s), none over verbs "
+        "(--same-substrate, or a verbs:// --memory-node).")
     p.add_argument("--out", default="reproduction", help="output folder (default ./reproduction)")
     p.add_argument("--quick", action="store_true",
                    help="small version (the 400-request conversation fixture, 0.5-min bins, clients 1,2, "
-                   "compress x10,x100, 2 s per load point; engine step at N = 1,8,64 with 200 chains and 10,000 "
-                   "background keys): under a minute, what CI runs; explicit flags override")
+                   "paces x1..x1000, 2 s per load point; engine step at N = 1,8,64 with 200 chains and 10,000 "
+                   "background keys): about a minute, what CI runs; explicit flags override")
     p.add_argument("--traces", type=_csv(str, "trace list"), default=None, metavar="A,B",
                    help="traces for Fig. 1-2 (default conversation,synthetic)")
     p.add_argument("--fig3-traces", type=_csv(str, "trace list"), default=None, metavar="A,B",
@@ -66,9 +68,11 @@ def register(sub: Any) -> None:
     p.add_argument("--warmup-min", type=non_negative, default=None, help="warm-up minutes of trace time (default 10)")
     p.add_argument("--bin-min", type=positive, default=None, help="minutes of trace time per bin (default 10)")
     p.add_argument("--clients", type=_csv(int, "client counts"), default=None, metavar="1,2,4",
-                   help="closed-loop client sweep of the load curves (default 1,2,4)")
-    p.add_argument("--compress", type=_csv(float, "compression factors"), default=None, metavar="10,100",
-                   help="open-loop compression factors of the load curves (default 10,100,300,1000)")
+                   help="closed-loop client sweep of the load curves (default 1,2,4; 1 always runs; points with "
+                   "more busy processes than cores are labelled oversubscribed)")
+    p.add_argument("--compress", type=_csv(float, "compression factors"), default=None, metavar="1,10,100",
+                   help="open-loop paces of the load curves, the trace's timestamps divided by each (default "
+                   "1,10,30,100,300,1000,3000); the sweep ends unpaced (the closed-loop 1-client run)")
     p.add_argument("--load-duration", type=positive, default=None, metavar="S",
                    help="wall seconds per load-curve point (default 15)")
     p.add_argument("--steps", type=_csv(str, "steps"), default=STEPS, metavar="A,B",
@@ -76,15 +80,27 @@ def register(sub: Any) -> None:
     p.add_argument("--resume", action="store_true", help="keep runs already under OUT/runs instead of re-running")
     p.add_argument("--cache-mb", type=non_negative, default=None,
                    help="compute-side cache budget of the native indexes in MB (backend default if unset)")
+    same = p.add_argument_group("same substrate (where an RDMA device exists, e.g. the SoftRoCE guest)")
+    same.add_argument("--same-substrate", action="store_true",
+                   help="both sides on this host's kernel and network: the native indexes over verbs (a memory "
+                   "node `kvdm memnode serve --transport verbs` started here on --verbs-device, or the verbs "
+                   "--memory-node given), Redis a server on this host over TCP; no latency model; the report "
+                   "labels emulation (SoftRoCE, TCG) and states the ratio between the two sides")
+    same.add_argument("--verbs-device", default=None, metavar="DEV",
+                   help="--same-substrate: RDMA device of the memory node started here (default: the first one)")
+    same.add_argument("--verbs-gid-index", type=count0, default=None, metavar="N",
+                   help="--same-substrate: its GID index (default: the memory node's choice, the first RoCE v2 "
+                   "IPv4 GID)")
     add_transport_options(p)
-    p.set_defaults(latency_model="virtual")
+    p.set_defaults(latency_model=None)  # virtual, or none over verbs (resolved in config_from_args)
     add_redis_options(p)
     p.set_defaults(func=cmd_reproduce)
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
-    from kvdm.experiments.reproduce import ReproduceConfig
     from kvdm.index import available
+
+    from .reproduce import ReproduceConfig
 
     given = {k: v for k, v in {
         "traces": args.traces, "fig3_traces": args.fig3_traces, "backends": args.backends,
@@ -97,12 +113,49 @@ def config_from_args(args: argparse.Namespace) -> Any:
         raise UsageError(f"{', '.join(given_redis_flags(args))} only apply when redis is among --backends")
     if args.realtime and args.fig3_mode not in (None, "realtime"):
         raise UsageError(f"--realtime and --fig3-mode {args.fig3_mode} contradict each other")
+    substrate = same_substrate(args)
     common = {"out": Path(args.out), "limit": args.limit,
               "fig3_mode": "realtime" if args.realtime else (args.fig3_mode or "closed"),
               "range_semantics": args.range_semantics, "transport": transport_config(args),
               "cache_mb": args.cache_mb, "redis_options": redis_options(args, start_local=False),
-              "steps": tuple(args.steps), "resume": args.resume, **given}
+              "steps": tuple(args.steps), "resume": args.resume, **substrate, **given}
     return ReproduceConfig.quick_defaults(**common) if args.quick else ReproduceConfig(**common)
+
+
+def rdma_devices() -> list[str]:
+    """This machine's RDMA devices (none on a plain host; rxe0 in the SoftRoCE guest)."""
+    ib = Path("/sys/class/infiniband")
+    return sorted(d.name for d in ib.iterdir()) if ib.is_dir() else []
+
+
+def same_substrate(args: argparse.Namespace) -> dict[str, Any]:
+    """The latency model (virtual by default; none over verbs, where the network is real) and,
+    with --same-substrate, the verbs transport and its device: refused in one line where there is
+    no RDMA device, or not the one named."""
+    verbs_nodes = any(u.startswith("verbs://") for u in args.memory_node)
+    if not args.same_substrate:
+        if args.verbs_device is not None or args.verbs_gid_index is not None:
+            raise UsageError("--verbs-device and --verbs-gid-index only apply with --same-substrate")
+        if args.latency_model is None:
+            args.latency_model = "none" if verbs_nodes or args.transport == "verbs" else "virtual"
+        return {}
+    if args.latency_model not in (None, "none"):
+        raise UsageError(f"--same-substrate runs over verbs, whose network is real: --latency-model "
+                         f"{args.latency_model} is the shm transport's model; leave it out")
+    if args.transport == "shm" or (args.memory_node and not verbs_nodes):
+        raise UsageError("--same-substrate runs the native indexes over verbs: give no --transport shm and no "
+                         "shm --memory-node")
+    args.latency_model, args.transport = "none", "verbs"
+    if verbs_nodes:
+        return {"same_substrate": True}
+    devices = rdma_devices()
+    if not devices:
+        raise UsageError("--same-substrate needs an RDMA device, and this machine has none (/sys/class/infiniband "
+                         "is empty or absent): run it where one exists, e.g. the SoftRoCE guest of .ci/rdma-tests")
+    if args.verbs_device is not None and args.verbs_device not in devices:
+        raise UsageError(f"--verbs-device {args.verbs_device}: no such RDMA device here (have: {', '.join(devices)})")
+    return {"same_substrate": True, "verbs_device": args.verbs_device or devices[0],
+            "verbs_gid_index": args.verbs_gid_index}
 
 
 def check_inputs(cfg: Any) -> None:
@@ -122,7 +175,7 @@ def check_inputs(cfg: Any) -> None:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from kvdm.experiments.reproduce import reproduce
+    from .reproduce import reproduce
 
     cfg = config_from_args(args)
     check_inputs(cfg)

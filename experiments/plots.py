@@ -17,7 +17,7 @@ latency model, ...), so comparing backends, transports or latency models needs n
 from __future__ import annotations
 
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from kvdm.experiments.results import RunResults  # noqa: E402
+from .results import RunResults  # noqa: E402
 
 #: --metric name -> (results column, axis label)
 METRICS = {
@@ -78,6 +78,20 @@ class Run:
     def throughput(self) -> float:
         """Operations per second over the run, every op type (warm-up excluded)."""
         return float(self.whole["ops_per_s"].sum())
+
+
+@dataclass
+class LoadPoint:
+    """One point of an open-loop sweep (:func:`plot_rate_sweep`): a backend's run at a pace
+    (``x10``, ..., ``unpaced``), the rate the paced trace offered (nan when unpaced), the rate
+    the client delivered, and whether that kept up with the offer."""
+
+    backend: str
+    pace: str
+    run: Run
+    offered: float
+    achieved: float
+    keeps_up: bool
 
 
 def pyplot() -> Any:
@@ -147,11 +161,14 @@ def _check_op(runs: Sequence[Run], op: str) -> None:
 
 
 def plot_runs(runs: Sequence[Run], metric: str, op: str, by: str, out: str | Path, title: str = "",
-              note: str = "", reference: tuple[float, str] | None = None, log_y: bool = False) -> Path:
+              note: str = "", reference: tuple[float, str] | None = None, log_y: bool = False,
+              throughput: Callable[[Run], float] | None = None, tag: Callable[[Run], str] | None = None) -> Path:
     """Draw ``metric`` of ``op`` against ``by`` for ``runs`` into the PNG ``out`` (returned).
 
     ``note`` is printed under the plot (e.g. the latency model); ``reference`` draws a
-    horizontal line (value, label), e.g. a number the paper gives.
+    horizontal line (value, label), e.g. a number the paper gives. With ``by="throughput"``,
+    ``throughput`` gives a run's x (default :meth:`Run.throughput`) and ``tag`` names each point
+    (default: N clients or the compression factor).
     """
     if not runs:
         raise ValueError("no runs to plot")
@@ -168,7 +185,7 @@ def plot_runs(runs: Sequence[Run], metric: str, op: str, by: str, out: str | Pat
     elif by == "op":
         _by_op(ax, runs, col)
     else:
-        _by_load(ax, runs, col, op, by)
+        _by_load(ax, runs, col, op, by, throughput or Run.throughput, tag or _point_tag)
     if reference is not None:
         ax.axhline(reference[0], color="tab:red", ls="--", lw=1.2, label=reference[1])
     ax.set_ylabel(ylabel if by == "op" else f"{op}: {ylabel}")
@@ -218,7 +235,14 @@ def _by_bin(ax: Any, runs: Sequence[Run], col: str, op: str) -> None:
     ax.set_xlabel("trace time, start of bin (min)")
 
 
-def _by_load(ax: Any, runs: Sequence[Run], col: str, op: str, by: str) -> None:
+def _point_tag(run: Run) -> str:
+    """A load point's name: N clients (closed loop) or the compression factor."""
+    c = run.config
+    return f"{c['clients']}c" if c.get("mode") == "closed" else str(c.get("mode", "")).replace("compressed:", "x")
+
+
+def _by_load(ax: Any, runs: Sequence[Run], col: str, op: str, by: str, throughput: Callable[[Run], float],
+             tag: Callable[[Run], str]) -> None:
     series: dict[str, list[Run]] = {}
     for run, lab in zip(runs, labels(runs, exclude=_SERIES_EXCLUDE, unique=False), strict=True):
         series.setdefault(lab, []).append(run)
@@ -227,7 +251,7 @@ def _by_load(ax: Any, runs: Sequence[Run], col: str, op: str, by: str) -> None:
         for r in group:
             whole = r.whole
             if op in whole.index and col in whole.columns and not pd.isna(whole.loc[op, col]):
-                x = float(r.config.get("clients", 0)) if by == "clients" else r.throughput()
+                x = float(r.config.get("clients", 0)) if by == "clients" else throughput(r)
                 pts.append((x, float(whole.loc[op, col]), r))
         pts.sort(key=lambda p: p[0])
         if not pts:
@@ -235,15 +259,56 @@ def _by_load(ax: Any, runs: Sequence[Run], col: str, op: str, by: str) -> None:
         line = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=lab)[0]
         if by == "throughput":  # name each point: N clients or the compression factor
             for x, y, r in pts:
-                c = r.config
-                tag = f"{c['clients']}c" if c.get("mode") == "closed" else str(c.get("mode", "")).replace(
-                    "compressed:", "x")
-                ax.annotate(tag, (x, y), fontsize=6, color=line.get_color(), xytext=(3, 3),
+                ax.annotate(tag(r), (x, y), fontsize=6, color=line.get_color(), xytext=(3, 3),
                             textcoords="offset points")
     xs = [x for line in ax.get_lines() for x in line.get_xdata()]
     if by == "throughput" and xs and min(xs) > 0 and max(xs) / min(xs) > 30:
         ax.set_xscale("log")  # compressed replays span orders of magnitude of offered load
     ax.set_xlabel("client processes" if by == "clients" else "throughput, all op types (ops/s)")
+
+
+def plot_rate_sweep(points: Sequence[LoadPoint], op: str, out: str | Path, title: str = "", note: str = "") -> Path:
+    """An open-loop sweep per backend against the pace (x1 = real time, ..., unpaced), in two
+    panels: the rate delivered beside the rate offered (where the two part is the backend's
+    knee; hollow markers: it no longer keeps up), and ``op``'s p99. Written to the PNG ``out``."""
+    if not points:
+        raise ValueError("no open-loop points to plot")
+    paces = list(dict.fromkeys(p.pace for p in sorted(points, key=lambda p: (p.pace == "unpaced", _pace(p.pace)))))
+    plt = pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.6))
+    for i, backend in enumerate(dict.fromkeys(p.backend for p in points)):
+        mine = sorted((p for p in points if p.backend == backend), key=lambda p: paces.index(p.pace))
+        x = [paces.index(p.pace) for p in mine]
+        color = f"C{i % 10}"
+        left.plot(x, [p.achieved for p in mine], color=color, marker="o", label=f"{backend}: delivered")
+        offered = [(xi, p.offered) for xi, p in zip(x, mine, strict=True) if not np.isnan(p.offered)]
+        if offered:
+            left.plot(*zip(*offered, strict=True), color=color, ls=":", lw=1, label=f"{backend}: offered")
+        ys = [float(p.run.whole.loc[op, "p99_us"]) if op in p.run.whole.index else np.nan for p in mine]
+        right.plot(x, ys, color=color, marker="o", label=backend)
+        for ax, vals in ((left, [p.achieved for p in mine]), (right, ys)):
+            behind = [(xi, v) for xi, v, p in zip(x, vals, mine, strict=True) if not p.keeps_up]
+            if behind:
+                ax.plot(*zip(*behind, strict=True), ls="", marker="o", ms=9, mfc="none", color=color)
+    for ax, ylabel in ((left, "throughput, all op types (ops/s)"), (right, f"{op}: {METRICS['p99'][1]}")):
+        ax.set_xticks(range(len(paces)), paces)
+        ax.set_xlabel("pace (trace time / wall time; unpaced: back to back)")
+        ax.set_yscale("log")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+    left.set_title("delivered vs offered (circled: falls behind)", fontsize=10)
+    right.set_title(f"{op} p99 (service time)", fontsize=10)
+    fig.suptitle(title or f"open-loop sweep: {op}", fontsize=11)
+    return _save(fig, out, note, 160)
+
+
+def _pace(tag: str) -> float:
+    """The factor of a pace tag (``x300`` -> 300; anything else sorts last)."""
+    try:
+        return float(tag.lstrip("x"))
+    except ValueError:
+        return float("inf")
 
 
 def _by_op(ax: Any, runs: Sequence[Run], col: str) -> None:

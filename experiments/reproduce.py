@@ -43,7 +43,11 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
+import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -57,15 +61,16 @@ from urllib.parse import urlparse
 import numpy as np
 import pandas as pd
 
-from kvdm.experiments import bench_chain as bc
-from kvdm.experiments.plots import Run, load_runs, plot_chain, plot_runs
-from kvdm.experiments.replay import ReplayConfig, parse_mode, replay
-from kvdm.experiments.report import Report
-from kvdm.experiments.results import RunResults
 from kvdm.index import IndexSpec
 from kvdm.transport import TransportConfig
 
-STEPS = ("traces", "fig3", "load", "engine")
+from . import bench_chain as bc
+from .plots import LoadPoint, Run, load_runs, plot_chain, plot_rate_sweep, plot_runs
+from .replay import ReplayConfig, parse_mode, replay
+from .report import Report
+from .results import RunResults
+
+STEPS = ("traces", "fig3", "reference", "load", "engine")
 NATIVE = ("chime", "sherman", "race")
 #: the paper's Fig. 3 claims (Zhu et al., CLOUD 2025, toolagent trace)
 PAPER_REDIS_P99_US = 100.0
@@ -78,6 +83,13 @@ ENGINE_KEY_BYTES = 32             # as the reproduction's SHA-256 keys (and the 
 REDIS_BENCHMARKS = (("GET, 1 client", ()), ("GET, 1 client, pipeline 16", ("-P", "16")))
 #: kvdm's C-loop GET p50 should be within this share of redis-benchmark's (issue 14)
 REDIS_REFERENCE_TOLERANCE = 0.10
+#: the open-loop sweep of the load curves: real time up to 3000x the trace's pace (then unpaced)
+COMPRESS = (1.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0)
+#: an open-loop point keeps up while it delivers at least this share of the rate it is offered
+KEEPS_UP = 0.9
+#: root slots the reproduction gives its native runs on memory nodes it does not embed (a run per
+#: slot, so no run finds an earlier run's index; native/kvidx.h: slots 0..63, 0..5 the defaults)
+FIRST_ROOT_SLOT, LAST_ROOT_SLOT = 8, 63
 
 
 @dataclass
@@ -95,8 +107,8 @@ class ReproduceConfig:
     range_semantics: str = "scan"
     warmup_min: float = 10.0
     bin_min: float = 10.0
-    clients: tuple[int, ...] = (1, 2, 4)
-    compress: tuple[float, ...] = (10.0, 100.0, 300.0, 1000.0)
+    clients: tuple[int, ...] = (1, 2, 4)     # closed loop; points beyond the cores are labelled oversubscribed
+    compress: tuple[float, ...] = COMPRESS    # open loop; the unpaced point is the closed-loop 1-client run
     load_duration_s: float = 15.0
     cache_mb: float | None = None
     redis_options: dict[str, Any] = field(default_factory=dict)
@@ -106,6 +118,9 @@ class ReproduceConfig:
     engine_chains: int = bc.DEFAULT_CHAINS              # engine step: chains per N (LPM calls, chain inserts)
     engine_keys: int = ENGINE_KEYS                      # engine step: background keys per backend
     reference_requests: int = 100_000                  # the Redis reference: requests per redis-benchmark run
+    same_substrate: bool = False      # native indexes over verbs on an RDMA device of this host, Redis over TCP here
+    verbs_device: str | None = None   # same_substrate: the device of the memory node started here (default: first)
+    verbs_gid_index: int | None = None  # same_substrate: its GID index (default: the memory node's auto choice)
 
     @classmethod
     def quick_defaults(cls, **overrides: Any) -> ReproduceConfig:
@@ -114,7 +129,7 @@ class ReproduceConfig:
         from kvdm.traces.registry import FIXTURE
 
         base = {"quick": True, "traces": (str(FIXTURE),), "fig3_traces": (str(FIXTURE),), "warmup_min": 0.5,
-                "bin_min": 0.5, "clients": (1, 2), "compress": (10.0, 100.0), "load_duration_s": 2.0,
+                "bin_min": 0.5, "clients": (1, 2), "compress": COMPRESS[:-1], "load_duration_s": 2.0,
                 "engine_lengths": (1, 8, 64), "engine_chains": 200, "engine_keys": 10_000,
                 "reference_requests": 20_000}
         base.update(overrides)
@@ -138,6 +153,10 @@ class ReproduceConfig:
 
     def latency_note(self) -> str:
         t = self.transport
+        if t.transport == "verbs":
+            where = f"an RDMA device of this host ({self.verbs_device})" if self.verbs_device else "RDMA"
+            return (f"chime/sherman: verbs transport over {where}, the real network (no latency model); redis: a "
+                    "real redis-server on this host over TCP, timed in C (hiredis)")
         model = {"none": "latency model none (memory speed, no network time)",
                  "spin": f"latency model spin (busy-waits {t.rtt_us:g} µs per round trip + bytes at {t.gbps:g} Gb/s)",
                  "virtual": f"latency model virtual ({t.rtt_us:g} µs per round trip + bytes at {t.gbps:g} Gb/s "
@@ -181,6 +200,9 @@ class Reproduction:
         self._streams: dict[str, Any] = {}
         self.redis_reference: dict[str, Any] | None = None
         self._redis: dict[str, Any] = dict(cfg.redis_options)  # with the shared server's url while run() runs
+        self.transport: TransportConfig = cfg.transport  # with the started memory node's URI while run() runs
+        self.memory_node_uri: str = ""                    # the verbs memory node this run started, if any
+        self._root_slots = iter(range(FIRST_ROOT_SLOT, LAST_ROOT_SLOT + 1))
 
     # ---- steps ---------------------------------------------------------------------------
     def run(self) -> tuple[Path, Path]:
@@ -188,11 +210,11 @@ class Reproduction:
         t0 = time.perf_counter()
         if "traces" in self.cfg.steps:
             self._timed("Fig. 1-2 (trace figures)", self.trace_figures)
-        with self.redis_server():
+        with self.memory_node(), self.redis_server():
             if "fig3" in self.cfg.steps:
                 self._timed("Fig. 3 replays", self.fig3_runs)
-                if "redis" in self.cfg.backends:
-                    self._timed("Redis reference (redis-benchmark)", self.reference_run)
+            if "reference" in self.cfg.steps and "redis" in self.cfg.backends:
+                self._timed("Redis reference (redis-benchmark)", self.reference_run)
             if "load" in self.cfg.steps:
                 self._timed("load curves", self.load_runs)
             if "engine" in self.cfg.steps:
@@ -213,8 +235,9 @@ class Reproduction:
         return load(name, limit=self.cfg.limit)
 
     def trace_figures(self) -> None:
-        from kvdm.experiments.trace_figures import fig1a, fig1b, fig2a, fig2b
         from kvdm.traces.characterise import compute_stats
+
+        from .trace_figures import fig1a, fig1b, fig2a, fig2b
 
         for name in self.cfg.traces:
             log(f"trace figures of {name}")
@@ -240,7 +263,7 @@ class Reproduction:
         if "redis" not in self.cfg.backends or not replays:
             yield
             return
-        from kvdm.experiments.options_redis import redis_session
+        from .options_redis import redis_session
 
         with redis_session(self.cfg.redis_options) as options:
             self._redis = options
@@ -248,6 +271,24 @@ class Reproduction:
                 yield
             finally:
                 self._redis = dict(self.cfg.redis_options)
+
+    @contextmanager
+    def memory_node(self) -> Iterator[None]:
+        """With ``same_substrate`` and no memory node given: a ``kvdm memnode serve --transport
+        verbs`` process on ``verbs_device``, serving every native run of the block."""
+        replays = {"fig3", "load", "engine"} & set(self.cfg.steps)
+        native = [b for b in self.cfg.backends if b in NATIVE]
+        if not (self.cfg.same_substrate and replays and native) or self.cfg.transport.memory_nodes:
+            yield
+            return
+        with verbs_memory_node(self.cfg.verbs_device, self.cfg.verbs_gid_index, self.cfg.transport.node_size,
+                               self.out / "memnode.log") as uri:
+            self.memory_node_uri = uri
+            self.transport = self.cfg.transport.with_nodes([uri])
+            try:
+                yield
+            finally:
+                self.transport = self.cfg.transport
 
     def _fresh_redis(self) -> None:
         """Empty the shared server before a run when this reproduction owns it."""
@@ -261,6 +302,13 @@ class Reproduction:
         options: dict[str, Any] = {}
         if backend in NATIVE and self.cfg.cache_mb is not None:
             options["cache_mb"] = self.cfg.cache_mb
+        if backend in NATIVE and self.transport.memory_nodes:
+            # a node that outlives one run: each run its own index (a fresh root slot), not an earlier run's
+            slot = next(self._root_slots, None)
+            if slot is None:
+                raise ValueError(f"more native runs than the root slots {FIRST_ROOT_SLOT}..{LAST_ROOT_SLOT} of the "
+                                 "memory node: run fewer steps or backends per reproduction")
+            options["root_slot"] = slot
         if backend == "redis":
             options.update(self._redis)
             if run_name:
@@ -276,7 +324,7 @@ class Reproduction:
         stream = self.stream(trace)
         if backend == "redis":
             self._fresh_redis()
-        rc = ReplayConfig(trace=trace, index=self.index_spec(backend, run_name), transport=self.cfg.transport,
+        rc = ReplayConfig(trace=trace, index=self.index_spec(backend, run_name), transport=self.transport,
                           mapping="paper", key_scheme="sha256", inserts="timed", name=run_name,
                           range_semantics=self.cfg.range_semantics, **kw)
         log(f"{run_name}: {backend}, {rc.clients} client(s), mode {rc.mode}"
@@ -284,7 +332,8 @@ class Reproduction:
         t = time.perf_counter()
         res = replay(rc, stream)
         res.meta["reproduce"] = {"role": role, "range_semantics": self.cfg.range_semantics,
-                                 "latency_note": self.cfg.latency_note(), "wall_s": time.perf_counter() - t}
+                                 "latency_note": self.cfg.latency_note(), "wall_s": time.perf_counter() - t,
+                                 "offered_ops_s": offered_rate(stream, rc.mode, int(res.meta["run"]["requests_done"]))}
         res.write(d)
         return Run(d, RunResults.read(d))
 
@@ -314,30 +363,68 @@ class Reproduction:
             ]
 
     def load_runs(self) -> None:
+        """Per backend: the closed-loop client sweep and the open-loop sweep of paces, up to unpaced.
+        The closed-loop 1-client point (also the open-loop sweep's unpaced end) is the Fig. 3 run
+        itself when Fig. 3 ran closed loop on this trace: one setup, measured once."""
         cfg = self.cfg
         trace = cfg.fig3_traces[0]
         tname = self.stream(trace).trace_name
         common = {"duration_s": cfg.load_duration_s, "warmup_min": 0.0, "bin_min": cfg.bin_min}
+        fig3 = {r.config["index"]["name"]: r for r in self.fig3.get(tname, [])} if cfg.fig3_mode == "closed" else {}
         for b in cfg.backends:
-            for c in cfg.clients:
-                self.load["closed"].append(self.replay_run(f"closed-{tname}-{b}-c{c}", trace, b, "load-closed",
-                                                           clients=c, mode="closed", **common))
+            for c in sorted({1, *cfg.clients}):
+                run = fig3.get(b) if c == 1 else None
+                self.load["closed"].append(run or self.replay_run(f"closed-{tname}-{b}-c{c}", trace, b, "load-closed",
+                                                                  clients=c, mode="closed", **common))
             for x in cfg.compress:
                 self.load["compressed"].append(self.replay_run(f"compressed-{tname}-{b}-x{x:g}", trace, b,
                                                                "load-compressed", clients=1,
                                                                mode=f"compressed:{x:g}", **common))
-        note = (f"{cfg.latency_note()}.\nEach point at most {cfg.load_duration_s:g} s of wall time from the "
-                f"trace's start, no warm-up; 32 B SHA-256 keys")
+        note = (f"{cfg.latency_note()}.\nEach point at most {cfg.load_duration_s:g} s of wall time from the trace's "
+                "start, no warm-up (the 1-client closed-loop point: the Fig. 3 run where it ran closed loop); "
+                f"32 B SHA-256 keys; {self.cores} cores")
         for op in ("get", "range"):
             self.load_figs.append(plot_runs(
                 self.load["closed"], "p99", op, "throughput", self.figs / f"load_closed_{op}_{tname}.png",
-                log_y=True, note=note,
-                title=f"load curve, closed loop ({', '.join(map(str, cfg.clients))} clients): {op} p99 ({tname})"))
-            self.load_figs.append(plot_runs(
-                self.load["compressed"], "p99", op, "throughput", self.figs / f"load_compressed_{op}_{tname}.png",
-                log_y=True, note=note,
-                title=f"load curve, open loop compressed x{', x'.join(f'{x:g}' for x in cfg.compress)}, "
-                      f"1 client: {op} p99 ({tname})"))
+                log_y=True, note=note, throughput=achieved_rate, tag=self.point_tag,
+                title=f"load curve, closed loop ({', '.join(map(str, sorted({1, *cfg.clients})))} clients): "
+                      f"{op} p99 ({tname})"))
+            self.load_figs.append(plot_rate_sweep(
+                self.open_loop_points(), op, self.figs / f"load_open_{op}_{tname}.png", note=note,
+                title=f"load curve, open loop from real time (x1) to unpaced, 1 client: {op} ({tname})"))
+
+    @property
+    def cores(self) -> int:
+        """The cores this process may run on."""
+        return len(os.sched_getaffinity(0))
+
+    def oversubscribed(self, run: Run) -> bool:
+        """Whether a run had more busy processes than cores: its clients, and the redis-server this
+        reproduction started (it serves on this machine too)."""
+        local_server = run.config["index"]["name"] == "redis" and self.cfg.redis_options.get("url") is None
+        return int(run.config["clients"]) + int(local_server) > self.cores
+
+    def point_tag(self, run: Run) -> str:
+        """A load point's name on the figures: N clients (oversubscribed ones say so), the pace, or unpaced."""
+        c = run.config
+        if c["mode"] != "closed":
+            return "x" + str(c["mode"]).split(":", 1)[1]
+        return f"{c['clients']}c" + (" oversubscribed" if self.oversubscribed(run) else "")
+
+    def open_loop_points(self) -> list[LoadPoint]:
+        """Each backend's open-loop sweep, slowest pace first, ending with the unpaced (closed-loop,
+        1-client) run."""
+        points = []
+        for b in self.cfg.backends:
+            paced = sorted((r for r in self.load["compressed"] if r.config["index"]["name"] == b),
+                           key=lambda r: parse_mode(r.config["mode"]))
+            unpaced = [r for r in self.load["closed"] if r.config["index"]["name"] == b and r.config["clients"] == 1]
+            for r in paced + unpaced[:1]:
+                got = r.results.meta.get("reproduce", {}).get("offered_ops_s")
+                offered, achieved = math.nan if got is None else float(got), achieved_rate(r)
+                points.append(LoadPoint(b, self.point_tag(r) if r in paced else "unpaced", r, offered, achieved,
+                                        math.isnan(offered) or achieved >= KEEPS_UP * offered))
+        return points
 
     def chain_spec(self, backend: str) -> IndexSpec:
         """A backend's IndexSpec for the engine step, as ``kvdm bench index --op chain`` sets it up:
@@ -354,13 +441,13 @@ class Reproduction:
         """The engine step's sweep of ``backends`` into ``out``."""
         cfg = self.cfg
         specs = [self.chain_spec(b) for b in backends]
-        from kvdm.experiments.options_redis import redis_note
+        from .options_redis import redis_note
 
         red = next((s for s in specs if s.name == "redis"), None)
         notes = [redis_note(red.options)] if red is not None else []
         # memory or a server that outlives the run may hold an earlier run's chains: number ours apart
-        kept = bool(cfg.transport.memory_nodes) or any(s.options.get("url") for s in specs if s.name == "redis")
-        return bc.ChainConfig(specs, cfg.transport, cfg.engine_lengths, bc.ALL_STRATEGIES, cfg.engine_chains,
+        kept = bool(self.transport.memory_nodes) or any(s.options.get("url") for s in specs if s.name == "redis")
+        return bc.ChainConfig(specs, self.transport, cfg.engine_lengths, bc.ALL_STRATEGIES, cfg.engine_chains,
                               cfg.engine_keys, "random", out=str(out), notes=notes,
                               key_base=bc.fresh_key_base() if kept else bc.CHAIN_KEY_BASE)
 
@@ -423,10 +510,61 @@ class Reproduction:
 
     # ---- report --------------------------------------------------------------------------
     def write_report(self) -> tuple[Path, Path]:
-        from kvdm.experiments.reproduce_report import build_report
+        from .reproduce_report import build_report
 
         rep: Report = build_report(self)
         return rep.write(self.out)
+
+
+def achieved_rate(run: Run) -> float:
+    """Ops per second a run delivered: every op it executed over its wall time (warm-up included,
+    unlike the whole-period rows, so a run with warm-up bins compares with one without)."""
+    r = run.results.meta["run"]
+    return float(r["ops_done"]) / max(float(r["wall_s"]), 1e-9)
+
+
+def offered_rate(stream: Any, mode: str, requests_done: int) -> float | None:
+    """The op rate an open-loop replay in ``mode`` offered over the requests it got through: their
+    ops over their due times (trace time / the pace); None for closed loop, which sets its own pace."""
+    speed = parse_mode(mode)
+    if speed == 0 or requests_done < 2:
+        return None
+    ops = int(stream.req_offsets[requests_done] - stream.req_offsets[0])
+    span_s = float(stream.req_timestamp_ms[requests_done - 1] - stream.req_timestamp_ms[0]) / 1e3 / speed
+    return ops / span_s if span_s > 0 else None
+
+
+@contextmanager
+def verbs_memory_node(device: str | None, gid_index: int | None, size: int, log_path: Path) -> Iterator[str]:
+    """``kvdm memnode serve --transport verbs`` on ``device`` as a child process (loopback
+    handshake, any free port; its stderr into ``log_path``) for the block; yields its URI, stops
+    it with SIGTERM after."""
+    cmd = [sys.executable, "-m", "kvdm.experiments.cli", "memnode", "serve", "--transport", "verbs",
+           "--size", str(size), "--port", "0", "--listen", "127.0.0.1"]
+    cmd += (["--device", device] if device else []) + (["--gid-index", str(gid_index)] if gid_index is not None else [])
+    log(f"starting a verbs memory node: kvdm {' '.join(cmd[3:])}")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("w") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True)
+        try:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()  # the node prints its URI when it serves (or exits)
+            m = re.search(r"serving (verbs://\S+)", line)
+            if m is None:
+                proc.wait(timeout=60)
+                why = log_path.read_text(errors="replace").strip()[-500:] or repr(line)
+                raise RuntimeError(f"the verbs memory node did not start (`kvdm {' '.join(cmd[3:])}`, exit status "
+                                   f"{proc.returncode}): {why}")
+            log(f"memory node serving {m.group(1)}")
+            yield m.group(1)
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
 
 
 def _range_note(semantics: str) -> str:
@@ -495,7 +633,7 @@ def run_redis_benchmark(url: str, cluster: bool, requests: int, extra: tuple[str
 
 
 def _get_p50(lat_ns: np.ndarray) -> dict[str, float]:
-    from kvdm.experiments.metrics import Histogram
+    from .metrics import Histogram
 
     h = Histogram()
     h.record(lat_ns)
@@ -507,10 +645,11 @@ def redis_reference(options: dict[str, Any], requests: int, keys: int = 10_000) 
     """redis-benchmark's GET (``REDIS_BENCHMARKS``), then kvdm's GET of one key (of ``keys``
     preloaded 32 B keys, drawn uniformly) through the C loop and through redis-py, back to back
     on the server of ``options``, ``requests // 2`` calls each (after as many untimed)."""
-    from kvdm.experiments.bench_chain import _call_stream
-    from kvdm.experiments.cmd_bench_index import make_keys
     from kvdm.index.redis_index import RedisIndex
     from kvdm.traces.mapping import OP_GET
+
+    from .bench_chain import _call_stream
+    from .cmd_bench_index import make_keys
 
     url, cluster = options["url"], int(options.get("cluster", 0)) > 0
     out: dict[str, Any] = {"url": url, "cluster": cluster, "requests": requests, "benchmarks": {}}

@@ -16,7 +16,9 @@ from kvdm.experiments.plots import load_runs
 from kvdm.experiments.results import RunResults
 
 FIGURES = ("fig1a", "fig1b", "fig2a", "fig2b", "fig3a", "fig3b", "cost_rtts", "cost_bytes", "load_closed_get",
-           "load_closed_range", "load_compressed_get", "load_compressed_range", "engine_chain")
+           "load_closed_range", "load_open_get", "load_open_range", "engine_chain")
+#: --quick's open-loop paces (x1 real time .. x1000), then the unpaced point
+QUICK_PACES = ("x1", "x10", "x30", "x100", "x300", "x1000", "unpaced")
 
 
 def test_reproduce_quick_writes_every_figure_and_the_report(tmp_path: Path) -> None:
@@ -29,10 +31,11 @@ def test_reproduce_quick_writes_every_figure_and_the_report(tmp_path: Path) -> N
     for name in FIGURES:
         pngs = list(figs.glob(f"{name}_*.png"))
         assert len(pngs) == 1 and pngs[0].stat().st_size > 10_000, name
-    # every run is stored for `kvdm plot`: 3 Fig. 3 runs, 2 closed-loop and 2 compressed per backend (the
-    # engine step's chain-bench runs are not replays: `kvdm plot` skips them)
+    # every run is stored for `kvdm plot`: 3 Fig. 3 runs (each also the 1-client closed-loop point), then per
+    # backend a 2-client closed-loop run and 6 paced ones (the engine step's chain-bench runs are not replays:
+    # `kvdm plot` skips them)
     runs = load_runs([out / "runs"])
-    assert len(runs) == 3 + 3 * (2 + 2)
+    assert len(runs) == 3 + 3 * (1 + 6)
     fig3 = {r.config["index"]["name"]: r for r in runs if r.path.name.startswith("fig3-")}
     assert set(fig3) == {"chime", "sherman", "redis"}
     for r in fig3.values():
@@ -51,7 +54,7 @@ def test_reproduce_quick_writes_every_figure_and_the_report(tmp_path: Path) -> N
         assert claim in md, claim
     # the Fig. 3 numbers in the report are the runs' own
     p99 = fig3["redis"].whole.loc["get", "p99_us"]
-    assert f"get p99 {p99:,.1f} µs" in md
+    assert f"get p99 is {p99:,.1f} µs" in md
     for name in FIGURES:
         assert re.search(rf"\(figures/{name}_[^)]+\.png\)", md), name
     html = (out / "report.html").read_text()
@@ -61,6 +64,125 @@ def test_reproduce_quick_writes_every_figure_and_the_report(tmp_path: Path) -> N
         "config"]["echo"]["clients"]
     _check_engine(out, md)
     _check_redis_reference(out, md, fig3["redis"])
+    _check_loose_ends(md, fig3, runs)
+    _check_load_curves(md, fig3, runs)
+
+
+def _section(md: str, title: str) -> str:
+    return md.split(title, 1)[1].split("\n#", 1)[0]
+
+
+def _check_loose_ends(md: str, fig3: dict[str, Any], runs: list[Any]) -> None:
+    """Quick mode claims only what it measured; the wall times are the runs' own; every claim row
+    says which is lower, by how much, and whether that agrees with the paper."""
+    intro = md.split("\n## ", 1)[0]
+    assert "QUICK version" in intro and "the first 400 requests of the conversation trace" in intro
+    assert "synthetic" not in intro  # quick mode does not use it
+    assert "Traces: conversation_head400 (Fig. 1-2, Fig. 3, the load curves)" in intro
+    assert "is not used here" in intro  # toolagent
+    trace_part = _section(md, "## Fig. 1-2")
+    assert "agree within 3 points" not in trace_part and "no whole trace of those was characterised" in trace_part
+    assert re.search(r"Wall time: \d+(\.\d)? s in all \(Fig\. 1-2", intro)
+    for r in fig3.values():  # the wall column: the replay's clients, then with its set-up
+        wall, total = r.results.meta["run"]["wall_s"], r.results.meta["reproduce"]["wall_s"]
+        assert 0 < wall < total
+        assert f" | {wall:,.2f} / {total:,.2f} s |" in md
+    claims = _section(md, "### Against the paper's claims")
+    for op, pair in (("range", "Sherman|CHIME"), ("get", "CHIME|Sherman")):
+        m = re.search(rf"\| ({pair})'s {op} p99 is (\d+\.\d)% lower than ({pair})'s \(([\d.,]+) vs ([\d.,]+) µs\) "
+                      r"\| (agrees|disagrees)", claims)
+        assert m and m.group(1) != m.group(3), claims
+        lo, hi = (fig3[m.group(k).lower()].whole.loc[op, "p99_us"] for k in (1, 3))
+        assert lo < hi and m.group(2) == f"{(hi - lo) / hi * 100:.1f}"
+        assert (m.group(6) == "agrees") == (m.group(1) == ("Sherman" if op == "range" else "CHIME"))
+    assert "'s -" not in claims and "'s +" not in claims
+    assert re.search(r"Redis's get p99 is [\d.,]+ µs and its range p99 [\d.,]+ µs: .* 100 µs \| (agrees|disagrees)",
+                     claims)
+
+
+def _check_load_curves(md: str, fig3: dict[str, Any], runs: list[Any]) -> None:
+    """Each backend's open-loop sweep runs from real time to unpaced (>= 6 points), its rates
+    offered and delivered in the table; the closed-loop 1-client point is the Fig. 3 run, measured once."""
+    closed = _section(md, "### Closed loop: client sweep")
+    table = _section(md, "### Open loop: from real time to unpaced")
+    for b, r in fig3.items():
+        assert f"| {b} | 1 | " in closed and closed.count(f"| {b} | ") == 2
+        assert re.search(rf"\| {b} \| 1 \| [\d,]+ \| {r.whole.loc['get', 'p99_us']:,.1f} \| .* \| the Fig\. 3 run \|",
+                         closed)
+        paces = re.findall(rf"^\| {b} \| (x\d+|unpaced) \|", table, re.M)
+        assert tuple(paces) == QUICK_PACES, paces
+        paced = {x.config["mode"]: x for x in runs if x.config["index"]["name"] == b and x.config["mode"] != "closed"}
+        assert sorted(paced) == sorted(f"compressed:{p[1:]}" for p in QUICK_PACES[:-1])
+        for mode, x in paced.items():
+            offered = x.results.meta["reproduce"]["offered_ops_s"]
+            row = re.search(rf"^\| {b} \| x{mode.split(':')[1]} \| ([\d,]+) \| ([\d,]+) \| (yes|no)", table, re.M)
+            assert row and row.group(1) == f"{offered:,.0f}", (row, offered)
+        assert re.search(rf"(^|\. ){b} (keeps up|falls behind)", table, re.M)  # the knee, in words
+
+
+def test_claim_rows_read_plainly() -> None:
+    """Which is lower, by how much (of the higher), and whether that agrees with the paper."""
+    from kvdm.experiments.reproduce_report import lower_claim
+
+    assert lower_claim("range", ("sherman", 9.0), ("chime", 10.0), 10.3) == [
+        "Sherman's range p99 is 10.0% lower than CHIME's (9.0 vs 10.0 µs)",
+        "agrees: Sherman lower, as in the paper (10.0% here, 10.3% there)"]
+    assert lower_claim("get", ("chime", 5.7), ("sherman", 5.4), 5.5) == [
+        "Sherman's get p99 is 5.3% lower than CHIME's (5.4 vs 5.7 µs)",
+        "disagrees: the paper has CHIME 5.5% lower, here Sherman is 5.3% lower"]
+
+
+def test_the_report_names_the_traces_it_used(tmp_path: Path) -> None:
+    """toolagent is said to be used when it is (the snag: the report always said it was absent)."""
+    from types import SimpleNamespace
+
+    from kvdm.experiments.reproduce import ReproduceConfig
+    from kvdm.experiments.reproduce_report import traces_note
+
+    used = traces_note(SimpleNamespace(cfg=ReproduceConfig(traces=("toolagent", "conversation"),
+                                                           fig3_traces=("toolagent",))))
+    assert "Traces: toolagent (Fig. 1-2, Fig. 3, the load curves); conversation (Fig. 1-2)." in used
+    assert "toolagent) is used, so its numbers" in used and "not used" not in used
+    partly = traces_note(SimpleNamespace(cfg=ReproduceConfig(traces=("toolagent",), fig3_traces=("conversation",))))
+    assert "is used, though not for Fig. 3" in partly
+    absent = traces_note(SimpleNamespace(cfg=ReproduceConfig()))
+    assert "conversation (Fig. 1-2, Fig. 3, the load curves); synthetic (Fig. 1-2)" in absent
+    assert "toolagent) is not used here" in absent
+
+
+def test_offered_rate_is_the_paced_trace_over_the_requests_done() -> None:
+    """An open-loop point's offered rate: the ops of the requests it got through over their due times."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from kvdm.experiments.reproduce import offered_rate
+
+    stream = SimpleNamespace(req_offsets=np.array([0, 3, 5, 9, 10]), req_timestamp_ms=np.array([0.0, 1000, 2000, 4000]))
+    assert offered_rate(stream, "compressed:10", 3) == 9 / 0.2  # 9 ops due over 2 s of trace / 10
+    assert offered_rate(stream, "compressed:1", 4) == 10 / 4.0
+    assert offered_rate(stream, "closed", 4) is None and offered_rate(stream, "compressed:10", 1) is None
+
+
+def test_same_substrate_is_refused_without_an_rdma_device(capsys: Any, tmp_path: Path, monkeypatch: Any) -> None:
+    """On a host without RDMA: one line naming what is missing, and nothing written."""
+    from kvdm.experiments import cmd_reproduce
+    from kvdm.experiments.cli import main
+
+    out = tmp_path / "repro"
+    monkeypatch.setattr(cmd_reproduce, "rdma_devices", lambda: [])
+    assert main(["reproduce", "--quick", "--same-substrate", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("kvdm: error: --same-substrate needs an RDMA device") and \
+        "/sys/class/infiniband" in err[0]
+    monkeypatch.setattr(cmd_reproduce, "rdma_devices", lambda: ["rxe0"])
+    for argv, msg in ((["--same-substrate", "--verbs-device", "mlx5_0"], "no such RDMA device here (have: rxe0)"),
+                      (["--same-substrate", "--latency-model", "virtual"], "--latency-model virtual is the shm"),
+                      (["--verbs-device", "rxe0"], "only apply with --same-substrate")):
+        assert main(["reproduce", "--quick", *argv, "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and msg in err[0], err
+    assert not out.exists()
 
 
 def _check_redis_reference(out: Path, md: str, fig3_redis: Any) -> None:

@@ -50,17 +50,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from kvdm.index import IndexSpec
+from kvdm.index import IndexSpec, remote_memory
+from kvdm.index import backend as backend_entry
 from kvdm.transport import TransportConfig
 
 from .cmd_replay import RETRY_COUNTERS
 from .metrics import Histogram
-from .replay import NATIVE_INDEXES, backend_session, open_client, use_c_driver
+from .replay import backend_session, open_client, use_c_driver
 from .results import RunResults, machine_description
 
 CHAIN_LENGTHS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 #: ``--backends all``
-ALL_BACKENDS = ("chime", "sherman", "race", "redis")
 NATIVE_STRATEGIES = ("parallel", "kary", "sequential", "auto")
 REDIS_STRATEGIES = ("lua", "pipeline")
 ALL_STRATEGIES = NATIVE_STRATEGIES + REDIS_STRATEGIES
@@ -115,15 +115,21 @@ def parse_strategies(text: str) -> tuple[str, ...]:
     return tuple(out)
 
 
+def all_backends(valid: Sequence[str]) -> tuple[str, ...]:
+    """``--backends all``: every backend of ``valid`` that clients share (not one that lives
+    inside each client, as dict)."""
+    return tuple(b for b in valid if not backend_entry(b).per_client)
+
+
 def parse_backends(text: str, valid: Sequence[str]) -> tuple[str, ...]:
-    """``--backends`` ("chime,redis" or "all" = chime, sherman, race, redis)."""
+    """``--backends`` ("chime,redis", or "all": :func:`all_backends`)."""
     if text.strip() == "all":
-        return tuple(b for b in ALL_BACKENDS if b in valid)
+        return all_backends(valid)
     out: list[str] = []
     for item in (t.strip() for t in text.split(",")):
         if item not in valid:
             raise ValueError(f"--backends: unknown index {item!r}; valid: {', '.join(valid)} or all "
-                             f"({', '.join(ALL_BACKENDS)})")
+                             f"({', '.join(all_backends(valid))})")
         if item not in out:
             out.append(item)
     return tuple(out)
@@ -131,7 +137,7 @@ def parse_backends(text: str, valid: Sequence[str]) -> tuple[str, ...]:
 
 def strategies_for(backend: str, strategies: Sequence[str]) -> tuple[str, ...]:
     """The LPM strategies of ``strategies`` that apply to ``backend`` (``-``: its own)."""
-    if backend in NATIVE_INDEXES:
+    if remote_memory(backend):
         own = NATIVE_STRATEGIES
     elif backend == "redis":
         own = REDIS_STRATEGIES
@@ -202,7 +208,7 @@ def time_calls(cfg: ChainConfig, index: Any, op: str, keys: np.ndarray, n: int) 
     from kvdm.traces.mapping import OP_PREFIX
 
     calls = keys.shape[0] // n
-    native = index.name in NATIVE_INDEXES
+    native = remote_memory(index.name)
     virtual = native and cfg.transport.latency_model == "virtual"
     if use_c_driver(cfg, index):  # native indexes and Redis (a hiredis client in the same C loop)
         stream = _call_stream(OP_PREFIX if op == OP_LPM else K_INSERT, keys, n, calls)
@@ -249,7 +255,7 @@ def _row(cfg: ChainConfig, backend: str, strategy: str, op: str, n: int, timed: 
         "expected_matched_per_op": float(truth.mean()) if truth is not None else np.nan,
         "mismatches": int((timed.matched != truth).sum()) if timed.matched is not None else 0,
         "timed": timed.clock,
-        "virtual_added": backend in NATIVE_INDEXES and cfg.transport.latency_model == "virtual",
+        "virtual_added": remote_memory(backend) and cfg.transport.latency_model == "virtual",
     }
     for k, v in sorted(timed.counters.items()):
         row[f"{k}_per_op"] = v / max(calls, 1)
@@ -259,7 +265,7 @@ def _row(cfg: ChainConfig, backend: str, strategy: str, op: str, n: int, timed: 
 
 
 def _strategy_spec(spec: IndexSpec, strategy: str) -> IndexSpec:
-    if spec.name in NATIVE_INDEXES:
+    if remote_memory(spec.name):
         return replace(spec, options={**spec.options, "lpm": strategy})
     if spec.name == "redis":
         return replace(spec, options={**spec.options, "prefix_mode": strategy})
@@ -380,7 +386,7 @@ def run_chain(cfg: ChainConfig, quiet: bool = False) -> RunResults:
     say(f"# retry/op: {', '.join(RETRY_COUNTERS)} per call (native indexes; every counter per call is in the "
         "results file)")
     for backend, how in clocks.items():
-        extra = " + the transport's modelled time (virtual_ns)" if backend in NATIVE_INDEXES and \
+        extra = " + the transport's modelled time (virtual_ns)" if remote_memory(backend) and \
             cfg.transport.latency_model == "virtual" else ""
         say(f"# {backend}: latency per call measured {how}{extra}")
     meta = {"kind": RESULTS_KIND, "config": _config_dict(cfg), "machine": machine_description(),
@@ -398,7 +404,7 @@ def _config_dict(cfg: ChainConfig) -> dict[str, Any]:
 
 def figure_note(cfg: ChainConfig) -> str:
     t = cfg.transport
-    native = [s.name for s in cfg.indexes if s.name in NATIVE_INDEXES]
+    native = [s.name for s in cfg.indexes if remote_memory(s.name)]
     parts = []
     if native:
         parts.append(f"native ({', '.join(native)}): {t.transport}, latency model {t.latency_model}"
@@ -406,7 +412,7 @@ def figure_note(cfg: ChainConfig) -> str:
                         f" {t.rtt_us:g} us RTT" if t.latency_model == "spin" else "") + ", timed in C")
     if any(s.name == "redis" for s in cfg.indexes):
         parts.append("redis: timed " + ("around the redis-py call" if cfg.driver == "python" else "in C (hiredis)"))
-    if any(s.name not in NATIVE_INDEXES + ("redis",) for s in cfg.indexes):
+    if any(not remote_memory(s.name) and s.name != "redis" for s in cfg.indexes):
         parts.append("other: timed in Python around the call")
     parts.append(f"{cfg.chains:,} calls per point; preloaded prefix {cfg.matched}; {cfg.keys:,} background keys")
     return "; ".join(parts)

@@ -32,13 +32,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from kvdm.index import IndexSpec
+from kvdm.index import IndexSpec, remote_memory
 from kvdm.index.tokens import TokenIndex
 from kvdm.traces.tokens import VOCAB
 from kvdm.transport import TransportConfig
 
 from .metrics import Histogram
-from .replay import NATIVE_INDEXES, backend_session, open_client
+from .replay import backend_session, open_client
 from .results import RunResults, machine_description
 
 LENGTHS = (1024, 4096, 16384, 65536, 131072)
@@ -115,7 +115,7 @@ def bench_backend(cfg: TokensConfig, spec: IndexSpec) -> tuple[list[dict[str, An
     """Every prompt length on one backend (its own memory nodes or server for the duration)."""
     rows: list[dict[str, Any]] = []
     hists: dict[str, Histogram] = {}
-    virtual = spec.name in NATIVE_INDEXES and cfg.transport.latency_model == "virtual"
+    virtual = remote_memory(spec.name) and cfg.transport.latency_model == "virtual"
     with backend_session(spec, cfg.transport) as (uris, shared), open_client(shared, cfg.transport, uris) as index:
         tix = TokenIndex(index, chunk_size=cfg.chunk, key_scheme=cfg.key_scheme)
         for n, length in enumerate(cfg.lengths):

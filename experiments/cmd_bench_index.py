@@ -39,7 +39,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from kvdm.index import IndexSpec
+from kvdm.index import IndexSpec, remote_memory
+from kvdm.index import backend as backend_entry
+from kvdm.index import backends as registered
 from kvdm.transport import TransportConfig, parse_size
 
 from .bench_chain import DEFAULT_CHAINS, MATCHED
@@ -47,7 +49,7 @@ from .cli import CommandFailed, UsageError, choices_type, group
 from .cmd_replay import RETRY_COUNTERS, add_index_options, derived_columns, index_spec
 from .metrics import Histogram
 from .options import add_transport_options, transport_config
-from .replay import DRIVERS, NATIVE_INDEXES, backend_session, open_client, use_c_driver
+from .replay import DRIVERS, backend_session, open_client, use_c_driver
 
 OPS = ("get", "put", "mixed", "chain")
 #: flags of --op chain only (argparse dests; None when not given)
@@ -210,7 +212,7 @@ def measure(cfg: BenchIndexConfig, index: Any, client: int, barrier: Any) -> tup
     from kvdm.traces.mapping import OP_GET
 
     work = _Workload(cfg, client)
-    virtual = cfg.transport.latency_model == "virtual" and cfg.index.name in NATIVE_INDEXES
+    virtual = cfg.transport.latency_model == "virtual" and remote_memory(cfg.index.name)
     vi = index.counter_names().index("virtual_ns") if virtual else -1
     lat: list[int] = []
     barrier.wait()
@@ -273,16 +275,17 @@ def cmd_bench_index(args: argparse.Namespace) -> int:
         raise UsageError("--clients, --batch and --seconds must be positive and --keys >= --batch")
     if not 0 <= args.read_ratio <= 1:
         raise UsageError("--read-ratio must be in [0, 1]")
-    if args.index == "dict" and args.clients > 1:
-        raise UsageError("the dict backend lives in one process: use --clients 1")
+    if backend_entry(args.index).per_client and args.clients > 1:
+        raise UsageError(f"the {args.index} backend lives inside one client process: use --clients 1")
     if args.threads < 1 or (args.hot_keys and not args.batch <= args.hot_keys <= args.keys):
         raise UsageError("--threads must be positive and --hot-keys in [--batch, --keys] (or 0)")
-    if (args.threads > 1 or args.handover) and args.index not in NATIVE_INDEXES:
-        raise UsageError(f"--threads and --handover need a native index ({', '.join(NATIVE_INDEXES)})")
+    if (args.threads > 1 or args.handover) and not remote_memory(args.index):
+        raise UsageError(f"--threads and --handover need a native index "
+                         f"({', '.join(registered(remote_memory=True))})")
     cfg = BenchIndexConfig(index_spec(args, args.key_bytes), transport_config(args), args.keys, args.op,
                            args.clients, args.batch, args.seconds, args.read_ratio, seed=args.seed,
                            threads=args.threads, hot_keys=args.hot_keys, handover=args.handover, driver=args.driver)
-    native = cfg.index.name in NATIVE_INDEXES
+    native = remote_memory(cfg.index.name)
     print(f"# kvdm bench index: {cfg.index.name} {cfg.index.options or ''}, {cfg.keys:,} keys of "
           f"{args.key_bytes} B, op {cfg.op}, {cfg.clients} client(s) x {cfg.threads} thread(s), "
           f"{cfg.batch} key(s)/call, {cfg.seconds:g} s, hot keys {cfg.hot_keys or 'none'}, "
@@ -299,7 +302,7 @@ def cmd_bench_index(args: argparse.Namespace) -> int:
         load_s = time.perf_counter() - t0
         print(f"# preload: {cfg.keys:,} keys in {load_s:.2f} s ({cfg.keys / load_s / 1e6:.3f} M keys/s, "
               f"batches of {PRELOAD_BATCH})")
-        results = _run_clients(cfg, uris) if cfg.index.name != "dict" else [_run_inline(cfg, owner)]
+        results = _run_clients(cfg, uris) if not backend_entry(cfg.index.name).per_client else [_run_inline(cfg, owner)]
         owner.close()
     lat = np.concatenate([r[0] for r in results])
     counters: dict[str, int] = {}
@@ -395,7 +398,7 @@ def chain_config(args: argparse.Namespace) -> Any:
         from kvdm.index.native import DEFAULTS as NATIVE_OPTIONS
         from kvdm.index.redis_index import RedisOptions
 
-        known = set(NATIVE_OPTIONS) - {"local_locks"} if set(backends) & set(NATIVE_INDEXES) else set()
+        known = set(NATIVE_OPTIONS) - {"local_locks"} if any(remote_memory(b) for b in backends) else set()
         known |= {f.name for f in fields(RedisOptions)} if "redis" in backends else set()
         unknown = sorted(set(opts) - known)
         if unknown:
@@ -420,7 +423,7 @@ def backend_spec(args: argparse.Namespace, backend: str, opts: dict[str, Any], s
     from . import options_redis
 
     options: dict[str, Any] = {}
-    if backend in NATIVE_INDEXES:
+    if remote_memory(backend):
         from kvdm.index.native import DEFAULTS as NATIVE_OPTIONS
 
         if args.cache_mb is not None:

@@ -10,7 +10,8 @@ from typing import Any
 
 import pandas as pd
 
-from kvdm.index import IndexSpec, available
+from kvdm.index import IndexSpec, available, backend, remote_memory
+from kvdm.index import backends as registered
 from kvdm.index.native import LPM_STRATEGIES
 from kvdm.index.tokens import KEY_SCHEMES as TOKEN_KEY_SCHEMES
 from kvdm.traces.mapping import INSERT_MODES as INSERTS
@@ -22,7 +23,6 @@ from .options import add_transport_options, transport_config
 from .replay import (
     DRIVERS,
     LAUNCHERS,
-    NATIVE_INDEXES,
     ReplayConfig,
     load_stream,
     parse_mode,
@@ -86,12 +86,13 @@ def _redis_options_module() -> Any:
 def index_spec(args: argparse.Namespace, key_bytes: int) -> IndexSpec:
     """The IndexSpec the index options describe."""
     options: dict[str, Any] = {}
-    if args.index in NATIVE_INDEXES and args.cache_mb is not None:
+    if remote_memory(args.index) and args.cache_mb is not None:
         options["cache_mb"] = args.cache_mb
     options.update(dict(getattr(args, "index_opt", [])))  # the backend's factory rejects unknown keys
     if getattr(args, "lpm", None) is not None:
-        if args.index not in NATIVE_INDEXES:
-            raise ValueError(f"--lpm applies to the native indexes ({', '.join(NATIVE_INDEXES)}), not {args.index}"
+        if not remote_memory(args.index):
+            raise ValueError(f"--lpm applies to the native indexes ({', '.join(registered(remote_memory=True))}), "
+                             f"not {args.index}"
                              + ("; Redis prefix matches: --redis-prefix pipeline|lua" if args.index == "redis" else ""))
         options["lpm"] = args.lpm
     redis_opts = _redis_options_module()
@@ -228,10 +229,8 @@ def print_summary(res: RunResults) -> None:
 
 
 def keeps_order(index: str) -> bool:
-    """Whether a backend keeps its keys in order (serves range queries), known without opening it."""
-    from kvdm.index import native
-
-    return not any(isinstance(b, native.Backend) and b.name == index and not b.ordered for b in vars(native).values())
+    """Whether a backend keeps its keys in order (serves range queries), from the registry."""
+    return backend(index).ordered
 
 
 def cmd_replay(args: argparse.Namespace) -> int:

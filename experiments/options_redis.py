@@ -20,12 +20,10 @@ options carry the URL. For a scoped lifetime instead::
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from kvdm.index.redis_index import PREFIX_MODES, RANGE_MODES
-from kvdm.index.redis_server import start_servers
+from kvdm.index.redis_server import session, start_servers
 
 from .cli import UsageError, choices_type
 
@@ -106,19 +104,7 @@ def redis_options(args: argparse.Namespace, start_local: bool = True) -> dict[st
     return options
 
 
-@contextmanager
-def redis_session(options: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """Yield ``options`` ready for any number of client processes: unchanged when they name a
-    ``url``; otherwise with the URL of local server(s) started here (``cluster`` shards, or
-    one standalone server), stopped when the block ends."""
-    if options.get("url") is not None:
-        yield dict(options)
-        return
-    servers = start_servers(int(options.get("cluster", 0)))
-    try:
-        yield {**options, "url": servers.url}
-    finally:
-        servers.stop()
+redis_session = session  # the redis backend's run session (index/redis_server.py)
 
 
 def redis_note(options: dict[str, Any], driver: str = "auto") -> str:

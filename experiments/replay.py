@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from kvdm.index import IndexSpec, open_spec
+from kvdm.index import IndexSpec, backend, open_spec, remote_memory
 from kvdm.traces.loaders import TraceOptions
 from kvdm.transport import TransportConfig, connect, memory_nodes
 
@@ -45,8 +45,6 @@ from .cli import CommandFailed
 from .metrics import Histogram
 from .results import RunResults, machine_description, row_key
 
-NATIVE_INDEXES = ("chime", "sherman", "race")
-PRIVATE_INDEXES = ("dict",)  # live inside each client process
 PROGRESS_EVERY_S = 0.25
 START_TIMEOUT_S = 900.0  # clients wait this long at the start barrier for the slowest to be ready
 
@@ -54,20 +52,22 @@ START_TIMEOUT_S = 900.0  # clients wait this long at the start barrier for the s
 @contextmanager
 def backend_session(index: IndexSpec, transport: TransportConfig) -> Iterator[tuple[list[str], IndexSpec]]:
     """What every client of a run shares, for the duration of the block: the memory nodes of a
-    native index (embedded ones unless the config names some), or the Redis server(s) (started
-    here unless a URL is given). Yields the node URIs and the IndexSpec clients should open."""
+    remote-memory index (embedded ones unless the config names some), or what the backend's
+    session starts (the Redis server(s), unless a URL is given). Yields the node URIs and the
+    IndexSpec clients should open."""
+    entry = backend(index.name)
     with ExitStack() as stack:
-        uris = stack.enter_context(memory_nodes(transport)) if index.name in NATIVE_INDEXES else []
-        if index.name == "redis":
-            from .options_redis import redis_session
-
-            index = replace(index, options=stack.enter_context(redis_session(index.options)))
+        uris = stack.enter_context(memory_nodes(transport)) if entry.remote_memory else []
+        session = entry.session_manager()
+        if session is not None:
+            index = replace(index, options=stack.enter_context(session(index.options)))
         yield uris, index
 
 
 def open_client(index: IndexSpec, transport: TransportConfig, uris: list[str]) -> Any:
-    """One client's handle on the run's index (a native index gets its own transport context)."""
-    return open_spec(index, connect(transport, uris) if index.name in NATIVE_INDEXES else None)
+    """One client's handle on the run's index (a remote-memory index gets its own transport
+    context)."""
+    return open_spec(index, connect(transport, uris) if remote_memory(index.name) else None)
 
 
 def parse_mode(mode: str) -> float:
@@ -136,7 +136,7 @@ class ReplayConfig:
     def describe(self) -> list[tuple[str, str]]:
         """The config echo every run prints."""
         t = self.transport
-        native = self.index.name in NATIVE_INDEXES
+        native = remote_memory(self.index.name)
         return [
             ("backend", self.index.name + (f" {self.index.options}" if self.index.options else "")),
             ("transport", t.describe() if native else "n/a (not a remote-memory index)"),
@@ -219,7 +219,7 @@ def client_run(cfg: ReplayConfig, client: int, uris: list[str], stream: Any, sta
     result's ``error`` (and releases the others from ``start``). Any launcher's client body."""
     try:
         index = open_client(cfg.index, cfg.transport, uris)
-        if needs_preload(stream) and cfg.index.name in PRIVATE_INDEXES:
+        if needs_preload(stream) and backend(cfg.index.name).per_client:
             preload(index, stream)  # a private index must be filled by its own client
         res = run_client(cfg, client, index, stream, start, stop, progress)
         index.close()
@@ -267,7 +267,7 @@ class _Measure:
     def __init__(self, cfg: ReplayConfig, index: Any, stream: Any) -> None:
         self.index, self.stream = index, stream
         self.c_loop = use_c_driver(cfg, index)
-        self.virtual = cfg.transport.latency_model == "virtual" and cfg.index.name in NATIVE_INDEXES
+        self.virtual = cfg.transport.latency_model == "virtual" and remote_memory(cfg.index.name)
         self.names = index.counter_names()
         self.vi = self.names.index("virtual_ns") if self.virtual else -1
         self.sums: dict[tuple[int, int], np.ndarray] = {}
@@ -405,13 +405,14 @@ def shared_backend(cfg: ReplayConfig, stream: Any, quiet: bool = False) -> Itera
     if stream.key_bytes != cfg.index.key_bytes:
         raise ValueError(f"key scheme {cfg.key_scheme} has {stream.key_bytes} B keys but the index was opened "
                          f"for {cfg.index.key_bytes} B")
-    if cfg.index.name == "dict" and cfg.clients > 1 and not quiet:
-        print("kvdm: note: the dict backend is private to each client process: with several clients "
-              "each sees only its own inserts", file=sys.stderr)
+    if backend(cfg.index.name).per_client and cfg.clients > 1 and not quiet:
+        print(f"kvdm: note: the {cfg.index.name} backend is private to each client process: with several "
+              "clients each sees only its own inserts", file=sys.stderr)
     with backend_session(cfg.index, cfg.transport) as (uris, shared):
         cfg = replace(cfg, index=shared)
         owner = None
-        if cfg.index.name in NATIVE_INDEXES:  # create the index (and its root) before the clients attach to it
+        entry = backend(cfg.index.name)
+        if entry.remote_memory:  # create the index (and its root) before the clients attach to it
             owner = open_client(cfg.index, cfg.transport, uris)
             from kvdm.traces.mapping import OP_RANGE
 
@@ -419,10 +420,10 @@ def shared_backend(cfg: ReplayConfig, stream: Any, quiet: bool = False) -> Itera
                 owner.close()
                 raise ValueError(f"{cfg.index.name} keeps no key order, but the {cfg.mapping} mapping issues range "
                                  "queries: use --mapping prefix, or an ordered index (chime, sherman)")
-        elif cfg.index.name != "dict":
+        elif not entry.per_client:
             open_spec(cfg.index).close()  # fail early (e.g. an unreachable server)
         try:
-            if needs_preload(stream) and cfg.index.name not in PRIVATE_INDEXES:
+            if needs_preload(stream) and not entry.per_client:
                 with open_client(cfg.index, cfg.transport, uris) as index:
                     preload(index, stream)
             yield cfg, uris

@@ -405,3 +405,20 @@ def flush(url: str, cluster: bool = False) -> None:
         plain.flushall()
     finally:
         plain.close()
+
+
+@contextmanager
+def session(options: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The redis backend's run session (its registry entry): ``options`` ready for any number of
+    client processes: unchanged when they name a ``url``; otherwise with the URL of local
+    server(s) started here (``cluster`` shards, or one standalone server), stopped when the
+    block ends."""
+    if options.get("url") is not None:
+        yield dict(options)
+        return
+    servers = start_servers(int(options.get("cluster", 0)))
+    try:
+        yield {**options, "url": servers.url}
+    finally:
+        servers.stop()
+

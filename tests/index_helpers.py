@@ -13,10 +13,10 @@ import kvdm.index as kindex
 from kvdm.transport import TransportConfig, connect
 
 # The native backends every index suite runs (over shm on the host, over verbs in the SoftRoCE
-# guest through the `fabric` fixture), and those that keep key order (range queries): a new
-# backend joins all of them here.
-NATIVE_BACKENDS = ["chime", "sherman", "race"]
-ORDERED_BACKENDS = ["chime", "sherman"]
+# guest through the `fabric` fixture), and those that keep key order (range queries), from the
+# registry: a new remote-memory index joins them by its registry entry.
+NATIVE_BACKENDS = kindex.backends(remote_memory=True)
+ORDERED_BACKENDS = kindex.backends(remote_memory=True, ordered=True)
 
 
 def make_keys(ints: Any, key_bytes: int) -> np.ndarray:

@@ -33,6 +33,8 @@ import argparse
 import multiprocessing as mp
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -49,7 +51,7 @@ from .cli import CommandFailed, UsageError, choices_type, group
 from .cmd_replay import RETRY_COUNTERS, add_index_options, derived_columns, index_spec
 from .metrics import Histogram
 from .options import add_transport_options, transport_config
-from .replay import DRIVERS, backend_session, open_client, use_c_driver
+from .replay import DRIVERS, LAUNCHERS, backend_session, open_client, use_c_driver
 
 OPS = ("get", "put", "mixed", "chain")
 #: flags of --op chain only (argparse dests; None when not given)
@@ -114,6 +116,10 @@ def register(sub: Any) -> None:
                    help="measuring loop: c (native indexes: calls generated in chunks, each run and timed in C), "
                    "python (one Python call per index call), auto (c where the backend has it; default)")
     p.add_argument("--threads", type=int, default=1, help="threads per client process, a handle each (default 1)")
+    p.add_argument("--launcher", type=choices_type(LAUNCHERS, "launcher"), default="local",
+                   help="local (client processes on this host; default) or mpi (`mpirun -np N kvdm bench index "
+                   "--launcher mpi ...`: each rank is a client, rank 0 preloads and reports; --clients is the "
+                   "world size, one thread per rank)")
     p.add_argument("--hot-keys", type=int, default=0,
                    help="puts update keys drawn from the first N preloaded keys (0: insert new keys; default 0)")
     p.add_argument("--handover", action="store_true",
@@ -285,25 +291,16 @@ def cmd_bench_index(args: argparse.Namespace) -> int:
     cfg = BenchIndexConfig(index_spec(args, args.key_bytes), transport_config(args), args.keys, args.op,
                            args.clients, args.batch, args.seconds, args.read_ratio, seed=args.seed,
                            threads=args.threads, hot_keys=args.hot_keys, handover=args.handover, driver=args.driver)
+    if args.launcher == "mpi":
+        got = _run_ranks(cfg, args)
+        if got is None:  # a rank other than 0: rank 0 reports
+            return 0
+        cfg, results = got
+    else:
+        with _shared(cfg, args) as (cfg, uris, owner):
+            results = _run_clients(cfg, uris) if not backend_entry(cfg.index.name).per_client \
+                else [_run_inline(cfg, owner)]
     native = remote_memory(cfg.index.name)
-    print(f"# kvdm bench index: {cfg.index.name} {cfg.index.options or ''}, {cfg.keys:,} keys of "
-          f"{args.key_bytes} B, op {cfg.op}, {cfg.clients} client(s) x {cfg.threads} thread(s), "
-          f"{cfg.batch} key(s)/call, {cfg.seconds:g} s, hot keys {cfg.hot_keys or 'none'}, "
-          f"handover {'on' if cfg.handover else 'off'}")
-    if native:
-        print(f"# transport: {cfg.transport.describe()}")
-    with backend_session(cfg.index, cfg.transport) as (uris, shared):
-        cfg = replace(cfg, index=shared)
-        owner = open_client(cfg.index, cfg.transport, uris)
-        t0 = time.perf_counter()
-        for i in range(0, cfg.keys, PRELOAD_BATCH):
-            n = min(PRELOAD_BATCH, cfg.keys - i)
-            owner.put(make_keys(i, n, cfg.index.key_bytes), np.arange(i, i + n, dtype=np.uint64))
-        load_s = time.perf_counter() - t0
-        print(f"# preload: {cfg.keys:,} keys in {load_s:.2f} s ({cfg.keys / load_s / 1e6:.3f} M keys/s, "
-              f"batches of {PRELOAD_BATCH})")
-        results = _run_clients(cfg, uris) if not backend_entry(cfg.index.name).per_client else [_run_inline(cfg, owner)]
-        owner.close()
     lat = np.concatenate([r[0] for r in results])
     counters: dict[str, int] = {}
     for _, c, _ in results:
@@ -335,6 +332,70 @@ def cmd_bench_index(args: argparse.Namespace) -> int:
     print(f"# retries counted: {', '.join(c for c in RETRY_COUNTERS if c in counters) or 'none reported'}; "
           f"latency is per call, measured {clock}")
     return 0
+
+
+@contextmanager
+def _shared(cfg: BenchIndexConfig, args: argparse.Namespace) -> Iterator[tuple[BenchIndexConfig, list[str], Any]]:
+    """The run's header, its backend session and the preloaded index (the owner handle),
+    for the duration of the block: what every launcher's clients share."""
+    print(f"# kvdm bench index: {cfg.index.name} {cfg.index.options or ''}, {cfg.keys:,} keys of "
+          f"{args.key_bytes} B, op {cfg.op}, {cfg.clients} client(s) x {cfg.threads} thread(s), "
+          f"{cfg.batch} key(s)/call, {cfg.seconds:g} s, hot keys {cfg.hot_keys or 'none'}, "
+          f"handover {'on' if cfg.handover else 'off'}" + (", MPI ranks" if args.launcher == "mpi" else ""))
+    if remote_memory(cfg.index.name):
+        print(f"# transport: {cfg.transport.describe()}")
+    with backend_session(cfg.index, cfg.transport) as (uris, shared):
+        cfg = replace(cfg, index=shared)
+        owner = open_client(cfg.index, cfg.transport, uris)
+        try:
+            t0 = time.perf_counter()
+            for i in range(0, cfg.keys, PRELOAD_BATCH):
+                n = min(PRELOAD_BATCH, cfg.keys - i)
+                owner.put(make_keys(i, n, cfg.index.key_bytes), np.arange(i, i + n, dtype=np.uint64))
+            load_s = time.perf_counter() - t0
+            print(f"# preload: {cfg.keys:,} keys in {load_s:.2f} s ({cfg.keys / load_s / 1e6:.3f} M keys/s, "
+                  f"batches of {PRELOAD_BATCH})")
+            yield cfg, uris, owner
+        finally:
+            owner.close()
+
+
+def _run_ranks(cfg: BenchIndexConfig, args: argparse.Namespace) -> tuple[BenchIndexConfig, list[Any]] | None:
+    """The clients as the ranks of an MPI job (launch_mpi.run_ranks): rank 0 sets up and gets
+    every rank's result; None on the other ranks."""
+    from .launch_mpi import run_ranks, world
+
+    size = world().size
+    if args.threads != 1 or args.handover or backend_entry(cfg.index.name).per_client:
+        raise UsageError("--launcher mpi runs one client (one thread) per rank, on a backend clients share: "
+                         "leave out --threads and --handover")
+    if args.clients not in (1, size):  # 1 is the flag's default
+        raise UsageError(f"--clients {args.clients} with --launcher mpi: the clients are the MPI ranks "
+                         f"(mpirun -np {size}); leave --clients out")
+    cfg = replace(cfg, clients=size)
+
+    @contextmanager
+    def setup() -> Iterator[tuple[BenchIndexConfig, list[str]]]:
+        with _shared(cfg, args) as (run_cfg, uris, _):
+            yield run_cfg, uris
+
+    def client(payload: tuple[BenchIndexConfig, list[str]], rank: int, start: Any) -> Any:
+        run_cfg, uris = payload
+        try:
+            index = open_client(run_cfg.index, run_cfg.transport, uris)
+            try:
+                return measure(run_cfg, index, rank, start)
+            finally:
+                index.close()
+        except Exception as exc:
+            start.abort()
+            return f"rank {rank}: {type(exc).__name__}: {exc}"
+
+    got = run_ranks(setup, client, lambda results: "; ".join(r for r in results if isinstance(r, str)))
+    if got is None:
+        return None
+    (run_cfg, _), results = got
+    return run_cfg, results
 
 
 def _run_inline(cfg: BenchIndexConfig, index: Any) -> tuple[np.ndarray, dict[str, int], int]:

@@ -65,3 +65,18 @@ def test_a_set_up_failure_ends_every_rank(tmp_path: Path) -> None:
 def test_clients_must_match_the_world(tmp_path: Path) -> None:
     run = replay(tmp_path / "x", "--clients", "3", ranks=2)
     assert run.returncode != 0 and "--clients 3 with --launcher mpi" in run.stderr
+
+
+def test_bench_index_on_ranks() -> None:
+    """kvdm bench index --launcher mpi: each rank a client, rank 0 preloads and reports."""
+    run = subprocess.run(MPIRUN + ["-np", "2"] + KVDM + ["bench", "index", "--launcher", "mpi", "--index", "sherman",
+                                                         "--keys", "20000", "--seconds", "0.5", "--batch", "8"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.stdout.count("# kvdm bench index") == 1 and "2 client(s) x 1 thread(s)" in run.stdout
+    header = next(i for i, line in enumerate(run.stdout.splitlines()) if line.lstrip().startswith("Mops"))
+    row = run.stdout.splitlines()[header + 1].split()
+    assert float(row[1]) > 0 and abs(float(row[6]) - 1.0) < 0.2  # Mkeys/s; READ/key: one leaf read per get
+    bad = subprocess.run(MPIRUN + ["-np", "2"] + KVDM + ["bench", "index", "--launcher", "mpi", "--threads", "2"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "one client (one thread) per rank" in bad.stderr

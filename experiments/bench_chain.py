@@ -204,8 +204,8 @@ def _call_stream(kind: int, keys: np.ndarray, n: int, calls: int) -> Any:
 def time_calls(cfg: ChainConfig, index: Any, op: str, keys: np.ndarray, n: int) -> _Timed:
     """Run one call per chain of ``n`` keys (``keys`` holds the chains back to back): LPM or
     chain insert, each call timed as the module docstring says."""
-    from kvdm.traces.mapping import OP_INSERT as K_INSERT
-    from kvdm.traces.mapping import OP_PREFIX
+    from kvdm.traces import OP_INSERT as K_INSERT
+    from kvdm.traces import OP_PREFIX
 
     calls = keys.shape[0] // n
     native = remote_memory(index.name)

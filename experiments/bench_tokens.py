@@ -32,9 +32,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from kvdm.index import IndexSpec, remote_memory
-from kvdm.index.tokens import TokenIndex
-from kvdm.traces.tokens import VOCAB
+from kvdm.index import IndexSpec, TokenIndex, remote_memory
+from kvdm.traces import VOCAB
 from kvdm.transport import TransportConfig
 
 from .metrics import Histogram

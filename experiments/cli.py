@@ -103,7 +103,7 @@ non_negative = real(0, what="a number >= 0")
 
 def size(text: str) -> int:
     """argparse type: a positive byte size or count with an optional K/M/G/T suffix (4G, 512MiB, 1M)."""
-    from kvdm.transport.config import parse_size
+    from kvdm.transport import parse_size
 
     try:
         value = parse_size(text)
@@ -126,7 +126,7 @@ class KvdmParser(argparse.ArgumentParser):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        from kvdm.transport.config import parse_size
+        from kvdm.transport import parse_size
 
         self._negative_number_matcher = _NEGATIVE_VALUE
         # argparse looks a flag's type up in this registry first: these replace the builtins

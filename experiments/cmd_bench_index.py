@@ -150,7 +150,7 @@ def _client(cfg: BenchIndexConfig, uris: list[str], client: int, barrier: Any, o
     """One client process: cfg.threads threads, each with its own handle, one result each."""
     spec = cfg.index
     if cfg.handover:
-        from kvdm.index.native import LocalLockTable
+        from kvdm.index import LocalLockTable
 
         spec = replace(spec, options={**spec.options, "local_locks": LocalLockTable()})
 
@@ -193,7 +193,7 @@ class _Workload:
         self.next_new = cfg.keys + client * (1 << 40)
 
     def chunk(self, n: int) -> _CallStream:
-        from kvdm.traces.mapping import OP_GET, OP_INSERT
+        from kvdm.traces import OP_GET, OP_INSERT
 
         cfg, rng, b, kb = self.cfg, self.rng, self.cfg.batch, self.cfg.index.key_bytes
         is_get = np.full(n, cfg.op == "get") if cfg.op != "mixed" else rng.random(n) < cfg.read_ratio
@@ -215,7 +215,7 @@ def measure(cfg: BenchIndexConfig, index: Any, client: int, barrier: Any) -> tup
     """The measuring loop: returns per-call latencies (ns), counter deltas, keys touched."""
     if use_c_driver(cfg, index):
         return _measure_c(cfg, index, client, barrier)
-    from kvdm.traces.mapping import OP_GET
+    from kvdm.traces import OP_GET
 
     work = _Workload(cfg, client)
     virtual = cfg.transport.latency_model == "virtual" and remote_memory(cfg.index.name)
@@ -456,8 +456,7 @@ def chain_config(args: argparse.Namespace) -> Any:
                          "(not --lpm, --index-opt lpm=... or --redis-prefix)")
     specs = [backend_spec(args, b, opts, len(backends) > 1) for b in backends]
     if len(backends) > 1:
-        from kvdm.index.native import DEFAULTS as NATIVE_OPTIONS
-        from kvdm.index.redis_index import RedisOptions
+        from kvdm.index import NATIVE_OPTIONS, RedisOptions
 
         known = set(NATIVE_OPTIONS) - {"local_locks"} if any(remote_memory(b) for b in backends) else set()
         known |= {f.name for f in fields(RedisOptions)} if "redis" in backends else set()
@@ -485,13 +484,13 @@ def backend_spec(args: argparse.Namespace, backend: str, opts: dict[str, Any], s
 
     options: dict[str, Any] = {}
     if remote_memory(backend):
-        from kvdm.index.native import DEFAULTS as NATIVE_OPTIONS
+        from kvdm.index import NATIVE_OPTIONS
 
         if args.cache_mb is not None:
             options["cache_mb"] = args.cache_mb
         options.update({k: v for k, v in opts.items() if not several or k in NATIVE_OPTIONS})
     elif backend == "redis":
-        from kvdm.index.redis_index import RedisOptions
+        from kvdm.index import RedisOptions
 
         options.update({k: v for k, v in opts.items() if not several or k in {f.name for f in fields(RedisOptions)}})
         options.update(options_redis.redis_options(args, start_local=False))

@@ -6,8 +6,8 @@ import argparse
 import time
 from typing import Any
 
+from kvdm.index import TOKEN_KEY_SCHEMES as KEY_SCHEMES
 from kvdm.index import available
-from kvdm.index.tokens import KEY_SCHEMES
 
 from .bench_tokens import LENGTHS, TokensConfig, run_tokens
 from .cli import CommandFailed, UsageError, choices_type, count, group, real

@@ -93,7 +93,7 @@ def check_devices() -> Check:
     try:
         from pyverbs.device import Context
 
-        from kvdm.transport.verbs_memnode import gid_ipv4, gid_text, pick_gid, pyverbs_enums, query_gids
+        from kvdm.transport import gid_ipv4, gid_text, pick_gid, pyverbs_enums, query_gids
 
         e = pyverbs_enums()
         states = {e.IBV_PORT_ACTIVE: "ACTIVE", e.IBV_PORT_DOWN: "DOWN", e.IBV_PORT_INIT: "INIT"}

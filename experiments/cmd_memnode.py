@@ -8,8 +8,7 @@ import sys
 import time
 from typing import Any
 
-from kvdm.transport.config import TRANSPORTS, parse_size
-from kvdm.transport.lifecycle import stop_on_signals
+from kvdm.transport import TRANSPORTS, parse_size, stop_on_signals
 
 from .cli import choices_type, group, integer, size
 
@@ -52,7 +51,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from kvdm.transport import verbs_memnode  # type: ignore[attr-defined]
 
         return int(verbs_memnode.serve(args) or 0)
-    from kvdm.transport.memnode import ShmMemoryNode
+    from kvdm.transport import ShmMemoryNode
 
     stopped = stop_on_signals()  # before the region exists: a SIGTERM right after the announcement removes it
     node = ShmMemoryNode(args.size, args.node_id, args.name)
@@ -68,7 +67,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from kvdm.transport.memnode import list_regions
+    from kvdm.transport import list_regions
 
     regions = list_regions()
     if not regions:
@@ -80,7 +79,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_clean(args: argparse.Namespace) -> int:
-    from kvdm.transport.memnode import clean
+    from kvdm.transport import clean
 
     names = clean(all_regions=args.all, dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"

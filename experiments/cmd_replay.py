@@ -10,12 +10,10 @@ from typing import Any
 
 import pandas as pd
 
-from kvdm.index import IndexSpec, available, backend, remote_memory
+from kvdm.index import LPM_STRATEGIES, TOKEN_KEY_SCHEMES, IndexSpec, available, backend, remote_memory
 from kvdm.index import backends as registered
-from kvdm.index.native import LPM_STRATEGIES
-from kvdm.index.tokens import KEY_SCHEMES as TOKEN_KEY_SCHEMES
-from kvdm.traces.mapping import INSERT_MODES as INSERTS
-from kvdm.traces.mapping import KEY_SCHEMES, MAPPINGS, RANGE_SEMANTICS, key_bytes_of
+from kvdm.traces import INSERT_MODES as INSERTS
+from kvdm.traces import KEY_SCHEMES, MAPPINGS, RANGE_SEMANTICS, key_bytes_of
 
 from .cli import UsageError, choices_type, count, count0, non_negative, positive
 from .cmd_traces import add_trace_options, load_trace_from_args, trace_options
@@ -239,7 +237,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     def prepare() -> Any:
         """Read, check and map the trace, then print the header: its errors come alone."""
-        from kvdm.traces.mapping import OP_RANGE
+        from kvdm.traces import OP_RANGE
 
         trace = load_trace_from_args(args)
         stream = load_stream(cfg, trace)

@@ -12,7 +12,7 @@ import sys
 import time
 from typing import Any
 
-from kvdm.traces.loaders import ARRIVALS, FORMATS, Trace, TraceOptions
+from kvdm.traces import ARRIVALS, FORMATS, Trace, TraceOptions
 
 from .cli import UsageError, choices_type, count0, group, positive
 
@@ -53,14 +53,13 @@ def trace_options(args: argparse.Namespace) -> TraceOptions:
 
 def load_trace_from_args(args: argparse.Namespace) -> Trace:
     """Load the trace named by :func:`add_trace_options` flags (warnings on stderr)."""
-    from kvdm.traces.registry import load
+    from kvdm.traces import load
 
     return load(args.trace, trace_options(args))
 
 
 def register(sub: Any) -> None:
-    from kvdm.traces.generators import KINDS
-    from kvdm.traces.mapping import INSERT_MODES, KEY_SCHEMES, MAPPINGS
+    from kvdm.traces import INSERT_MODES, KEY_SCHEMES, KINDS, MAPPINGS
 
     g = group(sub, "traces", "KV-cache traces: list, characterise, fetch, generate, map to operations")
     p = g.add_parser("list", help="known trace names and where they resolve")
@@ -77,7 +76,7 @@ def register(sub: Any) -> None:
                      description="Download a known trace (needs internet) into the cache folder "
                      "($KVDM_CACHE_DIR/traces or ~/.cache/kvdm/traces); nothing is kept unless "
                      "the sha256 matches.")
-    from kvdm.traces.registry import KNOWN
+    from kvdm.traces import KNOWN
 
     p.add_argument("name", type=choices_type(tuple(KNOWN), "trace"), help=", ".join(KNOWN))
     p.add_argument("--url", help="download from this URL instead (a mirror, or file:// for an offline copy)")
@@ -89,7 +88,7 @@ def register(sub: Any) -> None:
                      "ycsb-uniform, ycsb-zipf. Written as Mooncake JSONL (gzip if OUT ends in .gz).")
     p.add_argument("kind", type=choices_type(KINDS, "generator"), help=", ".join(KINDS))
     p.add_argument("--out", required=True, help="output file (.jsonl or .jsonl.gz)")
-    from kvdm.traces.generators import GenConfig
+    from kvdm.traces import GenConfig
 
     for f in dataclasses.fields(GenConfig):
         if f.name != "kind":
@@ -112,7 +111,7 @@ def register(sub: Any) -> None:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from kvdm.traces.registry import KNOWN, find, search_dirs
+    from kvdm.traces import KNOWN, find, search_dirs
 
     print("searched, in order: " + ", ".join(map(str, search_dirs())))
     for name, info in KNOWN.items():
@@ -123,7 +122,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    from kvdm.traces.characterise import RUNS_TEST_VARIANT, compute_stats
+    from kvdm.traces import RUNS_TEST_VARIANT, compute_stats
 
     t0 = time.perf_counter()
     trace = load_trace_from_args(args)
@@ -143,7 +142,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
-    from kvdm.traces.registry import FetchError, fetch
+    from kvdm.traces import FetchError, fetch
 
     try:
         path = fetch(args.name, url=args.url, force=args.force)
@@ -155,8 +154,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from kvdm.traces.generators import GenConfig, generate
-    from kvdm.traces.loaders import write_mooncake
+    from kvdm.traces import GenConfig, generate, write_mooncake
 
     cfg = GenConfig(kind=args.kind, **{f.name: getattr(args, f.name) for f in dataclasses.fields(GenConfig)
                                        if f.name != "kind"})
@@ -170,7 +168,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_map(args: argparse.Namespace) -> int:
-    from kvdm.traces.mapping import map_trace
+    from kvdm.traces import map_trace
 
     trace = load_trace_from_args(args)
     t0 = time.perf_counter()

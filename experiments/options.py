@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from kvdm.transport.config import LATENCY_MODELS, TRANSPORTS, TransportConfig, parse_size
+from kvdm.transport import LATENCY_MODELS, TRANSPORTS, TransportConfig, parse_size
 
 from .cli import choices_type, count, non_negative, positive, size
 

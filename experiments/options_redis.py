@@ -22,8 +22,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from kvdm.index.redis_index import PREFIX_MODES, RANGE_MODES
-from kvdm.index.redis_server import session, start_servers
+from kvdm.index import PREFIX_MODES, RANGE_MODES
+from kvdm.index import redis_session as session
+from kvdm.index import start_redis_servers as start_servers
 
 from .cli import UsageError, choices_type
 

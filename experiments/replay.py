@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from kvdm.index import IndexSpec, backend, open_spec, remote_memory
-from kvdm.traces.loaders import TraceOptions
+from kvdm.traces import TraceOptions
 from kvdm.transport import TransportConfig, connect, memory_nodes
 
 from .cli import CommandFailed
@@ -112,7 +112,7 @@ class ReplayConfig:
     def __post_init__(self) -> None:
         parse_mode(self.mode)
         if self.tokens:
-            from kvdm.index.tokens import KEY_SCHEMES as TOKEN_KEY_SCHEMES
+            from kvdm.index import TOKEN_KEY_SCHEMES
 
             if self.key_scheme not in TOKEN_KEY_SCHEMES:
                 raise ValueError(f"--tokens keys chunks by a hash of their tokens: --key-scheme "
@@ -172,13 +172,12 @@ class ClientResult:
 
 def load_stream(cfg: ReplayConfig, trace: Any = None) -> Any:
     """The operation stream of ``cfg``'s trace (loaded with ``cfg.trace_options`` unless given)."""
-    from kvdm.traces.mapping import map_trace
-    from kvdm.traces.registry import load
+    from kvdm.traces import load, map_trace
 
     trace = load(cfg.trace, cfg.trace_options) if trace is None else trace
     if cfg.tokens:
-        from kvdm.index.tokens import ChunkKeys
-        from kvdm.traces.tokens import token_stream
+        from kvdm.index import ChunkKeys
+        from kvdm.traces import token_stream
 
         keyer = ChunkKeys(cfg.chunk_tokens or trace.block_tokens, cfg.key_scheme, partial_chunks=True)
         stream, info = token_stream(trace, keyer, cfg.inserts)
@@ -189,7 +188,7 @@ def load_stream(cfg: ReplayConfig, trace: Any = None) -> Any:
 
 def _op_hits(index: Any, stream: Any, j: int, kind: int, keys: np.ndarray) -> int:
     """Run op j against ``index``; returns the hits it saw (-1 for inserts)."""
-    from kvdm.traces.mapping import OP_GET, OP_INSERT, OP_PREFIX, OP_RANGE
+    from kvdm.traces import OP_GET, OP_INSERT, OP_PREFIX, OP_RANGE
 
     if kind == OP_GET:
         return int(index.get(keys)[1].sum())
@@ -414,7 +413,7 @@ def shared_backend(cfg: ReplayConfig, stream: Any, quiet: bool = False) -> Itera
         entry = backend(cfg.index.name)
         if entry.remote_memory:  # create the index (and its root) before the clients attach to it
             owner = open_client(cfg.index, cfg.transport, uris)
-            from kvdm.traces.mapping import OP_RANGE
+            from kvdm.traces import OP_RANGE
 
             if not owner.ordered and bool((stream.kind == OP_RANGE).any()):
                 owner.close()
@@ -518,7 +517,7 @@ def preload(index: Any, stream: Any) -> None:
 
 def summarise(cfg: ReplayConfig, stream: Any, clients: list[ClientResult], interrupted: bool = False) -> RunResults:
     """Merge the clients' measurements into per-(bin, op) rows and histograms."""
-    from kvdm.traces.mapping import OP_NAMES
+    from kvdm.traces import OP_NAMES
 
     ops = np.concatenate([c.ops for c in clients]) if clients else np.zeros(0, np.int64)
     lat = np.concatenate([c.latency_ns for c in clients]) if clients else np.zeros(0, np.int64)
@@ -601,7 +600,7 @@ def summarise(cfg: ReplayConfig, stream: Any, clients: list[ClientResult], inter
 def token_summary(stream: Any, ops: np.ndarray, hits: np.ndarray, req_of_op: np.ndarray) -> dict[str, Any]:
     """A token-level run's hits in tokens, over the requests whose prefix match ran, beside the
     block-level ground truth of the same requests (equal when chunks are blocks)."""
-    from kvdm.traces.mapping import OP_PREFIX
+    from kvdm.traces import OP_PREFIX
 
     info = stream.tokens
     pm = stream.kind[ops] == OP_PREFIX

@@ -18,8 +18,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 (the backend must be chosen first)
 import numpy as np  # noqa: E402
 
+from kvdm.traces import Trace  # noqa: E402
 from kvdm.traces import characterise as ch  # noqa: E402
-from kvdm.traces.loaders import Trace  # noqa: E402
 
 PAPER_COLOR = "tab:red"
 

@@ -159,7 +159,36 @@ def open_spec(spec: IndexSpec, transport: Any = None) -> Index:
     return open(spec.name, transport, spec.key_bytes, **spec.options)
 
 
+# The rest of the public face, imported on first use (PEP 562), so importing kvdm.index stays cheap
+# and other folders import from here, never from its modules.
+_LAZY: dict[str, str] = {
+    "ChunkKeys": ".tokens",
+    "NATIVE_OPTIONS": ".native:DEFAULTS",
+    "TOKEN_KEY_SCHEMES": ".tokens:KEY_SCHEMES",
+    "LPM_STRATEGIES": ".native",
+    "LocalLockTable": ".native",
+    "PREFIX_MODES": ".redis_index",
+    "RANGE_MODES": ".redis_index",
+    "RedisIndex": ".redis_index",
+    "RedisOptions": ".redis_index",
+    "TokenIndex": ".tokens",
+    "flush_redis": ".redis_server:flush",
+    "redis_session": ".redis_server:session",
+    "start_redis_servers": ".redis_server:start_servers",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module, _, attr = module.partition(":")  # ".module" or ".module:its_name"
+    value = getattr(importlib.import_module(module, __name__), attr or name)
+    globals()[name] = value
+    return value
+
+
 __all__ = [
     "ENTRY_POINT_GROUP", "KEY_WIDTHS", "Backend", "Index", "IndexSpec", "RangeNotSupported", "as_keys",
-    "as_values", "available", "backend", "backends", "open", "open_spec", "register", "remote_memory",
+    "as_values", "available", "backend", "backends", "open", "open_spec", "register", "remote_memory", *_LAZY,
 ]

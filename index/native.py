@@ -64,7 +64,7 @@ from typing import Any
 import numpy as np
 
 from kvdm.native import ffi, lib
-from kvdm.transport.dm import DMContext, Timeout, raise_for
+from kvdm.transport import DMContext, Timeout, raise_for
 
 from .api import Index, RangeNotSupported, as_keys, as_values
 

@@ -40,7 +40,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from kvdm.transport.lifecycle import on_exit, pid_running
+from kvdm.transport import on_exit, pid_running
 
 HOST = "127.0.0.1"
 SLOTS = 16384

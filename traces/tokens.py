@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kvdm.index.tokens import ChunkKeys
+from kvdm.index import ChunkKeys
 
 from .loaders import Trace
 from .mapping import OP_PREFIX, OpStream, key_codes, map_trace, mix64

@@ -431,53 +431,88 @@ def shared_backend(cfg: ReplayConfig, stream: Any, quiet: bool = False) -> Itera
                 owner.close()
 
 
-def replay(cfg: ReplayConfig, stream: Any = None, quiet: bool = False) -> RunResults:
-    """Run a replay with its clients as local processes and return its results (the caller
-    writes them). ``kvdm.experiments.launch_mpi`` runs them as MPI ranks instead."""
-    if stream is None:
-        stream = load_stream(cfg)
-    mpc = mp.get_context("spawn")
-    interrupted = False
-    with shared_backend(cfg, stream, quiet) as (cfg, uris):
-        stop, progress_q, results_q = mpc.Event(), mpc.Queue(), mpc.Queue()
-        start = mpc.Barrier(cfg.clients)
-        start_at = time.time()
-        procs = [mpc.Process(target=_client_main, args=(cfg, c, uris, stream, start, stop, progress_q, results_q),
-                             daemon=True) for c in range(cfg.clients)]
-        for p in procs:
+class LocalReplay:
+    """A replay whose clients are processes on this host, phase by phase:
+
+    1. ``shared_backend``: the backend session, the index created, the preload;
+    2. :meth:`start_clients`: one spawned process per client, held at a start barrier;
+    3. :meth:`collect`: their results, with progress; Ctrl-C stops them after their current
+       chunk of requests and keeps what they measured;
+    4. :meth:`stop_clients`: join them (terminate a straggler);
+    5. ``finish``: the merged results (or what failed).
+
+    ``kvdm.experiments.launch_mpi`` runs the same phases with MPI ranks as the clients."""
+
+    def __init__(self, cfg: ReplayConfig, stream: Any = None, quiet: bool = False) -> None:
+        self.cfg, self.quiet = cfg, quiet
+        self.stream = load_stream(cfg) if stream is None else stream
+        self.mpc = mp.get_context("spawn")
+        self.procs: list[Any] = []
+        self.interrupted = False
+
+    def run(self) -> RunResults:
+        """Every phase; returns the results (the caller writes them)."""
+        with shared_backend(self.cfg, self.stream, self.quiet) as (cfg, uris):
+            self.start_clients(cfg, uris)
+            try:
+                collected = self.collect(cfg)
+            finally:
+                self.stop_clients()
+        return finish(cfg, self.stream, collected, self.interrupted)
+
+    def start_clients(self, cfg: ReplayConfig, uris: list[str]) -> None:
+        mpc = self.mpc
+        self.stop, self.progress_q, self.results_q = mpc.Event(), mpc.Queue(), mpc.Queue()
+        self.start = mpc.Barrier(cfg.clients)
+        self.prog = Progress(self.stream.n_requests, cfg.clients, time.time())
+        self.procs = [mpc.Process(target=_client_main, daemon=True,
+                                  args=(cfg, c, uris, self.stream, self.start, self.stop, self.progress_q,
+                                        self.results_q)) for c in range(cfg.clients)]
+        for p in self.procs:
             p.start()
-        prog = Progress(stream.n_requests, cfg.clients, start_at)
+
+    def collect(self, cfg: ReplayConfig) -> list[ClientResult]:
+        """Every client's result (those that reported, after Ctrl-C), showing progress."""
         collected: list[ClientResult] = []
         try:
             while len(collected) < cfg.clients:
-                _drain(progress_q, prog)
-                if not quiet:
-                    prog.show()
+                self._show()
                 try:
-                    collected.append(results_q.get(timeout=0.2))
+                    collected.append(self.results_q.get(timeout=0.2))
                 except queue.Empty:
-                    if any(p.exitcode for p in procs):
-                        start.abort()  # a client crashed: do not keep the others at the start barrier
-                    if not any(p.is_alive() for p in procs) and results_q.empty():
+                    if any(p.exitcode for p in self.procs):
+                        self.start.abort()  # a client crashed: do not keep the others at the start barrier
+                    if not any(p.is_alive() for p in self.procs) and self.results_q.empty():
                         raise CommandFailed("a replay client died without reporting (see its error above)") from None
         except KeyboardInterrupt:
-            interrupted = True
-            stop.set()
-            start.abort()
+            self.interrupted = True
+            self.stop.set()
+            self.start.abort()
             print("\nkvdm: interrupted: stopping the clients and writing what was measured", file=sys.stderr)
             while len(collected) < cfg.clients:
                 try:
-                    collected.append(results_q.get(timeout=30))
+                    collected.append(self.results_q.get(timeout=30))
                 except queue.Empty:
                     break
-        _drain(progress_q, prog)
-        if not quiet:
-            prog.show(final=True)
-        for p in procs:
+        self._show(final=True)
+        return collected
+
+    def _show(self, final: bool = False) -> None:
+        _drain(self.progress_q, self.prog)
+        if not self.quiet:
+            self.prog.show(final=final)
+
+    def stop_clients(self) -> None:
+        for p in self.procs:
             p.join(10)
             if p.is_alive():
                 p.terminate()
-    return finish(cfg, stream, collected, interrupted)
+
+
+def replay(cfg: ReplayConfig, stream: Any = None, quiet: bool = False) -> RunResults:
+    """Run a replay with its clients as local processes (:class:`LocalReplay`) and return its
+    results (the caller writes them)."""
+    return LocalReplay(cfg, stream, quiet).run()
 
 
 def client_errors(collected: list[ClientResult]) -> str:

@@ -530,11 +530,13 @@ static void arg_key_at(kvdm_redis *r, const keys_arg *k, size_t i) {
     arg_raw_key(r, raw);
 }
 
-static int build_get(kvdm_redis *r, void *a, size_t i) {
-    arg_str(r, "GET");
+static int build_key_cmd(kvdm_redis *r, const char *cmd, void *a, size_t i) {
+    arg_str(r, cmd);
     arg_key_at(r, a, i);
     return DM_OK;
 }
+
+static int build_get(kvdm_redis *r, void *a, size_t i) { return build_key_cmd(r, "GET", a, i); }
 
 static int take_get(kvdm_redis *r, void *a, size_t i, const redisReply *rep) {
     keys_arg *k = a;
@@ -583,11 +585,7 @@ static int redis_put(void *h, const uint8_t *keys, const uint64_t *vals, size_t 
     return run_cmds(r, n + zadds, build_put, take_nothing, &k);
 }
 
-static int build_exists(kvdm_redis *r, void *a, size_t i) {
-    arg_str(r, "EXISTS");
-    arg_key_at(r, a, i);
-    return DM_OK;
-}
+static int build_exists(kvdm_redis *r, void *a, size_t i) { return build_key_cmd(r, "EXISTS", a, i); }
 
 static int take_exists(kvdm_redis *r, void *a, size_t i, const redisReply *rep) {
     keys_arg *k = a;

@@ -165,20 +165,28 @@ def _move_slot(cluster: RedisClusterServers, slot: int, to: int) -> None:
             c.close()
 
 
+def empty_slot_key(idx, cluster) -> tuple[int, int, int, bytes]:
+    """A key whose slot holds nothing yet (so it can move), its slot, the shard owning it and
+    the key's Redis name."""
+    ports = [s.port for s in cluster.servers]
+    for k in range(1, 1000):
+        name = idx._names(idx._raw(np.array([k], dtype=np.uint64)))[0]
+        slot = idx._client.keyslot(name)
+        owner = ports.index(idx._client.nodes_manager.get_node_from_slot(slot).port)
+        probe = cluster.servers[owner].client()
+        empty = probe.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) == 0
+        probe.close()
+        if empty:
+            return k, slot, owner, name
+    raise AssertionError("no empty slot among the first 999 keys")
+
+
 def test_a_moved_slot_is_followed(cluster):
     """The index's slot map goes stale (the slot moves to another shard after it connected):
     MOVED replies are followed and every batched op still gives the right answer."""
     with RedisIndex(8, url=cluster.url, cluster=SHARDS, pipeline=4, namespace="mv:") as idx:
+        k, slot, owner, name = empty_slot_key(idx, cluster)
         ports = [s.port for s in cluster.servers]
-        for k in range(1, 1000):  # a key whose slot holds nothing yet, so it can move
-            name = idx._names(idx._raw(np.array([k], dtype=np.uint64)))[0]
-            slot = idx._client.keyslot(name)
-            owner = ports.index(idx._client.nodes_manager.get_node_from_slot(slot).port)
-            probe = cluster.servers[owner].client()
-            empty = probe.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) == 0
-            probe.close()
-            if empty:
-                break
         to = (owner + 1) % SHARDS
         _move_slot(cluster, slot, to)
         try:

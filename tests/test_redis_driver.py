@@ -237,19 +237,10 @@ def test_a_flushed_script_is_loaded_again(server) -> None:
 
 
 def test_c_driver_follows_a_moved_slot(cluster) -> None:
-    from test_redis_cluster import _move_slot
+    from test_redis_cluster import _move_slot, empty_slot_key
 
     with RedisIndex(8, url=cluster.url, cluster=SHARDS, namespace=f"m{next(_names)}:") as idx:
-        ports = [s.port for s in cluster.servers]
-        for k in range(1, 1000):  # a key whose slot holds nothing yet, so it can move
-            name = idx._names(idx._raw(np.array([k], dtype=np.uint64)))[0]
-            slot = idx._client.keyslot(name)
-            owner = ports.index(idx._client.nodes_manager.get_node_from_slot(slot).port)
-            probe = cluster.servers[owner].client()
-            empty = probe.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) == 0
-            probe.close()
-            if empty:
-                break
+        k, slot, owner, name = empty_slot_key(idx, cluster)
         idx._c_client()  # the C client takes the slot map now, before the slot moves
         _move_slot(cluster, slot, (owner + 1) % SHARDS)
         try:

@@ -15,55 +15,29 @@ Typical use (other folders import from here, never from the modules)::
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from .characterise import PAPER, RUNS_TEST_VARIANT, compute_stats
+from .generators import KINDS, GenConfig, generate
+from .loaders import ARRIVALS, FORMATS, Trace, TraceFormatError, TraceOptions, write_mooncake
+from .mapping import (
+    INSERT_MODES,
+    KEY_SCHEMES,
+    MAPPINGS,
+    OP_GET,
+    OP_INSERT,
+    OP_NAMES,
+    OP_PREFIX,
+    OP_RANGE,
+    RANGE_SEMANTICS,
+    OpStream,
+    key_bytes_of,
+    map_trace,
+)
+from .registry import FIXTURE, KNOWN, FetchError, fetch, find, load, search_dirs
+from .tokens import VOCAB, token_stream
 
-# The public face, imported on first use (PEP 562), so importing kvdm.traces stays cheap.
-_LAZY: dict[str, str] = {
-    "ARRIVALS": ".loaders",
-    "FIXTURE": ".registry",
-    "FORMATS": ".loaders",
-    "FetchError": ".registry",
-    "GenConfig": ".generators",
-    "INSERT_MODES": ".mapping",
-    "KEY_SCHEMES": ".mapping",
-    "KINDS": ".generators",
-    "KNOWN": ".registry",
-    "MAPPINGS": ".mapping",
-    "OP_GET": ".mapping",
-    "OP_INSERT": ".mapping",
-    "OP_NAMES": ".mapping",
-    "OP_PREFIX": ".mapping",
-    "OP_RANGE": ".mapping",
-    "OpStream": ".mapping",
-    "PAPER": ".characterise",
-    "RANGE_SEMANTICS": ".mapping",
-    "RUNS_TEST_VARIANT": ".characterise",
-    "Trace": ".loaders",
-    "TraceFormatError": ".loaders",
-    "TraceOptions": ".loaders",
-    "VOCAB": ".tokens",
-    "compute_stats": ".characterise",
-    "fetch": ".registry",
-    "find": ".registry",
-    "generate": ".generators",
-    "key_bytes_of": ".mapping",
-    "load": ".registry",
-    "map_trace": ".mapping",
-    "search_dirs": ".registry",
-    "token_stream": ".tokens",
-    "write_mooncake": ".loaders",
-}
-
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    module, _, attr = module.partition(":")  # ".module" or ".module:its_name"
-    value = getattr(importlib.import_module(module, __name__), attr or name)
-    globals()[name] = value
-    return value
-
-
-__all__ = sorted(_LAZY)
+__all__ = [
+    "ARRIVALS", "FIXTURE", "FORMATS", "INSERT_MODES", "KEY_SCHEMES", "KINDS", "KNOWN", "MAPPINGS", "OP_GET",
+    "OP_INSERT", "OP_NAMES", "OP_PREFIX", "OP_RANGE", "PAPER", "RANGE_SEMANTICS", "RUNS_TEST_VARIANT", "FetchError",
+    "GenConfig", "OpStream", "Trace", "TraceFormatError", "TraceOptions", "VOCAB", "compute_stats", "fetch", "find",
+    "generate", "key_bytes_of", "load", "map_trace", "search_dirs", "token_stream", "write_mooncake",
+]

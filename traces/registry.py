@@ -30,8 +30,6 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import kvdm.traces
-
 from .loaders import FROM_TRACE, Trace, TraceOptions, load_trace
 
 _MOONCAKE_RAW = "https://raw.githubusercontent.com/kvcache-ai/Mooncake/main/FAST25-release/traces/"
@@ -64,7 +62,7 @@ KNOWN: dict[str, TraceInfo] = {
     )
 }
 
-FIXTURE = Path(kvdm.traces.__file__).resolve().parent / "fixtures" / "conversation_head400.jsonl"
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "conversation_head400.jsonl"
 
 
 class FetchError(RuntimeError):
@@ -81,7 +79,7 @@ def cache_dir() -> Path:
 
 def shared_dir() -> Path:
     """``shared/traces`` beside the checkout (the checkout is /work/<x>/, shared is /work/shared/)."""
-    return Path(kvdm.traces.__file__).resolve().parents[2] / "shared" / "traces"
+    return Path(__file__).resolve().parents[2] / "shared" / "traces"
 
 
 def search_dirs() -> list[Path]:

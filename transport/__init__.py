@@ -9,10 +9,8 @@ Typical use::
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
 from .config import LATENCY_MODELS, TRANSPORTS, TransportConfig, parse_size
 from .dm import (
@@ -27,9 +25,12 @@ from .dm import (
     Timeout,
     TransportUnavailable,
     gaddr,
+    raise_for,
     root_gaddr,
 )
-from .memnode import ShmMemoryNode, embedded_nodes
+from .lifecycle import on_exit, pid_running, stop_on_signals
+from .memnode import ShmMemoryNode, clean, embedded_nodes, list_regions
+from .verbs_memnode import gid_ipv4, gid_text, pick_gid, pyverbs_enums, query_gids
 
 
 @contextmanager
@@ -53,36 +54,11 @@ def connect(config: TransportConfig, uris: list[str]) -> DMContext:
     return DMContext(config.with_nodes(uris))
 
 
-# The rest of the public face, imported on first use (PEP 562), so importing kvdm.transport stays cheap
-# and other folders import from here, never from its modules.
-_LAZY: dict[str, str] = {
-    "ShmMemoryNode": ".memnode",
-    "clean": ".memnode",
-    "gid_ipv4": ".verbs_memnode",
-    "gid_text": ".verbs_memnode",
-    "list_regions": ".memnode",
-    "on_exit": ".lifecycle",
-    "pick_gid": ".verbs_memnode",
-    "pid_running": ".lifecycle",
-    "pyverbs_enums": ".verbs_memnode",
-    "query_gids": ".verbs_memnode",
-    "raise_for": ".dm",
-    "stop_on_signals": ".lifecycle",
-}
-
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    module, _, attr = module.partition(":")  # ".module" or ".module:its_name"
-    value = getattr(importlib.import_module(module, __name__), attr or name)
-    globals()[name] = value
-    return value
-
 
 __all__ = [
     "LATENCY_MODELS", "TRANSPORTS", "AddressError", "BadRegion", "DMContext", "DMError", "InvalidArgument",
     "MemoryNodeFull", "RegionExists", "RegionMissing", "ShmMemoryNode", "Timeout", "TransportConfig",
-    "TransportUnavailable", "connect", "embedded_nodes", "gaddr", "memory_nodes", "parse_size", "root_gaddr", *_LAZY,
+    "TransportUnavailable", "clean", "connect", "embedded_nodes", "gaddr", "gid_ipv4", "gid_text", "list_regions",
+    "memory_nodes", "on_exit", "parse_size", "pick_gid", "pid_running", "pyverbs_enums", "query_gids", "raise_for",
+    "root_gaddr", "stop_on_signals",
 ]

@@ -52,8 +52,11 @@ def fabric(two_hosts_fabric: Fabric) -> Fabric:
 # ---- evidence: the packets cross the veth ------------------------------------------------------
 
 def counters(fabric: Fabric) -> dict[str, int]:
-    """Packet counters of both netdevs (the veth ends) and both rxe devices."""
+    """Packet counters of both netdevs (the veth ends) and both rxe devices. ib_core serves an
+    rxe counter from a cache until a jiffy has passed since the last read (the set-up sets its
+    lifespan to 0 ms) and TCG's timer ticks lag, so wait a little first."""
     assert fabric.client is not None and fabric.server.netdev and fabric.client.netdev
+    time.sleep(0.1)
     out = {}
     for side in (fabric.server, fabric.client):
         stats = Path(f"/sys/class/net/{side.netdev}/statistics")

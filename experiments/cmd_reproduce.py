@@ -26,7 +26,7 @@ def _csv(kind: Any, what: str) -> Any:
 
 
 def register(sub: Any) -> None:
-    from kvdm.traces.mapping import RANGE_SEMANTICS
+    from kvdm.traces import RANGE_SEMANTICS
 
     from .reproduce import STEPS
 
@@ -161,7 +161,7 @@ def same_substrate(args: argparse.Namespace) -> dict[str, Any]:
 def check_inputs(cfg: Any) -> None:
     """What would fail mid-run, checked before anything is written: backends that cannot run a
     step, and every trace (found, and readable)."""
-    from kvdm.traces.registry import load
+    from kvdm.traces import load
 
     replays = [s for s in ("fig3", "load") if s in cfg.steps]
     unordered = [b for b in cfg.backends if not keeps_order(b)]

@@ -126,7 +126,7 @@ class ReproduceConfig:
     def quick_defaults(cls, **overrides: Any) -> ReproduceConfig:
         """The CI-sized version: the 400-request fixture, 0.5-minute bins, a small sweep; the engine
         step at N = 1, 8, 64 with 200 chains and 10,000 background keys (about a second per backend)."""
-        from kvdm.traces.registry import FIXTURE
+        from kvdm.traces import FIXTURE
 
         base = {"quick": True, "traces": (str(FIXTURE),), "fig3_traces": (str(FIXTURE),), "warmup_min": 0.5,
                 "bin_min": 0.5, "clients": (1, 2), "compress": COMPRESS[:-1], "load_duration_s": 2.0,
@@ -230,12 +230,12 @@ class Reproduction:
         self.timings.append((what, time.perf_counter() - t))
 
     def _trace(self, name: str) -> Any:
-        from kvdm.traces.registry import load
+        from kvdm.traces import load
 
         return load(name, limit=self.cfg.limit)
 
     def trace_figures(self) -> None:
-        from kvdm.traces.characterise import compute_stats
+        from kvdm.traces import compute_stats
 
         from .trace_figures import fig1a, fig1b, fig2a, fig2b
 
@@ -248,7 +248,7 @@ class Reproduction:
     def stream(self, name: str) -> Any:
         """The Fig. 3 operation stream of a trace (mapped once, shared by every run)."""
         if name not in self._streams:
-            from kvdm.traces.mapping import map_trace
+            from kvdm.traces import map_trace
 
             log(f"mapping {name}: paper mapping, sha256 keys, {self.cfg.range_semantics} ranges")
             self._streams[name] = map_trace(self._trace(name), "paper", "sha256", "timed",
@@ -293,7 +293,7 @@ class Reproduction:
     def _fresh_redis(self) -> None:
         """Empty the shared server before a run when this reproduction owns it."""
         if self.cfg.redis_options.get("url") is None and self._redis.get("url"):
-            from kvdm.index.redis_server import flush
+            from kvdm.index import flush_redis as flush
 
             flush(self._redis["url"], int(self._redis.get("cluster", 0)) > 0)
 
@@ -645,8 +645,8 @@ def redis_reference(options: dict[str, Any], requests: int, keys: int = 10_000) 
     """redis-benchmark's GET (``REDIS_BENCHMARKS``), then kvdm's GET of one key (of ``keys``
     preloaded 32 B keys, drawn uniformly) through the C loop and through redis-py, back to back
     on the server of ``options``, ``requests // 2`` calls each (after as many untimed)."""
-    from kvdm.index.redis_index import RedisIndex
-    from kvdm.traces.mapping import OP_GET
+    from kvdm.index import RedisIndex
+    from kvdm.traces import OP_GET
 
     from .bench_chain import _call_stream
     from .cmd_bench_index import make_keys

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from kvdm.traces.characterise import PAPER
+from kvdm.traces import PAPER
 
 from .plots import LoadPoint, Run
 from .report import Report
@@ -142,9 +142,10 @@ def substrate_label(rp: Reproduction) -> str:
     where = ("both sides on one kernel and network: the native indexes over verbs (memory node "
              f"{', '.join(u for u in uris if u) or '?'}), Redis a server on the same host over TCP")
     if note:
-        return (f"{note.replace('EMULATION FIGURES, not hardware ones:', 'EMULATION (SoftRoCE, TCG), not hardware:')}. "
-                f"Same substrate: {where}; absolute latencies are the emulator's, only the ratio between the two "
-                "sides means something.")
+        kinds = [k for k, said in (("SoftRoCE", "software RDMA"), ("TCG", "qemu TCG")) if said in note]
+        why = note.removeprefix("EMULATION FIGURES, not hardware ones:").strip()
+        return (f"EMULATION ({', '.join(kinds) or 'see why'}), not hardware: {why}. Same substrate: {where}; absolute "
+                "latencies are the emulator's, only the ratio between the two sides means something.")
     return f"Same substrate, real RDMA hardware: {where}."
 
 
@@ -213,9 +214,10 @@ def _trace_why(rows: list[list[str]]) -> str:
         out.append(f"On the traces the paper measured them on, {len(agree)} of {len(same)} quantities agree within 3 "
                    "points (" + "; ".join(f"{r[1]} on {r[0]}: {r[4]}" for r in same) + ").")
     if other:
+        their = "has its" if len(other) == 1 else "have their"
         out.append(f"The sequential fraction and runs-test share are the paper's numbers for toolagent, set beside "
-                   f"{', '.join(other)}, which {'has its' if len(other) == 1 else 'have their'} own access patterns: "
-                   "comparisons across traces, not a failed reproduction.")
+                   f"{' and '.join(other)}, which {their} own access patterns: comparisons across traces, not a failed "
+                   "reproduction.")
     if not any(r[0] in ("conversation", "synthetic") for r in rows):
         out.append("The paper quotes its hit-ratio shares for the whole conversation and synthetic traces; no whole "
                    "trace of those was characterised here, so they are not compared.")
@@ -398,7 +400,10 @@ def _load_section(rep: Report, rp: Reproduction, out: Path) -> None:
           "Latency is service time: a paced client that cannot keep up falls behind (max lag) instead of queueing, "
           "so a backend's knee is the pace where the rate it delivers parts from the rate the trace offers. "
           f"Each point runs at most {cfg.load_duration_s:g} s of wall time from the trace's start (slow paces cover "
-          "only the trace's first part); rates count every op type over the run's wall time.")
+          "only the trace's first part); rates count every op type over the run's wall time."
+          + (" With latency model virtual the native indexes' modelled network time is added to each op's latency "
+             "but not waited for, so their rates are what this CPU sustains, an upper bound for a real network."
+             if cfg.transport.latency_model == "virtual" else ""))
     fig3 = {id(r) for runs in rp.fig3.values() for r in runs}
     rows = []
     for r in rp.load["closed"]:
@@ -469,8 +474,13 @@ def knee_sentence(backend: str, points: list[LoadPoint]) -> str:
     before = [p for p in paced if p.keeps_up and paced.index(p) < paced.index(first)]
     kept = (f"keeps up to {before[-1].pace} ({_f(before[-1].offered, ' ops/s', 0)} offered)" if before
             else "falls behind from the slowest pace")
-    return (f"{backend} {kept} and falls behind at {first.pace} ({_f(first.offered, ' ops/s', 0)} offered, "
-            f"{_f(first.achieved, ' ops/s', 0)} delivered){cap}: its knee.")
+    text = (f"{backend} {kept} and falls behind at {first.pace} ({_f(first.offered, ' ops/s', 0)} offered, "
+            f"{_f(first.achieved, ' ops/s', 0)} delivered){cap}: its knee")
+    if unpaced is not None and unpaced.achieved > first.offered:
+        text += (" as one paced client sees it: unpaced it does more than that pace asks, so the paced client's own "
+                 "cost per request (a wake-up and a call into the C loop for each, where unpaced runs batch them) "
+                 "sets this knee as much as the backend")
+    return text + "."
 
 
 def _same_substrate_section(rep: Report, rp: Reproduction) -> None:

@@ -40,6 +40,7 @@ plot``, the engine step's ``engine-<backend>`` runs are chain-bench results); fi
 
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import json
@@ -51,6 +52,7 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -536,35 +538,67 @@ def offered_rate(stream: Any, mode: str, requests_done: int) -> float | None:
 
 @contextmanager
 def verbs_memory_node(device: str | None, gid_index: int | None, size: int, log_path: Path) -> Iterator[str]:
-    """``kvdm memnode serve --transport verbs`` on ``device`` as a child process (loopback
-    handshake, any free port; its stderr into ``log_path``) for the block; yields its URI, stops
-    it with SIGTERM after."""
-    cmd = [sys.executable, "-m", "kvdm.experiments.cli", "memnode", "serve", "--transport", "verbs",
-           "--size", str(size), "--port", "0", "--listen", "127.0.0.1"]
-    cmd += (["--device", device] if device else []) + (["--gid-index", str(gid_index)] if gid_index is not None else [])
-    log(f"starting a verbs memory node: kvdm {' '.join(cmd[3:])}")
+    """A verbs memory node for the block: ``kvdm memnode serve --transport verbs`` on ``device``
+    (loopback handshake, any free port; its stderr into ``log_path``), run in a child forked from
+    this process (the command's own code, without a second interpreter start: tens of seconds
+    under TCG). Yields its URI; stops it with SIGTERM after."""
+    from .cmd_memnode import cmd_serve
+
+    args = argparse.Namespace(transport="verbs", size=size, node_id=0, name=None, device=device, ib_port=1,
+                              port=0, listen="127.0.0.1", gid_index=gid_index)
+    shown = f"kvdm memnode serve --transport verbs --size {size} --port 0 --listen 127.0.0.1" + (
+        f" --device {device}" if device else "") + (f" --gid-index {gid_index}" if gid_index is not None else "")
+    log(f"starting a verbs memory node: {shown}")
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("w") as err:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True)
+    r, w = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # the node: serves until SIGTERM, never returns into the reproduction
+        code = 70
         try:
-            assert proc.stdout is not None
-            line = proc.stdout.readline()  # the node prints its URI when it serves (or exits)
-            m = re.search(r"serving (verbs://\S+)", line)
-            if m is None:
-                proc.wait(timeout=60)
-                why = log_path.read_text(errors="replace").strip()[-500:] or repr(line)
-                raise RuntimeError(f"the verbs memory node did not start (`kvdm {' '.join(cmd[3:])}`, exit status "
-                                   f"{proc.returncode}): {why}")
-            log(f"memory node serving {m.group(1)}")
-            yield m.group(1)
+            os.close(r)
+            os.dup2(w, 1)
+            os.dup2(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), 2)
+            sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115 (lives until _exit)
+            sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
+            code = cmd_serve(args)
+        except BaseException:  # noqa: BLE001 (whatever stops the node goes to its log)
+            traceback.print_exc()
+            code = 1
         finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    os.close(w)
+    out = os.fdopen(r)  # open until the node stops: it may still write to its stdout
+    try:
+        line = out.readline()  # the node prints its URI when it serves (or exits)
+        m = re.search(r"serving (verbs://\S+)", line)
+        if m is None:
+            _, status = os.waitpid(pid, 0)
+            pid = 0
+            why = log_path.read_text(errors="replace").strip().splitlines()
+            raise RuntimeError(f"the verbs memory node did not start (`{shown}`, exit status "
+                               f"{os.waitstatus_to_exitcode(status)}): {why[-1] if why else repr(line)}")
+        log(f"memory node serving {m.group(1)} (pid {pid})")
+        yield m.group(1)
+    finally:
+        if pid:
+            _stop(pid)
+        out.close()
+
+
+def _stop(pid: int, timeout_s: float = 60.0) -> None:
+    """SIGTERM a child of ours and reap it (SIGKILL after ``timeout_s``)."""
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if os.waitpid(pid, os.WNOHANG)[0]:
+            return
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
 
 
 def _range_note(semantics: str) -> str:

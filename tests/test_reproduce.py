@@ -251,3 +251,17 @@ def _check_engine(out: Path, md: str) -> None:
            "native indexes run at the modelled RTT" in section
     assert "issue 14" in section
     assert re.search(r"\(figures/engine_chain_p99\.png\)", section)
+
+
+def test_a_verbs_memory_node_that_cannot_start_is_reported(tmp_path: Path) -> None:
+    """--same-substrate's node (the `kvdm memnode serve` code in a forked child): when it cannot
+    serve, the error names the command and the node's own last words."""
+    import pytest
+
+    from kvdm.experiments.reproduce import verbs_memory_node
+
+    log = tmp_path / "memnode.log"
+    want = r"did not start \(`kvdm memnode serve --transport verbs .*--device nosuch0`, exit status 1\)"
+    with pytest.raises(RuntimeError, match=want + r": \w+"), verbs_memory_node("nosuch0", None, 1 << 20, log):
+        pass
+    assert log.read_text().strip()

@@ -25,8 +25,10 @@ round trip per command, the paper's unoptimised client)
   delete: (zset mode) one ZREM per 1,024 keys, then one DEL per key (its reply says whether
   the key was present).
 * range(lo, hi), two variants:
-  - ``zset``: ZRANGE z [lo [hi BYLEX (LIMIT 0 limit), then MGET of the members' values:
-    2 round trips. Any key width. range_count is one ZLEXCOUNT per range.
+  - ``zset``: ZRANGE z [lo [hi BYLEX (LIMIT 0 limit), then MGET of the members' values, in
+    one EVALSHA of kvdm's script on a standalone server (1 round trip); on a cluster, whose
+    keys live on any shard, the two commands (2 round trips). Any key width. range_count is one
+    ZLEXCOUNT per range.
   - ``mget``: MGET of every key lo, lo+1, ..., hi (at most 65,536 of them), returning those
     present: 1 round trip, no sorted set to maintain. Only meaningful when keys are ids
     (kvdm's ``id`` key scheme, where a request's run of blocks is a run of consecutive
@@ -104,12 +106,32 @@ _NO_VALUE = bytes(8)
 CPU_REFRESH_S = 0.1
 CPU_REFRESH_RTTS = 100
 
-# Returns how many of KEYS, in order, exist before the first missing one.
+# kvdm's one script (one SHA to load and to reload after NOSCRIPT), two uses:
+# - no ARGV: a prefix match, how many of KEYS, in order, exist before the first missing one;
+# - ARGV lo, hi, limit, prefix: a zset range in one round trip (standalone server): the members of
+#   the sorted set KEYS[1] between the BYLEX bounds lo and hi (at most limit, 0 = all) and the
+#   values of the keys they name (prefix .. member), MGET in chunks: {members, values}.
 _PREFIX_LUA = """
-for i = 1, #KEYS do
-  if redis.call('EXISTS', KEYS[i]) == 0 then return i - 1 end
+if #ARGV == 0 then
+  for i = 1, #KEYS do
+    if redis.call('EXISTS', KEYS[i]) == 0 then return i - 1 end
+  end
+  return #KEYS
 end
-return #KEYS
+local members
+if tonumber(ARGV[3]) > 0 then
+  members = redis.call('ZRANGE', KEYS[1], ARGV[1], ARGV[2], 'BYLEX', 'LIMIT', 0, ARGV[3])
+else
+  members = redis.call('ZRANGE', KEYS[1], ARGV[1], ARGV[2], 'BYLEX')
+end
+local values = {}
+for i = 1, #members, 1024 do
+  local names = {}
+  for j = i, math.min(i + 1023, #members) do names[#names + 1] = ARGV[4] .. members[j] end
+  local got = redis.call('MGET', unpack(names))
+  for j = 1, #got do values[#values + 1] = got[j] end
+end
+return {members, values}
 """
 
 
@@ -464,7 +486,13 @@ class RedisIndex(Index):
 
     def range(self, lo: Any, hi: Any, limit: int = 0) -> tuple[np.ndarray, np.ndarray]:
         lo_b, hi_b = self._bounds(lo, hi)
-        if self.range_mode == "zset":
+        if self.range_mode == "zset" and not self.cluster:  # one round trip: the script's range
+            members, replies = self._range_lua(lo_b, hi_b, max(0, int(limit)))
+            self._keys += len(members)
+            values, found = self._decode(replies)
+            raw = [m for m, f in zip(members, found, strict=True) if f]
+            return self._layout(raw), values[found]
+        if self.range_mode == "zset":  # a cluster: the members' keys live on any shard
             cmd: tuple[Any, ...] = ("ZRANGE", self._zset, b"[" + lo_b, b"[" + hi_b, "BYLEX")
             if limit > 0:
                 cmd += ("LIMIT", 0, limit)
@@ -524,6 +552,16 @@ class RedisIndex(Index):
                     return matched
                 matched += 1
         return matched
+
+    def _range_lua(self, lo: bytes, hi: bytes, limit: int) -> tuple[list[bytes], list[bytes | None]]:
+        """The script's zset range: (members, their values or None), one round trip."""
+        cmd = ("EVALSHA", self._prefix_sha, 1, self._zset, b"[" + lo, b"[" + hi, limit, self._ns)
+        try:
+            members, values = self._run([cmd])[0]
+        except redis.exceptions.NoScriptError:  # the server lost it (restart, SCRIPT FLUSH)
+            self._prefix_sha = self._load_script()
+            members, values = self._run([(cmd[0], self._prefix_sha, *cmd[2:])])[0]
+        return list(members), list(values)
 
     def _prefix_lua(self, names: list[bytes]) -> int:
         try:

@@ -791,6 +791,40 @@ static int take_zrange(kvdm_redis *r, void *a, size_t i, const redisReply *rep) 
     return DM_OK;
 }
 
+/* A standalone server's zset range in one round trip: EVALSHA of the script's range (ZRANGE
+ * BYLEX, then MGET of the members' names in chunks) -> {members, values} (redis_index.py). */
+static int build_range_lua(kvdm_redis *r, void *a, size_t i) {
+    range_arg *q = a;
+    uint8_t b[33];
+    arg_str(r, "EVALSHA");
+    arg(r, r->sha, 40);
+    arg_str(r, "1");
+    arg_zset(r);
+    b[0] = '[';
+    memcpy(b + 1, q->lo, r->kb);
+    arg(r, b, r->kb + 1);
+    memcpy(b + 1, q->hi, r->kb);
+    arg(r, b, r->kb + 1);
+    arg_u64(r, q->limit);
+    arg(r, r->ns_len ? (const void *)r->ns : (const void *)"", r->ns_len);
+    return DM_OK;
+}
+
+/* The members into r->raws, their values into r->vals / r->found (what mget_raws gives). */
+static int take_range_lua(kvdm_redis *r, void *a, size_t i, const redisReply *rep) {
+    range_arg *q = a;
+    if (rep->type != REDIS_REPLY_ARRAY || rep->elements != 2 || rep->element[0]->type != REDIS_REPLY_ARRAY ||
+        rep->element[1]->type != REDIS_REPLY_ARRAY || rep->element[0]->elements != rep->element[1]->elements)
+        return unexpected(r, "EVALSHA (range script)", rep);
+    int rc = take_zrange(r, a, i, rep->element[0]);
+    size_t n = q->members;
+    if (rc != DM_OK) return rc;
+    if (!grow((void **)&r->found, &r->found_cap, n ? n : 1, 1) || !grow((void **)&r->vals, &r->vals_cap, n ? n : 1, 8))
+        return fail(r, DM_ENOMEM, "redis: out of memory for a range of %zu keys", n);
+    for (size_t j = 0; j < n && rc == DM_OK; j++) rc = value_of(r, rep->element[1]->element[j], &r->found[j], &r->vals[j]);
+    return rc;
+}
+
 static int redis_range(void *h, const uint8_t *lo, const uint8_t *hi, uint64_t limit, size_t *count) {
     kvdm_redis *r = h;
     uint8_t lo_raw[32], hi_raw[32];
@@ -798,6 +832,15 @@ static int redis_range(void *h, const uint8_t *lo, const uint8_t *hi, uint64_t l
     raw_of(r->kb, hi, hi_raw);
     *count = r->rcount = 0;
     size_t n;
+    if (r->range_mode == KVDM_REDIS_RANGE_ZSET && !r->slot_node) { /* standalone: one round trip */
+        range_arg q = {lo_raw, hi_raw, limit, 0};
+        int rc = run_cmds(r, 1, build_range_lua, take_range_lua, &q);
+        if (rc != DM_OK) return rc;
+        r->st.keys += q.members;
+        rc = keep_found(r, q.members, 0);
+        *count = r->rcount;
+        return rc;
+    }
     if (r->range_mode == KVDM_REDIS_RANGE_ZSET) {
         range_arg q = {lo_raw, hi_raw, limit, 0};
         int rc = run_cmds(r, 1, build_zrange, take_zrange, &q);

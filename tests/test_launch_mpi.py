@@ -81,31 +81,3 @@ def test_bench_index_on_ranks() -> None:
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "one client (one thread) per rank" in bad.stderr
 
-
-@pytest.mark.rdma
-def test_ranks_over_verbs_equal_the_local_run(tmp_path: Path) -> None:
-    """In the SoftRoCE guest: `mpirun -np 2 kvdm replay --launcher mpi` against a verbs memory
-    node (rxe0) equals the local 2-client run over the same node kind, op by op (every key
-    preloaded, so the hits do not depend on how the clients interleave)."""
-    from fabric import NO_RDMA, fork_verbs_node, rdma_devices
-
-    if not rdma_devices():
-        pytest.skip(NO_RDMA)
-    trace = tmp_path / "head100.jsonl"
-    trace.write_text("".join(Path(FIXTURE).read_text().splitlines(keepends=True)[:100]))
-    runs = {}
-    for name, ranks in (("mpi", 2), ("local", 0)):
-        with fork_verbs_node(tmp_path, 0, 64 << 20) as mn:
-            cmd = KVDM + ["replay", "--memory-node", mn.uri, "--index", "chime", "--inserts", "none", "--trace",
-                          str(trace), "--out", str(tmp_path / name)]
-            cmd = MPIRUN + ["--mca", "oob_tcp_if_include", "lo", "-np", str(ranks)] + cmd + ["--launcher", "mpi"] \
-                if ranks else cmd + ["--clients", "2"]
-            run = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-            assert run.returncode == 0, run.stdout + run.stderr
-            assert "transport  verbs" in run.stdout
-        runs[name] = whole(tmp_path / name)
-    a, b = runs["mpi"], runs["local"]
-    assert list(a.index) == list(b.index)
-    for col in ("ops", "blocks", "hits", "expected_hits"):
-        assert (a[col] == b[col]).all(), col
-    assert (a["rtts_per_op"] > 0).all() and (a["hit_mismatch"] == 0).all()

@@ -146,6 +146,33 @@ def test_prefix_match_round_trips(server):
         assert lua.counters()["rtts"] == 1
 
 
+@pytest.mark.parametrize("key_bytes", [8, 32])
+def test_a_zset_range_is_one_round_trip(server, key_bytes):
+    """Standalone: the script's range (ZRANGE BYLEX, then MGET of the members, server side) in
+    one EVALSHA, through redis-py and through the C client alike, limit included; a server that
+    lost the script gets it again."""
+    from kvdm.experiments.cmd_bench_index import _CallStream as Calls  # an op stream the C loop takes
+    from kvdm.traces import OP_RANGE
+
+    ints = np.arange(1, 3001, dtype=np.uint64)
+    keys = ints if key_bytes == 8 else np.stack([np.frombuffer(int(i).to_bytes(32, "big"), np.uint8) for i in ints])
+    with RedisIndex(key_bytes, url=server.url, namespace=f"zr{key_bytes}:") as idx:
+        idx.put(keys, ints)
+        idx.delete(keys[10:20])  # members whose keys are gone are not returned
+        for limit, want in ((0, 2990), (100, 100)):
+            idx.reset_counters()
+            got, vals = idx.range(keys[0], keys[-1], limit)
+            assert len(got) == want and (vals == np.concatenate([ints[:10], ints[20:]])[:want]).all()
+            assert idx.counters()["rtts"] == 1
+        idx._client.script_flush()
+        assert len(idx.range(keys[0], keys[99])[0]) == 90
+        # the C loop: one range op over [keys[0], keys[99]] (the op lists its own keys: the hits)
+        stream = Calls(np.array([OP_RANGE], np.uint8), np.array([0, 100], np.int64), keys[:100],
+                       np.arange(100, dtype=np.int64), keys[:1].copy(), keys[99:100].copy())
+        _, hits, acc = idx.drive(stream, np.array([0]), np.zeros(1, np.int32), 1)
+        assert hits.tolist() == [90] and acc[0][idx.counter_names().index("rtts")] == 1
+
+
 def test_server_cpu_is_measured(server):
     with RedisIndex(8, url=server.url, pipeline=1, namespace="cpu:") as idx:
         keys = np.arange(1, 3001, dtype=np.uint64)

@@ -10,6 +10,7 @@ from typing import Any
 
 from .cli import UsageError, choices_type, count0, non_negative, positive
 from .cmd_replay import keeps_order, mode_type
+from .cmd_traces import add_trace_options, trace_options
 from .options import add_transport_options, transport_config
 from .options_redis import add_redis_options, given_redis_flags, redis_options
 
@@ -55,7 +56,7 @@ def register(sub: Any) -> None:
     p.add_argument("--backends", type=_csv(str, "backend list"), default=None, metavar="A,B",
                    help="index backends for Fig. 3, the load curves and the engine step (default "
                    "chime,sherman,redis; dict runs too; race keeps no key order: only with --steps engine)")
-    p.add_argument("--limit", type=count0, default=0, metavar="N", help="use only the first N requests of each trace")
+    add_trace_options(p, trace=False)  # --format, --skip-bad, --limit (of each trace), ...
     p.add_argument("--realtime", action="store_true",
                    help="Fig. 3 at the trace's own timestamps (the full conversation trace takes 59 min per "
                    "backend); the same as --fig3-mode realtime")
@@ -114,7 +115,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
     if args.realtime and args.fig3_mode not in (None, "realtime"):
         raise UsageError(f"--realtime and --fig3-mode {args.fig3_mode} contradict each other")
     substrate = same_substrate(args)
-    common = {"out": Path(args.out), "limit": args.limit,
+    common = {"out": Path(args.out), "trace_options": trace_options(args),
               "fig3_mode": "realtime" if args.realtime else (args.fig3_mode or "closed"),
               "range_semantics": args.range_semantics, "transport": transport_config(args),
               "cache_mb": args.cache_mb, "redis_options": redis_options(args, start_local=False),
@@ -171,7 +172,7 @@ def check_inputs(cfg: Any) -> None:
                          "--steps engine (the engine step runs it)")
     names = (cfg.traces if "traces" in cfg.steps else ()) + (cfg.fig3_traces if replays else ())
     for name in dict.fromkeys(names):
-        load(name, limit=cfg.limit, warn=False)
+        load(name, cfg.trace_options, warn=False)
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:

@@ -64,6 +64,7 @@ import numpy as np
 import pandas as pd
 
 from kvdm.index import IndexSpec
+from kvdm.traces import TraceOptions
 from kvdm.transport import TransportConfig
 
 from . import bench_chain as bc
@@ -103,7 +104,7 @@ class ReproduceConfig:
     traces: tuple[str, ...] = ("conversation", "synthetic")   # Fig. 1-2
     fig3_traces: tuple[str, ...] = ("conversation",)          # Fig. 3 and the load curves (first one)
     backends: tuple[str, ...] = ("chime", "sherman", "redis")
-    limit: int = 0                    # requests of each trace (0 = all)
+    trace_options: TraceOptions = field(default_factory=TraceOptions)  # how its traces are read (--limit, ...)
     transport: TransportConfig = field(default_factory=lambda: TransportConfig(latency_model="virtual"))
     fig3_mode: str = "closed"         # closed (compressed, unloaded), realtime or compressed:X
     range_semantics: str = "scan"
@@ -234,7 +235,7 @@ class Reproduction:
     def _trace(self, name: str) -> Any:
         from kvdm.traces import load
 
-        return load(name, limit=self.cfg.limit)
+        return load(name, self.cfg.trace_options)
 
     def trace_figures(self) -> None:
         from kvdm.traces import compute_stats

@@ -265,3 +265,24 @@ def test_a_verbs_memory_node_that_cannot_start_is_reported(tmp_path: Path) -> No
     with pytest.raises(RuntimeError, match=want + r": \w+"), verbs_memory_node("nosuch0", None, 1 << 20, log):
         pass
     assert log.read_text().strip()
+
+
+def test_reproduce_reads_its_traces_with_the_trace_flags(tmp_path: Path, capsys: Any) -> None:
+    """--format, --skip-bad and --limit reach every trace reproduce reads: a malformed line is
+    an error naming file and line before anything is written, and --skip-bad skips it."""
+    from kvdm.experiments.cli import build_parser, main
+    from kvdm.experiments.cmd_reproduce import check_inputs, config_from_args
+    from kvdm.traces import FIXTURE
+
+    bad = tmp_path / "bad.jsonl"
+    lines = Path(FIXTURE).read_text().splitlines(keepends=True)[:50]
+    bad.write_text("".join(lines[:10]) + "{not json\n" + "".join(lines[10:]))
+    out = tmp_path / "out"
+    assert main(["reproduce", "--quick", "--steps", "traces", "--traces", str(bad), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "bad.jsonl" in err and "line 11" in err and not out.exists()
+    args = build_parser().parse_args(["reproduce", "--quick", "--steps", "traces", "--traces", str(bad), "--skip-bad",
+                                      "--limit", "20", "--format", "mooncake", "--out", str(out)])
+    cfg = config_from_args(args)
+    assert cfg.trace_options.skip_bad and cfg.trace_options.limit == 20 and cfg.trace_options.format == "mooncake"
+    check_inputs(cfg)  # the malformed line is skipped now

@@ -150,10 +150,13 @@ def _is_torch_tensor(x: Any) -> bool:
     return torch is not None and isinstance(x, torch.Tensor)
 
 
-def as_tokens(tokens: Any) -> np.ndarray:
-    """Validate one prompt's token ids and return them as a 1-d ``<u4`` (little-endian uint32)
-    array (see the module docstring for what is accepted)."""
-    if _is_torch_tensor(tokens):
+def int_tokens(tokens: Any) -> np.ndarray:
+    """Validate one prompt's token ids up to their values: a 1-d, contiguous, native-order
+    integer array, as given where it already is one (the ids' range is checked where they are
+    converted, in C). See the module docstring for what is accepted."""
+    if type(tokens) is np.ndarray:  # the fast path: no torch or list check
+        arr = tokens
+    elif _is_torch_tensor(tokens):
         t = tokens
         if t.is_floating_point() or t.is_complex() or t.dtype == sys.modules["torch"].bool:
             raise TypeError(f"token ids must have an integer dtype, got torch tensor of {t.dtype}")
@@ -172,16 +175,28 @@ def as_tokens(tokens: Any) -> np.ndarray:
         raise TypeError(f"token ids must have an integer dtype, got {arr.dtype}")
     if arr.ndim != 1:
         raise ValueError(f"token ids must be 1-d (one prompt), got shape {tuple(arr.shape)}")
-    src = np.ascontiguousarray(arr)
-    if not src.dtype.isnative:
-        src = src.astype(src.dtype.newbyteorder("="))
+    if not arr.flags.c_contiguous:
+        arr = np.ascontiguousarray(arr)
+    if not arr.dtype.isnative:
+        arr = arr.astype(arr.dtype.newbyteorder("="))
+    return arr
+
+
+def _bad_token(arr: np.ndarray, at: int) -> ValueError:
+    v = int(arr[at])
+    return ValueError(f"token ids must be non-negative, got {v} at position {at}" if v < 0 else
+                      f"token ids must lie in [0, 2**32), got {v} at position {at}")
+
+
+def as_tokens(tokens: Any) -> np.ndarray:
+    """Validate one prompt's token ids and return them as a 1-d ``<u4`` (little-endian uint32)
+    array (see the module docstring for what is accepted)."""
+    src = int_tokens(tokens)
     out = np.empty(src.shape[0], dtype="<u4")
     bad = lib.kvdm_tokens_to_u32le(ffi.from_buffer(src), src.dtype.itemsize, src.dtype.kind == "i",
                                    src.shape[0], ffi.from_buffer(out))
     if bad >= 0:
-        v = int(src[bad])
-        raise ValueError(f"token ids must be non-negative, got {v} at position {bad}" if v < 0 else
-                         f"token ids must lie in [0, 2**32), got {v} at position {bad}")
+        raise _bad_token(src, bad)
     return out
 
 
@@ -217,17 +232,24 @@ class ChunkKeys:
         full, rest = divmod(n_tokens, self.chunk_size)
         return full + (1 if rest and self.partial_chunks else 0)
 
-    def keys(self, toks: np.ndarray) -> np.ndarray:
-        """The chunk keys of a validated prompt (:func:`as_tokens`): ``uint8[n, 32]`` or
-        ``uint64[n]``, in one C call (native/chunkhash.c, which also remaps the reserved keys)."""
-        n = self.num_chunks(len(toks))
+    def keys(self, tokens: Any) -> np.ndarray:
+        """The chunk keys of a prompt (any accepted form, :func:`int_tokens`): ``uint8[n, 32]`` or
+        ``uint64[n]``, in one C call that also converts and range-checks the ids
+        (native/chunkhash.c, which also remaps the reserved keys)."""
+        return self.keys_of(int_tokens(tokens))
+
+    def keys_of(self, arr: np.ndarray) -> np.ndarray:
+        """:meth:`keys` of a prompt :func:`int_tokens` already validated."""
+        n = self.num_chunks(arr.shape[0])
         out = np.empty((n, 32), dtype=np.uint8) if self.key_bytes == 32 else np.empty(n, dtype=np.uint64)
-        if n:
-            got = lib.kvdm_chunk_keys(self._scheme, self._seed, len(self._seed), ffi.from_buffer(toks), len(toks),
-                                      self.chunk_size, self.partial_chunks, self.key_bytes, self.accel,
-                                      ffi.from_buffer(out), n)
-            if got != n:  # the arguments were checked here, so only OpenSSL can fail
-                raise RuntimeError(f"kvdm_chunk_keys failed ({got}) for a prompt of {len(toks)} tokens")
+        bad = ffi.new("int64_t *")
+        got = lib.kvdm_prompt_keys(self._scheme, self._seed, len(self._seed), ffi.from_buffer(arr), arr.dtype.itemsize,
+                                   arr.dtype.kind == "i", arr.shape[0], self.chunk_size, self.partial_chunks,
+                                   self.key_bytes, self.accel, ffi.from_buffer(out), n, bad)
+        if got == -3:
+            raise _bad_token(arr, int(bad[0]))
+        if got != n:  # the arguments were checked here, so only OpenSSL or memory can fail
+            raise RuntimeError(f"kvdm_prompt_keys failed ({got}) for a prompt of {arr.shape[0]} tokens")
         return out
 
 
@@ -259,11 +281,11 @@ class TokenIndex:
         return self.keyer.num_chunks(n_tokens)
 
     def _keys_of(self, toks: np.ndarray) -> np.ndarray:
-        return self.keyer.keys(toks)
+        return self.keyer.keys_of(toks)
 
     def chunk_keys(self, tokens: Any) -> np.ndarray:
         """The keys of the prompt's chunks, in order: ``uint8[n, 32]`` or ``uint64[n]``."""
-        return self._keys_of(as_tokens(tokens))
+        return self._keys_of(int_tokens(tokens))
 
     # -- one prompt --
     def _tokens_of(self, matched: int, n_tokens: int) -> int:
@@ -271,7 +293,7 @@ class TokenIndex:
 
     def lookup(self, tokens: Any) -> int:
         """The cached prefix of the prompt, in tokens (whole chunks, capped at its length)."""
-        toks = as_tokens(tokens)
+        toks = int_tokens(tokens)
         keys = self._keys_of(toks)
         if not len(keys):
             return 0
@@ -289,7 +311,7 @@ class TokenIndex:
         """LMCache's ``retrieve`` answer: a CPU ``torch.bool`` tensor, True on the tokens of the
         cached chunks from the first wanted chunk to the first miss (module docstring)."""
         torch = _torch()
-        toks = as_tokens(tokens)
+        toks = int_tokens(tokens)
         n = len(toks)
         skip = self._mask_skip(mask, n, torch)
         ret = torch.zeros(n, dtype=torch.bool)
@@ -319,7 +341,7 @@ class TokenIndex:
     # -- many prompts, one index call --
     def lookup_many(self, prompts: Sequence[Any]) -> list[int]:
         """:meth:`lookup` for every prompt, with every prompt's keys in ONE ``index.get``."""
-        toks = [as_tokens(p) for p in prompts]
+        toks = [int_tokens(p) for p in prompts]
         keys = [self._keys_of(t) for t in toks]
         counts = [len(k) for k in keys]
         total = sum(counts)
@@ -358,4 +380,4 @@ class TokenIndex:
         return as_values(arr.astype(np.uint64), n)
 
 
-__all__ = ["KEY_SCHEMES", "ChunkKeys", "TokenIndex", "as_tokens"]
+__all__ = ["KEY_SCHEMES", "ChunkKeys", "TokenIndex", "as_tokens", "int_tokens"]

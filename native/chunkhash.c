@@ -3,6 +3,7 @@
 #include "chunkhash.h"
 
 #include <openssl/sha.h>
+#include <stdlib.h>
 #include <string.h>
 
 size_t kvdm_chunk_count(size_t n_tokens, size_t chunk, int partial) {
@@ -308,4 +309,31 @@ int64_t kvdm_chunk_keys(int scheme, const uint8_t *seed, size_t seed_len, const 
         return (int64_t)n;
     }
     return -1;
+}
+
+#define PROMPT_STACK_TOKENS 4096 /* prompts up to this long are converted on the stack */
+
+int64_t kvdm_prompt_keys(int scheme, const uint8_t *seed, size_t seed_len, const void *tokens, int elem_bytes,
+                         int is_signed, size_t n_tokens, size_t chunk, int partial, int key_bytes, int accel,
+                         uint8_t *out, size_t out_chunks, int64_t *bad) {
+    *bad = -1;
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    if (elem_bytes == 4 && !is_signed) /* already uint32 LE: every id in range */
+        return kvdm_chunk_keys(scheme, seed, seed_len, tokens, n_tokens, chunk, partial, key_bytes, accel, out,
+                               out_chunks);
+#endif
+    uint8_t stack[4 * PROMPT_STACK_TOKENS];
+    uint8_t *le = n_tokens <= PROMPT_STACK_TOKENS ? stack : malloc(4 * n_tokens);
+    if (!le) return -4;
+    int64_t rc = kvdm_tokens_to_u32le(tokens, elem_bytes, is_signed, n_tokens, le);
+    if (rc >= 0) {
+        *bad = rc;
+        rc = -3;
+    } else if (rc == -1) {
+        rc = kvdm_chunk_keys(scheme, seed, seed_len, le, n_tokens, chunk, partial, key_bytes, accel, out, out_chunks);
+    } else {
+        rc = -1; /* an element size it does not convert */
+    }
+    if (le != stack) free(le);
+    return rc;
 }

@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from kvdm.index import remote_memory
+
 from .results import RunResults  # noqa: E402
 
 #: --metric name -> (results column, axis label)
@@ -45,16 +47,15 @@ OPS = ("get", "range", "prefix_match", "insert")
 #: config fields that tell runs apart, in label order: (name, getter)
 _LABEL_FIELDS: tuple[tuple[str, Any], ...] = (
     ("index", lambda c: c["index"]["name"]),
-    ("transport", lambda c: c["transport"]["transport"] if c["index"]["name"] in _NATIVE else "-"),
+    ("transport", lambda c: c["transport"]["transport"] if remote_memory(c["index"]["name"]) else "-"),
     ("latency", lambda c: (f"{c['transport']['latency_model']} {c['transport']['rtt_us']:g}us"
-                           if c["index"]["name"] in _NATIVE else "-")),
+                           if remote_memory(c["index"]["name"]) else "-")),
     ("trace", lambda c: Path(str(c["trace"])).name),
     ("keys", lambda c: c["key_scheme"]),
     ("mapping", lambda c: c["mapping"]),
     ("clients", lambda c: f"{c['clients']} clients"),
     ("mode", lambda c: c["mode"]),
 )
-_NATIVE = ("chime", "sherman", "race")
 _SERIES_EXCLUDE = ("clients", "mode")
 
 

@@ -63,7 +63,7 @@ from urllib.parse import urlparse
 import numpy as np
 import pandas as pd
 
-from kvdm.index import IndexSpec
+from kvdm.index import IndexSpec, remote_memory
 from kvdm.traces import TraceOptions
 from kvdm.transport import TransportConfig
 
@@ -74,7 +74,6 @@ from .report import Report
 from .results import RunResults
 
 STEPS = ("traces", "fig3", "reference", "load", "engine")
-NATIVE = ("chime", "sherman", "race")
 #: the paper's Fig. 3 claims (Zhu et al., CLOUD 2025, toolagent trace)
 PAPER_REDIS_P99_US = 100.0
 PAPER_SHERMAN_RANGE_GAIN = 10.3   # % lower range p99 than CHIME
@@ -262,7 +261,7 @@ class Reproduction:
     def redis_server(self) -> Iterator[None]:
         """The one Redis server (or cluster) every Redis run of the block uses: started here
         unless the options name a url."""
-        replays = {"fig3", "load", "engine"} & set(self.cfg.steps)
+        replays = {"fig3", "reference", "load", "engine"} & set(self.cfg.steps)
         if "redis" not in self.cfg.backends or not replays:
             yield
             return
@@ -280,7 +279,7 @@ class Reproduction:
         """With ``same_substrate`` and no memory node given: a ``kvdm memnode serve --transport
         verbs`` process on ``verbs_device``, serving every native run of the block."""
         replays = {"fig3", "load", "engine"} & set(self.cfg.steps)
-        native = [b for b in self.cfg.backends if b in NATIVE]
+        native = [b for b in self.cfg.backends if remote_memory(b)]
         if not (self.cfg.same_substrate and replays and native) or self.cfg.transport.memory_nodes:
             yield
             return
@@ -303,9 +302,9 @@ class Reproduction:
     def index_spec(self, backend: str, run_name: str = "") -> IndexSpec:
         """A backend's IndexSpec; Redis on the shared server, keyed under the run's namespace."""
         options: dict[str, Any] = {}
-        if backend in NATIVE and self.cfg.cache_mb is not None:
+        if remote_memory(backend) and self.cfg.cache_mb is not None:
             options["cache_mb"] = self.cfg.cache_mb
-        if backend in NATIVE and self.transport.memory_nodes:
+        if remote_memory(backend) and self.transport.memory_nodes:
             # a node that outlives one run: each run its own index (a fresh root slot), not an earlier run's
             slot = next(self._root_slots, None)
             if slot is None:
@@ -485,7 +484,7 @@ class Reproduction:
         """The engine figure from the stored runs (p99 per call against N, LPM and insert panels)."""
         rows = pd.concat([r.rows for r in self.engine.values()], ignore_index=True)
         first = next(iter(self.engine.values())).meta["config"]
-        native = [b for b in self.engine if b in NATIVE]
+        native = [b for b in self.engine if remote_memory(b)]
         t = self.engine[native[0]].meta["config"]["transport"] if native else None
         merged = bc.ChainConfig([IndexSpec(b, ENGINE_KEY_BYTES, {}) for b in self.engine],
                                 TransportConfig(**t) if t else self.cfg.transport, chains=first["chains"],

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from kvdm.index import remote_memory
 from kvdm.traces import PAPER
 
 from .plots import LoadPoint, Run
@@ -15,7 +16,6 @@ from .report import Report
 from .reproduce import (
     ENGINE_KEY_BYTES,
     KEEPS_UP,
-    NATIVE,
     PAPER_CHIME_GET_GAIN,
     PAPER_REDIS_P99_US,
     PAPER_SHERMAN_RANGE_GAIN,
@@ -487,7 +487,7 @@ def _same_substrate_section(rep: Report, rp: Reproduction) -> None:
     """The ratio between the two sides on one kernel and network (Fig. 3 runs)."""
     for tname, runs in rp.fig3.items():
         by = {r.config["index"]["name"]: r for r in runs}
-        native = [b for b in by if b in NATIVE]
+        native = [b for b in by if remote_memory(b)]
         if "redis" not in by or not native:
             continue
         rep.h(2, f"The two sides on one substrate ({tname})")
@@ -643,7 +643,7 @@ def _engine_section(rep: Report, rp: Reproduction, out: Path) -> None:
 
 def _engine_findings(rp: Reproduction, rows: pd.DataFrame, lengths: list[int]) -> str:
     lo, hi = lengths[0], lengths[-1]
-    native = [b for b in rp.engine if b in NATIVE]
+    native = [b for b in rp.engine if remote_memory(b)]
     out = ["Findings."]
 
     def rtt(b: str, op: str, s: str, n: int) -> str:

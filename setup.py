@@ -14,7 +14,8 @@ setup(
     description="KV-cache metadata indexes on disaggregated memory, driven by one-sided verbs",
     python_requires=">=3.10",
     # ``kvdm`` itself is a namespace package (PEP 420): it has no folder of its own.
-    packages=[f"kvdm.{p}" for p in SUBPACKAGES] + ["kvdm.transport.softroce", "kvdm.traces.fixtures"],
+    packages=[f"kvdm.{p}" for p in SUBPACKAGES] + ["kvdm.transport.softroce", "kvdm.traces.fixtures"]
+    + [f"kvdm.experiments.{room}" for room in ("cli", "replay", "bench", "figures", "reproduce")],
     package_dir={f"kvdm.{p}": p for p in SUBPACKAGES},
     package_data={
         "kvdm.native": ["*.h", "*.c", "*.inc", "*.cdef"],

@@ -1,5 +1,5 @@
 """The errors a command reports to its user: below the CLI (the replay engine, the launchers),
-raised here and printed by ``kvdm`` (experiments/cli.py) without a traceback."""
+raised here and printed by ``kvdm`` (experiments/cli/) without a traceback."""
 
 from __future__ import annotations
 

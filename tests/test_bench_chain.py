@@ -97,7 +97,7 @@ def test_native_round_trips_follow_the_strategy(native_run: tuple[str, pd.DataFr
 
 
 def test_kvdm_plot_leaves_chain_results_alone(native_run: tuple[str, pd.DataFrame, Path]) -> None:
-    from kvdm.experiments.plots import load_runs
+    from kvdm.experiments.figures.plots import load_runs
 
     with pytest.raises(FileNotFoundError, match="bench index --op chain"):
         load_runs([native_run[2] / "run"])

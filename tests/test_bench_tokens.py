@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from kvdm.experiments.bench_tokens import TokensConfig, run_tokens
+from kvdm.experiments.bench.tokens import TokensConfig, run_tokens
 from kvdm.index import IndexSpec
 
 

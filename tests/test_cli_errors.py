@@ -115,7 +115,7 @@ def test_reproduce_race_names_the_flag_and_leaves_no_folder(capsys, tmp_path):
 
 
 def test_reproduce_failure_removes_the_folder_it_created(capsys, tmp_path, monkeypatch):
-    import kvdm.experiments.reproduce as rp
+    import kvdm.experiments.reproduce.run as rp
 
     def fail(cfg):
         (cfg.out / "figures").mkdir(parents=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from kvdm.experiments import cli_reference
+from kvdm.experiments.cli import reference as cli_reference
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md")])

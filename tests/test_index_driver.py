@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kvdm.experiments.replay import ReplayConfig, replay
+from kvdm.experiments.replay.engine import ReplayConfig, replay
 from kvdm.index import IndexSpec
 from kvdm.traces.registry import FIXTURE
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvdm.experiments.metrics import BUCKETS, Histogram, bucket_index, bucket_mid
+from kvdm.experiments.replay.metrics import BUCKETS, Histogram, bucket_index, bucket_mid
 from kvdm.native import ffi, lib
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from kvdm.experiments.plots import labels, load_runs, plot_runs
-from kvdm.experiments.replay import ReplayConfig, replay
+from kvdm.experiments.figures.plots import labels, load_runs, plot_runs
+from kvdm.experiments.replay.engine import ReplayConfig, replay
 from kvdm.index import IndexSpec
 from kvdm.traces.registry import FIXTURE
 

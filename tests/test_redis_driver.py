@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import redis
 
-from kvdm.experiments.replay import ReplayConfig, replay, use_c_driver
+from kvdm.experiments.replay.engine import ReplayConfig, replay, use_c_driver
 from kvdm.index import IndexSpec
 from kvdm.index.redis_index import RedisIndex
 from kvdm.index.redis_server import RedisClusterServers, RedisServer
@@ -130,7 +130,7 @@ class _CallStream:
 
     @staticmethod
     def of(kind: int, keys: np.ndarray) -> Any:
-        from kvdm.experiments.cmd_bench_index import _CallStream as Calls
+        from kvdm.experiments.cli.bench_index import _CallStream as Calls
 
         bounds = np.zeros(1, np.uint64)
         return Calls(np.array([kind], np.uint8), np.array([0, keys.size], np.int64), keys,

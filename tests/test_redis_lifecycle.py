@@ -18,7 +18,7 @@ import pytest
 
 import kvdm.index
 from kvdm.experiments.cli import UsageError
-from kvdm.experiments.options_redis import add_redis_options, check_redis_flags, redis_options, redis_session
+from kvdm.experiments.cli.options_redis import add_redis_options, check_redis_flags, redis_options, redis_session
 from kvdm.index import redis_server
 from kvdm.index.redis_index import RedisIndex, RedisUnavailable
 from kvdm.index.redis_server import (
@@ -110,7 +110,7 @@ def test_a_refused_url_is_named(cluster):
 _CHILD = textwrap.dedent("""
     import sys, time
     import kvdm.index
-    from kvdm.experiments.options_redis import redis_session
+    from kvdm.experiments.cli.options_redis import redis_session
     from kvdm.index import redis_server
     from kvdm.index.redis_server import live_pids
     cluster, owner = int(sys.argv[1]), sys.argv[2]

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kvdm.experiments.replay import ReplayConfig, parse_mode, replay
-from kvdm.experiments.results import RunResults
+from kvdm.experiments.replay.engine import ReplayConfig, parse_mode, replay
+from kvdm.experiments.replay.results import RunResults
 from kvdm.index import IndexSpec
 from kvdm.traces.registry import FIXTURE
 

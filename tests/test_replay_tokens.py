@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import kvdm.index
-from kvdm.experiments.replay import ReplayConfig, replay
+from kvdm.experiments.replay.engine import ReplayConfig, replay
 from kvdm.index import IndexSpec
 from kvdm.index.tokens import ChunkKeys, TokenIndex
 from kvdm.traces.loaders import Trace

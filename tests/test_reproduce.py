@@ -12,8 +12,8 @@ from typing import Any
 
 import pandas as pd
 
-from kvdm.experiments.plots import load_runs
-from kvdm.experiments.results import RunResults
+from kvdm.experiments.figures.plots import load_runs
+from kvdm.experiments.replay.results import RunResults
 
 FIGURES = ("fig1a", "fig1b", "fig2a", "fig2b", "fig3a", "fig3b", "cost_rtts", "cost_bytes", "load_closed_get",
            "load_closed_range", "load_open_get", "load_open_range", "engine_chain")
@@ -122,7 +122,7 @@ def _check_load_curves(md: str, fig3: dict[str, Any], runs: list[Any]) -> None:
 
 def test_claim_rows_read_plainly() -> None:
     """Which is lower, by how much (of the higher), and whether that agrees with the paper."""
-    from kvdm.experiments.reproduce_report import lower_claim
+    from kvdm.experiments.reproduce.report import lower_claim
 
     assert lower_claim("range", ("sherman", 9.0), ("chime", 10.0), 10.3) == [
         "Sherman's range p99 is 10.0% lower than CHIME's (9.0 vs 10.0 µs)",
@@ -136,8 +136,8 @@ def test_the_report_names_the_traces_it_used(tmp_path: Path) -> None:
     """toolagent is said to be used when it is (the snag: the report always said it was absent)."""
     from types import SimpleNamespace
 
-    from kvdm.experiments.reproduce import ReproduceConfig
-    from kvdm.experiments.reproduce_report import traces_note
+    from kvdm.experiments.reproduce.report import traces_note
+    from kvdm.experiments.reproduce.run import ReproduceConfig
 
     used = traces_note(SimpleNamespace(cfg=ReproduceConfig(traces=("toolagent", "conversation"),
                                                            fig3_traces=("toolagent",))))
@@ -156,7 +156,7 @@ def test_offered_rate_is_the_paced_trace_over_the_requests_done() -> None:
 
     import numpy as np
 
-    from kvdm.experiments.reproduce import offered_rate
+    from kvdm.experiments.reproduce.run import offered_rate
 
     stream = SimpleNamespace(req_offsets=np.array([0, 3, 5, 9, 10]), req_timestamp_ms=np.array([0.0, 1000, 2000, 4000]))
     assert offered_rate(stream, "compressed:10", 3) == 9 / 0.2  # 9 ops due over 2 s of trace / 10
@@ -166,8 +166,8 @@ def test_offered_rate_is_the_paced_trace_over_the_requests_done() -> None:
 
 def test_same_substrate_is_refused_without_an_rdma_device(capsys: Any, tmp_path: Path, monkeypatch: Any) -> None:
     """On a host without RDMA: one line naming what is missing, and nothing written."""
-    from kvdm.experiments import cmd_reproduce
     from kvdm.experiments.cli import main
+    from kvdm.experiments.cli import reproduce as cmd_reproduce
 
     out = tmp_path / "repro"
     monkeypatch.setattr(cmd_reproduce, "rdma_devices", lambda: [])
@@ -205,7 +205,7 @@ def _check_redis_reference(out: Path, md: str, fig3_redis: Any) -> None:
 
 def test_redis_benchmark_csv_is_parsed() -> None:
     """Both forms of redis-benchmark --csv: with latency columns (Redis 7) and rps only (older)."""
-    from kvdm.experiments.reproduce import parse_redis_benchmark_csv
+    from kvdm.experiments.reproduce.run import parse_redis_benchmark_csv
 
     new = ('"test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms",'
            '"max_latency_ms"\n"GET","17182.13","0.054","0.016","0.055","0.111","0.183","1.639"\n')
@@ -216,7 +216,7 @@ def test_redis_benchmark_csv_is_parsed() -> None:
 
 
 def test_a_missing_redis_benchmark_is_reported_not_fatal(monkeypatch: Any) -> None:
-    from kvdm.experiments import reproduce
+    from kvdm.experiments.reproduce import run as reproduce
 
     monkeypatch.setenv("PATH", "/nonexistent")
     res = reproduce.run_redis_benchmark("redis://127.0.0.1:1", False, 10)
@@ -258,7 +258,7 @@ def test_a_verbs_memory_node_that_cannot_start_is_reported(tmp_path: Path) -> No
     serve, the error names the command and the node's own last words."""
     import pytest
 
-    from kvdm.experiments.reproduce import verbs_memory_node
+    from kvdm.experiments.reproduce.run import verbs_memory_node
 
     log = tmp_path / "memnode.log"
     want = r"did not start \(`kvdm memnode serve --transport verbs .*--device nosuch0`, exit status 1\)"
@@ -271,7 +271,7 @@ def test_reproduce_reads_its_traces_with_the_trace_flags(tmp_path: Path, capsys:
     """--format, --skip-bad and --limit reach every trace reproduce reads: a malformed line is
     an error naming file and line before anything is written, and --skip-bad skips it."""
     from kvdm.experiments.cli import build_parser, main
-    from kvdm.experiments.cmd_reproduce import check_inputs, config_from_args
+    from kvdm.experiments.cli.reproduce import check_inputs, config_from_args
     from kvdm.traces import FIXTURE
 
     bad = tmp_path / "bad.jsonl"

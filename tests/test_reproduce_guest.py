@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.rdma, pytest.mark.skipif(not rdma_devices(), reason=NO
 def test_reproduce_same_substrate_labels_emulation_and_states_the_ratio(tmp_path: Path,
                                                                         capsys: pytest.CaptureFixture[str]) -> None:
     from kvdm.experiments.cli import main
-    from kvdm.experiments.plots import load_runs
+    from kvdm.experiments.figures.plots import load_runs
 
     out = tmp_path / "repro"
     t0 = time.perf_counter()

@@ -506,7 +506,7 @@ def test_latency_models_and_tearing_are_the_shm_networks() -> None:
 def test_cli_labels_the_run_by_its_uris() -> None:
     import argparse
 
-    from kvdm.experiments.options import add_transport_options, transport_config
+    from kvdm.experiments.cli.options import add_transport_options, transport_config
 
     p = argparse.ArgumentParser()
     add_transport_options(p)

@@ -165,7 +165,7 @@ def test_too_many_clients_are_refused() -> None:
 
 
 def verbs_built_in() -> bool:
-    from kvdm.experiments.cmd_doctor import verbs_built_in as probe
+    from kvdm.experiments.cli.doctor import verbs_built_in as probe
 
     return probe()
 

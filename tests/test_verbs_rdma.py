@@ -63,7 +63,7 @@ def _dict_reference(trace: str, clients: int) -> object:
     """The dict backend's results on the same slice with the same client split, from the replay
     engine's own client loop run in this process (spawning more interpreters costs ~40 s each
     under TCG)."""
-    from kvdm.experiments.replay import ReplayConfig, needs_preload, preload, run_client, summarise
+    from kvdm.experiments.replay.engine import ReplayConfig, needs_preload, preload, run_client, summarise
     from kvdm.index import IndexSpec, open_spec
     from kvdm.traces.mapping import map_trace
     from kvdm.traces.registry import load
@@ -85,7 +85,7 @@ def test_replay_over_verbs_matches_the_dict_backend(tmp_path: Path, capsys: pyte
     then do not depend on how the two clients interleave). It finishes, and its hits per op
     equal the dict backend's and the trace's ground truth."""
     from kvdm.experiments.cli import main
-    from kvdm.experiments.results import RunResults
+    from kvdm.experiments.replay.results import RunResults
     from kvdm.traces.registry import FIXTURE
 
     trace = tmp_path / "head100.jsonl"

@@ -36,8 +36,8 @@ from kvdm.native import lib
 from kvdm.transport import DMError, ShmMemoryNode, TransportConfig, connect
 
 if TYPE_CHECKING:
-    from kvdm.experiments.replay import ReplayConfig
-    from kvdm.experiments.results import RunResults
+    from kvdm.experiments.replay.engine import ReplayConfig
+    from kvdm.experiments.replay.results import RunResults
 
 pytestmark = [pytest.mark.rdma, pytest.mark.skipif(two_hosts() is None, reason=NO_TWO_HOSTS)]
 
@@ -156,7 +156,7 @@ def shm_reference(cfg: ReplayConfig) -> RunResults:
     """The same replay over an shm node, its clients run one after the other in this process
     (with --inserts none the hits do not depend on how the clients interleave; spawning a
     client interpreter costs tens of seconds under TCG)."""
-    from kvdm.experiments.replay import load_stream, open_client, preload, run_client, summarise
+    from kvdm.experiments.replay.engine import load_stream, open_client, preload, run_client, summarise
 
     stream = load_stream(cfg)
     with ShmMemoryNode(64 << 20) as node:
@@ -176,8 +176,8 @@ def test_replay_across_the_link_matches_shm(fabric: Fabric, tmp_path: Path,
     preloaded: it finishes, and its hits and op counts per op equal the shm run's and the
     trace's ground truth."""
     from kvdm.experiments.cli import main
-    from kvdm.experiments.replay import ReplayConfig
-    from kvdm.experiments.results import RunResults
+    from kvdm.experiments.replay.engine import ReplayConfig
+    from kvdm.experiments.replay.results import RunResults
     from kvdm.index import IndexSpec
     from kvdm.traces.registry import FIXTURE
 

@@ -50,14 +50,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from kvdm.experiments.cli.replay import RETRY_COUNTERS
+from kvdm.experiments.replay.engine import backend_session, open_client, use_c_driver
+from kvdm.experiments.replay.metrics import Histogram
+from kvdm.experiments.replay.results import RunResults, machine_description
 from kvdm.index import IndexSpec, remote_memory
 from kvdm.index import backend as backend_entry
 from kvdm.transport import TransportConfig
-
-from .cmd_replay import RETRY_COUNTERS
-from .metrics import Histogram
-from .replay import backend_session, open_client, use_c_driver
-from .results import RunResults, machine_description
 
 CHAIN_LENGTHS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 #: ``--backends all``
@@ -193,7 +192,7 @@ class _Timed:
 
 
 def _call_stream(kind: int, keys: np.ndarray, n: int, calls: int) -> Any:
-    from .cmd_bench_index import _CallStream
+    from kvdm.experiments.cli.bench_index import _CallStream
 
     kb = 32 if keys.ndim == 2 else 8
     bounds = np.zeros((calls, kb), np.uint8) if kb == 32 else np.zeros(calls, np.uint64)
@@ -273,7 +272,7 @@ def _strategy_spec(spec: IndexSpec, strategy: str) -> IndexSpec:
 
 
 def _chain_keys(numbers: np.ndarray, key_bytes: int) -> np.ndarray:
-    from .cmd_bench_index import keys_of
+    from kvdm.experiments.cli.bench_index import keys_of
 
     return keys_of(numbers, key_bytes)
 
@@ -282,7 +281,7 @@ def bench_backend(cfg: ChainConfig, spec: IndexSpec,
                   on_row: Callable[[dict[str, Any]], None] | None = None) -> tuple[list[dict[str, Any]],
                                                                                     dict[str, Histogram]]:
     """The sweep on one backend (its own memory nodes or Redis server): rows and histograms."""
-    from .cmd_bench_index import make_keys
+    from kvdm.experiments.cli.bench_index import make_keys
 
     rows: list[dict[str, Any]] = []
     hists: dict[str, Histogram] = {}
@@ -420,7 +419,7 @@ def figure_note(cfg: ChainConfig) -> str:
 
 def write(res: RunResults, cfg: ChainConfig) -> tuple[Path, Path]:
     """Results into ``cfg.out`` and the figure at ``cfg.plot`` (default ``<out>/chain_p99.png``)."""
-    from .plots import plot_chain
+    from kvdm.experiments.figures.plots import plot_chain
 
     out = res.write(cfg.out)
     fig = plot_chain(res.rows, cfg.plot or out / "chain_p99.png", note=figure_note(cfg))

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from kvdm.experiments.figures.plots import LoadPoint, Run
 from kvdm.index import remote_memory
 from kvdm.traces import PAPER
 
-from .plots import LoadPoint, Run
-from .report import Report
-from .reproduce import (
+from .document import Report
+from .run import (
     ENGINE_KEY_BYTES,
     KEEPS_UP,
     PAPER_CHIME_GET_GAIN,
@@ -81,7 +81,8 @@ def build_report(rp: Reproduction) -> Report:
           f"`kvdm plot {out / 'runs'}/closed-* --metric p99 --op get --by throughput --out load.png`, "
           f"`kvdm plot {out / 'runs'}/fig3-* --metric bytes --by op --out bytes.png`."
           + (f" The engine step's runs ({out / 'runs'}/engine-*) are `kvdm bench index --op chain` results, which "
-             "`kvdm plot` skips; their figure is `kvdm.experiments.plots.plot_chain` of their rows." if rp.engine
+             "`kvdm plot` skips; their figure is `kvdm.experiments.figures.plots.plot_chain` of their rows."
+             if rp.engine
              else ""))
     return rep
 
@@ -135,7 +136,7 @@ def _minutes(v: float) -> str:
 
 def substrate_label(rp: Reproduction) -> str:
     """The same-substrate run's label: emulation (and why) or hardware."""
-    from .cmd_bench_transport import emulation_note
+    from kvdm.experiments.cli.bench_transport import emulation_note
 
     uris = rp.transport.memory_nodes or [rp.memory_node_uri]
     note = emulation_note(rp.transport, [u for u in uris if u]).removeprefix("# ").strip()

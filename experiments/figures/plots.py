@@ -25,9 +25,8 @@ from typing import Any
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from kvdm.experiments.replay.results import RunResults  # noqa: E402
 from kvdm.index import remote_memory
-
-from .results import RunResults  # noqa: E402
 
 #: --metric name -> (results column, axis label)
 METRICS = {

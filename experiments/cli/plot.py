@@ -1,15 +1,15 @@
-"""``kvdm plot RESULTS...``: a figure from stored runs (see :mod:`kvdm.experiments.plots`)."""
+"""``kvdm plot RESULTS...``: a figure from stored runs (see :mod:`kvdm.experiments.figures.plots`)."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
-from .cli import UsageError, choices_type
+from . import UsageError, choices_type
 
 
 def register(sub: Any) -> None:
-    from .plots import AXES, METRICS, OPS
+    from kvdm.experiments.figures.plots import AXES, METRICS, OPS
 
     p = sub.add_parser(
         "plot", help="a figure from stored runs (compare backends, transports, latency models)",
@@ -32,7 +32,7 @@ def register(sub: Any) -> None:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from .plots import load_runs, plot_runs
+    from kvdm.experiments.figures.plots import load_runs, plot_runs
 
     try:
         runs = load_runs(args.results)

@@ -10,7 +10,7 @@ from typing import Any
 
 from kvdm.transport import TRANSPORTS, parse_size, stop_on_signals
 
-from .cli import choices_type, group, integer, size
+from . import choices_type, group, integer, size
 
 
 def register(sub: Any) -> None:

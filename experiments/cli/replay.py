@@ -10,15 +10,7 @@ from typing import Any
 
 import pandas as pd
 
-from kvdm.index import LPM_STRATEGIES, TOKEN_KEY_SCHEMES, IndexSpec, available, backend, remote_memory
-from kvdm.index import backends as registered
-from kvdm.traces import INSERT_MODES as INSERTS
-from kvdm.traces import KEY_SCHEMES, MAPPINGS, RANGE_SEMANTICS, key_bytes_of
-
-from .cli import UsageError, choices_type, count, count0, non_negative, positive
-from .cmd_traces import add_trace_options, load_trace_from_args, trace_options
-from .options import add_transport_options, transport_config
-from .replay import (
+from kvdm.experiments.replay.engine import (
     DRIVERS,
     LAUNCHERS,
     ReplayConfig,
@@ -26,7 +18,15 @@ from .replay import (
     parse_mode,
     replay,
 )
-from .results import RunResults
+from kvdm.experiments.replay.results import RunResults
+from kvdm.index import LPM_STRATEGIES, TOKEN_KEY_SCHEMES, IndexSpec, available, backend, remote_memory
+from kvdm.index import backends as registered
+from kvdm.traces import INSERT_MODES as INSERTS
+from kvdm.traces import KEY_SCHEMES, MAPPINGS, RANGE_SEMANTICS, key_bytes_of
+
+from . import UsageError, choices_type, count, count0, non_negative, positive
+from .options import add_transport_options, transport_config
+from .traces import add_trace_options, load_trace_from_args, trace_options
 
 
 def mode_type(text: str) -> str:
@@ -76,7 +76,7 @@ def parse_index_opt(text: str) -> tuple[str, Any]:
 
 def _redis_options_module() -> Any:
     try:
-        return importlib.import_module("kvdm.experiments.options_redis")
+        return importlib.import_module("kvdm.experiments.cli.options_redis")
     except ImportError:
         return None
 
@@ -256,7 +256,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         return stream
 
     if cfg.launcher == "mpi":
-        from .launch_mpi import replay_mpi, world
+        from kvdm.experiments.replay.launch_mpi import replay_mpi, world
 
         size = world().size
         if args.clients is not None and args.clients != size:

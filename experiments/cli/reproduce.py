@@ -1,5 +1,5 @@
 """``kvdm reproduce``: regenerate the paper's figures, the load curves, and a report (see
-:mod:`kvdm.experiments.reproduce`)."""
+:mod:`kvdm.experiments.reproduce.run`)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .cli import UsageError, choices_type, count0, non_negative, positive
-from .cmd_replay import keeps_order, mode_type
-from .cmd_traces import add_trace_options, trace_options
+from . import UsageError, choices_type, count0, non_negative, positive
 from .options import add_transport_options, transport_config
 from .options_redis import add_redis_options, given_redis_flags, redis_options
+from .replay import keeps_order, mode_type
+from .traces import add_trace_options, trace_options
 
 
 def _csv(kind: Any, what: str) -> Any:
@@ -27,9 +27,8 @@ def _csv(kind: Any, what: str) -> Any:
 
 
 def register(sub: Any) -> None:
+    from kvdm.experiments.reproduce.run import STEPS
     from kvdm.traces import RANGE_SEMANTICS
-
-    from .reproduce import STEPS
 
     p = sub.add_parser(
         "reproduce", help="regenerate the paper's figures (Fig. 1-3), load curves and a report",
@@ -99,9 +98,8 @@ def register(sub: Any) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
+    from kvdm.experiments.reproduce.run import ReproduceConfig
     from kvdm.index import available
-
-    from .reproduce import ReproduceConfig
 
     given = {k: v for k, v in {
         "traces": args.traces, "fig3_traces": args.fig3_traces, "backends": args.backends,
@@ -176,7 +174,7 @@ def check_inputs(cfg: Any) -> None:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from .reproduce import reproduce
+    from kvdm.experiments.reproduce.run import reproduce
 
     cfg = config_from_args(args)
     check_inputs(cfg)

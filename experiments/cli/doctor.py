@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-SOFTROCE_DIR = Path(__file__).resolve().parents[1] / "transport" / "softroce"
+SOFTROCE_DIR = Path(__file__).resolve().parents[2] / "transport" / "softroce"
 SYS_IB = Path("/sys/class/infiniband")
 
 

@@ -1,6 +1,7 @@
 """The ``kvdm`` command line.
 
-Each ``experiments/cmd_*.py`` module contributes commands through ``register(sub)``, where
+Each module of this package with a ``register`` function (one per command or group)
+contributes commands through ``register(sub)``, where
 ``sub`` is the top-level subparsers object; commands that share a group (``kvdm bench
 transport``, ``kvdm bench index``) get it from :func:`group`. A command's handler is set with
 ``parser.set_defaults(func=handler)`` and receives the parsed namespace; it returns an exit
@@ -26,9 +27,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-import kvdm.experiments as experiments_pkg
-
-from .errors import CommandFailed, UsageError
+from ..errors import CommandFailed, UsageError
 
 # numpy's BLAS pool busy-waits on its threads after any BLAS call; on the few cores a
 # benchmark shares with its memory nodes and clients that steals the measured loop's CPU.
@@ -162,9 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
         "one-sided verbs, replayed against real KV-cache traces and Redis.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for mod in sorted(pkgutil.iter_modules(experiments_pkg.__path__), key=lambda m: m.name):
-        if mod.name.startswith("cmd_"):
-            importlib.import_module(f"kvdm.experiments.{mod.name}").register(sub)
+    for mod in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if mod.name.startswith("_"):  # __main__ runs the command
+            continue
+        module = importlib.import_module(f"{__name__}.{mod.name}")
+        if callable(getattr(module, "register", None)):
+            module.register(sub)
     return parser
 
 

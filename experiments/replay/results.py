@@ -39,7 +39,7 @@ def machine_description() -> dict[str, Any]:
         mem = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     commit = ""
     try:
-        src = Path(__file__).resolve().parents[1]
+        src = Path(__file__).resolve().parents[2]
         commit = subprocess.run(["git", "-C", str(src), "rev-parse", "--short", "HEAD"], capture_output=True,
                                 text=True, timeout=5).stdout.strip()
     except (OSError, subprocess.SubprocessError):

@@ -1,7 +1,7 @@
 """Generate ``docs/cli.md``, the CLI reference, from the argparse parsers of ``kvdm``.
 
-    .venv/bin/python -m kvdm.experiments.cli_reference           # rewrite docs/cli.md
-    .venv/bin/python -m kvdm.experiments.cli_reference --check   # exit 1 if docs/cli.md is stale
+    .venv/bin/python -m kvdm.experiments.cli.reference           # rewrite docs/cli.md
+    .venv/bin/python -m kvdm.experiments.cli.reference --check   # exit 1 if docs/cli.md is stale
 
 Every command and subcommand gets its description, its usage line and a table of its flags
 (flag, the parser's default, help text), in the order ``kvdm --help`` lists them. Option groups
@@ -20,11 +20,11 @@ import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from .cli import build_parser
+from . import build_parser
 
 #: the repository's docs/cli.md (this module lives in <repo>/experiments/)
-DEFAULT_PATH = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
-REGENERATE = "python -m kvdm.experiments.cli_reference"
+DEFAULT_PATH = Path(__file__).resolve().parents[2] / "docs" / "cli.md"
+REGENERATE = "python -m kvdm.experiments.cli.reference"
 USAGE_WIDTH = 100
 
 Row = tuple[str, str, str]  # flag, default, help
@@ -196,7 +196,7 @@ def render() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m kvdm.experiments.cli_reference", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m kvdm.experiments.cli.reference", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=DEFAULT_PATH, help=f"file to write (default {DEFAULT_PATH})")
     ap.add_argument("--check", action="store_true", help="write nothing; exit 1 if the file is not up to date")

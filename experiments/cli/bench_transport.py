@@ -21,7 +21,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from kvdm.transport import TransportConfig, connect, memory_nodes, parse_size
 
-from .cli import UsageError, group
+from . import UsageError, group
 from .options import add_transport_options, transport_config
 
 SYS_IB = Path("/sys/class/infiniband")

@@ -6,18 +6,18 @@ import argparse
 import time
 from typing import Any
 
+from kvdm.experiments.bench.tokens import LENGTHS, TokensConfig, run_tokens
 from kvdm.index import TOKEN_KEY_SCHEMES as KEY_SCHEMES
 from kvdm.index import available
 
-from .bench_tokens import LENGTHS, TokensConfig, run_tokens
-from .cli import CommandFailed, UsageError, choices_type, count, group, real
-from .cmd_bench_index import backend_spec
-from .cmd_replay import add_index_options
+from . import CommandFailed, UsageError, choices_type, count, group, real
+from .bench_index import backend_spec
 from .options import add_transport_options, transport_config
+from .replay import add_index_options
 
 
 def register(sub: Any) -> None:
-    import kvdm.experiments.bench_tokens as mod
+    import kvdm.experiments.bench.tokens as mod
 
     g = group(sub, "bench", "benchmarks that print their figures")
     p = g.add_parser("tokens", help="prompts/s of the token layer: hashing and prefix lookup, per prompt length",

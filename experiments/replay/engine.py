@@ -37,11 +37,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from kvdm.experiments.cli import CommandFailed
 from kvdm.index import IndexSpec, backend, open_spec, remote_memory
 from kvdm.traces import TraceOptions
 from kvdm.transport import TransportConfig, connect, memory_nodes
 
-from .cli import CommandFailed
 from .metrics import Histogram
 from .results import RunResults, machine_description, row_key
 
@@ -441,7 +441,7 @@ class LocalReplay:
     4. :meth:`stop_clients`: join them (terminate a straggler);
     5. ``finish``: the merged results (or what failed).
 
-    ``kvdm.experiments.launch_mpi`` runs the same phases with MPI ranks as the clients."""
+    ``kvdm.experiments.replay.launch_mpi`` runs the same phases with MPI ranks as the clients."""
 
     def __init__(self, cfg: ReplayConfig, stream: Any = None, quiet: bool = False) -> None:
         self.cfg, self.quiet = cfg, quiet

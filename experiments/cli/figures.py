@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .cli import group
-from .cmd_traces import add_trace_options, load_trace_from_args
+from . import group
+from .traces import add_trace_options, load_trace_from_args
 
 _HELP = {
     "fig1a": "Fig. 1a: CDF of per-request block hit ratio (unbounded cache)",
@@ -33,7 +33,7 @@ def register(sub: Any) -> None:
 
 
 def cmd_figure(args: argparse.Namespace) -> int:
-    from .trace_figures import FIGURES
+    from kvdm.experiments.figures.traces import FIGURES
 
     trace = load_trace_from_args(args)
     names = list(FIGURES) if args.figure == "all" else [args.figure]

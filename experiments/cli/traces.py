@@ -14,7 +14,7 @@ from typing import Any
 
 from kvdm.traces import ARRIVALS, FORMATS, Trace, TraceOptions
 
-from .cli import UsageError, choices_type, count0, group, positive
+from . import UsageError, choices_type, count0, group, positive
 
 
 def add_trace_options(p: argparse.ArgumentParser, positional: bool = True, trace: bool = True) -> None:

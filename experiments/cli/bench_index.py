@@ -1,6 +1,6 @@
 """``kvdm bench index``: point-operation throughput and latency of any index backend, and
 (``--op chain``) the engine's view: longest prefix match and chain insert swept over the chain
-length N, on one backend or several (see :mod:`kvdm.experiments.bench_chain`).
+length N, on one backend or several (see :mod:`kvdm.experiments.bench.chain`).
 
 Preloads ``--keys`` keys (batched puts), then ``--clients`` processes issue ``--op`` operations
 for ``--seconds`` each: ``get`` of preloaded keys (uniform), ``put`` of new keys, or ``mixed``
@@ -41,17 +41,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from kvdm.experiments.bench.chain import DEFAULT_CHAINS, MATCHED
+from kvdm.experiments.replay.engine import DRIVERS, LAUNCHERS, backend_session, open_client, use_c_driver
+from kvdm.experiments.replay.metrics import Histogram
 from kvdm.index import IndexSpec, remote_memory
 from kvdm.index import backend as backend_entry
 from kvdm.index import backends as registered
 from kvdm.transport import TransportConfig, parse_size
 
-from .bench_chain import DEFAULT_CHAINS, MATCHED
-from .cli import CommandFailed, UsageError, choices_type, group
-from .cmd_replay import RETRY_COUNTERS, add_index_options, derived_columns, index_spec
-from .metrics import Histogram
+from . import CommandFailed, UsageError, choices_type, group
 from .options import add_transport_options, transport_config
-from .replay import DRIVERS, LAUNCHERS, backend_session, open_client, use_c_driver
+from .replay import RETRY_COUNTERS, add_index_options, derived_columns, index_spec
 
 OPS = ("get", "put", "mixed", "chain")
 #: flags of --op chain only (argparse dests; None when not given)
@@ -363,7 +363,7 @@ def _shared(cfg: BenchIndexConfig, args: argparse.Namespace) -> Iterator[tuple[B
 def _run_ranks(cfg: BenchIndexConfig, args: argparse.Namespace) -> tuple[BenchIndexConfig, list[Any]] | None:
     """The clients as the ranks of an MPI job (launch_mpi.run_ranks): rank 0 sets up and gets
     every rank's result; None on the other ranks."""
-    from .launch_mpi import run_ranks, world
+    from kvdm.experiments.replay.launch_mpi import run_ranks, world
 
     size = world().size
     if args.threads != 1 or args.handover or backend_entry(cfg.index.name).per_client:
@@ -422,11 +422,10 @@ def _run_clients(cfg: BenchIndexConfig, uris: list[str]) -> list[tuple[np.ndarra
 
 
 def chain_config(args: argparse.Namespace) -> Any:
-    """The :class:`~kvdm.experiments.bench_chain.ChainConfig` of ``--op chain``'s flags (UsageError
+    """The :class:`~kvdm.experiments.bench.chain.ChainConfig` of ``--op chain``'s flags (UsageError
     for flags that do not apply or bad values)."""
+    from kvdm.experiments.bench import chain as bc
     from kvdm.index import available
-
-    from . import bench_chain as bc
 
     not_chain = [flag for flag, bad in (("--clients", args.clients != 1), ("--threads", args.threads != 1),
                                         ("--batch", args.batch != 1), ("--handover", args.handover),
@@ -502,7 +501,8 @@ def backend_spec(args: argparse.Namespace, backend: str, opts: dict[str, Any], s
 
 def cmd_bench_chain(args: argparse.Namespace) -> int:
     """``kvdm bench index --op chain``."""
-    from . import bench_chain as bc
+    from kvdm.experiments.bench import chain as bc
+
     from .options_redis import given_redis_flags
 
     redis_flags = given_redis_flags(args)

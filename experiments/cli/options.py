@@ -6,7 +6,7 @@ import argparse
 
 from kvdm.transport import LATENCY_MODELS, TRANSPORTS, TransportConfig, parse_size
 
-from .cli import choices_type, count, non_negative, positive, size
+from . import choices_type, count, non_negative, positive, size
 
 
 def add_transport_options(parser: argparse.ArgumentParser) -> None:

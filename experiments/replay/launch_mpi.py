@@ -36,8 +36,9 @@ from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import replace
 from typing import Any
 
-from .cli import CommandFailed, UsageError
-from .replay import (
+from kvdm.experiments.cli import CommandFailed, UsageError
+
+from .engine import (
     ClientResult,
     Progress,
     ReplayConfig,

@@ -3,7 +3,7 @@ report that puts each figure beside the paper's claim.
 
 Steps (each can be left out with ``steps``):
 
-1. ``traces``: Fig. 1a, 1b, 2a, 2b of each trace (:mod:`kvdm.experiments.trace_figures`);
+1. ``traces``: Fig. 1a, 1b, 2a, 2b of each trace (:mod:`kvdm.experiments.figures.traces`);
 2. ``fig3``: per backend, a replay of the Fig. 3 trace as the paper: ``paper`` mapping, 32 B
    SHA-256 keys, 8 B values, inserts of new blocks issued and timed, 10-minute bins of trace
    time, the first 10 minutes warm-up. By default the replay is *compressed and unloaded*: one
@@ -19,7 +19,7 @@ Steps (each can be left out with ``steps``):
 3. ``load``: per backend, a closed-loop sweep of client counts and open-loop replays compressed
    by several factors (one client), each capped at ``load_duration_s`` of wall time, drawn as
    p99 against throughput (load curves);
-4. ``engine``: per backend, the engine's view (:mod:`kvdm.experiments.bench_chain`, the sweep of
+4. ``engine``: per backend, the engine's view (:mod:`kvdm.experiments.bench.chain`, the sweep of
    ``kvdm bench index --op chain``, run in-process): longest prefix match per LPM strategy and
    chain insert, swept over the chain length N, 32 B keys, at the reproduction's transport.
    The full run sweeps N = 1, 2, 4, ..., 512 with that command's defaults (1,000 chains per N,
@@ -63,15 +63,15 @@ from urllib.parse import urlparse
 import numpy as np
 import pandas as pd
 
+from kvdm.experiments.bench import chain as bc
+from kvdm.experiments.figures.plots import LoadPoint, Run, load_runs, plot_chain, plot_rate_sweep, plot_runs
+from kvdm.experiments.replay.engine import ReplayConfig, parse_mode, replay
+from kvdm.experiments.replay.results import RunResults
 from kvdm.index import IndexSpec, remote_memory
 from kvdm.traces import TraceOptions
 from kvdm.transport import TransportConfig
 
-from . import bench_chain as bc
-from .plots import LoadPoint, Run, load_runs, plot_chain, plot_rate_sweep, plot_runs
-from .replay import ReplayConfig, parse_mode, replay
-from .report import Report
-from .results import RunResults
+from .document import Report
 
 STEPS = ("traces", "fig3", "reference", "load", "engine")
 #: the paper's Fig. 3 claims (Zhu et al., CLOUD 2025, toolagent trace)
@@ -237,9 +237,8 @@ class Reproduction:
         return load(name, self.cfg.trace_options)
 
     def trace_figures(self) -> None:
+        from kvdm.experiments.figures.traces import fig1a, fig1b, fig2a, fig2b
         from kvdm.traces import compute_stats
-
-        from .trace_figures import fig1a, fig1b, fig2a, fig2b
 
         for name in self.cfg.traces:
             log(f"trace figures of {name}")
@@ -265,7 +264,7 @@ class Reproduction:
         if "redis" not in self.cfg.backends or not replays:
             yield
             return
-        from .options_redis import redis_session
+        from kvdm.experiments.cli.options_redis import redis_session
 
         with redis_session(self.cfg.redis_options) as options:
             self._redis = options
@@ -443,7 +442,7 @@ class Reproduction:
         """The engine step's sweep of ``backends`` into ``out``."""
         cfg = self.cfg
         specs = [self.chain_spec(b) for b in backends]
-        from .options_redis import redis_note
+        from kvdm.experiments.cli.options_redis import redis_note
 
         red = next((s for s in specs if s.name == "redis"), None)
         notes = [redis_note(red.options)] if red is not None else []
@@ -512,7 +511,7 @@ class Reproduction:
 
     # ---- report --------------------------------------------------------------------------
     def write_report(self) -> tuple[Path, Path]:
-        from .reproduce_report import build_report
+        from .report import build_report
 
         rep: Report = build_report(self)
         return rep.write(self.out)
@@ -542,7 +541,7 @@ def verbs_memory_node(device: str | None, gid_index: int | None, size: int, log_
     (loopback handshake, any free port; its stderr into ``log_path``), run in a child forked from
     this process (the command's own code, without a second interpreter start: tens of seconds
     under TCG). Yields its URI; stops it with SIGTERM after."""
-    from .cmd_memnode import cmd_serve
+    from kvdm.experiments.cli.memnode import cmd_serve
 
     args = argparse.Namespace(transport="verbs", size=size, node_id=0, name=None, device=device, ib_port=1,
                               port=0, listen="127.0.0.1", gid_index=gid_index)
@@ -667,7 +666,7 @@ def run_redis_benchmark(url: str, cluster: bool, requests: int, extra: tuple[str
 
 
 def _get_p50(lat_ns: np.ndarray) -> dict[str, float]:
-    from .metrics import Histogram
+    from kvdm.experiments.replay.metrics import Histogram
 
     h = Histogram()
     h.record(lat_ns)
@@ -679,11 +678,10 @@ def redis_reference(options: dict[str, Any], requests: int, keys: int = 10_000) 
     """redis-benchmark's GET (``REDIS_BENCHMARKS``), then kvdm's GET of one key (of ``keys``
     preloaded 32 B keys, drawn uniformly) through the C loop and through redis-py, back to back
     on the server of ``options``, ``requests // 2`` calls each (after as many untimed)."""
+    from kvdm.experiments.bench.chain import _call_stream
+    from kvdm.experiments.cli.bench_index import make_keys
     from kvdm.index import RedisIndex
     from kvdm.traces import OP_GET
-
-    from .bench_chain import _call_stream
-    from .cmd_bench_index import make_keys
 
     url, cluster = options["url"], int(options.get("cluster", 0)) > 0
     out: dict[str, Any] = {"url": url, "cluster": cluster, "requests": requests, "benchmarks": {}}

@@ -26,7 +26,7 @@ from kvdm.index import PREFIX_MODES, RANGE_MODES
 from kvdm.index import redis_session as session
 from kvdm.index import start_redis_servers as start_servers
 
-from .cli import UsageError, choices_type
+from . import UsageError, choices_type
 
 #: argparse dest -> backend option
 _FLAG_OPTIONS = {

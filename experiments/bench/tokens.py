@@ -32,13 +32,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from kvdm.experiments.replay.engine import backend_session, open_client
+from kvdm.experiments.replay.metrics import Histogram
+from kvdm.experiments.replay.results import RunResults, machine_description
 from kvdm.index import IndexSpec, TokenIndex, remote_memory
 from kvdm.traces import VOCAB
 from kvdm.transport import TransportConfig
-
-from .metrics import Histogram
-from .replay import backend_session, open_client
-from .results import RunResults, machine_description
 
 LENGTHS = (1024, 4096, 16384, 65536, 131072)
 RESULTS_KIND = "bench-tokens"

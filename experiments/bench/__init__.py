@@ -1,0 +1,2 @@
+"""kvdm.experiments.bench: the benchmarks that are more than a loop: the engine's view of an index
+(``chain``: LPM and chain insert swept over the chain length) and the token layer (``tokens``)."""

@@ -1,0 +1,1 @@
+"""kvdm.experiments.figures: the figures: of traces (``traces``) and of replay results (``plots``)."""

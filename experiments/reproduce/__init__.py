@@ -1,0 +1,2 @@
+"""kvdm.experiments.reproduce.run: reproducing the paper's figures (``run``) and writing the report
+(``report``)."""

@@ -755,16 +755,21 @@ typedef struct range_arg {
     size_t members;
 } range_arg;
 
-static int build_zrange(kvdm_redis *r, void *a, size_t i) {
-    range_arg *q = a;
+/* The sorted set and the range's BYLEX bounds [lo [hi. */
+static void arg_zset_bounds(kvdm_redis *r, const range_arg *q) {
     uint8_t b[33];
-    arg_str(r, "ZRANGE");
     arg_zset(r);
     b[0] = '[';
     memcpy(b + 1, q->lo, r->kb);
     arg(r, b, r->kb + 1);
     memcpy(b + 1, q->hi, r->kb);
     arg(r, b, r->kb + 1);
+}
+
+static int build_zrange(kvdm_redis *r, void *a, size_t i) {
+    range_arg *q = a;
+    arg_str(r, "ZRANGE");
+    arg_zset_bounds(r, q);
     arg_str(r, "BYLEX");
     if (q->limit) {
         arg_str(r, "LIMIT");
@@ -795,16 +800,10 @@ static int take_zrange(kvdm_redis *r, void *a, size_t i, const redisReply *rep) 
  * BYLEX, then MGET of the members' names in chunks) -> {members, values} (redis_index.py). */
 static int build_range_lua(kvdm_redis *r, void *a, size_t i) {
     range_arg *q = a;
-    uint8_t b[33];
     arg_str(r, "EVALSHA");
     arg(r, r->sha, 40);
     arg_str(r, "1");
-    arg_zset(r);
-    b[0] = '[';
-    memcpy(b + 1, q->lo, r->kb);
-    arg(r, b, r->kb + 1);
-    memcpy(b + 1, q->hi, r->kb);
-    arg(r, b, r->kb + 1);
+    arg_zset_bounds(r, q);
     arg_u64(r, q->limit);
     arg(r, r->ns_len ? (const void *)r->ns : (const void *)"", r->ns_len);
     return DM_OK;

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from kvdm.experiments.cli.bench_index import make_keys
+from kvdm.experiments.bench.calls import make_keys
 
 
 def _bench(*args: str) -> subprocess.CompletedProcess[str]:
@@ -58,7 +58,7 @@ def test_c_loop_counts_the_protocol_per_key(index: str, op: str, rtt: float) -> 
 
 
 def test_keys_of_numbers_the_keys_as_make_keys() -> None:
-    from kvdm.experiments.cli.bench_index import keys_of
+    from kvdm.experiments.bench.calls import keys_of
 
     nums = np.array([7, 3, 99], dtype=np.uint64)
     for kb in (8, 32):

@@ -149,7 +149,7 @@ def test_batch_duplicates_act_in_order(dm, name: str) -> None:
 def test_dense_leaves_split_cleanly(dm) -> None:
     """200k pseudo-random inserts: leaves fill up to where a split must move entries between
     buckets to place them (this once failed with 'no split point fits the buckets')."""
-    from kvdm.experiments.cli.bench_index import make_keys
+    from kvdm.experiments.bench.calls import make_keys
 
     idx = kindex.open("chime", dm, 8)
     keys = make_keys(0, 200_000, 8)

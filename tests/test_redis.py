@@ -151,7 +151,7 @@ def test_a_zset_range_is_one_round_trip(server, key_bytes):
     """Standalone: the script's range (ZRANGE BYLEX, then MGET of the members, server side) in
     one EVALSHA, through redis-py and through the C client alike, limit included; a server that
     lost the script gets it again."""
-    from kvdm.experiments.cli.bench_index import _CallStream as Calls  # an op stream the C loop takes
+    from kvdm.experiments.bench.calls import CallStream as Calls  # an op stream the C loop takes
     from kvdm.traces import OP_RANGE
 
     ints = np.arange(1, 3001, dtype=np.uint64)

@@ -130,7 +130,7 @@ class _CallStream:
 
     @staticmethod
     def of(kind: int, keys: np.ndarray) -> Any:
-        from kvdm.experiments.cli.bench_index import _CallStream as Calls
+        from kvdm.experiments.bench.calls import CallStream as Calls
 
         bounds = np.zeros(1, np.uint64)
         return Calls(np.array([kind], np.uint8), np.array([0, keys.size], np.int64), keys,

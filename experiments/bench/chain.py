@@ -50,9 +50,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from kvdm.experiments.cli.replay import RETRY_COUNTERS
 from kvdm.experiments.replay.engine import backend_session, open_client, use_c_driver
-from kvdm.experiments.replay.metrics import Histogram
+from kvdm.experiments.replay.metrics import RETRY_COUNTERS, Histogram
 from kvdm.experiments.replay.results import RunResults, machine_description
 from kvdm.index import IndexSpec, remote_memory
 from kvdm.index import backend as backend_entry
@@ -192,7 +191,7 @@ class _Timed:
 
 
 def _call_stream(kind: int, keys: np.ndarray, n: int, calls: int) -> Any:
-    from kvdm.experiments.cli.bench_index import _CallStream
+    from .calls import CallStream as _CallStream
 
     kb = 32 if keys.ndim == 2 else 8
     bounds = np.zeros((calls, kb), np.uint8) if kb == 32 else np.zeros(calls, np.uint64)
@@ -272,7 +271,7 @@ def _strategy_spec(spec: IndexSpec, strategy: str) -> IndexSpec:
 
 
 def _chain_keys(numbers: np.ndarray, key_bytes: int) -> np.ndarray:
-    from kvdm.experiments.cli.bench_index import keys_of
+    from .calls import keys_of
 
     return keys_of(numbers, key_bytes)
 
@@ -281,7 +280,7 @@ def bench_backend(cfg: ChainConfig, spec: IndexSpec,
                   on_row: Callable[[dict[str, Any]], None] | None = None) -> tuple[list[dict[str, Any]],
                                                                                     dict[str, Histogram]]:
     """The sweep on one backend (its own memory nodes or Redis server): rows and histograms."""
-    from kvdm.experiments.cli.bench_index import make_keys
+    from .calls import make_keys
 
     rows: list[dict[str, Any]] = []
     hists: dict[str, Histogram] = {}

@@ -41,9 +41,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from kvdm.experiments.bench.calls import CallStream as _CallStream
+from kvdm.experiments.bench.calls import keys_of, make_keys
 from kvdm.experiments.bench.chain import DEFAULT_CHAINS, MATCHED
 from kvdm.experiments.replay.engine import DRIVERS, LAUNCHERS, backend_session, open_client, use_c_driver
-from kvdm.experiments.replay.metrics import Histogram
+from kvdm.experiments.replay.metrics import RETRY_COUNTERS, Histogram
 from kvdm.index import IndexSpec, remote_memory
 from kvdm.index import backend as backend_entry
 from kvdm.index import backends as registered
@@ -51,7 +53,7 @@ from kvdm.transport import TransportConfig, parse_size
 
 from . import CommandFailed, UsageError, choices_type, group
 from .options import add_transport_options, transport_config
-from .replay import RETRY_COUNTERS, add_index_options, derived_columns, index_spec
+from .replay import add_index_options, derived_columns, index_spec
 
 OPS = ("get", "put", "mixed", "chain")
 #: flags of --op chain only (argparse dests; None when not given)
@@ -59,24 +61,6 @@ CHAIN_FLAGS = ("chain_lengths", "chains", "lpm_strategies", "backends", "matched
 PRELOAD_BATCH = 4096
 
 
-def make_keys(start: int, count: int, key_bytes: int) -> np.ndarray:
-    """Keys number start..start+count: distinct, spread over the key space, never reserved."""
-    return keys_of(np.arange(start, start + count, dtype=np.uint64), key_bytes)
-
-
-def keys_of(i: np.ndarray, key_bytes: int) -> np.ndarray:
-    """The keys numbered ``i`` (any uint64 array), as :func:`make_keys` numbers them."""
-    count = i.size
-    with np.errstate(over="ignore"):
-        x = (i + np.uint64(1)) * np.uint64(0x9E3779B97F4A7C15)
-        x ^= x >> np.uint64(31)
-    x = np.where((x == 0) | (x == np.uint64(2**64 - 1)), i + np.uint64(1), x)  # reserved values
-    if key_bytes == 8:
-        return x
-    keys = np.zeros((count, 32), dtype=np.uint8)
-    keys[:, :8] = x.astype(">u8").view(np.uint8).reshape(-1, 8)
-    keys[:, 24:] = i.astype(">u8").view(np.uint8).reshape(-1, 8)  # keeps keys distinct
-    return keys
 
 
 @dataclass
@@ -169,18 +153,6 @@ def _client(cfg: BenchIndexConfig, uris: list[str], client: int, barrier: Any, o
         th.start()
     for th in threads:
         th.join()
-
-
-@dataclass
-class _CallStream:
-    """Bench calls as an operation stream (what the C loop runs): op i = one call of ``batch`` keys."""
-
-    kind: np.ndarray
-    key_offsets: np.ndarray
-    keys: np.ndarray
-    key_block: np.ndarray
-    range_lo: np.ndarray
-    range_hi: np.ndarray
 
 
 class _Workload:

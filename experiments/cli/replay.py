@@ -18,6 +18,7 @@ from kvdm.experiments.replay.engine import (
     parse_mode,
     replay,
 )
+from kvdm.experiments.replay.metrics import RETRY_COUNTERS
 from kvdm.experiments.replay.results import RunResults
 from kvdm.index import LPM_STRATEGIES, TOKEN_KEY_SCHEMES, IndexSpec, available, backend, remote_memory
 from kvdm.index import backends as registered
@@ -174,8 +175,6 @@ def config_from_args(args: argparse.Namespace) -> ReplayConfig:
 
 
 # every index's retries, by its own counter names (race: kvidx_ops.counters in native/race.inc)
-RETRY_COUNTERS = ("lock_fail", "version_mismatch", "go_right", "torn_retry", "cas_failed", "stale_directory",
-                  "lost_insert_race", "checksum_retry")
 
 
 def derived_columns(rows: pd.DataFrame) -> dict[str, pd.Series]:

@@ -37,11 +37,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from kvdm.experiments.cli import CommandFailed
 from kvdm.index import IndexSpec, backend, open_spec, remote_memory
 from kvdm.traces import TraceOptions
 from kvdm.transport import TransportConfig, connect, memory_nodes
 
+from ..errors import CommandFailed
 from .metrics import Histogram
 from .results import RunResults, machine_description, row_key
 

@@ -36,8 +36,7 @@ from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import replace
 from typing import Any
 
-from kvdm.experiments.cli import CommandFailed, UsageError
-
+from ..errors import CommandFailed, UsageError
 from .engine import (
     ClientResult,
     Progress,

@@ -16,6 +16,11 @@ import numpy as np
 
 from kvdm.native import ffi, lib
 
+# every index's retries, by its own counter names (race: kvidx_ops.counters in native/race.inc):
+# the tables sum them into retries per op
+RETRY_COUNTERS = ("lock_fail", "version_mismatch", "go_right", "torn_retry", "cas_failed", "stale_directory",
+                  "lost_insert_race", "checksum_retry")
+
 SUB_BITS = int(lib.KV_HIST_SUB_BITS)
 SUB = 1 << SUB_BITS
 MAX_SHIFT = int(lib.KV_HIST_MAX_SHIFT)

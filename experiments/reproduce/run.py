@@ -264,7 +264,7 @@ class Reproduction:
         if "redis" not in self.cfg.backends or not replays:
             yield
             return
-        from kvdm.experiments.cli.options_redis import redis_session
+        from kvdm.index import redis_session
 
         with redis_session(self.cfg.redis_options) as options:
             self._redis = options
@@ -678,8 +678,8 @@ def redis_reference(options: dict[str, Any], requests: int, keys: int = 10_000) 
     """redis-benchmark's GET (``REDIS_BENCHMARKS``), then kvdm's GET of one key (of ``keys``
     preloaded 32 B keys, drawn uniformly) through the C loop and through redis-py, back to back
     on the server of ``options``, ``requests // 2`` calls each (after as many untimed)."""
+    from kvdm.experiments.bench.calls import make_keys
     from kvdm.experiments.bench.chain import _call_stream
-    from kvdm.experiments.cli.bench_index import make_keys
     from kvdm.index import RedisIndex
     from kvdm.traces import OP_GET
 

@@ -84,7 +84,6 @@ def token_stream(trace: Trace, keyer: ChunkKeys, inserts: str = "timed",
     lengths = trace.lengths
     n_tokens = np.array([prompt_length(int(n), int(L), b) for n, L in zip(lengths, trace.input_length, strict=True)],
                         dtype=np.int64)
-    mismatch = int(((trace.input_length <= (lengths - 1) * b) | (trace.input_length > lengths * b)).sum())
     counts = np.array([keyer.num_chunks(int(n)) for n in n_tokens], dtype=np.int64)
     width = keyer.key_bytes
     keys = np.empty((int(counts.sum()), 32), np.uint8) if width == 32 else np.empty(int(counts.sum()), np.uint64)
@@ -103,8 +102,8 @@ def token_stream(trace: Trace, keyer: ChunkKeys, inserts: str = "timed",
     stream = map_trace(chunks, "prefix", "sha256" if width == 32 else "u64", inserts, keys=keys)
     block_level = map_trace(trace, "prefix", "id", inserts)
     info = TokenStreamInfo(chunk=keyer.chunk_size, key_scheme=keyer.key_scheme, block=b, prompt_tokens=n_tokens,
-                           block_hit_tokens=_leading_hits(block_level) * b, length_mismatch=mismatch, hash_s=hash_s)
-    info.block_hit_tokens = np.minimum(info.block_hit_tokens, n_tokens)
+                           block_hit_tokens=np.minimum(_leading_hits(block_level) * b, n_tokens),
+                           length_mismatch=trace.length_mismatches(), hash_s=hash_s)
     return stream, info
 
 

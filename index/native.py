@@ -70,7 +70,7 @@ from .api import Index, RangeNotSupported, as_keys, as_values
 
 DEFAULTS: dict[str, Any] = {"cache_mb": 100.0, "root_slot": None, "lease_ms": 1000, "max_wait_ms": 10000,
                             "window": 0, "lpm": "auto", "lpm_fanout": 16, "lpm_exact": False, "lpm_probe_ns": 150,
-                            "local_locks": None}
+                            "split_reads_kv": False, "local_locks": None}
 #: prefix-match strategies, in the C enum's order (kvidx.h KVIDX_LPM_*)
 LPM_STRATEGIES = ("auto", "parallel", "kary", "sequential")
 STAT_FIELDS = tuple(name for name, _ in ffi.typeof("kvidx_stats").fields)
@@ -185,6 +185,7 @@ class NativeIndex(Index):
         if not 1 <= probe_ns <= 10**6:
             raise ValueError(f"lpm_probe_ns must be in 1..1000000, got {probe_ns}")
         c_opts.lpm_probe_ns = probe_ns
+        c_opts.split_reads_kv = int(bool(opts["split_reads_kv"]))
         c_opts.add_virtual_ns = int(transport.config.latency_model == "virtual")
         table = opts["local_locks"]
         if table is not None and not isinstance(table, LocalLockTable):

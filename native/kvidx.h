@@ -28,6 +28,8 @@ typedef struct kvidx_opts {
     uint32_t lpm_fanout;  /* kary: probes per round (B >= 1; 0 = 16) */
     int lpm_exact;        /* kary: verify the matched prefix (one more doorbell) */
     uint32_t lpm_probe_ns; /* auto: the client time one probe costs in the cost model (0 = 150 ns) */
+    int split_reads_kv;   /* race, at creation: slots carry no hash bits, so a split reads every KV block
+                           * and clears what moved by CAS (RACE's own protocol; for comparison) */
     struct kvidx_llt *local_locks; /* NULL, or a local lock table shared by handles of one process */
 } kvidx_opts;
 

@@ -24,6 +24,9 @@ SPAWN = mp.get_context("spawn")
 LOOKUP_BYTES = 2 * 128 + 64  # two combined buckets, then one KV block
 INSERT_BYTES_READ = 2 * (2 * 128) + 8  # buckets before and after the CAS, the CAS's old value
 INSERT_BYTES_WRITTEN = 64 + 8  # the KV block and the CAS
+# the two split protocols: sorted by the slots' hash bits (default), or by reading every KV block
+# (split_reads_kv, RACE's own); the creator's option decides for every client of the index
+SPLITS = [pytest.param({}, id="split-by-slot-bits"), pytest.param({"split_reads_kv": True}, id="split-reads-kv")]
 
 
 def fresh_race(key_bytes: int, **options: Any) -> Index:
@@ -123,14 +126,15 @@ def test_insert_and_update_costs(dm, key_bytes: int) -> None:
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("tear", [False, True])
-def test_two_writers_of_the_same_keys_leave_one_copy(tear: bool) -> None:
+@pytest.mark.parametrize("split", SPLITS)
+def test_two_writers_of_the_same_keys_leave_one_copy(tear: bool, split: dict[str, bool]) -> None:
     """Two processes insert the same 4000 keys (32-byte) into a fresh index, so subtables split
     under concurrent inserts of the same keys: every key holds a value one of them wrote, and one
     delete removes each key for good (a duplicate copy that two concurrent inserts can leave
     would make the key reappear unless deletes clear every copy)."""
     ints = np.arange(1, 4001, dtype=np.uint64)
     with ShmMemoryNode(32 << 20) as node:
-        open_client(node.uri, "race", 32).close()
+        open_client(node.uri, "race", 32, **split).close()
         procs = [SPAWN.Process(target=writer_proc, args=(node.uri, "race", 32, tear,
                                                           np.random.default_rng(w).permutation(ints), w + 1, 50, {}))
                  for w in range(2)]
@@ -147,11 +151,12 @@ def test_two_writers_of_the_same_keys_leave_one_copy(tear: bool) -> None:
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("key_bytes", [8, 32])
-def test_crashed_splitter_is_recovered_after_its_lease(shm_node, key_bytes: int) -> None:
+@pytest.mark.parametrize("split", SPLITS)
+def test_crashed_splitter_is_recovered_after_its_lease(shm_node, key_bytes: int, split: dict[str, bool]) -> None:
     """A client dies mid-split (its subtable locked, every bucket marked splitting). Readers are
     not blocked; the next writer to that subtable waits out the lease, takes the lock over,
     finishes the split, and nothing written before is lost."""
-    idx = open_client(shm_node.uri, "race", key_bytes, lease_ms=300)
+    idx = open_client(shm_node.uri, "race", key_bytes, lease_ms=300, **split)
     ints = np.arange(1, 3001, dtype=np.uint64)
     keys = make_keys(ints, key_bytes)
     idx.put(keys, encode(ints, 1))
@@ -201,13 +206,14 @@ def _u64(b: bytes, i: int = 0) -> int:
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("marked", [range(10), range(182, 192)])
-def test_splitter_that_died_half_way_is_recovered(shm_node, dm, marked: range) -> None:
+@pytest.mark.parametrize("split", SPLITS)
+def test_splitter_that_died_half_way_is_recovered(shm_node, dm, marked: range, split: dict[str, bool]) -> None:
     """Raw verbs leave what a splitter that died half way through marking (the first buckets
     marked) or unmarking (the last ones still marked) leaves (layout of native/race.inc):
     some buckets of a subtable marked SPLITTING, its lock held with an expired lease. Writers
     that meet a marked bucket take the lock over, re-mark every bucket and redo the split;
     nothing is lost."""
-    idx = open_client(shm_node.uri, "race", 8)
+    idx = open_client(shm_node.uri, "race", 8, **split)
     ints = np.arange(1, 4001, dtype=np.uint64)
     idx.put(ints, ints)
     root = _u64(dm.read(128 + 8 * 4, 8))  # root slot 4: race, 8-byte keys
@@ -314,11 +320,12 @@ def test_duplicate_keys_in_a_batch(key_bytes: int) -> None:
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("key_bytes", [8, 32])
-def test_batched_puts_that_split_subtables(key_bytes: int) -> None:
+@pytest.mark.parametrize("split", SPLITS)
+def test_batched_puts_that_split_subtables(key_bytes: int, split: dict[str, bool]) -> None:
     """20k keys in batches of 512 into a fresh index (one subtable): keys whose candidates are
     full finish on the single-key path, which splits; every key reads back, every update lands,
     every delete removes its key, and each batch costs a few round trips a group."""
-    idx = fresh_race(key_bytes)
+    idx = fresh_race(key_bytes, **split)
     ints = np.arange(1, 20_001, dtype=np.uint64)
     keys = make_keys(ints, key_bytes)
     for i in range(0, len(ints), 512):
@@ -339,6 +346,42 @@ def test_batched_puts_that_split_subtables(key_bytes: int) -> None:
         gone[i:i + 1024:2] = True
     assert (idx.get(keys)[1] == ~gone).all()
     idx.close()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("key_bytes", [8, 32])
+def test_split_by_slot_bits_reads_no_kv_block_and_reuses_moved_slots(key_bytes: int) -> None:
+    """Keys put one by one into two fresh indexes, one per split protocol. The layouts are the
+    same (same splits, same slots: a slot a split left behind is free, as a cleared one), but a
+    split by the slots' hash bits costs 4 round trips, reads the subtable once and CASes no
+    slot, where RACE's reads every KV block and clears the moved slots."""
+    ints = np.arange(1, 3001, dtype=np.uint64)
+    keys = make_keys(ints, key_bytes)
+    costs = {}
+    for name, opts in (("bits", {}), ("kv", {"split_reads_kv": True})):
+        idx = fresh_race(key_bytes, **opts)
+        split_rtts, split_cas, split_read = [], [], []
+        for i in range(len(ints)):
+            before = idx.counters()
+            idx.put(keys[i:i + 1], ints[i:i + 1])
+            after = idx.counters()
+            if after["splits"] > before["splits"]:
+                assert after["splits"] == before["splits"] + 1
+                split_rtts.append(after["rtts"] - before["rtts"])
+                split_cas.append(after["cas"] - before["cas"])
+                split_read.append(after["bytes_read"] - before["bytes_read"])
+        vals, found = idx.get(keys)
+        assert found.all() and (vals == ints).all()
+        costs[name] = (idx.counters()["splits"], split_rtts, split_cas, split_read)
+        idx.close()
+    splits, rtts, cas, read = costs["bits"]
+    assert splits >= 2 and splits == costs["kv"][0]
+    # insert (2-3) + split (lock, mark+read, new half+directory, headers+unlock) + the redone insert (2-3)
+    assert max(rtts) <= 10 and max(cas) <= 4
+    assert max(read) < 192 * 64 + 4096  # the subtable once (12 KB), no KV block
+    _, kv_rtts, kv_cas, kv_read = costs["kv"]
+    assert min(kv_rtts) >= max(rtts) + 4  # 1,344 KV blocks are 6 doorbells of reads
+    assert min(kv_read) >= max(read) + 1000 * 64 and min(kv_cas) > 100  # a full subtable: > 1,000 KV blocks
 
 
 def test_per_key_latencies_of_a_batched_put(dm) -> None:
@@ -379,7 +422,8 @@ def test_memory_node_full_mid_batch_publishes_nothing_half_done() -> None:
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("key_bytes", [8, 32])
-def test_four_batch_writers_of_overlapping_keys(key_bytes: int) -> None:
+@pytest.mark.parametrize("split", SPLITS)
+def test_four_batch_writers_of_overlapping_keys(key_bytes: int, split: dict[str, bool]) -> None:
     """4 processes (a transport context and handle each) put batches of 128 over overlapping key
     sets, each in its own order, into a fresh index (so subtables split under them): every key
     holds a value one of its writers wrote for it, and one delete removes it for good (no
@@ -390,7 +434,7 @@ def test_four_batch_writers_of_overlapping_keys(key_bytes: int) -> None:
          np.arange(50_001 + 500 * (w % 2), 50_001 + 500 * (w % 2) + 400, dtype=np.uint64)]))
         for w in range(4)]
     with ShmMemoryNode(32 << 20) as node:
-        open_client(node.uri, "race", key_bytes).close()
+        open_client(node.uri, "race", key_bytes, **split).close()
         procs = [SPAWN.Process(target=writer_proc, args=(node.uri, "race", key_bytes, False, work[w], w + 1, 128, {}))
                  for w in range(4)]
         run_all(procs, 100)

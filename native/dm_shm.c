@@ -87,7 +87,10 @@ int dm_shm_create(const char *name, uint64_t size, unsigned node_id, uint64_t ow
                                "see `kvdm memnode clean`)", path + 1);
         return dm_fail_buf(err, errlen, DM_EIO, "shm_open('%s'): %s", path, strerror(errno));
     }
-    if (ftruncate(fd, (off_t)len) != 0) {
+    /* Allocate every page now, as a NIC's memory registration pins the region: no client pays a
+     * page fault mid-run that a real memory node never takes, and a /dev/shm that cannot hold the
+     * region fails here with a message instead of a SIGBUS when a page is first touched. */
+    if (ftruncate(fd, (off_t)len) != 0 || (errno = posix_fallocate(fd, 0, (off_t)len)) != 0) {
         int e = errno;
         close(fd);
         shm_unlink(path);
@@ -147,7 +150,8 @@ static int map_region(const char *name, shm_node *out, uint64_t *size, char *err
                            path + 1, (unsigned long long)magic);
     }
     size_t len = object_len(sz);
-    uint8_t *base = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    /* map every page now (the region's pages exist since its creation): no minor fault mid-run */
+    uint8_t *base = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
     close(fd);
     if (base == MAP_FAILED) return dm_fail_buf(err, errlen, DM_EIO, "mmap of '%s': %s", path + 1, strerror(errno));
     out->base = base;

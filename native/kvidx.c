@@ -336,69 +336,79 @@ int kvidx_unlock(kvidx_locker *lk, dm_gaddr lock_addr, uint64_t word) {
     return rc;
 }
 
-/* ---- node cache ---- */
+/* ---- node cache ----
+ * An index (open addressing, keys -> pool slots, at most half full, grown as entries come) over
+ * a pool of node-sized slots handed out from its front (freed ones first): the nodes a run
+ * really caches sit together in a few pages, so a descent's cache probes and node reads stay in
+ * the CPU caches and TLB, whatever cache_mb reserves. */
 
-typedef struct slot_hdr {
+struct kvidx_cache_ent {
     uint64_t key; /* 0 = empty */
-    uint32_t hits, pad;
-} slot_hdr;
+    uint32_t slot, hits;
+};
+
+#define CACHE_MIN_TABLE 64
 
 int kvidx_cache_init(kvidx_cache *c, double mb, size_t blob, kvidx_stats *st) {
     memset(c, 0, sizeof *c);
     c->st = st;
     c->blob = blob;
-    c->slot = (sizeof(slot_hdr) + blob + 7) & ~(size_t)7;
+    c->slot = (blob + DM_LINE - 1) & ~(size_t)(DM_LINE - 1);
     c->rng = 0x9e3779b97f4a7c15ull;
     if (mb <= 0) return DM_OK;
     double cap = mb * 1048576.0 / (double)c->slot;
     if (cap < 1) return DM_OK;
-    c->cap = (size_t)cap;
-    size_t tbl = 16;
-    while (tbl < 2 * c->cap) tbl <<= 1;
-    c->mask = tbl - 1;
-    c->slots = calloc(tbl, c->slot);
-    return c->slots ? DM_OK : DM_ENOMEM;
+    c->cap = cap > (double)UINT32_MAX ? UINT32_MAX : (size_t)cap;
+    c->mask = CACHE_MIN_TABLE - 1;
+    c->tbl = calloc(CACHE_MIN_TABLE, sizeof *c->tbl);
+    c->free_slots = malloc(c->cap * sizeof *c->free_slots);
+    c->slots = malloc(c->cap * c->slot); /* reserved; pages are touched as slots are handed out */
+    if (c->tbl && c->free_slots && c->slots) return DM_OK;
+    kvidx_cache_free(c);
+    return DM_ENOMEM;
 }
 
 void kvidx_cache_free(kvidx_cache *c) {
     free(c->slots);
+    free(c->tbl);
+    free(c->free_slots);
     c->slots = NULL;
+    c->tbl = NULL;
+    c->free_slots = NULL;
 }
 
-static slot_hdr *at(kvidx_cache *c, size_t i) { return (slot_hdr *)(c->slots + i * c->slot); }
-static size_t home(kvidx_cache *c, uint64_t key) { return (size_t)kvidx_mix64(key) & c->mask; }
+static size_t home(const kvidx_cache *c, uint64_t key) { return (size_t)kvidx_mix64(key) & c->mask; }
+static void *slot_at(const kvidx_cache *c, uint32_t slot) { return c->slots + (size_t)slot * c->slot; }
 
-static size_t find(kvidx_cache *c, uint64_t key) {
+static size_t find(const kvidx_cache *c, uint64_t key) {
     size_t i = home(c, key);
-    while (at(c, i)->key && at(c, i)->key != key) i = (i + 1) & c->mask;
+    while (c->tbl[i].key && c->tbl[i].key != key) i = (i + 1) & c->mask;
     return i;
 }
 
 void *kvidx_cache_get(kvidx_cache *c, dm_gaddr key) {
     if (!c->slots) return NULL;
     key = DM_GADDR_WITH_TAG(key, 0);
-    slot_hdr *s = at(c, find(c, key));
-    if (!s->key) return NULL;
-    s->hits++;
-    return s + 1;
+    struct kvidx_cache_ent *e = &c->tbl[find(c, key)];
+    if (!e->key) return NULL;
+    e->hits++;
+    return slot_at(c, e->slot);
 }
 
 static void remove_at(kvidx_cache *c, size_t i) {
+    c->free_slots[c->nfree++] = c->tbl[i].slot;
+    c->n--;
     /* backward-shift deletion keeps probe sequences intact without tombstones */
-    size_t j = i;
-    for (;;) {
-        at(c, i)->key = 0;
+    for (size_t j = i;;) {
+        c->tbl[i].key = 0;
         for (;;) {
             j = (j + 1) & c->mask;
-            if (!at(c, j)->key) {
-                c->n--;
-                return;
-            }
-            size_t h = home(c, at(c, j)->key);
+            if (!c->tbl[j].key) return;
+            size_t h = home(c, c->tbl[j].key);
             if (i <= j ? (i < h && h <= j) : (i < h || h <= j)) continue;
             break;
         }
-        memcpy(at(c, i), at(c, j), c->slot);
+        c->tbl[i] = c->tbl[j];
         i = j;
     }
 }
@@ -408,7 +418,7 @@ void kvidx_cache_del(kvidx_cache *c, dm_gaddr key) {
     c->gen++;
     key = DM_GADDR_WITH_TAG(key, 0);
     size_t i = find(c, key);
-    if (at(c, i)->key) {
+    if (c->tbl[i].key) {
         remove_at(c, i);
         c->st->cache_invalidate++;
         c->st->cache_entries = c->n;
@@ -422,8 +432,22 @@ static size_t random_victim(kvidx_cache *c) {
         c->rng ^= c->rng >> 7;
         c->rng ^= c->rng << 17;
         size_t i = (size_t)c->rng & c->mask;
-        if (at(c, i)->key) return i;
+        if (c->tbl[i].key) return i;
     }
+}
+
+/* Double the index (keeping it at most half full); 0 when out of memory (the cache stays as is). */
+static int grow(kvidx_cache *c) {
+    size_t size = 2 * (c->mask + 1);
+    struct kvidx_cache_ent *old = c->tbl, *tbl = calloc(size, sizeof *tbl);
+    if (!tbl) return 0;
+    size_t old_size = c->mask + 1;
+    c->tbl = tbl;
+    c->mask = size - 1;
+    for (size_t i = 0; i < old_size; i++)
+        if (old[i].key) c->tbl[find(c, old[i].key)] = old[i];
+    free(old);
+    return 1;
 }
 
 void *kvidx_cache_put(kvidx_cache *c, dm_gaddr key) {
@@ -431,20 +455,21 @@ void *kvidx_cache_put(kvidx_cache *c, dm_gaddr key) {
     c->gen++;
     key = DM_GADDR_WITH_TAG(key, 0);
     size_t i = find(c, key);
-    if (!at(c, i)->key) {
-        if (c->n >= c->cap) {
-            size_t a = random_victim(c), b = random_victim(c);
-            remove_at(c, at(c, a)->hits <= at(c, b)->hits ? a : b);
-            c->st->cache_evict++;
-            i = find(c, key);
-        }
-        at(c, i)->key = key;
-        at(c, i)->hits = 0;
-        c->n++;
-        c->st->cache_entries = c->n;
-        c->st->cache_bytes = c->n * c->slot;
+    if (c->tbl[i].key) return slot_at(c, c->tbl[i].slot);
+    if (c->n >= c->cap) {
+        size_t a = random_victim(c), b = random_victim(c);
+        remove_at(c, c->tbl[a].hits <= c->tbl[b].hits ? a : b);
+        c->st->cache_evict++;
+    } else if (2 * (c->n + 1) > c->mask + 1 && !grow(c)) {
+        return NULL;
     }
-    return at(c, i) + 1;
+    i = find(c, key);
+    uint32_t slot = c->nfree ? c->free_slots[--c->nfree] : (uint32_t)c->used++;
+    c->tbl[i] = (struct kvidx_cache_ent){key, slot, 0};
+    c->n++;
+    c->st->cache_entries = c->n;
+    c->st->cache_bytes = c->n * c->slot;
+    return slot_at(c, slot);
 }
 
 /* ---- opening a handle ---- */

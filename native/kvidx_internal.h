@@ -117,9 +117,12 @@ int kvidx_unlock(kvidx_locker *lk, dm_gaddr lock_addr, uint64_t word);
  * (the decoded node). A budget in bytes bounds it; when full, the less used of two random
  * entries is evicted. Pointers returned by get/put are valid until the next put or del. */
 typedef struct kvidx_cache {
-    size_t blob, slot, cap, mask, n;
+    size_t blob, slot, cap, mask, n; /* slot: bytes a node takes in the pool; mask: the index's */
     uint64_t gen; /* bumped by every put and del: a pointer from get is valid while gen is unchanged */
-    uint8_t *slots;
+    uint8_t *slots;                 /* the pool: cap slots, handed out from the front */
+    struct kvidx_cache_ent *tbl;    /* the index: key -> slot, at most half full */
+    uint32_t *free_slots;           /* pool slots freed by evictions and deletes */
+    size_t nfree, used;             /* used: pool slots ever handed out */
     uint64_t rng;
     kvidx_stats *st;
 } kvidx_cache;

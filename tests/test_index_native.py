@@ -108,6 +108,27 @@ def test_protocol_costs_on_a_warm_cache(dm, key_bytes: int, lookup_bytes: int) -
 
 
 @pytest.mark.parametrize("name", ["chime", "sherman"])
+def test_a_cache_of_a_few_nodes_evicts_and_stays_right(dm, name: str) -> None:
+    """cache_mb small enough for a handful of internal nodes: descents evict and refill the
+    cache (never more entries than fit), every answer stays right, and a cache big enough for
+    the whole tree serves the same lookups without a miss."""
+    keys = make_keys(np.arange(1, 60001), 8)
+    idx = kindex.open(name, dm, 8, cache_mb=0.008)
+    idx.put(keys, np.arange(60000, dtype=np.uint64))
+    for _ in range(2):
+        vals, found = idx.get(keys[::-7])
+        assert found.all() and (vals == np.arange(60000, dtype=np.uint64)[::-7]).all()
+    c = idx.counters()
+    assert c["cache_evict"] > 0 and 0 < c["cache_entries"] <= 8 and c["cache_miss"] > 20
+    big = kindex.open(name, dm, 8, cache_mb=8)
+    big.get(keys)
+    big.reset_counters()
+    vals, found = big.get(keys[::-7])
+    assert found.all() and (vals == np.arange(60000, dtype=np.uint64)[::-7]).all()
+    assert big.counters()["cache_miss"] == 0 and big.counters()["cache_entries"] > 8
+
+
+@pytest.mark.parametrize("name", ["chime", "sherman"])
 @pytest.mark.parametrize("key_bytes", [8, 32])
 def test_batches_cost_a_constant_number_of_round_trips(dm, name: str, key_bytes: int) -> None:
     """A batch of lookups shares one doorbell per DM_MAX_BATCH (256) verbs; a batched update or

@@ -108,6 +108,29 @@ def test_protocol_costs_on_a_warm_cache(dm, key_bytes: int, lookup_bytes: int) -
 
 
 @pytest.mark.parametrize("name", ["chime", "sherman"])
+def test_appended_chains_cost_a_few_round_trips_even_when_parents_split(dm, name: str) -> None:
+    """Chains of 250 new keys appended at the tree's right edge (as a serving engine's new blocks
+    are): each splits its leaf up to 16 ways, and the parent takes every separator of a split in
+    one lock round, splitting itself when they overfill it. So no chain costs more than 10 round
+    trips, however many of its splits meet a full parent; every key reads back."""
+    nxt, worst, internal = 1, 0, 0
+    idx = kindex.open(name, dm, 8)
+    for n in [25] * 400 + [250] * 60:
+        k = np.arange(nxt, nxt + n, dtype=np.uint64)
+        nxt += n
+        before = idx.counters()
+        idx.put(k, k)
+        after = idx.counters()
+        if n == 250:
+            worst = max(worst, after["rtts"] - before["rtts"])
+            internal += after["internal_splits"] - before["internal_splits"]
+    assert internal >= 2 and worst <= 10
+    keys = np.arange(1, nxt, dtype=np.uint64)
+    vals, found = idx.get(keys)
+    assert found.all() and (vals == keys).all()
+
+
+@pytest.mark.parametrize("name", ["chime", "sherman"])
 def test_a_cache_of_a_few_nodes_evicts_and_stays_right(dm, name: str) -> None:
     """cache_mb small enough for a handful of internal nodes: descents evict and refill the
     cache (never more entries than fit), every answer stays right, and a cache big enough for

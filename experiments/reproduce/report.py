@@ -136,7 +136,7 @@ def _minutes(v: float) -> str:
 
 def substrate_label(rp: Reproduction) -> str:
     """The same-substrate run's label: emulation (and why) or hardware."""
-    from kvdm.experiments.cli.bench_transport import emulation_note
+    from kvdm.experiments.replay.notes import emulation_note
 
     uris = rp.transport.memory_nodes or [rp.memory_node_uri]
     note = emulation_note(rp.transport, [u for u in uris if u]).removeprefix("# ").strip()

@@ -40,7 +40,6 @@ plot``, the engine step's ``engine-<backend>`` runs are chain-bench results); fi
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -442,7 +441,7 @@ class Reproduction:
         """The engine step's sweep of ``backends`` into ``out``."""
         cfg = self.cfg
         specs = [self.chain_spec(b) for b in backends]
-        from kvdm.experiments.cli.options_redis import redis_note
+        from kvdm.experiments.replay.notes import redis_note
 
         red = next((s for s in specs if s.name == "redis"), None)
         notes = [redis_note(red.options)] if red is not None else []
@@ -539,12 +538,11 @@ def offered_rate(stream: Any, mode: str, requests_done: int) -> float | None:
 def verbs_memory_node(device: str | None, gid_index: int | None, size: int, log_path: Path) -> Iterator[str]:
     """A verbs memory node for the block: ``kvdm memnode serve --transport verbs`` on ``device``
     (loopback handshake, any free port; its stderr into ``log_path``), run in a child forked from
-    this process (the command's own code, without a second interpreter start: tens of seconds
-    under TCG). Yields its URI; stops it with SIGTERM after."""
-    from kvdm.experiments.cli.memnode import cmd_serve
+    this process (the command's own code, :func:`kvdm.transport.serve_memory_node`, without a
+    second interpreter start: tens of seconds under TCG). Yields its URI; stops it with SIGTERM
+    after."""
+    from kvdm.transport import serve_memory_node
 
-    args = argparse.Namespace(transport="verbs", size=size, node_id=0, name=None, device=device, ib_port=1,
-                              port=0, listen="127.0.0.1", gid_index=gid_index)
     shown = f"kvdm memnode serve --transport verbs --size {size} --port 0 --listen 127.0.0.1" + (
         f" --device {device}" if device else "") + (f" --gid-index {gid_index}" if gid_index is not None else "")
     log(f"starting a verbs memory node: {shown}")
@@ -561,7 +559,7 @@ def verbs_memory_node(device: str | None, gid_index: int | None, size: int, log_
             os.dup2(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), 2)
             sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115 (lives until _exit)
             sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
-            code = cmd_serve(args)
+            code = serve_memory_node("verbs", size, device=device, gid_index=gid_index, port=0, listen="127.0.0.1")
         except BaseException:  # noqa: BLE001 (whatever stops the node goes to its log)
             traceback.print_exc()
             code = 1

@@ -236,8 +236,10 @@ def redis_reference(options: dict[str, Any], requests: int, rounds: int = 3,
     ok = [b for b in rb if "error" not in b]
     first = {k: v for k, v in rb[0].items() if k in ("command", "error")} if rb else {}
     out["benchmarks"][GET_1] = first if not ok else {
-        "command": ok[0]["command"], **{c: _median(ok, c) for c in ("p50_us", "p99_us", "rps")},
-        "p50_bucket_us": list(hdr_bucket(round(_median(ok, "p50_us") or 0)))}
+        "command": ok[0]["command"], **{c: _median(ok, c) for c in ("p50_us", "p99_us", "rps")}}
+    p50 = out["benchmarks"][GET_1].get("p50_us")
+    if p50 is not None:  # (redis-benchmark before Redis 7 prints no latencies)
+        out["benchmarks"][GET_1]["p50_bucket_us"] = list(hdr_bucket(round(p50)))
     out["kvdm_c"] = {c: _median(kv, c) for c in ("p50_us", "p99_us", "p50_rb_scale_us", "rps")}
     out["kvdm_c"].update(calls=sum(r["calls"] for r in kv), hits=sum(r["hits"] for r in kv))
     out["ratio_c"] = _median(out["rounds"], "ratio")

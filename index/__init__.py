@@ -11,8 +11,9 @@ the plots and the reproduction ask it (:func:`backend`, :func:`backends`) instea
 lists of names. Factories are imported lazily, so e.g. Redis is not needed to use the native
 indexes.
 
-Adding a backend: a line in ``_BUILTIN`` here (a native index also needs its C: see
-docs/extending.md); or, from another package, an entry point in the group ``kvdm.indexes``
+Adding a backend: a line in ``_BUILTIN`` here (a native index: ``native="<name>"``, its C
+template ``native/<name>.inc``, and its default ``root_slots``; see docs/extending.md); or,
+from another package, an entry point in the group ``kvdm.indexes``
 whose object is a :class:`Backend` (or a bare factory, with the defaults), found in every
 process, the replay's spawned clients included::
 
@@ -45,17 +46,36 @@ class Backend:
     ``per_client``: lives inside each client process (each client fills its own);
     ``session``: ``"module:attr"`` of a context manager ``session(options) -> options`` that a
     run enters once to start what every client shares (a server) and leaves to stop it;
-    ``description``: one line for listings."""
+    ``description``: one line for listings;
+    ``native``: the name of a native index's C template, ``native/<native>.inc``, compiled into
+    kvdm's extension as ``<native>_k8``/``<native>_k32`` (native/build.py): the entry then needs
+    no factory (:class:`kvdm.index.native.NativeIndex` opens it) and is a remote-memory index;
+    ``root_slots``: a native index's default root slots on memory node 0 for 8- and 32-byte keys
+    (0..63, one pair per native index; ``root_slot=`` overrides them per handle)."""
 
     name: str
-    factory: Any
+    factory: Any = None
     remote_memory: bool = False
     ordered: bool = True
     per_client: bool = False
     session: str | None = None
     description: str = ""
+    native: str | None = None
+    root_slots: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.native is not None:
+            object.__setattr__(self, "remote_memory", True)  # a native index lives in remote memory
+            if self.root_slots is None or len(self.root_slots) != 2:
+                raise ValueError(f"native index {self.name!r} needs root_slots=(8-byte keys' slot, 32-byte keys')")
+        elif self.factory is None:
+            raise ValueError(f"index backend {self.name!r} needs a factory (or native= for a native index)")
 
     def open(self, transport: Any, key_bytes: int, **options: Any) -> Index:
+        if self.native is not None and self.factory is None:
+            from .native import NativeIndex
+
+            return NativeIndex(self, transport, key_bytes, **options)
         factory = _load(self.factory, self.name) if isinstance(self.factory, str) else self.factory
         return factory(transport, key_bytes, **options)
 
@@ -65,11 +85,11 @@ class Backend:
 
 
 _BUILTIN: dict[str, Backend] = {b.name: b for b in (
-    Backend("chime", "kvdm.index.native:open_chime", remote_memory=True,
+    Backend("chime", native="chime", root_slots=(0, 1),
             description="B+tree, hash-bucketed leaves (CHIME, SOSP'24)"),
-    Backend("sherman", "kvdm.index.native:open_sherman", remote_memory=True,
+    Backend("sherman", native="sherman", root_slots=(2, 3),
             description="B+tree, sorted leaves (Sherman, SIGMOD'22)"),
-    Backend("race", "kvdm.index.native:open_race", remote_memory=True, ordered=False,
+    Backend("race", native="race", root_slots=(4, 5), ordered=False,
             description="one-sided extendible hashing (RACE, ATC'21): point operations"),
     Backend("redis", "kvdm.index.redis_index:open_redis", session="kvdm.index.redis_server:session",
             description="a real redis-server (or Cluster) over TCP: the baseline"),

@@ -7,7 +7,8 @@ in other processes open their own handle on their own :class:`~kvdm.transport.DM
 
 Opening: the first client creates the index (allocates a root and publishes it by CAS into
 a root slot of memory node 0), later clients attach to it. Default root slots, one per
-backend and key width (override with ``root_slot=`` to keep several indexes side by side):
+backend and key width, from the registry entries (``root_slots``; override with ``root_slot=``
+to keep several indexes side by side):
 
     chime k8: 0, chime k32: 1, sherman k8: 2, sherman k32: 3, race k8: 4, race k32: 5
 
@@ -58,8 +59,7 @@ Every call goes through the index's ops table (``P_ops()``, native/kvidx.h): one
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -67,6 +67,9 @@ from kvdm.native import ffi, lib
 from kvdm.transport import DMContext, Timeout, raise_for
 
 from .api import Index, RangeNotSupported, as_keys, as_values
+
+if TYPE_CHECKING:
+    from . import Backend
 
 DEFAULTS: dict[str, Any] = {"cache_mb": 100.0, "root_slot": None, "lease_ms": 1000, "max_wait_ms": 10000,
                             "window": 0, "lpm": "auto", "lpm_fanout": 16, "lpm_exact": False, "lpm_probe_ns": 150,
@@ -97,21 +100,6 @@ class LocalLockTable:
 
 
 LockTimeout = Timeout  # a lock stayed held (and its lease valid) for longer than ``max_wait_ms``
-
-
-@dataclass(frozen=True)
-class Backend:
-    """A native index family: its C prefix, default root slots and whether it keeps order."""
-
-    name: str
-    prefix: str
-    slots: tuple[int, int]
-    ordered: bool = True
-
-
-CHIME = Backend("chime", "chime", (0, 1))
-SHERMAN = Backend("sherman", "sherman", (2, 3))
-RACE = Backend("race", "race", (4, 5), ordered=False)
 
 
 def counter_spec(spec: Any) -> tuple[np.ndarray, tuple[str, ...]]:
@@ -147,6 +135,8 @@ class NativeIndex(Index):
     """A C index over dm.h; see the module docstring for options and root slots."""
 
     def __init__(self, backend: Backend, transport: DMContext, key_bytes: int = 8, **options: Any) -> None:
+        """``backend``: the registry entry (kvdm.index.Backend) of a native index: its name, its C
+        template (``native``), its default root slots and whether it keeps order."""
         super().__init__(key_bytes)
         if not isinstance(transport, DMContext) or transport.ptr is None:
             raise ValueError(f"{backend.name} needs a connected kvdm.transport.DMContext, "
@@ -157,12 +147,17 @@ class NativeIndex(Index):
                              f"valid: {', '.join(DEFAULTS)}")
         opts = {**DEFAULTS, **options}
         if opts["root_slot"] is None:
-            opts["root_slot"] = backend.slots[0 if key_bytes == 8 else 1]
+            opts["root_slot"] = backend.root_slots[0 if key_bytes == 8 else 1]
         self.name = backend.name
         self.ordered = backend.ordered
         self.options = opts
         self.transport = transport
-        self._ops = getattr(lib, f"{backend.prefix}_k{key_bytes}_ops")()
+        accessor = getattr(lib, f"{backend.native}_k{key_bytes}_ops", None)
+        if accessor is None:
+            raise ValueError(f"index {backend.name!r}: its C template native/{backend.native}.inc is not compiled "
+                             "into this build (native/build.py compiles every template with a KVIDX_TEMPLATE line; "
+                             "rebuild with pip install -e . --no-build-isolation)")
+        self._ops = accessor()
         self._stat_cols, self._stat_names = counter_spec(self._ops.counters)
         self._drive_cols = np.concatenate((np.arange(len(DM_FIELDS)), len(DM_FIELDS) + self._stat_cols))
         c_opts = ffi.new("kvidx_opts *")
@@ -428,17 +423,3 @@ def run_drive(call: Any, op_ids: np.ndarray, groups: np.ndarray, n_groups: int, 
         raise_error(rc, f"{ffi.string(err).decode(errors='replace')} (after {out.done} of {n} ops)")
     return lat, hits, counters.view(np.int64)  # deltas of gauges may be negative
 
-
-def open_chime(transport: DMContext, key_bytes: int, **options: Any) -> NativeIndex:
-    """Registry factory for ``chime``."""
-    return NativeIndex(CHIME, transport, key_bytes, **options)
-
-
-def open_sherman(transport: DMContext, key_bytes: int, **options: Any) -> NativeIndex:
-    """Registry factory for ``sherman``."""
-    return NativeIndex(SHERMAN, transport, key_bytes, **options)
-
-
-def open_race(transport: DMContext, key_bytes: int, **options: Any) -> NativeIndex:
-    """Registry factory for ``race`` (one-sided extendible hashing; no range queries)."""
-    return NativeIndex(RACE, transport, key_bytes, **options)

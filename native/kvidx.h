@@ -2,10 +2,10 @@
  * kvidx.h - what every remote-memory index (chime, sherman, race) shares with Python:
  * the open options, the per-handle statistics and the ops table every index is reached through.
  * This header is also the cffi declarations (native/build.py reads it, preprocessor lines
- * dropped): keep everything outside #define lines declarations cffi can parse. The
- * index implementations are templates
- * (*.inc: btree_core.inc with a btree_leaf_<format>.inc for chime and sherman, race.inc),
- * compiled once per key width by <name>_k8.c and <name>_k32.c.
+ * dropped): keep everything outside #define lines declarations cffi can parse. Each index is a
+ * template, native/<name>.inc (chime.inc and sherman.inc: btree_core.inc with a leaf format;
+ * race.inc), marked by KVIDX_TEMPLATE(<name>) below; native/build.py finds the templates and
+ * compiles each once per key width, as <name>_k8 and <name>_k32.
  */
 #ifndef KVDM_KVIDX_H
 #define KVDM_KVIDX_H
@@ -148,6 +148,17 @@ void kvidx_llt_destroy(kvidx_llt *t);
     void P##_reset_stats(P *h);                                                                           \
     int P##_debug_lock(P *h, const uint8_t *key); /* test hook: take a leaf lock, never release */   \
     const kvidx_ops *P##_ops(void);
+
+/* The marker of an index template, native/<name>.inc, placed once before its definitions:
+ * native/build.py finds the templates by it (the name must be the file's) and compiles each in two
+ * generated translation units, KVDM_KEY_BYTES 8 and 32, after including this header. It declares
+ * the API of that width, P = <name>_k8 or <name>_k32 (KVIDX_PREFIX), so the template's definitions
+ * are checked against it; the template defines every P##_ function and ends with KVIDX_DEFINE_OPS. */
+#define KVIDX_TEMPLATE(name) KVIDX_DECLARE_X(KVIDX_PREFIX(name))
+#define KVIDX_PREFIX(name) KVIDX_CAT3(name, _k, KVDM_KEY_BYTES)
+#define KVIDX_CAT3(a, b, c) KVIDX_CAT3_(a, b, c)
+#define KVIDX_CAT3_(a, b, c) a##b##c
+#define KVIDX_DECLARE_X(P) KVIDX_DECLARE(P) /* P expanded first (KVIDX_DECLARE pastes it) */
 
 /* Defines P##_ops() from the P##_ functions (place once, in the file that defines them; P may
  * be a macro naming the prefix; COUNTERS: kvidx_ops.counters). */

@@ -9,9 +9,14 @@ Typical use::
 
 from __future__ import annotations
 
+import argparse
+import os
+import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from . import verbs_memnode
 from .config import LATENCY_MODELS, TRANSPORTS, TransportConfig, parse_size
 from .dm import (
     AddressError,
@@ -54,11 +59,38 @@ def connect(config: TransportConfig, uris: list[str]) -> DMContext:
     return DMContext(config.with_nodes(uris))
 
 
+def serve_memory_node(transport: str = "shm", size: int = 4 << 30, node_id: int = 0, name: str | None = None, *,
+                      device: str | None = None, gid_index: int | None = None, ib_port: int = 1, port: int = 7471,
+                      listen: str = "0.0.0.0") -> int:
+    """Run one memory node in the foreground until SIGINT/SIGTERM, then remove it (``kvdm memnode
+    serve``). It prints ``memory node N serving URI ...`` on stdout once clients can attach.
+
+    shm: a region named ``kvdm-NAME`` (default: a unique ``kvdm-PID-N``), passive: clients map it.
+    verbs: a region registered on ``device`` (default: the first), port ``ib_port``, GID
+    ``gid_index`` (default: auto), with the connection handshake on TCP ``listen:port`` (0: any free
+    port); ``name`` is not used. Returns the exit status."""
+    if transport != "shm":
+        args = argparse.Namespace(size=size, node_id=node_id, device=device, ib_port=ib_port, gid_index=gid_index,
+                                  port=port, listen=listen)
+        return int(verbs_memnode.serve(args) or 0)
+    stopped = stop_on_signals()  # before the region exists: a SIGTERM right after the announcement removes it
+    node = ShmMemoryNode(size, node_id, name)
+    print(f"memory node {node.node_id} serving {node.uri} ({size} bytes, pid {os.getpid()}); "
+          "Ctrl-C to stop", flush=True)
+    try:
+        while not stopped():
+            time.sleep(0.2)
+    finally:
+        node.destroy()
+        print(f"memory node {node.name} removed", file=sys.stderr)
+    return 0
+
+
 
 __all__ = [
     "LATENCY_MODELS", "TRANSPORTS", "AddressError", "BadRegion", "DMContext", "DMError", "InvalidArgument",
     "MemoryNodeFull", "RegionExists", "RegionMissing", "ShmMemoryNode", "Timeout", "TransportConfig",
     "TransportUnavailable", "clean", "connect", "embedded_nodes", "gaddr", "gid_ipv4", "gid_text", "list_regions",
     "memory_nodes", "on_exit", "parse_size", "pick_gid", "pid_running", "pyverbs_enums", "query_gids", "raise_for",
-    "root_gaddr", "stop_on_signals",
+    "root_gaddr", "serve_memory_node", "stop_on_signals",
 ]

@@ -435,10 +435,10 @@ def chain_config(args: argparse.Namespace) -> Any:
         if unknown:
             raise UsageError(f"--index-opt {', '.join(unknown)}: no backend of --backends {','.join(backends)} "
                              f"takes it (each option goes to the backends that know it: {', '.join(sorted(known))})")
-    from . import options_redis
+    from kvdm.experiments.replay.notes import redis_note
 
     red = next((s for s in specs if s.name == "redis"), None)
-    notes = [options_redis.redis_note(red.options, args.driver)] if red is not None else []
+    notes = [redis_note(red.options, args.driver)] if red is not None else []
     out = args.out or f"results/chain-{time.strftime('%Y%m%d-%H%M%S')}-{'+'.join(backends)}"
     # memory that outlives the run may hold an earlier run's chains: number this run's chains apart
     kept = bool(args.memory_node) or any(s.options.get("url") for s in specs if s.name == "redis")

@@ -15,16 +15,13 @@ import queue
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
+from kvdm.experiments.replay.notes import emulation_note
 from kvdm.transport import TransportConfig, connect, memory_nodes, parse_size
 
 from . import UsageError, group
 from .options import add_transport_options, transport_config
-
-SYS_IB = Path("/sys/class/infiniband")
 
 # name -> (dm bench op, bytes)
 VERBS: dict[str, tuple[str, int]] = {
@@ -159,30 +156,6 @@ def _calibrate(cfg: TransportConfig, uris: list[str], base: int, case: BenchCase
     iters = 10_000
     elapsed = ctx.bench_loop(op, base, case.span, size, case.batch, iters)
     return max(1000, int(iters * seconds * 1e9 / max(elapsed, 1)))
-
-
-def emulation_note(cfg: TransportConfig, uris: list[str]) -> str:
-    """A warning when the verbs figures cannot be hardware ones: a software RDMA device
-    (SoftRoCE rdma_rxe or siw: no NIC under it) and/or a CPU emulated by qemu TCG."""
-    if cfg.transport != "verbs":
-        return ""
-    why = []
-    devices = {parse_qs(urlsplit(u).query).get("dev", [""])[0] for u in uris if u.startswith("verbs://")}
-    if "" in devices:  # no dev= in the URI: the client takes the first device
-        devices.discard("")
-        devices.update(sorted(p.name for p in SYS_IB.iterdir())[:1] if SYS_IB.is_dir() else [])
-    soft = sorted(d for d in devices if "/virtual/" in str((SYS_IB / d).resolve()))
-    if soft:
-        why.append(f"{', '.join(soft)} is software RDMA (SoftRoCE/siw: the kernel emulates the NIC)")
-    try:
-        cpu = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        cpu = ""
-    if "QEMU TCG" in cpu:
-        why.append("the CPU is emulated by qemu TCG (~17x slower)")
-    if not why:
-        return ""
-    return "# EMULATION FIGURES, not hardware ones: " + "; ".join(why)
 
 
 def cmd_bench_transport(args: argparse.Namespace) -> int:

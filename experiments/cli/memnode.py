@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import os
-import sys
-import time
 from typing import Any
 
-from kvdm.transport import TRANSPORTS, parse_size, stop_on_signals
+from kvdm.transport import TRANSPORTS, parse_size, serve_memory_node
 
 from . import choices_type, group, integer, size
 
@@ -47,23 +44,8 @@ def register(sub: Any) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    if args.transport != "shm":
-        from kvdm.transport import verbs_memnode  # type: ignore[attr-defined]
-
-        return int(verbs_memnode.serve(args) or 0)
-    from kvdm.transport import ShmMemoryNode
-
-    stopped = stop_on_signals()  # before the region exists: a SIGTERM right after the announcement removes it
-    node = ShmMemoryNode(args.size, args.node_id, args.name)
-    print(f"memory node {node.node_id} serving {node.uri} ({args.size} bytes, pid {os.getpid()}); "
-          "Ctrl-C to stop", flush=True)
-    try:
-        while not stopped():
-            time.sleep(0.2)
-    finally:
-        node.destroy()
-        print(f"memory node {node.name} removed", file=sys.stderr)
-    return 0
+    return serve_memory_node(args.transport, args.size, args.node_id, args.name, device=args.device,
+                             gid_index=args.gid_index, ib_port=args.ib_port, port=args.port, listen=args.listen)
 
 
 def cmd_list(args: argparse.Namespace) -> int:

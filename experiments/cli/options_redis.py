@@ -106,12 +106,3 @@ def redis_options(args: argparse.Namespace, start_local: bool = True) -> dict[st
 
 
 redis_session = session  # the redis backend's run session (index/redis_server.py)
-
-
-def redis_note(options: dict[str, Any], driver: str = "auto") -> str:
-    """How a run drives Redis, for tables and figures: its pipelining, range mode and clock."""
-    depth = int(options.get("pipeline", 0))
-    rtt = "each call's commands in one round trip" if depth == 0 else f"pipeline depth {depth}"
-    clock = "timed in Python around the redis-py call" if driver == "python" \
-        else "timed in C (a hiredis client in the C measuring loop)"
-    return f"redis: {rtt}, range mode {options.get('range_mode', 'zset')}; {clock}"

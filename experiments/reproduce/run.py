@@ -28,10 +28,11 @@ Steps (each can be left out with ``steps``):
 
 With redis among the backends, every Redis run of the reproduction uses one server (started here,
 emptied before each run, unless ``redis_options`` names a ``url``; each run then keys its own
-namespace), and the ``fig3`` step ends with a reference measured on that server: ``redis-benchmark
--t get -c 1`` (and ``-P 16``), then kvdm's GET of one key through the C loop (hiredis) and through
-redis-py, back to back (:func:`redis_reference`). A missing ``redis-benchmark`` is reported, not
-fatal.
+namespace), and the ``reference`` step measures on that server redis-benchmark ``-c 1`` and kvdm's
+GET through the C loop (hiredis) like for like: the same kind of keys and values, interleaved
+rounds, and kvdm's latencies also on redis-benchmark's 8 µs scale (:mod:`.reference`); then
+redis-benchmark ``-P 16`` and kvdm's GET through redis-py. A missing ``redis-benchmark`` is
+reported, not fatal.
 
 Every run is kept under ``OUT/runs/<name>/`` (results.parquet + run.json; replays for ``kvdm
 plot``, the engine step's ``engine-<backend>`` runs are chain-bench results); figures go to
@@ -40,16 +41,11 @@ plot``, the engine step's ``engine-<backend>`` runs are chain-bench results); fi
 
 from __future__ import annotations
 
-import argparse
-import csv
-import io
 import json
 import math
 import os
 import re
-import shutil
 import signal
-import subprocess
 import sys
 import time
 import traceback
@@ -58,9 +54,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
-import numpy as np
 import pandas as pd
 
 from kvdm.experiments.bench import chain as bc
@@ -72,6 +66,7 @@ from kvdm.traces import TraceOptions
 from kvdm.transport import TransportConfig
 
 from .document import Report
+from .reference import redis_reference
 
 STEPS = ("traces", "fig3", "reference", "load", "engine")
 #: the paper's Fig. 3 claims (Zhu et al., CLOUD 2025, toolagent trace)
@@ -81,10 +76,6 @@ PAPER_CHIME_GET_GAIN = 5.5        # % lower get p99 than Sherman
 #: the engine step's background keys: ``kvdm bench index``'s --keys default (1M)
 ENGINE_KEYS = 1 << 20
 ENGINE_KEY_BYTES = 32             # as the reproduction's SHA-256 keys (and the token layer's chunk keys)
-#: the redis-benchmark runs of the Redis reference: (label, extra arguments)
-REDIS_BENCHMARKS = (("GET, 1 client", ()), ("GET, 1 client, pipeline 16", ("-P", "16")))
-#: kvdm's C-loop GET p50 should be within this share of redis-benchmark's (issue 14)
-REDIS_REFERENCE_TOLERANCE = 0.10
 #: the open-loop sweep of the load curves: real time up to 3000x the trace's pace (then unpaced)
 COMPRESS = (1.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0)
 #: an open-loop point keeps up while it delivers at least this share of the rate it is offered
@@ -119,7 +110,8 @@ class ReproduceConfig:
     engine_lengths: tuple[int, ...] = bc.CHAIN_LENGTHS  # engine step: chain lengths N
     engine_chains: int = bc.DEFAULT_CHAINS              # engine step: chains per N (LPM calls, chain inserts)
     engine_keys: int = ENGINE_KEYS                      # engine step: background keys per backend
-    reference_requests: int = 100_000                  # the Redis reference: requests per redis-benchmark run
+    reference_requests: int = 100_000                  # the Redis reference: requests per run of each side
+    reference_rounds: int = 5                           # the Redis reference: interleaved rounds of both sides
     same_substrate: bool = False      # native indexes over verbs on an RDMA device of this host, Redis over TCP here
     verbs_device: str | None = None   # same_substrate: the device of the memory node started here (default: first)
     verbs_gid_index: int | None = None  # same_substrate: its GID index (default: the memory node's auto choice)
@@ -133,7 +125,7 @@ class ReproduceConfig:
         base = {"quick": True, "traces": (str(FIXTURE),), "fig3_traces": (str(FIXTURE),), "warmup_min": 0.5,
                 "bin_min": 0.5, "clients": (1, 2), "compress": COMPRESS[:-1], "load_duration_s": 2.0,
                 "engine_lengths": (1, 8, 64), "engine_chains": 200, "engine_keys": 10_000,
-                "reference_requests": 20_000}
+                "reference_requests": 20_000, "reference_rounds": 3}
         base.update(overrides)
         return cls(**base)
 
@@ -442,7 +434,7 @@ class Reproduction:
         """The engine step's sweep of ``backends`` into ``out``."""
         cfg = self.cfg
         specs = [self.chain_spec(b) for b in backends]
-        from kvdm.experiments.cli.options_redis import redis_note
+        from kvdm.experiments.replay.notes import redis_note
 
         red = next((s for s in specs if s.name == "redis"), None)
         notes = [redis_note(red.options)] if red is not None else []
@@ -503,9 +495,11 @@ class Reproduction:
             self.redis_reference = json.loads(path.read_text())
             return
         self._fresh_redis()
-        log(f"redis reference: redis-benchmark -t get -c 1 -n {self.cfg.reference_requests:,} (and -P 16), then "
-            "kvdm's GET through the C loop and redis-py, on the Fig. 3 server")
-        self.redis_reference = redis_reference(self._redis, self.cfg.reference_requests)
+        cfg = self.cfg
+        log(f"redis reference: redis-benchmark -c 1 and kvdm's C loop, GET of the same kind of keys, "
+            f"{cfg.reference_rounds} interleaved rounds of {cfg.reference_requests:,} requests each; then "
+            "redis-benchmark -P 16 and kvdm through redis-py, on the Fig. 3 server")
+        self.redis_reference = redis_reference(self._redis, cfg.reference_requests, cfg.reference_rounds)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(self.redis_reference, indent=1))
 
@@ -539,12 +533,11 @@ def offered_rate(stream: Any, mode: str, requests_done: int) -> float | None:
 def verbs_memory_node(device: str | None, gid_index: int | None, size: int, log_path: Path) -> Iterator[str]:
     """A verbs memory node for the block: ``kvdm memnode serve --transport verbs`` on ``device``
     (loopback handshake, any free port; its stderr into ``log_path``), run in a child forked from
-    this process (the command's own code, without a second interpreter start: tens of seconds
-    under TCG). Yields its URI; stops it with SIGTERM after."""
-    from kvdm.experiments.cli.memnode import cmd_serve
+    this process (the command's own code, :func:`kvdm.transport.serve_memory_node`, without a
+    second interpreter start: tens of seconds under TCG). Yields its URI; stops it with SIGTERM
+    after."""
+    from kvdm.transport import serve_memory_node
 
-    args = argparse.Namespace(transport="verbs", size=size, node_id=0, name=None, device=device, ib_port=1,
-                              port=0, listen="127.0.0.1", gid_index=gid_index)
     shown = f"kvdm memnode serve --transport verbs --size {size} --port 0 --listen 127.0.0.1" + (
         f" --device {device}" if device else "") + (f" --gid-index {gid_index}" if gid_index is not None else "")
     log(f"starting a verbs memory node: {shown}")
@@ -561,7 +554,7 @@ def verbs_memory_node(device: str | None, gid_index: int | None, size: int, log_
             os.dup2(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), 2)
             sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115 (lives until _exit)
             sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
-            code = cmd_serve(args)
+            code = serve_memory_node("verbs", size, device=device, gid_index=gid_index, port=0, listen="127.0.0.1")
         except BaseException:  # noqa: BLE001 (whatever stops the node goes to its log)
             traceback.print_exc()
             code = 1
@@ -609,102 +602,3 @@ def _range_note(semantics: str) -> str:
 def reproduce(cfg: ReproduceConfig) -> tuple[Path, Path]:
     """Run a reproduction; returns the paths of report.md and report.html."""
     return Reproduction(cfg).run()
-
-
-
-def parse_redis_benchmark_csv(text: str) -> dict[str, dict[str, float]]:
-    """redis-benchmark ``--csv`` output: per test (e.g. ``GET``), its columns as numbers, latencies
-    converted from ms to µs (``p50_latency_ms`` -> ``p50_us``); rows that are not numbers are
-    skipped. Older versions print only ``"test","rps"``: then only ``rps`` is there."""
-    out: dict[str, dict[str, float]] = {}
-    header: list[str] | None = None
-    for row in csv.reader(io.StringIO(text)):
-        if not row:
-            continue
-        if row[0] == "test":
-            header = row
-            continue
-        cols = header or ["test", "rps"]
-        values: dict[str, float] = {}
-        for name, cell in zip(cols[1:], row[1:], strict=False):
-            try:
-                v = float(cell)
-            except ValueError:
-                continue
-            if name.endswith("_latency_ms"):
-                values[name[:-len("_latency_ms")] + "_us"] = v * 1e3
-            else:
-                values[name] = v
-        if values:
-            out[row[0]] = values
-    return out
-
-
-def run_redis_benchmark(url: str, cluster: bool, requests: int, extra: tuple[str, ...] = ()) -> dict[str, Any]:
-    """``redis-benchmark -t get -c 1 -n requests --csv [extra]`` against ``url``: its GET row
-    (``rps``, ``p50_us``, ...) and the command line, or ``error`` saying why there is none."""
-    binary = shutil.which("redis-benchmark")
-    u = urlparse(url)
-    cmd = ["redis-benchmark", "-h", u.hostname or "127.0.0.1", "-p", str(u.port or 6379), "-t", "get", "-c", "1",
-           "-n", str(requests), "--csv", *extra] + (["--cluster"] if cluster else [])
-    res: dict[str, Any] = {"command": " ".join(cmd)}
-    if binary is None:
-        res["error"] = "redis-benchmark not found on PATH (Debian package redis-tools)"
-        return res
-    try:
-        proc = subprocess.run([binary, *cmd[1:]], capture_output=True, text=True, timeout=600)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        res["error"] = f"redis-benchmark failed: {exc}"
-        return res
-    get = parse_redis_benchmark_csv(proc.stdout).get("GET")
-    if proc.returncode != 0 or get is None:
-        res["error"] = (f"redis-benchmark exited with status {proc.returncode} and no GET row: "
-                        f"{(proc.stderr or proc.stdout).strip()[-300:]}")
-        return res
-    res.update(get)
-    return res
-
-
-def _get_p50(lat_ns: np.ndarray) -> dict[str, float]:
-    from kvdm.experiments.replay.metrics import Histogram
-
-    h = Histogram()
-    h.record(lat_ns)
-    return {"p50_us": h.percentile(50) / 1e3, "p99_us": h.percentile(99) / 1e3, "calls": float(lat_ns.size),
-            "rps": float(lat_ns.size / max(lat_ns.sum() / 1e9, 1e-9))}
-
-
-def redis_reference(options: dict[str, Any], requests: int, keys: int = 10_000) -> dict[str, Any]:
-    """redis-benchmark's GET (``REDIS_BENCHMARKS``), then kvdm's GET of one key (of ``keys``
-    preloaded 32 B keys, drawn uniformly) through the C loop and through redis-py, back to back
-    on the server of ``options``, ``requests // 2`` calls each (after as many untimed)."""
-    from kvdm.experiments.bench.calls import make_keys
-    from kvdm.experiments.bench.chain import _call_stream
-    from kvdm.index import RedisIndex
-    from kvdm.traces import OP_GET
-
-    url, cluster = options["url"], int(options.get("cluster", 0)) > 0
-    out: dict[str, Any] = {"url": url, "cluster": cluster, "requests": requests, "benchmarks": {}}
-    for label, extra in REDIS_BENCHMARKS:
-        out["benchmarks"][label] = run_redis_benchmark(url, cluster, requests, extra)
-    calls = max(requests // 2, 1)
-    opts = {k: v for k, v in options.items() if k not in ("namespace", "prefix_mode", "range_mode")}
-    with RedisIndex(ENGINE_KEY_BYTES, namespace="reference:", **opts) as idx:
-        k = make_keys(0, keys, ENGINE_KEY_BYTES)
-        idx.put(k, np.arange(keys, dtype=np.uint64))
-        pick = k[np.random.default_rng(14).integers(0, keys, size=calls)]
-        stream = _call_stream(OP_GET, pick, 1, calls)
-        ids, groups = np.arange(calls, dtype=np.int64), np.zeros(calls, np.int32)
-        idx.drive(stream, ids, groups, 1)  # warm-up
-        lat, hits, _ = idx.drive(stream, ids, groups, 1)
-        out["kvdm_c"] = {**_get_p50(lat), "hits": int(hits.sum())}
-        clock = time.perf_counter_ns
-        py = np.zeros(calls, np.int64)
-        for i in range(calls):
-            t = clock()
-            idx.get(pick[i:i + 1])
-            py[i] = clock() - t
-        out["kvdm_python"] = _get_p50(py)
-    ref = out["benchmarks"][REDIS_BENCHMARKS[0][0]].get("p50_us")
-    out["ratio_c"] = out["kvdm_c"]["p50_us"] / ref if ref else None
-    return out

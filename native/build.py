@@ -9,6 +9,11 @@ preprocessor lines dropped) and, for each index, its ``P_ops()`` accessor for ev
 once per key width (``*.inc``: the index implementations) are included only by their
 ``<index>_k8.c`` / ``<index>_k32.c`` sources, never by the generated module.
 
+One more extension, ``kvdm.native._chunkkeys`` (:func:`chunkkeys_extension`, built by setup.py
+beside the cffi one): ``pyext/chunkkeys.c``, the token layer's per-prompt chunk keys as a plain
+CPython call on numpy's C API, compiled with ``chunkhash.c`` (the hash's one source). Its
+sources are in ``pyext/`` so the cffi module's ``*.c`` does not take them.
+
 Environment knobs (read at build time):
   KVDM_VERBS=0|1   force the verbs backend off/on (default: on if <infiniband/verbs.h> exists)
   KVDM_ASAN=1      build with AddressSanitizer (run with libasan preloaded; see .ci/test)
@@ -20,6 +25,7 @@ from __future__ import annotations
 import glob
 import os
 import re
+from typing import Any
 
 from cffi import FFI
 
@@ -64,6 +70,36 @@ def index_cdefs() -> str:
     return "".join(f"const kvidx_ops *{p}_ops(void);\n" for p in names)
 
 
+def build_flags() -> tuple[list[str], list[str]]:
+    """Compiler and linker flags of kvdm's C (both extensions), after KVDM_DEBUG and KVDM_ASAN."""
+    cflags = ["-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-fno-strict-aliasing"]
+    ldflags: list[str] = []
+    cflags += ["-O0", "-g"] if _flag("KVDM_DEBUG", False) else ["-O2", "-g"]
+    if _flag("KVDM_ASAN", False):
+        cflags += ["-fsanitize=address", "-fno-omit-frame-pointer"]
+        ldflags += ["-fsanitize=address"]
+    return cflags, ldflags
+
+
+def chunkkeys_extension() -> Any:
+    """``kvdm.native._chunkkeys``: the token layer's per-prompt fast path (pyext/chunkkeys.c, a
+    CPython extension on numpy's C API: a cffi call costs more than hashing a 1k-token prompt)
+    over the same native/chunkhash.c. Paths are relative to the checkout (setup.py's folder)."""
+    import numpy
+    from setuptools import Extension
+
+    cflags, ldflags = build_flags()
+    rel = os.path.relpath(HERE, os.path.dirname(HERE))
+    return Extension(
+        "kvdm.native._chunkkeys",
+        sources=[os.path.join(rel, "pyext", "chunkkeys.c"), os.path.join(rel, "chunkhash.c")],
+        include_dirs=[rel, numpy.get_include()],
+        libraries=["crypto"],
+        extra_compile_args=cflags + ["-fvisibility=hidden"],  # only PyInit__chunkkeys is exported
+        extra_link_args=ldflags,
+    )
+
+
 def make_ffi() -> FFI:
     ffi = FFI()
     cdefs = _sorted("*.cdef")
@@ -78,18 +114,10 @@ def make_ffi() -> FFI:
     headers = [os.path.basename(p) for p in _sorted("*.h") if not p.endswith("_internal.h")]
     headers.sort(key=lambda h: (h != "dm.h", h))
     sources = [p for p in _sorted("*.c")]
-    cflags = ["-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-fno-strict-aliasing"]
+    cflags, ldflags = build_flags()
     macros: list[tuple[str, str | None]] = []
     # crypto: OpenSSL's SHA-256 for the token layer's chunk keys; hiredis: the C-timed Redis client
     libraries: list[str] = ["rt", "m", "crypto", "hiredis"]
-    ldflags: list[str] = []
-    if _flag("KVDM_DEBUG", False):
-        cflags += ["-O0", "-g"]
-    else:
-        cflags += ["-O2", "-g"]
-    if _flag("KVDM_ASAN", False):
-        cflags += ["-fsanitize=address", "-fno-omit-frame-pointer"]
-        ldflags += ["-fsanitize=address"]
     if have_verbs():
         macros.append(("KVDM_HAVE_VERBS", "1"))
         libraries += ["ibverbs"]

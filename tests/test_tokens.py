@@ -107,9 +107,28 @@ def test_sha_extensions_and_openssl_give_the_same_keys(chunk, n):
     every interesting length (0, < 24 and >= 24 bytes beside the 32-byte parent, two blocks)."""
     prompt = np.random.default_rng(chunk * 10_000 + n).integers(0, 2**32, n).tolist()
     want = ref_sha256_chain(prompt, chunk, partial=True)
+    small = [t % 2**31 for t in prompt]
+    want_small = ref_sha256_chain(small, chunk, partial=True)
     for accel in (True, False):
         keyer = ChunkKeys(chunk, "sha256", partial_chunks=True, accel=accel)
         assert [bytes(r) for r in keyer.keys(as_tokens(prompt))] == want, accel
+        # int64 and int32 ids are read in place by the SHA-extension path (no conversion pass)
+        assert [bytes(r) for r in keyer.keys(np.array(prompt, np.int64))] == want, accel
+        assert [bytes(r) for r in keyer.keys(np.array(small, np.int32))] == want_small, accel
+
+
+@pytest.mark.parametrize("dtype", ["i8", "u8", "i4"])
+@pytest.mark.parametrize("at", [0, 3, 15, 16, 255, 256, 300, 511, 700, 1023, 1029])
+def test_a_bad_id_anywhere_is_named(dtype, at):
+    """An id out of range in a chunk's whole blocks (either interleaved stream), in its tail or
+    in the partial last chunk: the error names it, on either compression path."""
+    ids = np.random.default_rng(at).integers(0, 2**31, 1030).astype(dtype)
+    bad = {"i8": -3, "u8": 2**32 + 5, "i4": -(2**31)}[dtype]
+    ids[at] = bad
+    for accel in (True, False):
+        keyer = ChunkKeys(256, "sha256", partial_chunks=True, accel=accel)
+        with pytest.raises(ValueError, match=f"got {bad} at position {at}$"):
+            keyer.keys(ids)
 
 
 @pytest.mark.parametrize("seed", ["0", "42"])

@@ -55,3 +55,21 @@ def test_cli_rejects_bad_values():
         run = subprocess.run([sys.executable, "-m", "kvdm.experiments.cli", "bench", "tokens", *args],
                              capture_output=True, text=True, timeout=60)
         assert run.returncode == 2 and msg in run.stderr and not run.stdout, (args, run.stdout, run.stderr)
+
+
+def test_hash_ab_prints_kvdm_beside_hashlib(capsys):
+    """python -m kvdm.experiments.bench.hash_ab (without --base: no build): every form, each
+    measured in its own process."""
+    from kvdm.experiments.bench import hash_ab
+
+    assert hash_ab.main(["--lengths", "1024", "--rounds", "1", "--reps", "1"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1].split() == ["tokens", "form", "hashlib", "us", "now", "us", "/hashlib"]
+    forms = ["numpy", "list"] + (["torch"] if _has_torch() else [])
+    assert sorted(line.split()[1] for line in out[2:]) == sorted(forms)
+
+
+def _has_torch() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("torch") is not None

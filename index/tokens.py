@@ -288,7 +288,8 @@ class ChunkKeys:
         keys = self._fast.keys(arr)
         if keys is None:  # an id out of range: as_tokens says which
             as_tokens(arr)
-            raise RuntimeError(f"the chunk keys of a prompt of {arr.shape[0]} {arr.dtype} tokens failed")
+            raise TypeError(f"keys_of takes what int_tokens returns (a 1-d contiguous aligned native-order "
+                            f"integer ndarray), got {type(arr).__name__}")
         return keys
 
 

@@ -286,6 +286,41 @@ def test_common_forms_skip_the_python_path(monkeypatch):
         assert [bytes(r) for r in keyer.keys(form)] == want, form
 
 
+def test_tensor_getters_by_name(monkeypatch):
+    """Where a tensor type's getters are not C descriptors, the C path asks them by name (a
+    stand-in type here: Python properties and methods over a numpy array)."""
+    import kvdm.index.tokens as tokens_mod
+    from kvdm.native import chunkkeys
+
+    class Ids:
+        def __init__(self, a: np.ndarray) -> None:
+            self.a = a
+
+        dtype = property(lambda self: "int64")
+        is_cpu = property(lambda self: True)
+        shape = property(lambda self: tuple(self.a.shape))
+
+        def is_contiguous(self) -> bool:
+            return bool(self.a.flags.c_contiguous)
+
+        def is_neg(self) -> bool:
+            return False
+
+        def data_ptr(self) -> int:
+            return self.a.ctypes.data
+
+    a = np.arange(40, dtype=np.int64)
+    keyer = ChunkKeys(8)
+    try:
+        chunkkeys.use_torch(Ids, {"int64": (8, True)})
+        assert [bytes(r) for r in keyer._fast.keys(Ids(a))] == ref_sha256_chain(list(range(40)), 8)
+        assert keyer._fast.keys(Ids(a[::2])) is None  # not contiguous: the Python path decides
+    finally:  # torch's own types again, for the tests after this one
+        monkeypatch.setattr(tokens_mod, "_torch_named", False)
+        if "torch" in sys.modules:
+            tokens_mod._name_torch_to_c()
+
+
 BAD_PROMPTS = [  # (form, error, message) for every entry point, fast path or not
     ([1, -2, 3], ValueError, "non-negative, got -2 at position 1"),
     (np.array([1, 5, -7], np.int64), ValueError, "non-negative, got -7 at position 2"),

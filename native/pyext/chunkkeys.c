@@ -154,37 +154,47 @@ static struct {
     int elem_bytes, is_signed;
 } torch_ints[MAX_TORCH_INTS];
 static int n_torch_ints;
-static PyObject *s_dtype, *s_is_cpu, *s_shape, *s_is_contiguous, *s_is_neg, *s_data_ptr;
 
-/* 1 when calling method `name` of o (no arguments) answers True, 0 when False, -1 otherwise
- * (an error, cleared: the Python path will meet it again and report it). */
-static int call_bool(PyObject *o, PyObject *name) {
-    PyObject *r = PyObject_CallMethodNoArgs(o, name);
+/* What keys_of_tensor asks a tensor: three attributes, then three methods without arguments.
+ * Called through torch.Tensor's own descriptors where they are the usual kinds (a getset, a
+ * method descriptor): no attribute lookup per call, which is most of a cold call's cost;
+ * otherwise by name. */
+enum { T_DTYPE, T_IS_CPU, T_SHAPE, T_IS_CONTIGUOUS, T_IS_NEG, T_DATA_PTR, T_N };
+#define T_FIRST_METHOD T_IS_CONTIGUOUS
+static const char *const tensor_names[T_N] = {"dtype", "is_cpu", "shape", "is_contiguous", "is_neg", "data_ptr"};
+static PyObject *tensor_name[T_N], *tensor_descr[T_N]; /* interned names; descriptors or NULL */
+
+static PyObject *tensor_get(int what, PyObject *t) {
+    PyObject *d = tensor_descr[what];
+    if (what < T_FIRST_METHOD)
+        return d ? Py_TYPE(d)->tp_descr_get(d, t, (PyObject *)Py_TYPE(t)) : PyObject_GetAttr(t, tensor_name[what]);
+    return d ? PyObject_Vectorcall(d, &t, 1, NULL) : PyObject_CallMethodNoArgs(t, tensor_name[what]);
+}
+
+/* 1 when what t answers is True, 0 when False, -1 otherwise (an error, cleared by the caller) */
+static int tensor_bool(int what, PyObject *t) {
+    PyObject *r = tensor_get(what, t);
     int v = r == Py_True ? 1 : r == Py_False ? 0 : -1;
     Py_XDECREF(r);
-    if (v < 0) PyErr_Clear();
     return v;
 }
 
 static PyObject *keys_of_tensor(const Keyer *self, PyObject *t) {
-    PyObject *dtype = PyObject_GetAttr(t, s_dtype);
+    PyObject *dtype = tensor_get(T_DTYPE, t);
     if (!dtype) goto python_path;
     int k = 0;
     while (k < n_torch_ints && torch_ints[k].dtype != dtype) k++;
     Py_DECREF(dtype);
     if (k == n_torch_ints) Py_RETURN_NONE; /* not an integer dtype kvdm reads */
-    PyObject *cpu = PyObject_GetAttr(t, s_is_cpu);
-    int on_cpu = cpu == Py_True;
-    Py_XDECREF(cpu);
-    if (!on_cpu) goto python_path; /* CUDA: copied to the host there */
-    PyObject *shape = PyObject_GetAttr(t, s_shape);
+    if (tensor_bool(T_IS_CPU, t) != 1) goto python_path; /* CUDA: copied to the host there */
+    PyObject *shape = tensor_get(T_SHAPE, t);
     if (!shape) goto python_path;
     Py_ssize_t n = PyTuple_Check(shape) && PyTuple_GET_SIZE(shape) == 1 ? PyLong_AsSsize_t(PyTuple_GET_ITEM(shape, 0))
                                                                         : -1;
     Py_DECREF(shape);
     /* a 1-d strided tensor, contiguous, without the negative bit (numpy() refuses one) */
-    if (n < 0 || call_bool(t, s_is_contiguous) != 1 || call_bool(t, s_is_neg) != 0) goto python_path;
-    PyObject *ptr = PyObject_CallMethodNoArgs(t, s_data_ptr);
+    if (n < 0 || tensor_bool(T_IS_CONTIGUOUS, t) != 1 || tensor_bool(T_IS_NEG, t) != 0) goto python_path;
+    PyObject *ptr = tensor_get(T_DATA_PTR, t);
     if (!ptr) goto python_path;
     void *data = PyLong_AsVoidPtr(ptr);
     Py_DECREF(ptr);
@@ -210,6 +220,12 @@ static PyObject *use_torch(PyObject *mod, PyObject *const *args, Py_ssize_t narg
         if (!PyArg_ParseTuple(value, "ip", &elem, &is_signed)) return NULL;
         if (elem != 1 && elem != 2 && elem != 4 && elem != 8)
             return PyErr_Format(PyExc_ValueError, "use_torch: elem_bytes %d", elem);
+    }
+    for (int i = 0; i < T_N; i++) { /* the descriptors of the usual kinds, else by name */
+        PyObject *d = PyObject_GetAttr(args[0], tensor_name[i]);
+        if (!d) return NULL;
+        if (!PyObject_TypeCheck(d, i < T_FIRST_METHOD ? &PyGetSetDescr_Type : &PyMethodDescr_Type)) Py_CLEAR(d);
+        Py_XSETREF(tensor_descr[i], d);
     }
     for (int i = 0; i < n_torch_ints; i++) Py_CLEAR(torch_ints[i].dtype);
     n_torch_ints = 0;
@@ -271,10 +287,8 @@ static struct PyModuleDef chunkkeys_module = {
 
 PyMODINIT_FUNC PyInit__chunkkeys(void) {
     import_array();
-    const char *names[] = {"dtype", "is_cpu", "shape", "is_contiguous", "is_neg", "data_ptr"};
-    PyObject **slots[] = {&s_dtype, &s_is_cpu, &s_shape, &s_is_contiguous, &s_is_neg, &s_data_ptr};
-    for (int i = 0; i < 6; i++)
-        if (!(*slots[i] = PyUnicode_InternFromString(names[i]))) return NULL;
+    for (int i = 0; i < T_N; i++)
+        if (!(tensor_name[i] = PyUnicode_InternFromString(tensor_names[i]))) return NULL;
     if (PyType_Ready(&KeyerType) < 0) return NULL;
     PyObject *m = PyModule_Create(&chunkkeys_module);
     if (!m) return NULL;

@@ -323,6 +323,9 @@ def test_tensor_getters_by_name(monkeypatch):
 
 BAD_PROMPTS = [  # (form, error, message) for every entry point, fast path or not
     ([1, -2, 3], ValueError, "non-negative, got -2 at position 1"),
+    ([1, 2, 3, 4, 5, -6, 7, 8, 9], ValueError, "non-negative, got -6 at position 5"),  # in C's 4-id steps
+    ([0] * 6 + [2**40, 1], ValueError, r"\[0, 2\*\*32\), got 1099511627776 at position 6"),
+    ([1, 2, 3, 4.5, 5], TypeError, "integer dtype.*float"),
     (np.array([1, 5, -7], np.int64), ValueError, "non-negative, got -7 at position 2"),
     (np.array([0, 1, -1, -5], np.int8), ValueError, "got -1 at position 2"),
     ([2**32], ValueError, r"\[0, 2\*\*32\), got 4294967296 at position 0"),

@@ -4,7 +4,20 @@ The top-level folders are the subpackages of one ``kvdm`` namespace (see docs/DE
 ``package_dir`` maps them, so nothing is installed under a generic top-level name.
 """
 
+import importlib.util
+import os
+
 from setuptools import setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def native_build():  # noqa: ANN201 - native/build.py as a module (it is not importable by name)
+    spec = importlib.util.spec_from_file_location("kvdm_native_build", os.path.join(HERE, "native", "build.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
 
 SUBPACKAGES = ["index", "transport", "native", "traces", "experiments"]
 
@@ -23,7 +36,9 @@ setup(
         "kvdm.traces.fixtures": ["*.jsonl", "*.jsonl.gz", "*.csv", "*.md"],
     },
     cffi_modules=["native/build.py:ffibuilder"],
-    setup_requires=["cffi>=1.15"],
+    # the token layer's fast path, a CPython extension on numpy's C API (native/pyext/chunkkeys.c)
+    ext_modules=[native_build().chunkkeys_extension()],
+    setup_requires=["cffi>=1.15", "numpy>=1.24"],
     install_requires=[
         "cffi>=1.15",
         "numpy>=1.24",

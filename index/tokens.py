@@ -75,7 +75,11 @@ Chunk keys (``key_scheme``), exactly
 Hashing is one C call per prompt (``native/chunkhash.c``: SHA-256 on the CPU's SHA extensions,
 two chunks at a time, else OpenSSL's; the vLLM pickle is written byte for byte in C, for chunks
 of up to 8192 tokens, and hashed with OpenSSL); the token ids are converted and range-checked
-in one C pass. ``kvdm bench tokens`` prints its rate beside ``hashlib.sha256`` over the same bytes.
+in one C pass. The common forms (a contiguous numpy integer array, a contiguous CPU torch integer
+tensor, a list or tuple of ints) reach that C call through one plain CPython call
+(``native/pyext/chunkkeys.c``), which reads them in place; every other form, and every error,
+takes the Python path (:func:`int_tokens`). ``kvdm bench tokens`` prints the per-prompt time
+beside ``hashlib.sha256`` over the same bytes.
 
 Batches
 -------
@@ -118,7 +122,7 @@ from typing import Any
 
 import numpy as np
 
-from kvdm.native import ffi, lib
+from kvdm.native import chunkkeys, ffi, lib
 
 from .api import Index, as_values
 
@@ -150,10 +154,30 @@ def _is_torch_tensor(x: Any) -> bool:
     return torch is not None and isinstance(x, torch.Tensor)
 
 
+_torch_named = False
+
+
+def _name_torch_to_c() -> bool:
+    """Tell the C fast path torch.Tensor and its integer dtypes, once (kvdm never imports torch:
+    the first tensor a caller passes means it is there). True when it did so now."""
+    global _torch_named
+    if _torch_named:
+        return False
+    torch = sys.modules["torch"]
+    ints = {torch.int8: (1, True), torch.uint8: (1, False), torch.int16: (2, True), torch.int32: (4, True),
+            torch.int64: (8, True)}
+    for name, size in (("uint16", 2), ("uint32", 4), ("uint64", 8)):  # torch >= 2.3
+        if isinstance(getattr(torch, name, None), torch.dtype):
+            ints[getattr(torch, name)] = (size, False)
+    chunkkeys.use_torch(torch.Tensor, ints)
+    _torch_named = True
+    return True
+
+
 def int_tokens(tokens: Any) -> np.ndarray:
-    """Validate one prompt's token ids up to their values: a 1-d, contiguous, native-order
-    integer array, as given where it already is one (the ids' range is checked where they are
-    converted, in C). See the module docstring for what is accepted."""
+    """Validate one prompt's token ids up to their values: a 1-d, contiguous, aligned,
+    native-order integer ndarray, as given where it already is one (the ids' range is checked
+    where they are converted, in C). See the module docstring for what is accepted."""
     if type(tokens) is np.ndarray:  # the fast path: no torch or list check
         arr = tokens
     elif _is_torch_tensor(tokens):
@@ -162,7 +186,7 @@ def int_tokens(tokens: Any) -> np.ndarray:
             raise TypeError(f"token ids must have an integer dtype, got torch tensor of {t.dtype}")
         arr = t.detach().cpu().numpy()
     elif isinstance(tokens, np.ndarray):
-        arr = tokens
+        arr = np.asarray(tokens)  # a subclass (memmap, masked array): its data as a plain ndarray
     elif isinstance(tokens, (list, tuple, range)):
         arr = np.asarray(tokens) if len(tokens) else np.zeros(0, dtype=np.int64)
     else:
@@ -175,11 +199,17 @@ def int_tokens(tokens: Any) -> np.ndarray:
         raise TypeError(f"token ids must have an integer dtype, got {arr.dtype}")
     if arr.ndim != 1:
         raise ValueError(f"token ids must be 1-d (one prompt), got shape {tuple(arr.shape)}")
-    if not arr.flags.c_contiguous:
-        arr = np.ascontiguousarray(arr)
+    if not (arr.flags.c_contiguous and arr.flags.aligned):
+        arr = np.require(arr, requirements=("C", "A"))
     if not arr.dtype.isnative:
         arr = arr.astype(arr.dtype.newbyteorder("="))
     return arr
+
+
+def _length(tokens: Any) -> int:
+    """The number of ids of a prompt already keyed (so 1-d): len() costs ~0.4 us on a tensor."""
+    shape = getattr(tokens, "shape", None)
+    return int(shape[0]) if shape is not None else len(tokens)
 
 
 def _bad_token(arr: np.ndarray, at: int) -> ValueError:
@@ -226,6 +256,9 @@ class ChunkKeys:
             self._seed = hashlib.sha256(pickle.dumps(vllm_seed, protocol=5)).digest()  # vLLM's NONE_HASH
         else:
             self._scheme, self._seed = lib.KVDM_CHUNK_SHA256, CHAIN_SEED
+        # the C entry point, parameters bound: .keys(tokens) -> keys, or None for the Python path
+        self._fast = chunkkeys.Keyer(self._scheme, self._seed, self.chunk_size, self.partial_chunks,
+                                     self.key_bytes, self.accel)
 
     def num_chunks(self, n_tokens: int) -> int:
         """How many keyed chunks a prompt of ``n_tokens`` has."""
@@ -235,22 +268,29 @@ class ChunkKeys:
     def keys(self, tokens: Any) -> np.ndarray:
         """The chunk keys of a prompt (any accepted form, :func:`int_tokens`): ``uint8[n, 32]`` or
         ``uint64[n]``, in one C call that also converts and range-checks the ids
-        (native/chunkhash.c, which also remaps the reserved keys)."""
+        (native/chunkhash.c, which also remaps the reserved keys). A contiguous numpy or CPU
+        torch integer array and a list or tuple of ints in range go straight to C
+        (native/pyext/chunkkeys.c); everything else, errors included, through :func:`int_tokens`."""
+        keys = self._fast.keys(tokens)
+        return keys if keys is not None else self._keys_checked(tokens)
+
+    def _keys_checked(self, tokens: Any) -> np.ndarray:
+        """:meth:`keys` of what the C fast path left: the first torch tensor (C learns torch's
+        types then), the other forms, and the errors."""
+        if _is_torch_tensor(tokens) and _name_torch_to_c():
+            keys = self._fast.keys(tokens)
+            if keys is not None:
+                return keys
         return self.keys_of(int_tokens(tokens))
 
     def keys_of(self, arr: np.ndarray) -> np.ndarray:
         """:meth:`keys` of a prompt :func:`int_tokens` already validated."""
-        n = self.num_chunks(arr.shape[0])
-        out = np.empty((n, 32), dtype=np.uint8) if self.key_bytes == 32 else np.empty(n, dtype=np.uint64)
-        bad = ffi.new("int64_t *")
-        got = lib.kvdm_prompt_keys(self._scheme, self._seed, len(self._seed), ffi.from_buffer(arr), arr.dtype.itemsize,
-                                   arr.dtype.kind == "i", arr.shape[0], self.chunk_size, self.partial_chunks,
-                                   self.key_bytes, self.accel, ffi.from_buffer(out), n, bad)
-        if got == -3:
-            raise _bad_token(arr, int(bad[0]))
-        if got != n:  # the arguments were checked here, so only OpenSSL or memory can fail
-            raise RuntimeError(f"kvdm_prompt_keys failed ({got}) for a prompt of {arr.shape[0]} tokens")
-        return out
+        keys = self._fast.keys(arr)
+        if keys is None:  # an id out of range: as_tokens says which
+            as_tokens(arr)
+            raise TypeError(f"keys_of takes what int_tokens returns (a 1-d contiguous aligned native-order "
+                            f"integer ndarray), got {type(arr).__name__}")
+        return keys
 
 
 class TokenIndex:
@@ -280,24 +320,24 @@ class TokenIndex:
         """How many keyed chunks a prompt of ``n_tokens`` has."""
         return self.keyer.num_chunks(n_tokens)
 
-    def _keys_of(self, toks: np.ndarray) -> np.ndarray:
-        return self.keyer.keys_of(toks)
-
     def chunk_keys(self, tokens: Any) -> np.ndarray:
         """The keys of the prompt's chunks, in order: ``uint8[n, 32]`` or ``uint64[n]``."""
-        return self._keys_of(int_tokens(tokens))
+        return self.keyer.keys(tokens)
 
     # -- one prompt --
-    def _tokens_of(self, matched: int, n_tokens: int) -> int:
-        return min(matched * self.chunk_size, n_tokens)
+    def _tokens_of(self, matched: int, n_keys: int, tokens: Any) -> int:
+        """The tokens of ``matched`` leading chunks of ``tokens`` (keyed, so 1-d), which has
+        ``n_keys`` keys: only a matched partial last chunk is shorter than chunk_size."""
+        if self.partial_chunks and matched == n_keys:
+            return min(matched * self.chunk_size, _length(tokens))
+        return matched * self.chunk_size
 
     def lookup(self, tokens: Any) -> int:
         """The cached prefix of the prompt, in tokens (whole chunks, capped at its length)."""
-        toks = int_tokens(tokens)
-        keys = self._keys_of(toks)
+        keys = self.keyer.keys(tokens)
         if not len(keys):
             return 0
-        return self._tokens_of(self.index.prefix_match(keys), len(toks))
+        return self._tokens_of(self.index.prefix_match(keys), len(keys), tokens)
 
     def store(self, tokens: Any, locations: Any) -> None:
         """Record the prompt's chunks: ``locations`` (uint64, one per keyed chunk, see
@@ -311,14 +351,14 @@ class TokenIndex:
         """LMCache's ``retrieve`` answer: a CPU ``torch.bool`` tensor, True on the tokens of the
         cached chunks from the first wanted chunk to the first miss (module docstring)."""
         torch = _torch()
-        toks = int_tokens(tokens)
-        n = len(toks)
+        keys = self.keyer.keys(tokens)
+        n = _length(tokens)
         skip = self._mask_skip(mask, n, torch)
         ret = torch.zeros(n, dtype=torch.bool)
-        keys = self._keys_of(toks)[skip // self.chunk_size:]
-        if len(keys):
-            matched = self.index.prefix_match(keys)
-            ret[skip:self._tokens_of(skip // self.chunk_size + matched, n)] = True
+        first = skip // self.chunk_size
+        if first < len(keys):
+            matched = self.index.prefix_match(keys[first:])
+            ret[skip:self._tokens_of(first + matched, len(keys), tokens)] = True
         return ret
 
     def _mask_skip(self, mask: Any, n: int, torch: Any) -> int:
@@ -341,19 +381,18 @@ class TokenIndex:
     # -- many prompts, one index call --
     def lookup_many(self, prompts: Sequence[Any]) -> list[int]:
         """:meth:`lookup` for every prompt, with every prompt's keys in ONE ``index.get``."""
-        toks = [int_tokens(p) for p in prompts]
-        keys = [self._keys_of(t) for t in toks]
+        keys = [self.keyer.keys(p) for p in prompts]
         counts = [len(k) for k in keys]
         total = sum(counts)
         if not total:
-            return [0] * len(toks)
+            return [0] * len(keys)
         _, found = self.index.get(np.concatenate(keys))
         out = []
         start = 0
-        for t, c in zip(toks, counts, strict=True):
+        for p, c in zip(prompts, counts, strict=True):
             misses = np.flatnonzero(~found[start:start + c])
             matched = int(misses[0]) if misses.size else c
-            out.append(self._tokens_of(matched, len(t)))
+            out.append(self._tokens_of(matched, c, p))
             start += c
         return out
 
@@ -362,7 +401,7 @@ class TokenIndex:
         ``index.put`` (in prompt order: a later duplicate key wins)."""
         if len(prompts) != len(locations):
             raise ValueError(f"{len(prompts)} prompts but {len(locations)} location arrays")
-        keys = [self.chunk_keys(p) for p in prompts]
+        keys = [self.keyer.keys(p) for p in prompts]
         values = [self._locations(v, len(k)) for k, v in zip(keys, locations, strict=True)]
         if sum(len(k) for k in keys):
             self.index.put(np.concatenate(keys), np.concatenate(values))

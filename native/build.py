@@ -14,6 +14,11 @@ indexes on the C side: a new one is one ``.inc`` file (and its registry entry, k
 other ``*.inc`` files (the B+tree core and leaf formats, kvidx_handle.inc) are only included by
 templates.
 
+One more extension, ``kvdm.native._chunkkeys`` (:func:`chunkkeys_extension`, built by setup.py
+beside the cffi one): ``pyext/chunkkeys.c``, the token layer's per-prompt chunk keys as a plain
+CPython call on numpy's C API, compiled with ``chunkhash.c`` (the hash's one source). Its
+sources are in ``pyext/`` so the cffi module's ``*.c`` does not take them.
+
 Environment knobs (read at build time):
   KVDM_VERBS=0|1   force the verbs backend off/on (default: on if <infiniband/verbs.h> exists)
   KVDM_ASAN=1      build with AddressSanitizer (run with libasan preloaded; see .ci/test)
@@ -25,6 +30,7 @@ from __future__ import annotations
 import glob
 import os
 import re
+from typing import Any
 
 from cffi import FFI
 
@@ -127,6 +133,36 @@ def index_cdefs(names: list[str]) -> str:
     return "".join(f"const kvidx_ops *{p}_ops(void);\n" for p in prefixes(names))
 
 
+def build_flags() -> tuple[list[str], list[str]]:
+    """Compiler and linker flags of kvdm's C (both extensions), after KVDM_DEBUG and KVDM_ASAN."""
+    cflags = list(CFLAGS)
+    ldflags: list[str] = []
+    cflags += ["-O0", "-g"] if _flag("KVDM_DEBUG", False) else ["-O2", "-g"]
+    if _flag("KVDM_ASAN", False):
+        cflags += ["-fsanitize=address", "-fno-omit-frame-pointer"]
+        ldflags += ["-fsanitize=address"]
+    return cflags, ldflags
+
+
+def chunkkeys_extension() -> Any:
+    """``kvdm.native._chunkkeys``: the token layer's per-prompt fast path (pyext/chunkkeys.c, a
+    CPython extension on numpy's C API: a cffi call costs more than hashing a 1k-token prompt)
+    over the same native/chunkhash.c. Paths are relative to the checkout (setup.py's folder)."""
+    import numpy
+    from setuptools import Extension
+
+    cflags, ldflags = build_flags()
+    rel = os.path.relpath(HERE, os.path.dirname(HERE))
+    return Extension(
+        "kvdm.native._chunkkeys",
+        sources=[os.path.join(rel, "pyext", "chunkkeys.c"), os.path.join(rel, "chunkhash.c")],
+        include_dirs=[rel, numpy.get_include()],
+        libraries=["crypto"],
+        extra_compile_args=cflags + ["-fvisibility=hidden"],  # only PyInit__chunkkeys is exported
+        extra_link_args=ldflags,
+    )
+
+
 def make_ffi() -> FFI:
     ffi = FFI()
     cdefs = _sorted("*.cdef")
@@ -143,18 +179,10 @@ def make_ffi() -> FFI:
     headers.sort(key=lambda h: (h != "dm.h", h))
     preamble = [f'#include "{h}"' for h in headers] + [f"KVIDX_DECLARE({p})" for p in prefixes(indexes)]
     sources = _sorted("*.c") + write_translation_units(indexes, os.path.join(HERE, GENERATED))
-    cflags = list(CFLAGS)
+    cflags, ldflags = build_flags()
     macros: list[tuple[str, str | None]] = []
     # crypto: OpenSSL's SHA-256 for the token layer's chunk keys; hiredis: the C-timed Redis client
     libraries: list[str] = ["rt", "m", "crypto", "hiredis"]
-    ldflags: list[str] = []
-    if _flag("KVDM_DEBUG", False):
-        cflags += ["-O0", "-g"]
-    else:
-        cflags += ["-O2", "-g"]
-    if _flag("KVDM_ASAN", False):
-        cflags += ["-fsanitize=address", "-fno-omit-frame-pointer"]
-        ldflags += ["-fsanitize=address"]
     if have_verbs():
         macros.append(("KVDM_HAVE_VERBS", "1"))
         libraries += ["ibverbs"]

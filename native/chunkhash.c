@@ -118,6 +118,13 @@ static size_t vllm_pickle(uint8_t *buf, const uint8_t parent[32], const uint8_t 
 static const uint32_t SHA256_IV[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
                                       0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
 
+/* Where the chain reads a chunk's message from. SRC_LE32: its uint32 little-endian bytes (what
+ * kvdm_chunk_keys takes). SRC_I32, SRC_X64: the caller's int32, or int64/uint64, ids in place,
+ * each range-checked on the way ([0, 2^32)), which saves kvdm_prompt_keys a conversion pass (~10%
+ * of a prompt's time); with the SHA extensions only. A 64-byte block is 16 ids: SRC_BLOCK bytes. */
+enum { SRC_LE32, SRC_I32, SRC_X64 };
+#define SRC_BLOCK(kind) ((kind) == SRC_X64 ? 128 : 64)
+
 static void compress_openssl(uint32_t st[8], const uint8_t *d, size_t nb) {
     SHA256_CTX c;
     for (int i = 0; i < 8; i++) c.h[i] = st[i];
@@ -164,11 +171,34 @@ SHANI static void shani_store(uint32_t st[8], __m128i abef, __m128i cdgh) {
     _mm_storeu_si128((__m128i *)&st[4], _mm_alignr_epi8(dchg, feba, 8));
 }
 
-/* 4 rounds of group g on one stream; m[] holds the message schedule's last four groups. */
-#define SHANI_GROUP(g, d, m, s0, s1)                                                                      \
+/* Message word group g (4 words, byte-swapped for the SHA instructions) of the block at d, as
+ * read from a source of that kind (see SRC_LE32): for the caller's ids the range check rides
+ * along, the out-of-range bits OR-ed into *acc (the SHA unit's latency leaves room for it). */
+SHANI static inline __attribute__((always_inline)) __m128i message(int kind, const uint8_t *d, int g, __m128i *acc) {
+    if (kind == SRC_X64) { /* ids 4g..4g+3: their low halves are the words, their high halves must be 0 */
+        __m128 lo = _mm_castsi128_ps(_mm_loadu_si128((const __m128i *)(d + 32 * g)));
+        __m128 hi = _mm_castsi128_ps(_mm_loadu_si128((const __m128i *)(d + 32 * g + 16)));
+        *acc = _mm_or_si128(*acc, _mm_castps_si128(_mm_shuffle_ps(lo, hi, _MM_SHUFFLE(3, 1, 3, 1))));
+        return _mm_shuffle_epi8(_mm_castps_si128(_mm_shuffle_ps(lo, hi, _MM_SHUFFLE(2, 0, 2, 0))), BSWAP_MASK);
+    }
+    __m128i w = _mm_loadu_si128((const __m128i *)(d + 16 * g));
+    if (kind == SRC_I32) *acc = _mm_or_si128(*acc, w); /* the sign bits must be 0 */
+    return _mm_shuffle_epi8(w, BSWAP_MASK);
+}
+
+/* whether the ids OR-ed into acc were all in range */
+SHANI static inline __attribute__((always_inline)) int acc_bad(int kind, __m128i acc) {
+    if (kind == SRC_X64) return !_mm_testz_si128(acc, acc);
+    if (kind == SRC_I32) return _mm_movemask_ps(_mm_castsi128_ps(acc)) != 0;
+    return 0;
+}
+
+/* 4 rounds of group g on one stream; m[] holds the message schedule's last four groups; msg is
+ * the group's words, evaluated for g < 4 only. */
+#define SHANI_GROUP(g, msg, m, s0, s1)                                                                    \
     do {                                                                                                \
         if ((g) < 4) {                                                                                  \
-            m[g] = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)((d) + 16 * (g))), BSWAP_MASK);     \
+            m[g] = (msg);                                                                               \
         } else {                                                                                        \
             __m128i t_ = _mm_sha256msg1_epu32(m[(g) & 3], m[((g) + 1) & 3]);                            \
             t_ = _mm_add_epi32(t_, _mm_alignr_epi8(m[((g) + 3) & 3], m[((g) + 2) & 3], 4));             \
@@ -179,29 +209,34 @@ SHANI static void shani_store(uint32_t st[8], __m128i abef, __m128i cdgh) {
         s0 = _mm_sha256rnds2_epu32(s0, s1, _mm_shuffle_epi32(w_, 0x0E));                                \
     } while (0)
 
-SHANI static void compress_shani(uint32_t st[8], const uint8_t *d, size_t nb) {
-    __m128i s0, s1;
+/* nb blocks from d, a source of that kind; *bad set when one of its ids is out of range */
+SHANI static inline __attribute__((always_inline)) void compress_shani_src(int kind, uint32_t st[8], const uint8_t *d,
+                                                                          size_t nb, int *bad) {
+    __m128i s0, s1, acc = _mm_setzero_si128();
     shani_load(st, &s0, &s1);
-    for (; nb; nb--, d += 64) {
+    for (; nb; nb--, d += SRC_BLOCK(kind)) {
         __m128i a0 = s0, a1 = s1, m[4];
-        _Pragma("GCC unroll 16") for (int g = 0; g < 16; g++) SHANI_GROUP(g, d, m, s0, s1);
+        _Pragma("GCC unroll 16") for (int g = 0; g < 16; g++) SHANI_GROUP(g, message(kind, d, g, &acc), m, s0, s1);
         s0 = _mm_add_epi32(s0, a0);
         s1 = _mm_add_epi32(s1, a1);
     }
     shani_store(st, s0, s1);
+    *bad |= acc_bad(kind, acc);
 }
 
 /* Two independent streams of nb blocks each, interleaved: the SHA unit's latency, not its
  * throughput, bounds one stream, so two run in not much more than the time of one. */
-SHANI static void compress_shani_x2(uint32_t st[8], const uint8_t *d, uint32_t su[8], const uint8_t *e, size_t nb) {
-    __m128i s0, s1, u0, u1;
+SHANI static inline __attribute__((always_inline)) void compress_shani_x2_src(int kind, uint32_t st[8],
+                                                                             const uint8_t *d, uint32_t su[8],
+                                                                             const uint8_t *e, size_t nb, int *bad) {
+    __m128i s0, s1, u0, u1, acc = _mm_setzero_si128();
     shani_load(st, &s0, &s1);
     shani_load(su, &u0, &u1);
-    for (; nb; nb--, d += 64, e += 64) {
+    for (; nb; nb--, d += SRC_BLOCK(kind), e += SRC_BLOCK(kind)) {
         __m128i a0 = s0, a1 = s1, b0 = u0, b1 = u1, m[4], n[4];
         _Pragma("GCC unroll 16") for (int g = 0; g < 16; g++) {
-            SHANI_GROUP(g, d, m, s0, s1);
-            SHANI_GROUP(g, e, n, u0, u1);
+            SHANI_GROUP(g, message(kind, d, g, &acc), m, s0, s1);
+            SHANI_GROUP(g, message(kind, e, g, &acc), n, u0, u1);
         }
         s0 = _mm_add_epi32(s0, a0);
         s1 = _mm_add_epi32(s1, a1);
@@ -210,18 +245,40 @@ SHANI static void compress_shani_x2(uint32_t st[8], const uint8_t *d, uint32_t s
     }
     shani_store(st, s0, s1);
     shani_store(su, u0, u1);
+    *bad |= acc_bad(kind, acc);
+}
+
+/* The two above for each kind of source, as calls (the kind a constant in each). */
+SHANI static void compress_shani(int kind, uint32_t st[8], const uint8_t *d, size_t nb, int *bad) {
+    if (kind == SRC_X64) compress_shani_src(SRC_X64, st, d, nb, bad);
+    else if (kind == SRC_I32) compress_shani_src(SRC_I32, st, d, nb, bad);
+    else compress_shani_src(SRC_LE32, st, d, nb, bad);
+}
+
+/* Two independent streams of nb blocks each, interleaved: the SHA unit's latency, not its
+ * throughput, bounds one stream, so two run in not much more than the time of one. */
+SHANI static void compress_shani_x2(int kind, uint32_t st[8], const uint8_t *d, uint32_t su[8], const uint8_t *e,
+                                    size_t nb, int *bad) {
+    if (kind == SRC_X64) compress_shani_x2_src(SRC_X64, st, d, su, e, nb, bad);
+    else if (kind == SRC_I32) compress_shani_x2_src(SRC_I32, st, d, su, e, nb, bad);
+    else compress_shani_x2_src(SRC_LE32, st, d, su, e, nb, bad);
 }
 #else
 int kvdm_chunk_accel(void) { return 0; }
-static void compress_shani(uint32_t st[8], const uint8_t *d, size_t nb) { compress_openssl(st, d, nb); }
-static void compress_shani_x2(uint32_t st[8], const uint8_t *d, uint32_t su[8], const uint8_t *e, size_t nb) {
+/* never called here: accel is always 0 (kvdm_chunk_accel), and only SRC_LE32 goes without it */
+static void compress_shani(int kind, uint32_t st[8], const uint8_t *d, size_t nb, int *bad) {
+    compress_openssl(st, d, nb);
+}
+static void compress_shani_x2(int kind, uint32_t st[8], const uint8_t *d, uint32_t su[8], const uint8_t *e,
+                              size_t nb, int *bad) {
     compress_openssl(st, d, nb);
     compress_openssl(su, e, nb);
 }
 #endif
 
-static void compress(int accel, uint32_t st[8], const uint8_t *d, size_t nb) {
-    if (accel) compress_shani(st, d, nb);
+/* nb blocks of a source of that kind (SRC_LE32 only without accel) */
+static void compress(int accel, int kind, uint32_t st[8], const uint8_t *d, size_t nb, int *bad) {
+    if (accel) compress_shani(kind, st, d, nb, bad);
     else compress_openssl(st, d, nb);
 }
 
@@ -236,7 +293,8 @@ static void finish_with_parent(int accel, uint32_t st[8], uint64_t done, const u
     size_t total = len + 9 <= 64 ? 64 : 128;
     uint64_t bits = (done + len) * 8;
     for (int i = 0; i < 8; i++) buf[total - 1 - i] = (uint8_t)(bits >> (8 * i));
-    compress(accel, st, buf, total / 64);
+    int ignored = 0; /* buf holds bytes: SRC_LE32 */
+    compress(accel, SRC_LE32, st, buf, total / 64, &ignored);
     for (int i = 0; i < 8; i++) {
         h[4 * i] = (uint8_t)(st[i] >> 24);
         h[4 * i + 1] = (uint8_t)(st[i] >> 16);
@@ -261,54 +319,95 @@ static void put_key(uint8_t *out, const uint8_t h[32], int key_bytes) {
     memcpy(out, &k, 8); /* the key array is the host's uint64 */
 }
 
+/* The tail of a chunk (n < 16 ids at src, a source of that kind) as uint32 LE bytes: src
+ * itself for SRC_LE32, else converted into buf, *bad set when an id is out of range. */
+static const uint8_t *tail_bytes(int kind, const uint8_t *src, size_t n, uint8_t buf[64], int *bad) {
+    if (kind == SRC_LE32) return src;
+    for (size_t j = 0; j < n; j++) {
+        uint64_t v;
+        if (kind == SRC_X64) {
+            memcpy(&v, src + 8 * j, 8);
+        } else {
+            int32_t x;
+            memcpy(&x, src + 4 * j, 4);
+            v = (uint64_t)(int64_t)x;
+        }
+        *bad |= (v >> 32) != 0;
+        store_le32(buf + 4 * j, (uint32_t)v);
+    }
+    return buf;
+}
+
+/* The "sha256" chain of n chunks over n_tokens ids at tokens (a source of that kind). h_i =
+ * SHA-256(B_i || h_{i-1}): B_i's whole blocks do not depend on the chain, so two chunks' blocks
+ * run as two interleaved streams; only the last block or two (the tail of B_i, h_{i-1},
+ * padding) wait for the previous key. Returns 1 when an id was out of range (out is then
+ * meaningless), else 0. */
+static inline __attribute__((always_inline)) int sha256_chain(int kind, const uint8_t *seed, const uint8_t *tokens,
+                                                             size_t n_tokens, size_t chunk, size_t n, int key_bytes,
+                                                             int accel, uint8_t *out) {
+    const size_t id_bytes = kind == SRC_X64 ? 8 : 4;
+    const uint8_t *parent = seed;
+    uint8_t h[32], tail[64]; /* h: h_{i-1} (the chain runs on digests, the keys may be remapped) */
+    uint32_t st[2][8];
+    int bad = 0;
+    for (size_t i = 0; i < n; i += 2) {
+        size_t len0 = (i + 1) * chunk <= n_tokens ? chunk : n_tokens - i * chunk;
+        size_t len1 = i + 1 < n ? ((i + 2) * chunk <= n_tokens ? chunk : n_tokens - (i + 1) * chunk) : 0;
+        const uint8_t *b0 = tokens + id_bytes * i * chunk, *b1 = b0 + id_bytes * chunk;
+        size_t nb0 = len0 / 16, nb1 = len1 / 16, both = nb1 < nb0 ? nb1 : nb0;
+        memcpy(st[0], SHA256_IV, 32);
+        memcpy(st[1], SHA256_IV, 32);
+        if (accel && both) compress_shani_x2(kind, st[0], b0, st[1], b1, both, &bad);
+        else both = 0;
+        compress(accel, kind, st[0], b0 + SRC_BLOCK(kind) * both, nb0 - both, &bad);
+        finish_with_parent(accel, st[0], 64 * nb0, tail_bytes(kind, b0 + SRC_BLOCK(kind) * nb0, len0 % 16, tail, &bad),
+                           4 * (len0 % 16), parent, h);
+        put_key(out + (size_t)key_bytes * i, h, key_bytes);
+        if (i + 1 < n) { /* finish_with_parent reads its parent before it writes h */
+            compress(accel, kind, st[1], b1 + SRC_BLOCK(kind) * both, nb1 - both, &bad);
+            finish_with_parent(accel, st[1], 64 * nb1,
+                               tail_bytes(kind, b1 + SRC_BLOCK(kind) * nb1, len1 % 16, tail, &bad), 4 * (len1 % 16),
+                               h, h);
+            put_key(out + (size_t)key_bytes * (i + 1), h, key_bytes);
+        }
+        parent = h;
+    }
+    return bad;
+}
+
+/* The arguments' check of kvdm_chunk_keys; the number of keys, or -1. */
+static int64_t check_args(int scheme, const uint8_t *seed, size_t seed_len, const void *tokens, size_t n_tokens,
+                          size_t chunk, int partial, int key_bytes, int accel, const uint8_t *out, size_t out_chunks) {
+    size_t n = kvdm_chunk_count(n_tokens, chunk, partial);
+    if (chunk == 0 || n > out_chunks || (n && !out) || (n_tokens && !tokens) || (seed_len && !seed) ||
+        (key_bytes != 8 && key_bytes != 32) || seed_len != 32 || accel < 0 ||
+        (scheme != KVDM_CHUNK_SHA256 && scheme != KVDM_CHUNK_VLLM) ||
+        (scheme == KVDM_CHUNK_VLLM && chunk > KVDM_CHUNK_VLLM_MAX))
+        return -1;
+    return (int64_t)n;
+}
+
 int64_t kvdm_chunk_keys(int scheme, const uint8_t *seed, size_t seed_len, const uint8_t *tokens_le,
                         size_t n_tokens, size_t chunk, int partial, int key_bytes, int accel, uint8_t *out,
                         size_t out_chunks) {
-    size_t n = kvdm_chunk_count(n_tokens, chunk, partial);
-    if (chunk == 0 || n > out_chunks || (n && !out) || (n_tokens && !tokens_le) || (seed_len && !seed) ||
-        (key_bytes != 8 && key_bytes != 32))
-        return -1;
-    uint8_t h[32]; /* h_{i-1}: the chain runs on digests, the keys may be remapped */
+    int64_t checked =
+        check_args(scheme, seed, seed_len, tokens_le, n_tokens, chunk, partial, key_bytes, accel, out, out_chunks);
+    if (checked < 0) return -1;
+    size_t n = (size_t)checked;
     if (scheme == KVDM_CHUNK_SHA256) {
-        /* h_i = SHA-256(B_i || h_{i-1}): B_i's whole blocks do not depend on the chain, so two
-         * chunks' blocks run as two interleaved streams; only the last block or two (the tail of
-         * B_i, h_{i-1}, padding) wait for the previous key. */
-        if (seed_len != 32 || accel < 0) return -1;
-        const uint8_t *parent = seed;
-        uint32_t st[2][8];
-        for (size_t i = 0; i < n; i += 2) {
-            size_t len0 = (i + 1) * chunk <= n_tokens ? chunk : n_tokens - i * chunk;
-            size_t len1 = i + 1 < n ? ((i + 2) * chunk <= n_tokens ? chunk : n_tokens - (i + 1) * chunk) : 0;
-            const uint8_t *b0 = tokens_le + 4 * i * chunk, *b1 = b0 + 4 * chunk;
-            size_t nb0 = 4 * len0 / 64, nb1 = 4 * len1 / 64, both = nb1 < nb0 ? nb1 : nb0;
-            memcpy(st[0], SHA256_IV, 32);
-            memcpy(st[1], SHA256_IV, 32);
-            if (accel && both) compress_shani_x2(st[0], b0, st[1], b1, both);
-            else both = 0;
-            compress(accel, st[0], b0 + 64 * both, nb0 - both);
-            finish_with_parent(accel, st[0], 64 * nb0, b0 + 64 * nb0, 4 * len0 % 64, parent, h);
-            put_key(out + (size_t)key_bytes * i, h, key_bytes);
-            if (i + 1 < n) { /* finish_with_parent reads its parent before it writes h */
-                compress(accel, st[1], b1 + 64 * both, nb1 - both);
-                finish_with_parent(accel, st[1], 64 * nb1, b1 + 64 * nb1, 4 * len1 % 64, h, h);
-                put_key(out + (size_t)key_bytes * (i + 1), h, key_bytes);
-            }
-            parent = h;
-        }
+        sha256_chain(SRC_LE32, seed, tokens_le, n_tokens, chunk, n, key_bytes, accel, out);
         return (int64_t)n;
     }
-    if (scheme == KVDM_CHUNK_VLLM) {
-        if (seed_len != 32 || chunk > KVDM_CHUNK_VLLM_MAX) return -1;
-        uint8_t buf[11 + 34 + 3 + 5 * KVDM_CHUNK_VLLM_MAX + 6];
-        for (size_t i = 0; i < n; i++) {
-            size_t len = (i + 1) * chunk <= n_tokens ? chunk : n_tokens - i * chunk;
-            size_t size = vllm_pickle(buf, i ? h : seed, tokens_le + 4 * i * chunk, len);
-            if (!SHA256(buf, size, h)) return -2;
-            put_key(out + (size_t)key_bytes * i, h, key_bytes);
-        }
-        return (int64_t)n;
+    /* KVDM_CHUNK_VLLM (check_args lets no other scheme through) */
+    uint8_t buf[11 + 34 + 3 + 5 * KVDM_CHUNK_VLLM_MAX + 6], h[32];
+    for (size_t i = 0; i < n; i++) {
+        size_t len = (i + 1) * chunk <= n_tokens ? chunk : n_tokens - i * chunk;
+        size_t size = vllm_pickle(buf, i ? h : seed, tokens_le + 4 * i * chunk, len);
+        if (!SHA256(buf, size, h)) return -2;
+        put_key(out + (size_t)key_bytes * i, h, key_bytes);
     }
-    return -1;
+    return (int64_t)n;
 }
 
 #define PROMPT_STACK_TOKENS 4096 /* prompts up to this long are converted on the stack */
@@ -321,6 +420,24 @@ int64_t kvdm_prompt_keys(int scheme, const uint8_t *seed, size_t seed_len, const
     if (elem_bytes == 4 && !is_signed) /* already uint32 LE: every id in range */
         return kvdm_chunk_keys(scheme, seed, seed_len, tokens, n_tokens, chunk, partial, key_bytes, accel, out,
                                out_chunks);
+#if defined(__x86_64__) || defined(__i386__)
+    if (scheme == KVDM_CHUNK_SHA256 && accel && (elem_bytes == 8 || (elem_bytes == 4 && is_signed))) {
+        /* the SHA extensions read the ids in place (SRC_I32, SRC_X64): no conversion pass */
+        int64_t n = check_args(scheme, seed, seed_len, tokens, n_tokens, chunk, partial, key_bytes, accel, out,
+                               out_chunks);
+        if (n < 0) return -1;
+        int out_of_range = elem_bytes == 8
+                               ? sha256_chain(SRC_X64, seed, tokens, n_tokens, chunk, (size_t)n, key_bytes, accel, out)
+                               : sha256_chain(SRC_I32, seed, tokens, n_tokens, chunk, (size_t)n, key_bytes, accel, out);
+        if (!out_of_range) return n;
+        /* which id: the conversion pass says (an error, so its time does not matter) */
+        uint8_t *scratch = malloc(4 * n_tokens);
+        if (!scratch) return -4;
+        *bad = kvdm_tokens_to_u32le(tokens, elem_bytes, is_signed, n_tokens, scratch);
+        free(scratch);
+        return *bad >= 0 ? -3 : -1;
+    }
+#endif
 #endif
     uint8_t stack[4 * PROMPT_STACK_TOKENS];
     uint8_t *le = n_tokens <= PROMPT_STACK_TOKENS ? stack : malloc(4 * n_tokens);

@@ -48,10 +48,12 @@ int64_t kvdm_chunk_keys(int scheme, const uint8_t *seed, size_t seed_len, const 
                         size_t n_tokens, size_t chunk, int partial, int key_bytes, int accel, uint8_t *out,
                         size_t out_chunks);
 
-/* kvdm_chunk_keys over token ids of any integer width (as kvdm_tokens_to_u32le takes them),
- * converted on the way (on the stack up to 4096 tokens): one call per prompt. Returns what
- * kvdm_chunk_keys returns, or -3 with *bad the position of the first id outside [0, 2^32), or
- * -4 when out of memory. */
+/* kvdm_chunk_keys over token ids of any integer width (as kvdm_tokens_to_u32le takes them): one
+ * call per prompt. uint32 ids are hashed as they are; int64, uint64 and int32 ids are read in
+ * place by the SHA-extension path of the "sha256" chain (range-checked as they are loaded);
+ * others are converted first (on the stack up to 4096 tokens). Returns what kvdm_chunk_keys
+ * returns, or -3 with *bad the position of the first id outside [0, 2^32), or -4 when out of
+ * memory. */
 int64_t kvdm_prompt_keys(int scheme, const uint8_t *seed, size_t seed_len, const void *tokens, int elem_bytes,
                          int is_signed, size_t n_tokens, size_t chunk, int partial, int key_bytes, int accel,
                          uint8_t *out, size_t out_chunks, int64_t *bad);

@@ -107,9 +107,28 @@ def test_sha_extensions_and_openssl_give_the_same_keys(chunk, n):
     every interesting length (0, < 24 and >= 24 bytes beside the 32-byte parent, two blocks)."""
     prompt = np.random.default_rng(chunk * 10_000 + n).integers(0, 2**32, n).tolist()
     want = ref_sha256_chain(prompt, chunk, partial=True)
+    small = [t % 2**31 for t in prompt]
+    want_small = ref_sha256_chain(small, chunk, partial=True)
     for accel in (True, False):
         keyer = ChunkKeys(chunk, "sha256", partial_chunks=True, accel=accel)
         assert [bytes(r) for r in keyer.keys(as_tokens(prompt))] == want, accel
+        # int64 and int32 ids are read in place by the SHA-extension path (no conversion pass)
+        assert [bytes(r) for r in keyer.keys(np.array(prompt, np.int64))] == want, accel
+        assert [bytes(r) for r in keyer.keys(np.array(small, np.int32))] == want_small, accel
+
+
+@pytest.mark.parametrize("dtype", ["i8", "u8", "i4"])
+@pytest.mark.parametrize("at", [0, 3, 15, 16, 255, 256, 300, 511, 700, 1023, 1029])
+def test_a_bad_id_anywhere_is_named(dtype, at):
+    """An id out of range in a chunk's whole blocks (either interleaved stream), in its tail or
+    in the partial last chunk: the error names it, on either compression path."""
+    ids = np.random.default_rng(at).integers(0, 2**31, 1030).astype(dtype)
+    bad = {"i8": -3, "u8": 2**32 + 5, "i4": -(2**31)}[dtype]
+    ids[at] = bad
+    for accel in (True, False):
+        keyer = ChunkKeys(256, "sha256", partial_chunks=True, accel=accel)
+        with pytest.raises(ValueError, match=f"got {bad} at position {at}$"):
+            keyer.keys(ids)
 
 
 @pytest.mark.parametrize("seed", ["0", "42"])
@@ -204,6 +223,154 @@ def test_torch_input_validation():
         as_tokens(torch.zeros((1, 4), dtype=torch.int64))
     with pytest.raises(ValueError, match="non-negative"):
         as_tokens(torch.tensor([3, -1]))
+
+
+# -- the C fast path (native/pyext/chunkkeys.c) and the Python path give the same keys and errors --
+def _forms(ids: list[int]) -> Iterator[tuple[str, object]]:
+    """Every way a caller may pass ``ids``: the ones the C fast path reads in place, and the
+    ones it leaves to the Python path (strided, byte-swapped, unaligned, subclasses, ...)."""
+    for dt in ("i1", "u1", "i2", "u2", "i4", "u4", "i8", "u8"):
+        if max(ids, default=0) < 2 ** (8 * np.dtype(dt).itemsize - (dt[0] == "i")):
+            yield dt, np.array(ids, dt)
+            yield f"{dt} swapped", np.array(ids, np.dtype(dt).newbyteorder(">"))
+    a = np.array(ids, np.int64)
+    yield "strided", np.repeat(a, 2)[::2]
+    raw = np.zeros(8 * len(ids) + 1, np.uint8)
+    unaligned = raw[1:].view(np.int64)
+    unaligned[:] = a
+    yield "unaligned", unaligned
+    yield "masked array", np.ma.masked_array(a)
+    yield "list", list(ids)
+    yield "tuple", tuple(ids)
+    yield "list of numpy ints", [np.int64(i) for i in ids]
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        yield "torch int64", torch.tensor(ids, dtype=torch.int64)
+        yield "torch strided", torch.tensor(ids, dtype=torch.int64).repeat_interleave(2)[::2]
+        yield "torch parameter", torch.nn.Parameter(torch.tensor(ids, dtype=torch.int64), requires_grad=False)
+        for name in ("int32", "int16", "uint8", "uint16", "uint32", "uint64"):
+            dt = getattr(torch, name, None)
+            if dt is not None and max(ids, default=0) <= min(torch.iinfo(dt).max, 2**32 - 1):
+                yield f"torch {name}", torch.tensor(ids, dtype=torch.int64).to(dt)
+
+
+@pytest.mark.parametrize("n", [0, 1, 255, 256, 1000, 4097, 9000])
+def test_every_form_gives_the_hashlib_keys(n):
+    """Lengths across the C path's stack/heap (4,096) and GIL-release (8,192) thresholds (torch
+    forms where torch is installed)."""
+    ids = np.random.default_rng(n).integers(0, 2**32, n).tolist()
+    small = [i % 200 for i in ids]  # fits every dtype
+    for prompt in (ids, small):
+        for chunk, partial in ((256, False), (100, True)):
+            want = ref_sha256_chain(prompt, chunk, partial)
+            keyer = ChunkKeys(chunk, "sha256", partial_chunks=partial)
+            for name, form in _forms(prompt):
+                assert [bytes(r) for r in keyer.keys(form)] == want, name
+    u64 = ChunkKeys(64, "u64", partial_chunks=True)
+    for name, form in _forms(small):
+        assert u64.keys(form).tolist() == ref_u64(small, 64, partial=True), name
+
+
+def test_common_forms_skip_the_python_path(monkeypatch):
+    """The forms an engine passes (contiguous numpy and CPU torch integer arrays, lists of ints)
+    are hashed without int_tokens: what keeps a short prompt's keys faster than hashlib."""
+    torch = pytest.importorskip("torch")
+    import kvdm.index.tokens as tokens_mod
+
+    keyer = ChunkKeys(4)
+    keyer.keys(torch.arange(8))  # the first tensor names torch's types to C
+    monkeypatch.setattr(tokens_mod, "int_tokens", lambda t: pytest.fail(f"Python path for {type(t)}"))
+    want = ref_sha256_chain(list(range(8)), 4)
+    for form in (np.arange(8), np.arange(8, dtype=np.uint32), list(range(8)), torch.arange(8),
+                 torch.arange(8, dtype=torch.int32)):
+        assert [bytes(r) for r in keyer.keys(form)] == want, form
+
+
+def test_tensor_getters_by_name(monkeypatch):
+    """Where a tensor type's getters are not C descriptors, the C path asks them by name (a
+    stand-in type here: Python properties and methods over a numpy array)."""
+    import kvdm.index.tokens as tokens_mod
+    from kvdm.native import chunkkeys
+
+    class Ids:
+        def __init__(self, a: np.ndarray) -> None:
+            self.a = a
+
+        dtype = property(lambda self: "int64")
+        is_cpu = property(lambda self: True)
+        shape = property(lambda self: tuple(self.a.shape))
+
+        def is_contiguous(self) -> bool:
+            return bool(self.a.flags.c_contiguous)
+
+        def is_neg(self) -> bool:
+            return False
+
+        def data_ptr(self) -> int:
+            return self.a.ctypes.data
+
+    a = np.arange(40, dtype=np.int64)
+    keyer = ChunkKeys(8)
+    try:
+        chunkkeys.use_torch(Ids, {"int64": (8, True)})
+        assert [bytes(r) for r in keyer._fast.keys(Ids(a))] == ref_sha256_chain(list(range(40)), 8)
+        assert keyer._fast.keys(Ids(a[::2])) is None  # not contiguous: the Python path decides
+    finally:  # torch's own types again, for the tests after this one
+        monkeypatch.setattr(tokens_mod, "_torch_named", False)
+        if "torch" in sys.modules:
+            tokens_mod._name_torch_to_c()
+
+
+BAD_PROMPTS = [  # (form, error, message) for every entry point, fast path or not
+    ([1, -2, 3], ValueError, "non-negative, got -2 at position 1"),
+    ([1, 2, 3, 4, 5, -6, 7, 8, 9], ValueError, "non-negative, got -6 at position 5"),  # in C's 4-id steps
+    ([0] * 6 + [2**40, 1], ValueError, r"\[0, 2\*\*32\), got 1099511627776 at position 6"),
+    ([1, 2, 3, 4.5, 5], TypeError, "integer dtype.*float"),
+    (np.array([1, 5, -7], np.int64), ValueError, "non-negative, got -7 at position 2"),
+    (np.array([0, 1, -1, -5], np.int8), ValueError, "got -1 at position 2"),
+    ([2**32], ValueError, r"\[0, 2\*\*32\), got 4294967296 at position 0"),
+    ([3, 2**70], ValueError, r"\[0, 2\*\*32\)"),
+    (np.array([7, 2**32], np.uint64), ValueError, "got 4294967296 at position 1"),
+    (np.array([7, 2**40], np.int64), ValueError, "got 1099511627776 at position 1"),
+    (np.zeros((2, 3), np.int64), ValueError, "1-d"),
+    (np.array(5), ValueError, "1-d"),
+    (np.array([1.0, 2.0]), TypeError, "integer dtype.*float"),
+    ([1.5, 2], TypeError, "integer dtype.*float"),
+    (np.array([True, False]), TypeError, "integer dtype.*bool"),
+    ([True, False], TypeError, "integer dtype.*bool"),
+    ("hello", TypeError, "torch tensor, a numpy array or a list"),
+]
+
+
+def _bad_prompts() -> list[tuple[object, type, str]]:
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return BAD_PROMPTS
+    return BAD_PROMPTS + [
+        (torch.tensor([3, -1]), ValueError, "non-negative, got -1 at position 1"),
+        (torch.tensor([3, 2**32 + 1]), ValueError, "got 4294967297 at position 1"),
+        (torch.tensor([1.0, 2.0]), TypeError, "integer dtype.*float"),
+        (torch.tensor([True]), TypeError, "integer dtype.*bool"),
+        (torch.zeros((1, 4), dtype=torch.int64), ValueError, "1-d"),
+        (torch.zeros((), dtype=torch.int64), ValueError, "1-d"),
+    ]
+
+
+@pytest.mark.parametrize("key_scheme", ["sha256", "u64", "vllm-sha256"])
+def test_bad_tokens_fail_alike_on_every_entry_point(key_scheme):
+    idx = kvdm.index.open("dict", key_bytes=8 if key_scheme == "u64" else 32)
+    tix = TokenIndex(idx, chunk_size=1, key_scheme=key_scheme)
+    calls = [("as_tokens", as_tokens), ("keys", tix.keyer.keys), ("chunk_keys", tix.chunk_keys), ("lookup", tix.lookup),
+             ("store", lambda p: tix.store(p, [1] * 8)), ("lookup_many", lambda p: tix.lookup_many([p])),
+             ("store_many", lambda p: tix.store_many([p], [[1] * 8]))]
+    if "torch" in sys.modules:
+        calls.append(("retrieve_mask", tix.retrieve_mask))
+    for form, error, msg in _bad_prompts():
+        for name, call in calls:
+            with pytest.raises(error, match=msg):
+                call(form)
+                pytest.fail(f"{name} accepted {form!r}")
+    assert idx.get(tix.chunk_keys([1, 2]))[1].tolist() == [False, False]  # nothing was stored
 
 
 # -- semantics over every backend --

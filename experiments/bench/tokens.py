@@ -4,17 +4,21 @@ What an engine pays per prompt to ask "how much of this prompt is cached?": hash
 into chunk keys, then one prefix match, swept over the prompt length and the backends.
 
 * **Workload.** Per prompt length L (``--lengths``) and backend, ``--prompts`` P prompts of L
-  random token ids (below 128,256, seeded) are drawn. The first ``--cached`` share of each
-  prompt (rounded down to whole chunks) is stored first (``TokenIndex.store``: hash + one put),
-  then every prompt is looked up (``TokenIndex.lookup``: hash + one prefix match) and its
-  answer checked against what was stored (``mismatches``; 0 or the command fails). Then all P
-  prompts are looked up in one ``lookup_many`` call (one batch of every prompt's keys).
-* **Timing.** Per prompt, in Python: the hashing (``chunk_keys``: token conversion and the C
-  chain) and the index call (native indexes: the C call's own time, plus the transport's
-  modelled time with ``--latency-model virtual``; Redis and others: around the client call).
-  A prompt's latency is their sum. prompts/s and tokens/s are 1 / mean of that.
+  random token ids (below 128,256, seeded) are drawn, as int64 numpy arrays, int64 CPU torch
+  tensors or lists of ints (``--tokens-as``: what the engine hands over). The first
+  ``--cached`` share of each prompt (rounded down to whole chunks) is stored first
+  (``TokenIndex.store``: hash + one put), then every prompt is looked up
+  (``TokenIndex.lookup``: hash + one prefix match) and its answer checked against what was
+  stored (``mismatches``; 0 or the command fails). Then all P prompts are looked up in one
+  ``lookup_many`` call (one batch of every prompt's keys).
+* **Timing.** Per prompt, in Python: the hashing (``chunk_keys``, the key computation that
+  ``lookup``/``store``/``retrieve_mask`` run: reading the ids and the C chain) and the index
+  call (native indexes: the C call's own time, plus the transport's modelled time with
+  ``--latency-model virtual``; Redis and others: around the client call). A prompt's latency
+  is their sum. prompts/s and tokens/s are 1 / mean of that.
 * **Reference.** ``hashlib.sha256`` over each prompt's token bytes (one call, 4 bytes per
-  token), as Mtokens/s beside the chain's hashing rate. The chain hashes a little more (each
+  token, the bytes made beforehand), timed the same way: its p50 per prompt beside the hashing
+  p50, and its Mtokens/s beside the chain's hashing rate. The chain hashes a little more (each
   chunk also hashes its parent's 32-byte digest and is padded on its own: at 256-token chunks
   17 SHA-256 blocks per 16 of token bytes), so equal rates mean the C chain runs at SHA-256's
   speed.
@@ -40,6 +44,7 @@ from kvdm.traces import VOCAB
 from kvdm.transport import TransportConfig
 
 LENGTHS = (1024, 4096, 16384, 65536, 131072)
+TOKEN_FORMS = ("numpy", "torch", "list")
 RESULTS_KIND = "bench-tokens"
 
 
@@ -56,6 +61,7 @@ class TokensConfig:
     cached: float = 0.5
     seed: int = 1
     out: str = ""
+    tokens_as: str = "numpy"
 
     def __post_init__(self) -> None:
         if self.prompts < 1:
@@ -64,6 +70,17 @@ class TokensConfig:
             raise ValueError(f"--cached must be a share in 0..1, got {self.cached}")
         if not self.lengths or min(self.lengths) < 1:
             raise ValueError(f"--lengths must be positive token counts, got {self.lengths}")
+        if self.tokens_as not in TOKEN_FORMS:
+            raise ValueError(f"--tokens-as must be one of {', '.join(TOKEN_FORMS)}, got {self.tokens_as!r}")
+
+
+def as_form(prompt: np.ndarray, form: str) -> Any:
+    """One int64 prompt as the engine would pass it (``TOKEN_FORMS``)."""
+    if form == "torch":
+        import torch
+
+        return torch.from_numpy(prompt)
+    return prompt.tolist() if form == "list" else prompt
 
 
 @dataclass
@@ -71,21 +88,35 @@ class _Timed:
     hash_ns: np.ndarray
     call_ns: np.ndarray
     answers: np.ndarray
+    hashlib_ns: np.ndarray  # zeros unless asked for
 
 
-def _time_prompts(tix: TokenIndex, prompts: list[np.ndarray], virtual: bool,
-                  call: Any) -> _Timed:
-    """Hash each prompt, then ``call(keys, i)``; each part timed per prompt."""
+def _time_prompts(tix: TokenIndex, prompts: list[Any], virtual: bool, call: Any,
+                  reference: list[np.ndarray] | None = None) -> _Timed:
+    """Hash each prompt, then ``call(keys, i)``; each part timed per prompt. With ``reference``
+    (the prompts' ids), ``hashlib.sha256`` over each one's uint32 LE bytes (made beforehand) is
+    timed beside its hashing, in the same loop and so in the same state of the caches: first
+    on even prompts, second on odd ones."""
     index = tix.index
     names = index.counter_names()
     vi = names.index("virtual_ns") if virtual else -1
     clock = time.perf_counter_ns
+    sha256 = hashlib.sha256
     n = len(prompts)
-    hash_ns, call_ns, answers = np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n, np.int64)
+    hash_ns, call_ns, answers, ref_ns = (np.zeros(n, np.int64) for _ in range(4))
     for i, p in enumerate(prompts):
+        data = reference[i].astype("<u4").tobytes() if reference is not None else None
+        if data is not None and i % 2 == 0:
+            t = clock()
+            sha256(data).digest()
+            ref_ns[i] = clock() - t
         t0 = clock()
         keys = tix.chunk_keys(p)
         t1 = clock()
+        if data is not None and i % 2 == 1:
+            t = clock()
+            sha256(data).digest()
+            ref_ns[i] = clock() - t
         v0 = int(index.counter_vector()[vi]) if virtual else 0
         index.last_call_ns = None
         t2 = clock()
@@ -94,19 +125,7 @@ def _time_prompts(tix: TokenIndex, prompts: list[np.ndarray], virtual: bool,
         if virtual:
             elapsed += int(index.counter_vector()[vi]) - v0
         hash_ns[i], call_ns[i] = t1 - t0, elapsed
-    return _Timed(hash_ns, call_ns, answers)
-
-
-def hashlib_ns(prompts: list[np.ndarray]) -> np.ndarray:
-    """The reference: ``hashlib.sha256`` over each prompt's uint32 LE token bytes, per prompt."""
-    clock = time.perf_counter_ns
-    out = np.zeros(len(prompts), np.int64)
-    for i, p in enumerate(prompts):
-        data = p.astype("<u4").tobytes()
-        t = clock()
-        hashlib.sha256(data).digest()
-        out[i] = clock() - t
-    return out
+    return _Timed(hash_ns, call_ns, answers, ref_ns)
 
 
 def bench_backend(cfg: TokensConfig, spec: IndexSpec) -> tuple[list[dict[str, Any]], dict[str, Histogram]]:
@@ -118,7 +137,8 @@ def bench_backend(cfg: TokensConfig, spec: IndexSpec) -> tuple[list[dict[str, An
         tix = TokenIndex(index, chunk_size=cfg.chunk, key_scheme=cfg.key_scheme)
         for n, length in enumerate(cfg.lengths):
             rng = np.random.default_rng([cfg.seed, n])
-            prompts = [rng.integers(0, VOCAB, length, dtype=np.int64) for _ in range(cfg.prompts)]
+            ids = [rng.integers(0, VOCAB, length, dtype=np.int64) for _ in range(cfg.prompts)]
+            prompts = [as_form(p, cfg.tokens_as) for p in ids]
             stored = int(length * cfg.cached) // cfg.chunk * cfg.chunk
             base = np.uint64(n) << np.uint64(32)
 
@@ -127,12 +147,13 @@ def bench_backend(cfg: TokensConfig, spec: IndexSpec) -> tuple[list[dict[str, An
                 return len(keys)
 
             store = _time_prompts(tix, [p[:stored] for p in prompts], virtual, put) if stored else None
-            look = _time_prompts(tix, prompts, virtual, lambda keys, i: index.prefix_match(keys) if len(keys) else 0)
+            look = _time_prompts(tix, prompts, virtual, lambda keys, i: index.prefix_match(keys) if len(keys) else 0,
+                                 reference=ids)
             got = np.minimum(look.answers * cfg.chunk, length)
             t = time.perf_counter_ns()
             many = tix.lookup_many(prompts)
             many_ns = time.perf_counter_ns() - t
-            ref = hashlib_ns(prompts)
+            ref = look.hashlib_ns
             total = look.hash_ns + look.call_ns
             h = Histogram()
             h.record(total)
@@ -142,6 +163,7 @@ def bench_backend(cfg: TokensConfig, spec: IndexSpec) -> tuple[list[dict[str, An
                 "index": spec.name, "tokens": length, "prompts": cfg.prompts, "chunks": -(-length // cfg.chunk),
                 "prompts_per_s": 1.0 / mean_s, "mtokens_per_s": length / mean_s / 1e6,
                 "hash_us_p50": float(np.median(look.hash_ns)) / 1e3,
+                "hashlib_us_p50": float(np.median(ref)) / 1e3,
                 "lookup_us_p50": float(np.median(look.call_ns)) / 1e3,
                 "p50_us": h.percentile(50) / 1e3, "p99_us": h.percentile(99) / 1e3,
                 "hash_share": float(look.hash_ns.sum()) / float(total.sum()),
@@ -158,7 +180,8 @@ def bench_backend(cfg: TokensConfig, spec: IndexSpec) -> tuple[list[dict[str, An
 
 COLUMNS = (("index", "index", "{}"), ("tokens", "tokens", "{:,}"), ("prompts_per_s", "prompts/s", "{:,.0f}"),
            ("mtokens_per_s", "Mtok/s", "{:,.1f}"), ("hash_us_p50", "hash us", "{:,.1f}"),
-           ("lookup_us_p50", "lookup us", "{:,.1f}"), ("p50_us", "p50 us", "{:,.1f}"), ("p99_us", "p99 us", "{:,.1f}"),
+           ("hashlib_us_p50", "hashlib us", "{:,.1f}"), ("lookup_us_p50", "lookup us", "{:,.1f}"),
+           ("p50_us", "p50 us", "{:,.1f}"), ("p99_us", "p99 us", "{:,.1f}"),
            ("hash_mtokens_per_s", "hash Mtok/s", "{:,.0f}"), ("hashlib_mtokens_per_s", "hashlib Mtok/s", "{:,.0f}"),
            ("store_us_p50", "store us", "{:,.1f}"), ("batch_prompts_per_s", "batch prompts/s", "{:,.0f}"),
            ("mismatches", "mismatch", "{}"))
@@ -174,7 +197,8 @@ def table(rows: list[dict[str, Any]]) -> str:
 def echo(cfg: TokensConfig) -> list[str]:
     t = cfg.transport
     return [f"backends {', '.join(s.name for s in cfg.indexes)}; {cfg.prompts} prompts per length, chunks of "
-            f"{cfg.chunk} tokens, keys {cfg.key_scheme}, {cfg.cached:.0%} of each prompt stored first",
+            f"{cfg.chunk} tokens, keys {cfg.key_scheme}, {cfg.cached:.0%} of each prompt stored first, "
+            f"token ids as {'int64 ' if cfg.tokens_as != 'list' else ''}{cfg.tokens_as}",
             f"native indexes: {t.describe()}"]
 
 
@@ -191,13 +215,13 @@ def run_tokens(cfg: TokensConfig, quiet: bool = False) -> RunResults:
         rows += r
         hists.update(h)
     say(table(rows))
-    say("# per prompt: hash = chunk keys (token conversion + the C SHA-256 chain), lookup = one prefix match "
+    say("# per prompt (us: p50): hash = chunk keys (reading the ids + the C SHA-256 chain), lookup = one prefix match "
         "(native: the C call" + (" + modelled transport time" if cfg.transport.latency_model == "virtual" else "")
         + "; redis: around the client call); prompts/s and Mtok/s from their mean sum; batch = one lookup_many "
-        "of every prompt; hashlib = hashlib.sha256 over the same token bytes, one call per prompt")
+        "of every prompt; hashlib = hashlib.sha256 over the same token bytes (4 per id), one call per prompt")
     meta = {"kind": RESULTS_KIND, "config": asdict(cfg) | {"echo": echo(cfg)}, "machine": machine_description(),
             "run": {"wall_s": time.perf_counter() - t0}}
     return RunResults(pd.DataFrame(rows), meta, hists)
 
 
-__all__ = ["LENGTHS", "TokensConfig", "run_tokens"]
+__all__ = ["LENGTHS", "TOKEN_FORMS", "TokensConfig", "as_form", "run_tokens"]

@@ -6,9 +6,10 @@ import argparse
 import time
 from typing import Any
 
-from kvdm.experiments.bench.tokens import LENGTHS, TokensConfig, run_tokens
+from kvdm.experiments.bench.tokens import LENGTHS, TOKEN_FORMS, TokensConfig, run_tokens
 from kvdm.index import TOKEN_KEY_SCHEMES as KEY_SCHEMES
 from kvdm.index import available
+from kvdm.index.tokens import TORCH_EXTRA
 
 from . import CommandFailed, UsageError, choices_type, count, group, real
 from .bench_index import backend_spec
@@ -33,6 +34,9 @@ def register(sub: Any) -> None:
     p.add_argument("--cached", type=real(0, 1), default=0.5,
                    help="share of each prompt stored before the lookups, in whole chunks (default 0.5)")
     p.add_argument("--seed", type=int, default=1, help="seed of the prompts (default 1)")
+    p.add_argument("--tokens-as", type=choices_type(TOKEN_FORMS, "token form"), default="numpy",
+                   help="how the prompts reach the token layer: numpy (int64 arrays, the default), torch "
+                        "(int64 CPU tensors, as LMCache) or list (of ints, as vLLM)")
     p.add_argument("--out", default=None, help="results directory (default results/tokens-<time>)")
     add_index_options(p)
     add_transport_options(p)
@@ -57,11 +61,17 @@ def config_from_args(args: argparse.Namespace) -> TokensConfig:
         raise UsageError(f"--backends: unknown index {', '.join(unknown) or repr(args.backends)}; "
                          f"valid: {', '.join(valid)}")
     args.key_bytes = KEY_SCHEMES[args.key_scheme]
+    if args.tokens_as == "torch":
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            raise UsageError(f"--tokens-as torch needs torch: {TORCH_EXTRA}") from None
     lengths = parse_lengths(args.lengths)
     opts = dict(args.index_opt)
     specs = [backend_spec(args, b, opts, len(backends) > 1) for b in backends]
     return TokensConfig(specs, transport_config(args), lengths, args.prompts, args.chunk, args.key_scheme,
-                        args.cached, args.seed, args.out or f"results/tokens-{time.strftime('%Y%m%d-%H%M%S')}")
+                        args.cached, args.seed, args.out or f"results/tokens-{time.strftime('%Y%m%d-%H%M%S')}",
+                        args.tokens_as)
 
 
 def cmd_bench_tokens(args: argparse.Namespace) -> int:

@@ -153,7 +153,25 @@ def one_line(message: str, prog: str = "kvdm") -> str:
     return " ".join(message.split())
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole ``kvdm`` parser; with ``command``, only the modules that can register it (the
+    module named ``command`` or ``command_*``, as ``bench_index`` registers ``bench index``), or
+    every module when those do not register it (an unknown command is then reported with the
+    full list). Importing only the command's own modules keeps each command's start to its own
+    dependencies: under the SoftRoCE guest's TCG emulation importing every command module costs
+    well over a minute per process (pandas alone about 45 s), which every MPI rank paid."""
+    names = sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))  # __main__ runs it
+    if command is not None:
+        mine = [n for n in names if n == command or n.startswith(f"{command}_")]
+        if mine:
+            parser, commands = _parser(mine)
+            if command in commands:
+                return parser
+    return _parser(names)[0]
+
+
+def _parser(modules: list[str]) -> tuple[argparse.ArgumentParser, Any]:
+    """The parser with the commands of ``modules``, and its top-level command table."""
     _groups.clear()
     parser = KvdmParser(
         prog="kvdm",
@@ -161,17 +179,16 @@ def build_parser() -> argparse.ArgumentParser:
         "one-sided verbs, replayed against real KV-cache traces and Redis.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for mod in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-        if mod.name.startswith("_"):  # __main__ runs the command
-            continue
-        module = importlib.import_module(f"{__name__}.{mod.name}")
+    for name in modules:
+        module = importlib.import_module(f"{__name__}.{name}")
         if callable(getattr(module, "register", None)):
             module.register(sub)
-    return parser
+    return parser, sub.choices
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv[0] if argv and not argv[0].startswith("-") else None)
     args = parser.parse_args(argv)
     from kvdm.transport import DMError
 

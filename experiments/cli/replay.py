@@ -6,9 +6,7 @@ import argparse
 import importlib
 import time
 from dataclasses import replace
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from kvdm.experiments.replay.engine import (
     DRIVERS,
@@ -28,6 +26,9 @@ from kvdm.traces import KEY_SCHEMES, MAPPINGS, RANGE_SEMANTICS, key_bytes_of
 from . import UsageError, choices_type, count, count0, non_negative, positive
 from .options import add_transport_options, transport_config
 from .traces import add_trace_options, load_trace_from_args, trace_options
+
+if TYPE_CHECKING:  # imported where the summary is printed: MPI ranks other than 0 never need it
+    import pandas as pd
 
 
 def mode_type(text: str) -> str:
@@ -192,6 +193,8 @@ def derived_columns(rows: pd.DataFrame) -> dict[str, pd.Series]:
 
 def print_summary(res: RunResults) -> None:
     """The per-op table of the whole measured period."""
+    import pandas as pd
+
     rows = res.rows[res.rows["bin"] == -1] if len(res.rows) else res.rows
     if rows.empty:
         print("no operations measured")

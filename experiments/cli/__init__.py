@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import itertools
 import math
 import os
 import pkgutil
@@ -153,20 +154,24 @@ def one_line(message: str, prog: str = "kvdm") -> str:
     return " ".join(message.split())
 
 
-def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """The whole ``kvdm`` parser; with ``command``, only the modules that can register it (the
-    module named ``command`` or ``command_*``, as ``bench_index`` registers ``bench index``), or
-    every module when those do not register it (an unknown command is then reported with the
-    full list). Importing only the command's own modules keeps each command's start to its own
-    dependencies: under the SoftRoCE guest's TCG emulation importing every command module costs
-    well over a minute per process (pandas alone about 45 s), which every MPI rank paid."""
+def build_parser(*command: str) -> argparse.ArgumentParser:
+    """The ``kvdm`` parser. With the words of a ``command`` (``"replay"``, ``"bench", "index"``)
+    it has only what the modules that can register it register: the module ``bench_index`` for
+    ``bench index``, else those named ``bench`` or ``bench_*``; failing that (an unknown command,
+    a group's --help), every module, so errors and help list everything. Importing only the
+    command's own modules keeps each command's start to its own dependencies: under the SoftRoCE
+    guest's TCG emulation, importing every command module cost over a minute per process
+    (pandas alone about 45 s), which every MPI rank and spawned client paid."""
     names = sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))  # __main__ runs it
-    if command is not None:
-        mine = [n for n in names if n == command or n.startswith(f"{command}_")]
-        if mine:
-            parser, commands = _parser(mine)
-            if command in commands:
-                return parser
+    if command:
+        top, sub = command[0], command[1] if len(command) > 1 else None
+        mine = [n for n in names if n == top or n.startswith(f"{top}_")]
+        for modules in ([f"{top}_{sub}"], mine):
+            if modules and set(modules) <= set(mine):
+                parser, commands = _parser(modules)
+                group = _groups.get(top)
+                if top in commands and (sub is None or group is None or sub in group.choices):
+                    return parser
     return _parser(names)[0]
 
 
@@ -188,7 +193,8 @@ def _parser(modules: list[str]) -> tuple[argparse.ArgumentParser, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(argv[0] if argv and not argv[0].startswith("-") else None)
+    words = list(itertools.takewhile(lambda w: not w.startswith("-"), argv[:2]))
+    parser = build_parser(*words)
     args = parser.parse_args(argv)
     from kvdm.transport import DMError
 

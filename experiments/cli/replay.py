@@ -178,17 +178,28 @@ def config_from_args(args: argparse.Namespace) -> ReplayConfig:
 # every index's retries, by its own counter names (race: kvidx_ops.counters in native/race.inc)
 
 
-def derived_columns(rows: pd.DataFrame) -> dict[str, pd.Series]:
+def derived_values(per: dict[str, float]) -> dict[str, float]:
     """Retries per op (lock CAS failures, version mismatches, go-right reads, torn re-reads) and the
-    compute-side cache hit ratio, where the backend reports them."""
-    out: dict[str, pd.Series] = {}
-    retry = [f"{c}_per_op" for c in RETRY_COUNTERS if f"{c}_per_op" in rows.columns]
+    compute-side cache hit ratio, where the backend reports them, from one row's
+    ``<counter>_per_op`` values (missing values count as absent; no pandas needed, so a bench's
+    MPI rank 0 reports without importing it)."""
+    out: dict[str, float] = {}
+    retry = [v for c in RETRY_COUNTERS if (v := per.get(f"{c}_per_op")) is not None and v == v]  # v == v: not NaN
     if retry:
-        out["retries_per_op"] = rows[retry].sum(axis=1)
-    if {"cache_hit_per_op", "cache_miss_per_op"} <= set(rows.columns):
-        looked = rows["cache_hit_per_op"] + rows["cache_miss_per_op"]
-        out["cache_hit_pct"] = (100 * rows["cache_hit_per_op"] / looked.where(looked > 0)).fillna(100.0)
+        out["retries_per_op"] = float(sum(retry))
+    hit, miss = per.get("cache_hit_per_op"), per.get("cache_miss_per_op")
+    if hit is not None and miss is not None:
+        looked = hit + miss
+        out["cache_hit_pct"] = float(100 * hit / looked) if looked > 0 else 100.0
     return out
+
+
+def derived_columns(rows: pd.DataFrame) -> dict[str, pd.Series]:
+    """:func:`derived_values` of each row of a results table, as columns."""
+    import pandas as pd
+
+    table = pd.DataFrame([derived_values(r) for r in rows.to_dict("records")], index=rows.index)
+    return {c: table[c] for c in table.columns}
 
 
 def print_summary(res: RunResults) -> None:

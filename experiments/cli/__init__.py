@@ -5,7 +5,10 @@ contributes commands through ``register(sub)``, where
 ``sub`` is the top-level subparsers object; commands that share a group (``kvdm bench
 transport``, ``kvdm bench index``) get it from :func:`group`. A command's handler is set with
 ``parser.set_defaults(func=handler)`` and receives the parsed namespace; it returns an exit
-status (or None for 0). Errors meant for the user are raised as :class:`UsageError` (or
+status (or None for 0). Name a command's module after it (``replay``) or after its group and
+itself (``bench_index``): ``kvdm bench index`` then imports that module alone, not every
+command's dependencies (:func:`build_parser`; a module named otherwise still works, found once
+every module is imported). Errors meant for the user are raised as :class:`UsageError` (or
 ValueError / DMError) and printed without a traceback.
 
 Every error is one ``kvdm: error: ...`` line with exit status 2, parse errors included

@@ -77,6 +77,15 @@ def counters(fabric: Fabric) -> dict[str, int]:
     return out
 
 
+def report_line(text: str) -> None:
+    """Print ``text`` and add it to $KVDM_TWO_HOSTS_OUT (which the guest script prints)."""
+    print(text)
+    dest = os.environ.get("KVDM_TWO_HOSTS_OUT")
+    if dest:
+        with open(dest, "a") as f:
+            f.write(text + "\n")
+
+
 def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
     return {k: after[k] - before[k] for k in before}
 
@@ -283,7 +292,8 @@ def test_mpi_ranks_across_the_link_equal_the_local_run(fabric: Fabric, local_rep
                         "--out", str(out)]
         t0 = time.monotonic()
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=840)
-        print(f"mpirun -np {CLIENTS} kvdm replay --launcher mpi: {time.monotonic() - t0:.1f} s")
+        report_line(f"# mpirun -np {CLIENTS} kvdm replay --launcher mpi across the link (fixture, chime): "
+                    f"{time.monotonic() - t0:.1f} s wall, TCG (interpreter starts, preload, run, rank 0's results)")
         return done.returncode, done.stdout + done.stderr
 
     mpi = replay_across(fabric, tmp_path / "mpi", run)
@@ -321,7 +331,8 @@ def test_mpi_bench_index_across_the_link(fabric: Fabric) -> None:
                         "--keys", "2000", "--seconds", str(seconds), "--batch", str(batch)]
         t0 = time.monotonic()
         run = subprocess.run(cmd, capture_output=True, text=True, timeout=540)
-        print(f"mpirun -np {CLIENTS} kvdm bench index --launcher mpi: {time.monotonic() - t0:.1f} s")
+        report_line(f"# mpirun -np {CLIENTS} kvdm bench index --launcher mpi across the link (chime, 2,000 keys, "
+                    f"{seconds:g} s): {time.monotonic() - t0:.1f} s wall, TCG")
         crossed = delta(before, counters(fabric))
         assert run.returncode == 0, run.stdout + run.stderr
         assert isinstance(node, VerbsNode) and node.poll() is None, node.log_text()

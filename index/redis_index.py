@@ -87,10 +87,9 @@ from kvdm.native import ffi, lib
 
 from .api import Index, as_keys, as_values
 from .native import run_drive, stream_view
+from .redis_modes import PREFIX_MODES, RANGE_MODES
 from .redis_server import RedisClusterServers, RedisServer, start_servers
 
-RANGE_MODES = ("zset", "mget")
-PREFIX_MODES = ("pipeline", "lua")
 #: members per ZADD / ZREM, keys per MGET / EXISTS command
 MULTI_KEY_CHUNK = 1024
 #: the most keys a ``mget`` range may enumerate

@@ -81,3 +81,23 @@ def test_bench_index_on_ranks() -> None:
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "one client (one thread) per rank" in bad.stderr
 
+
+
+def test_a_rank_imports_neither_pandas_nor_redis() -> None:
+    """What a replay or bench rank (other than 0) imports, and a spawned local client too: the
+    command's own CLI module, the engine, the launcher; not pandas, pyarrow or the Redis client,
+    which rank 0 alone needs for the results (each costs tens of seconds of interpreter start in
+    the SoftRoCE guest, where the ranks run over verbs)."""
+    code = """if True:
+        import sys
+        from kvdm.experiments.cli import build_parser
+        from kvdm.experiments.cli.replay import config_from_args
+        config_from_args(build_parser("replay").parse_args(["replay", "--launcher", "mpi", "--index", "chime"]))
+        build_parser("bench", "index").parse_args(["bench", "index", "--launcher", "mpi"])
+        import kvdm.experiments.cli.bench_index, kvdm.experiments.replay.launch_mpi
+        from kvdm.experiments.replay.engine import client_run
+        print(sorted(m for m in ("pandas", "pyarrow", "redis", "matplotlib", "torch") if m in sys.modules))
+    """
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]", run.stdout

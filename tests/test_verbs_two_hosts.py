@@ -16,13 +16,20 @@ Everything here skips where the set-up is absent (the host).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import io
 import os
 import queue
 import re
+import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +43,8 @@ from kvdm.native import lib
 from kvdm.transport import DMError, ShmMemoryNode, TransportConfig, connect
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from kvdm.experiments.replay.engine import ReplayConfig
     from kvdm.experiments.replay.results import RunResults
 
@@ -66,6 +75,15 @@ def counters(fabric: Fabric) -> dict[str, int]:
         for name in ("sent_pkts", "rcvd_pkts"):
             out[f"{side.device}.{name}"] = int((hw / name).read_text())
     return out
+
+
+def report_line(text: str) -> None:
+    """Print ``text`` and add it to $KVDM_TWO_HOSTS_OUT (which the guest script prints)."""
+    print(text)
+    dest = os.environ.get("KVDM_TWO_HOSTS_OUT")
+    if dest:
+        with open(dest, "a") as f:
+            f.write(text + "\n")
 
 
 def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
@@ -150,7 +168,65 @@ def test_index_writers_lose_nothing_across_the_link(fabric: Fabric) -> None:
     assert_crossed(fabric, delta(before, counters(fabric)), 1000)
 
 
-# ---- kvdm replay across the link -----------------------------------------------------------------
+# ---- kvdm replay across the link, local clients and MPI ranks ----------------------------------
+
+CLIENTS = 2
+REPLAY_ARGS = ["--index", "chime", "--mapping", "prefix", "--inserts", "none"]  # + --trace FIXTURE
+# Open MPI's own traffic (start-up, broadcast, gather) stays on shared memory and loopback TCP:
+# pml ob1 with btl self,vader, never the pml/osc ucx or btl openib components that would probe
+# the guest's rxe devices, and the run-time's out-of-band TCP on lo only (not the veth).
+MPIRUN = ["mpirun", "--allow-run-as-root", "--oversubscribe", "--mca", "pml", "ob1", "--mca", "btl", "self,vader",
+          "--mca", "osc", "^ucx", "--mca", "oob_tcp_if_include", "lo"]
+
+
+@dataclass
+class LinkRun:
+    """A replay across the link: its results, what it printed, the packets that crossed, the
+    memory node's log."""
+
+    res: RunResults
+    out: str
+    crossed: dict[str, int]
+    node_log: str
+
+    def whole(self) -> pd.DataFrame:
+        """The whole-run row of each op."""
+        return self.res.rows[self.res.rows["bin"] == -1].set_index("op")
+
+
+def replay_across(fabric: Fabric, out: Path, run: Callable[[str, Path], tuple[int, str]]) -> LinkRun:
+    """``run(node_uri, out)`` -> (exit status, output) against a fresh memory node on the node
+    side, its clients attached from the client side."""
+    from kvdm.experiments.replay.results import RunResults
+
+    with fabric.start_node(64 << 20) as node:
+        before = counters(fabric)
+        rc, text = run(node.uri, out)
+        crossed = delta(before, counters(fabric))
+        assert rc == 0, text
+        assert isinstance(node, VerbsNode) and node.poll() is None, node.log_text()
+        log = node.log_text()
+    assert re.search(rf"transport +verbs, .*verbs://{re.escape(fabric.server.ip)}:", text), text
+    return LinkRun(RunResults.read(out), text, crossed, log)
+
+
+@pytest.fixture(scope="module")
+def local_replay(fabric: Fabric, tmp_path_factory: pytest.TempPathFactory) -> LinkRun:
+    """`kvdm replay --transport verbs --memory-node verbs://<node ip>:PORT?dev=<client device>`
+    of the bundled fixture, 2 local client processes: run once, checked against shm below and
+    the reference of the MPI run."""
+    from kvdm.experiments.cli import main
+    from kvdm.traces.registry import FIXTURE
+
+    def run(uri: str, out: Path) -> tuple[int, str]:
+        text = io.StringIO()
+        with contextlib.redirect_stdout(text):
+            rc = main(["replay", "--transport", "verbs", "--memory-node", uri, "--clients", str(CLIENTS),
+                       *REPLAY_ARGS, "--trace", str(FIXTURE), "--out", str(out)])
+        return rc, text.getvalue()
+
+    return replay_across(fabric, tmp_path_factory.mktemp("replay") / "local", run)
+
 
 def shm_reference(cfg: ReplayConfig) -> RunResults:
     """The same replay over an shm node, its clients run one after the other in this process
@@ -169,32 +245,19 @@ def shm_reference(cfg: ReplayConfig) -> RunResults:
 
 
 @pytest.mark.timeout(900)
-def test_replay_across_the_link_matches_shm(fabric: Fabric, tmp_path: Path,
-                                            capsys: pytest.CaptureFixture[str]) -> None:
-    """`kvdm replay --transport verbs --memory-node verbs://<node ip>:PORT?dev=<client device>`
-    of the bundled 400-request fixture, 2 client processes, chime, prefix mapping, every key
-    preloaded: it finishes, and its hits and op counts per op equal the shm run's and the
-    trace's ground truth."""
-    from kvdm.experiments.cli import main
+def test_replay_across_the_link_matches_shm(fabric: Fabric, local_replay: LinkRun) -> None:
+    """The local replay across the link (2 client processes, chime, prefix mapping, every key
+    preloaded) finishes, and its hits and op counts per op equal the shm run's and the trace's
+    ground truth."""
     from kvdm.experiments.replay.engine import ReplayConfig
-    from kvdm.experiments.replay.results import RunResults
     from kvdm.index import IndexSpec
     from kvdm.traces.registry import FIXTURE
 
-    args = ["--index", "chime", "--clients", "2", "--mapping", "prefix", "--inserts", "none", "--trace", str(FIXTURE)]
-    with fabric.start_node(64 << 20) as node:
-        before = counters(fabric)
-        rc = main(["replay", "--transport", "verbs", "--memory-node", node.uri, *args, "--out", str(tmp_path / "run")])
-        out = capsys.readouterr().out
-        assert rc == 0, out
-        assert isinstance(node, VerbsNode) and node.poll() is None, node.log_text()
-        crossed = delta(before, counters(fabric))
-    assert re.search(rf"transport +verbs, .*verbs://{re.escape(fabric.server.ip)}:", out), out
-    res = RunResults.read(tmp_path / "run")
+    res = local_replay.res
     assert res.meta["run"]["requests_done"] == res.meta["trace"]["requests"] == 400
-    got = res.rows[res.rows["bin"] == -1].set_index("op")
-    ref = shm_reference(ReplayConfig(trace=str(FIXTURE), index=IndexSpec("chime", 8), clients=2, mapping="prefix",
-                                     inserts="none")).rows
+    got = local_replay.whole()
+    ref = shm_reference(ReplayConfig(trace=str(FIXTURE), index=IndexSpec("chime", 8), clients=CLIENTS,
+                                     mapping="prefix", inserts="none")).rows
     ref = ref[ref["bin"] == -1].set_index("op")
     assert sorted(got.index) == sorted(ref.index) and len(ref.index) > 0
     for op in ref.index:
@@ -202,7 +265,90 @@ def test_replay_across_the_link_matches_shm(fabric: Fabric, tmp_path: Path,
         assert got.loc[op, "hits"] == ref.loc[op, "hits"] == ref.loc[op, "expected_hits"], op
         assert got.loc[op, "hit_mismatch"] == 0
     rtts = int((got["rtts_per_op"] * got["ops"]).sum())
-    assert_crossed(fabric, crossed, rtts)  # at least one packet each way per round trip
+    assert_crossed(fabric, local_replay.crossed, rtts)  # at least one packet each way per round trip
+
+
+def counts(rows: pd.DataFrame) -> list[str]:
+    """The columns that count (ops, blocks, hits, every backend counter per op), not the ones
+    that time (latencies, rates, CPU or modelled nanoseconds)."""
+    return [c for c in rows.columns if rows[c].dtype.kind in "iuf"
+            and not c.endswith(("_us", "_per_s", "_ns_per_op")) and c not in ("bin", "bin_start_min")]
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.skipif(shutil.which("mpirun") is None, reason="no mpirun (bash .ci/bootstrap installs Open MPI)")
+def test_mpi_ranks_across_the_link_equal_the_local_run(fabric: Fabric, local_replay: LinkRun, tmp_path: Path) -> None:
+    """`mpirun -np 2 kvdm replay --launcher mpi --transport verbs --memory-node verbs://<node
+    ip>:PORT?dev=<client device>`: both ranks attach from the client side's device, rank 0
+    preloads and merges; the results equal the local 2-client run's in every count (ops, blocks,
+    hits, and each backend counter per op: round trips, verbs, bytes, cache hits), and the hits
+    equal the trace's ground truth. Two ranks, started in parallel: each is a fresh interpreter,
+    the dearest thing in the guest (docs/cluster.md)."""
+    from kvdm.traces.registry import FIXTURE
+
+    def run(uri: str, out: Path) -> tuple[int, str]:
+        cmd = MPIRUN + ["-np", str(CLIENTS), sys.executable, "-m", "kvdm.experiments.cli", "replay", "--launcher",
+                        "mpi", "--transport", "verbs", "--memory-node", uri, *REPLAY_ARGS, "--trace", str(FIXTURE),
+                        "--out", str(out)]
+        t0 = time.monotonic()
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=840)
+        report_line(f"# mpirun -np {CLIENTS} kvdm replay --launcher mpi across the link (fixture, chime): "
+                    f"{time.monotonic() - t0:.1f} s wall, TCG (interpreter starts, preload, run, rank 0's results)")
+        return done.returncode, done.stdout + done.stderr
+
+    mpi = replay_across(fabric, tmp_path / "mpi", run)
+    assert mpi.out.count("# kvdm replay") == 1 and f"{CLIENTS} MPI ranks" in mpi.out, mpi.out  # rank 0 reports
+    meta = mpi.res.meta
+    assert meta["config"]["launcher"] == "mpi" and meta["config"]["clients"] == CLIENTS
+    assert meta["run"]["requests_done"] == 400
+    # every connection to the node came from the client side (rank 0's preload, each rank's client)
+    peers = re.findall(r"client (\S+):\d+ connected", mpi.node_log)
+    assert len(peers) >= CLIENTS and set(peers) == {fabric.client.ip}, mpi.node_log
+    got, ref = mpi.whole(), local_replay.whole()
+    assert list(got.index) == list(ref.index) and len(ref.index) > 0
+    cols = counts(ref)
+    assert {"ops", "blocks", "hits", "expected_hits", "rtts_per_op", "reads_per_op"} <= set(cols)
+    for op in ref.index:
+        differ = {c: (got.loc[op, c], ref.loc[op, c]) for c in cols if got.loc[op, c] != ref.loc[op, c]}
+        assert not differ, f"{op}: mpi vs local {differ}"
+        assert got.loc[op, "hits"] == got.loc[op, "expected_hits"] and got.loc[op, "hit_mismatch"] == 0, op
+    rtts = int((got["rtts_per_op"] * got["ops"]).sum())
+    assert_crossed(fabric, mpi.crossed, rtts)
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.skipif(shutil.which("mpirun") is None, reason="no mpirun (bash .ci/bootstrap installs Open MPI)")
+def test_mpi_bench_index_across_the_link(fabric: Fabric) -> None:
+    """`mpirun -np 2 kvdm bench index --launcher mpi --transport verbs` on chime across the link:
+    one report for two clients (rank 0 preloads and merges), every get call of 8 keys one round
+    trip with about one READ per key, at least one packet each way per call, and every
+    connection from the client side."""
+    seconds, batch = 1.0, 8
+    with fabric.start_node(64 << 20) as node:
+        before = counters(fabric)
+        cmd = MPIRUN + ["-np", str(CLIENTS), sys.executable, "-m", "kvdm.experiments.cli", "bench", "index",
+                        "--launcher", "mpi", "--transport", "verbs", "--memory-node", node.uri, "--index", "chime",
+                        "--keys", "2000", "--seconds", str(seconds), "--batch", str(batch)]
+        t0 = time.monotonic()
+        run = subprocess.run(cmd, capture_output=True, text=True, timeout=540)
+        report_line(f"# mpirun -np {CLIENTS} kvdm bench index --launcher mpi across the link (chime, 2,000 keys, "
+                    f"{seconds:g} s): {time.monotonic() - t0:.1f} s wall, TCG")
+        crossed = delta(before, counters(fabric))
+        assert run.returncode == 0, run.stdout + run.stderr
+        assert isinstance(node, VerbsNode) and node.poll() is None, node.log_text()
+        log = node.log_text()
+    out = run.stdout
+    assert out.count("# kvdm bench index") == 1 and f"{CLIENTS} client(s) x 1 thread(s)" in out, out
+    assert re.search(rf"# transport: verbs.*verbs://{re.escape(fabric.server.ip)}:", out), out
+    lines = out.splitlines()
+    head = next(i for i, line in enumerate(lines) if line.lstrip().startswith("Mops"))
+    row = lines[head + 1].split()  # Mops, Mkeys/s, p50, p99, p99.9 us, RTT/key, READ/key, ...
+    mops, rtt_per_key, read_per_key = float(row[0]), float(row[5]), float(row[6])
+    assert mops > 0 and abs(rtt_per_key * batch - 1) < 0.01, out  # a get call: one doorbell, one round trip
+    assert abs(read_per_key - 1) < 0.2, out  # about one leaf READ per key
+    peers = re.findall(r"client (\S+):\d+ connected", log)
+    assert len(peers) >= CLIENTS and set(peers) == {fabric.client.ip}, log
+    assert_crossed(fabric, crossed, int(0.9 * mops * 1e6 * seconds))
 
 
 # ---- the memory node dies mid-run -----------------------------------------------------------------

@@ -48,7 +48,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from kvdm.experiments.replay.engine import backend_session, open_client, use_c_driver
 from kvdm.experiments.replay.metrics import RETRY_COUNTERS, Histogram
@@ -389,6 +388,8 @@ def run_chain(cfg: ChainConfig, quiet: bool = False) -> RunResults:
         say(f"# {backend}: latency per call measured {how}{extra}")
     meta = {"kind": RESULTS_KIND, "config": _config_dict(cfg), "machine": machine_description(),
             "run": {"wall_s": wall}}
+    import pandas as pd  # here: `kvdm bench index` imports this module, and its clients never need pandas
+
     return RunResults(pd.DataFrame(rows), meta, hists)
 
 

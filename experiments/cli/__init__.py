@@ -5,7 +5,10 @@ contributes commands through ``register(sub)``, where
 ``sub`` is the top-level subparsers object; commands that share a group (``kvdm bench
 transport``, ``kvdm bench index``) get it from :func:`group`. A command's handler is set with
 ``parser.set_defaults(func=handler)`` and receives the parsed namespace; it returns an exit
-status (or None for 0). Errors meant for the user are raised as :class:`UsageError` (or
+status (or None for 0). Name a command's module after it (``replay``) or after its group and
+itself (``bench_index``): ``kvdm bench index`` then imports that module alone, not every
+command's dependencies (:func:`build_parser`; a module named otherwise still works, found once
+every module is imported). Errors meant for the user are raised as :class:`UsageError` (or
 ValueError / DMError) and printed without a traceback.
 
 Every error is one ``kvdm: error: ...`` line with exit status 2, parse errors included
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import itertools
 import math
 import os
 import pkgutil
@@ -153,7 +157,29 @@ def one_line(message: str, prog: str = "kvdm") -> str:
     return " ".join(message.split())
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(*command: str) -> argparse.ArgumentParser:
+    """The ``kvdm`` parser. With the words of a ``command`` (``"replay"``, ``"bench", "index"``)
+    it has only what the modules that can register it register: the module ``bench_index`` for
+    ``bench index``, else those named ``bench`` or ``bench_*``; failing that (an unknown command,
+    a group's --help), every module, so errors and help list everything. Importing only the
+    command's own modules keeps each command's start to its own dependencies: under the SoftRoCE
+    guest's TCG emulation, importing every command module cost over a minute per process
+    (pandas alone about 45 s), which every MPI rank and spawned client paid."""
+    names = sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))  # __main__ runs it
+    if command:
+        top, sub = command[0], command[1] if len(command) > 1 else None
+        mine = [n for n in names if n == top or n.startswith(f"{top}_")]
+        for modules in ([f"{top}_{sub}"], mine):
+            if modules and set(modules) <= set(mine):
+                parser, commands = _parser(modules)
+                group = _groups.get(top)
+                if top in commands and (sub is None or group is None or sub in group.choices):
+                    return parser
+    return _parser(names)[0]
+
+
+def _parser(modules: list[str]) -> tuple[argparse.ArgumentParser, Any]:
+    """The parser with the commands of ``modules``, and its top-level command table."""
     _groups.clear()
     parser = KvdmParser(
         prog="kvdm",
@@ -161,17 +187,17 @@ def build_parser() -> argparse.ArgumentParser:
         "one-sided verbs, replayed against real KV-cache traces and Redis.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for mod in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-        if mod.name.startswith("_"):  # __main__ runs the command
-            continue
-        module = importlib.import_module(f"{__name__}.{mod.name}")
+    for name in modules:
+        module = importlib.import_module(f"{__name__}.{name}")
         if callable(getattr(module, "register", None)):
             module.register(sub)
-    return parser
+    return parser, sub.choices
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    words = list(itertools.takewhile(lambda w: not w.startswith("-"), argv[:2]))
+    parser = build_parser(*words)
     args = parser.parse_args(argv)
     from kvdm.transport import DMError
 

@@ -39,7 +39,6 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from kvdm.experiments.bench.calls import CallStream as _CallStream
 from kvdm.experiments.bench.calls import keys_of, make_keys
@@ -53,7 +52,7 @@ from kvdm.transport import TransportConfig, parse_size
 
 from . import CommandFailed, UsageError, choices_type, group
 from .options import add_transport_options, transport_config
-from .replay import add_index_options, derived_columns, index_spec
+from .replay import add_index_options, derived_values, index_spec
 
 OPS = ("get", "put", "mixed", "chain")
 #: flags of --op chain only (argparse dests; None when not given)
@@ -285,8 +284,7 @@ def cmd_bench_index(args: argparse.Namespace) -> int:
     print(f"{'Mops':>8} {'Mkeys/s':>8} {'p50 us':>8} {'p99 us':>8} {'p99.9 us':>9} {'RTT/key':>8} {'READ/key':>8} "
           f"{'B read/key':>10} {'B wr/key':>9} {'retries/key':>11} {'cache hit %':>11} {'srv CPU us/key':>14}")
     per = {k: v / max(keys_done, 1) for k, v in counters.items()}
-    row = pd.DataFrame([{f"{k}_per_op": v for k, v in per.items()}])
-    derived = {k: float(v.iloc[0]) for k, v in derived_columns(row).items()}
+    derived = derived_values({f"{k}_per_op": v for k, v in per.items()})
     calls_per_s = lat.size / cfg.seconds / 1e6
     def cell(v: float | None, width: int, digits: int) -> str:  # '-' where the backend does not report it
         return f"{'-' if v is None else f'{v:.{digits}f}':>{width}}"

@@ -20,13 +20,15 @@ options carry the URL. For a scoped lifetime instead::
 from __future__ import annotations
 
 import argparse
+from contextlib import AbstractContextManager
 from typing import Any
 
 from kvdm.index import PREFIX_MODES, RANGE_MODES
-from kvdm.index import redis_session as session
-from kvdm.index import start_redis_servers as start_servers
 
 from . import UsageError, choices_type
+
+# The Redis client library is imported only where a server is started or a session entered:
+# commands that merely offer these flags (every replay, every MPI rank) skip its ~100 modules.
 
 #: argparse dest -> backend option
 _FLAG_OPTIONS = {
@@ -101,8 +103,14 @@ def redis_options(args: argparse.Namespace, start_local: bool = True) -> dict[st
     given = {dest: getattr(args, dest, None) for dest in _FLAG_OPTIONS}
     options = {_FLAG_OPTIONS[dest]: v for dest, v in given.items() if v is not None}
     if start_local and options.get("url") is None:
-        options["url"] = start_servers(int(options.get("cluster", 0))).url
+        from kvdm.index import start_redis_servers
+
+        options["url"] = start_redis_servers(int(options.get("cluster", 0))).url
     return options
 
 
-redis_session = session  # the redis backend's run session (index/redis_server.py)
+def redis_session(options: dict[str, Any]) -> AbstractContextManager[dict[str, Any]]:
+    """The redis backend's run session (kvdm.index.redis_session, index/redis_server.py)."""
+    from kvdm.index import redis_session as session
+
+    return session(options)

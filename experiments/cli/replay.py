@@ -6,9 +6,7 @@ import argparse
 import importlib
 import time
 from dataclasses import replace
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from kvdm.experiments.replay.engine import (
     DRIVERS,
@@ -28,6 +26,9 @@ from kvdm.traces import KEY_SCHEMES, MAPPINGS, RANGE_SEMANTICS, key_bytes_of
 from . import UsageError, choices_type, count, count0, non_negative, positive
 from .options import add_transport_options, transport_config
 from .traces import add_trace_options, load_trace_from_args, trace_options
+
+if TYPE_CHECKING:  # imported where the summary is printed: MPI ranks other than 0 never need it
+    import pandas as pd
 
 
 def mode_type(text: str) -> str:
@@ -177,21 +178,34 @@ def config_from_args(args: argparse.Namespace) -> ReplayConfig:
 # every index's retries, by its own counter names (race: kvidx_ops.counters in native/race.inc)
 
 
-def derived_columns(rows: pd.DataFrame) -> dict[str, pd.Series]:
+def derived_values(per: dict[str, float]) -> dict[str, float]:
     """Retries per op (lock CAS failures, version mismatches, go-right reads, torn re-reads) and the
-    compute-side cache hit ratio, where the backend reports them."""
-    out: dict[str, pd.Series] = {}
-    retry = [f"{c}_per_op" for c in RETRY_COUNTERS if f"{c}_per_op" in rows.columns]
+    compute-side cache hit ratio, where the backend reports them, from one row's
+    ``<counter>_per_op`` values (missing values count as absent; no pandas needed, so a bench's
+    MPI rank 0 reports without importing it)."""
+    out: dict[str, float] = {}
+    retry = [v for c in RETRY_COUNTERS if (v := per.get(f"{c}_per_op")) is not None and v == v]  # v == v: not NaN
     if retry:
-        out["retries_per_op"] = rows[retry].sum(axis=1)
-    if {"cache_hit_per_op", "cache_miss_per_op"} <= set(rows.columns):
-        looked = rows["cache_hit_per_op"] + rows["cache_miss_per_op"]
-        out["cache_hit_pct"] = (100 * rows["cache_hit_per_op"] / looked.where(looked > 0)).fillna(100.0)
+        out["retries_per_op"] = float(sum(retry))
+    hit, miss = per.get("cache_hit_per_op"), per.get("cache_miss_per_op")
+    if hit is not None and miss is not None:
+        looked = hit + miss
+        out["cache_hit_pct"] = float(100 * hit / looked) if looked > 0 else 100.0
     return out
+
+
+def derived_columns(rows: pd.DataFrame) -> dict[str, pd.Series]:
+    """:func:`derived_values` of each row of a results table, as columns."""
+    import pandas as pd
+
+    table = pd.DataFrame([derived_values(r) for r in rows.to_dict("records")], index=rows.index)
+    return {c: table[c] for c in table.columns}
 
 
 def print_summary(res: RunResults) -> None:
     """The per-op table of the whole measured period."""
+    import pandas as pd
+
     rows = res.rows[res.rows["bin"] == -1] if len(res.rows) else res.rows
     if rows.empty:
         print("no operations measured")

@@ -35,7 +35,6 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from kvdm.index import IndexSpec, backend, open_spec, remote_memory
 from kvdm.traces import TraceOptions
@@ -616,6 +615,8 @@ def summarise(cfg: ReplayConfig, stream: Any, clients: list[ClientResult], inter
         for kk, v in sorted(cnt.items()):
             row[f"{kk}_per_op"] = v / n
         rows.append(row)
+    import pandas as pd  # not at the top: a client process never needs it (results.py says why)
+
     df = pd.DataFrame(rows)
     meta: dict[str, Any] = {
         "config": _config_dict(cfg),

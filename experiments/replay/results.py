@@ -19,11 +19,15 @@ import platform
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from .metrics import Histogram
+
+# pandas is imported where rows are written or read, not here: a client process (an MPI rank, a
+# spawned local client) imports this module but never needs pandas, whose import alone takes
+# about 45 s under the SoftRoCE guest's TCG emulation (docs/cluster.md).
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def machine_description() -> dict[str, Any]:
@@ -69,6 +73,8 @@ class RunResults:
 
     @classmethod
     def read(cls, out: str | Path) -> RunResults:
+        import pandas as pd
+
         d = Path(out)
         if not (d / "results.parquet").exists():
             raise FileNotFoundError(f"{d} holds no kvdm run (no results.parquet)")

@@ -2,9 +2,10 @@
 # guest-rdma-tests.sh - runs INSIDE the SoftRoCE guest (see .ci/rdma-tests): the rdma-marked
 # tests over rxe0 (the transport conformance suite, the index suites, the verbs-only tests,
 # `kvdm replay` and `kvdm bench transport` over verbs; with run-in-guest.sh --two-hosts also
-# test_verbs_two_hosts.py, node and clients on two rxe devices across a veth), then prints the
-# verb latencies the bench and two-hosts tests measured: TCG emulation figures, not hardware
-# ones. Exit status: pytest's.
+# test_verbs_two_hosts.py, node and clients on two rxe devices across a veth, with the MPI launcher:
+# `mpirun -np 2 kvdm replay|bench index --launcher mpi` over verbs), then prints the verb latencies
+# the bench and two-hosts tests measured (TCG emulation figures, not hardware ones) and the MPI
+# runs' wall times. Exit status: pytest's.
 # Usage: guest-rdma-tests.sh [extra pytest arguments]
 cd "$(dirname "${BASH_SOURCE[0]}")/../.." || exit 2
 PY=.venv/bin/python   # the venv's interpreter directly: a pyenv shim costs ~5 s per start here

@@ -175,9 +175,6 @@ def config_from_args(args: argparse.Namespace) -> ReplayConfig:
     )
 
 
-# every index's retries, by its own counter names (race: kvidx_ops.counters in native/race.inc)
-
-
 def derived_values(per: dict[str, float]) -> dict[str, float]:
     """Retries per op (lock CAS failures, version mismatches, go-right reads, torn re-reads) and the
     compute-side cache hit ratio, where the backend reports them, from one row's

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from terminal import default_sigint
 
 import kvdm.index
 from kvdm.experiments.cli import UsageError
@@ -129,7 +130,7 @@ _CHILD = textwrap.dedent("""
 
 def _run_child(cluster: int, owner: str) -> tuple[subprocess.Popen[str], list[int], list[Path]]:
     child = subprocess.Popen([sys.executable, "-c", _CHILD, str(cluster), owner], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+                             stderr=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=default_sigint)
     line = child.stdout.readline()
     if not line:
         child.wait(10)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from terminal import default_sigint
 
 from kvdm.experiments.replay.engine import ReplayConfig, parse_mode, replay
 from kvdm.experiments.replay.results import RunResults
@@ -103,7 +104,7 @@ def test_ctrl_c_stops_and_still_writes(tmp_path: Path) -> None:
     out = tmp_path / "interrupted"
     proc = subprocess.Popen([sys.executable, "-m", "kvdm.experiments.cli", "replay", "--index", "dict",
                              "--trace", FIXTURE_TRACE, "--mode", "realtime", "--clients", "1", "--out", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     time.sleep(6)  # start-up, then a few seconds of real-time replay
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=60)

@@ -91,7 +91,7 @@ typedef enum dm_status {
 
 typedef enum dm_latency_model {
     DM_LAT_NONE = 0,    /* raw speed */
-    DM_LAT_SPIN = 1,    /* each submit busy-waits rtt + bytes/bandwidth from its start */
+    DM_LAT_SPIN = 1,    /* each submit busy-waits its modelled time from its start */
     DM_LAT_VIRTUAL = 2, /* the modelled time is added to counters.virtual_ns, no waiting */
 } dm_latency_model;
 
@@ -102,7 +102,11 @@ typedef struct dm_config {
     int tear;            /* shm: apply READ/WRITE > 64 B line by line in random order */
     uint64_t seed;       /* for tear order; 0 = seeded from the clock */
     uint32_t chunk_bytes;/* allocator: bytes taken from a node per FAA (0 = 1 MiB) */
+    double nic_mops;     /* modelled NIC message rate, million verbs/s (0 = no per-verb term) */
 } dm_config;
+
+/* The modelled time of one doorbell (spin and virtual): rtt_us, plus the longer of its bytes
+ * at gbps and its verbs at nic_mops (a NIC pipelines the two; the slower stage bounds it). */
 
 /* ---- counters ---------------------------------------------------------------------------- */
 
@@ -115,6 +119,10 @@ typedef struct dm_counters {
     uint64_t bytes_written; /* WRITE payload + 8 per CAS/FAA */
     uint64_t virtual_ns;    /* modelled time (latency model virtual or spin) */
     uint64_t torn_lines;    /* shm tear injection: READs/WRITEs applied out of line order */
+    uint64_t exec_ns;       /* time inside doorbells, post to completion (spin's wait included),
+                             * with a latency model on: on shm the emulated NIC's work, which
+                             * `virtual` replaces by the modelled time (latency = wall - exec_ns
+                             * + virtual_ns) */
 } dm_counters;
 
 typedef struct dm_ctx dm_ctx;

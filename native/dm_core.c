@@ -48,8 +48,9 @@ int dm_ctx_create(const dm_config *cfg, dm_ctx **out, char *err, size_t errlen) 
     if (c.latency_model < DM_LAT_NONE || c.latency_model > DM_LAT_VIRTUAL)
         return dm_fail_buf(err, errlen, DM_EINVAL, "unknown latency model %d (valid: 0 none, 1 spin, 2 virtual)",
                            c.latency_model);
-    if (c.rtt_us < 0 || c.gbps < 0)
-        return dm_fail_buf(err, errlen, DM_EINVAL, "rtt_us and gbps must be >= 0 (got %g, %g)", c.rtt_us, c.gbps);
+    if (!(c.rtt_us >= 0) || !(c.gbps >= 0) || !(c.nic_mops >= 0))
+        return dm_fail_buf(err, errlen, DM_EINVAL, "rtt_us, gbps and nic_mops must be >= 0 (got %g, %g, %g)", c.rtt_us,
+                           c.gbps, c.nic_mops);
     if (c.chunk_bytes == 0) c.chunk_bytes = 1u << 20;
     if (c.chunk_bytes % DM_LINE)
         return dm_fail_buf(err, errlen, DM_EINVAL, "chunk_bytes must be a multiple of %d", DM_LINE);
@@ -164,7 +165,7 @@ int dm_batch_len(const dm_ctx *ctx) { return ctx->nbatch; }
 /* Execute verbs[0..n) as one round trip: one post list per node (post order kept), then wait. */
 static int run_verbs(dm_ctx *ctx, dm_verb *verbs, int n) {
     if (n == 0) return DM_OK;
-    uint64_t start = ctx->cfg.latency_model == DM_LAT_SPIN ? dm_now_ns() : 0;
+    uint64_t start = ctx->cfg.latency_model != DM_LAT_NONE ? dm_now_ns() : 0;
     dm_verb *lists[DM_MAX_BATCH];
     unsigned touched[DM_MAX_BATCH];
     int ntouched = 0;
@@ -210,13 +211,16 @@ static int run_verbs(dm_ctx *ctx, dm_verb *verbs, int n) {
         if (v->old_out) *v->old_out = v->result;
     }
     if (ctx->cfg.latency_model != DM_LAT_NONE) {
-        double ns = ctx->cfg.rtt_us * 1000.0;
-        if (ctx->cfg.gbps > 0) ns += (double)bytes * 8.0 / ctx->cfg.gbps;
+        double wire = ctx->cfg.gbps > 0 ? (double)bytes * 8.0 / ctx->cfg.gbps : 0;
+        double nic = ctx->cfg.nic_mops > 0 ? (double)n * 1000.0 / ctx->cfg.nic_mops : 0;
+        double ns = ctx->cfg.rtt_us * 1000.0 + (wire > nic ? wire : nic);
         c->virtual_ns += (uint64_t)ns;
+        uint64_t now = dm_now_ns();
         if (ctx->cfg.latency_model == DM_LAT_SPIN) {
             uint64_t until = start + (uint64_t)ns;
-            while (dm_now_ns() < until) __builtin_ia32_pause();
+            while ((now = dm_now_ns()) < until) __builtin_ia32_pause();
         }
+        c->exec_ns += now - start;
     }
     return DM_OK;
 }

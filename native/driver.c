@@ -8,6 +8,7 @@
 #define N_DM (sizeof(dm_counters) / 8)
 #define N_COUNTERS (N_DM + sizeof(kvidx_stats) / 8)
 #define VIRTUAL_AT (offsetof(dm_counters, virtual_ns) / 8)
+#define EXEC_AT (offsetof(dm_counters, exec_ns) / 8)
 _Static_assert(sizeof(dm_counters) % sizeof(uint64_t) == 0, "dm_counters is read as uint64 words (snapshot)");
 _Static_assert(sizeof(kvidx_stats) % sizeof(uint64_t) == 0, "kvidx_stats is read as uint64 words (snapshot)");
 
@@ -149,7 +150,7 @@ int kvdm_drive(const kvidx_ops *ix, void *h, dm_ctx *ctx, const kvdm_stream *s, 
     out->done = 0;
     if (!ix || !h || !ctx) return dm_fail_buf(err, errlen, DM_EINVAL, "kvdm_drive: no index or transport");
     native_src src = {ix, h, ctx};
-    kvdm_counter_src cs = {native_read, &src, N_COUNTERS, VIRTUAL_AT};
+    kvdm_counter_src cs = {native_read, &src, N_COUNTERS, VIRTUAL_AT, EXEC_AT};
     return kvdm_drive_with(ix, h, &cs, s, op_ids, groups, n, n_groups, add_virtual_ns, out, err, errlen);
 }
 
@@ -163,7 +164,7 @@ int kvdm_drive_with(const kvidx_ops *ix, void *h, const kvdm_counter_src *cs, co
     int rc = validate(ix, s, op_ids, groups, n, n_groups, &max_keys, err, errlen);
     if (rc != DM_OK) return rc;
     size_t nc = cs->n;
-    int with_virtual = add_virtual_ns && cs->virtual_at < nc;
+    int with_virtual = add_virtual_ns && cs->virtual_at < nc && cs->exec_at < nc;
     scratch sc = {malloc(max_keys * 8), malloc(max_keys), NULL, NULL, 0};
     uint64_t *before = malloc(2 * nc * sizeof *before);
     if (!sc.vals || !sc.found || !before) {
@@ -182,7 +183,10 @@ int kvdm_drive_with(const kvidx_ops *ix, void *h, const kvdm_counter_src *cs, co
         cs->read(cs->src, after);
         uint64_t *acc = out->counters + (size_t)groups[i] * nc;
         for (size_t c = 0; c < nc; c++) acc[c] += after[c] - before[c];
-        uint64_t modelled = with_virtual ? after[cs->virtual_at] - before[cs->virtual_at] : 0;
+        /* `virtual`: the doorbells' execution (shm: the emulated NIC) is replaced by their modelled time */
+        uint64_t modelled = with_virtual ? (after[cs->virtual_at] - before[cs->virtual_at]) -
+                                               (after[cs->exec_at] - before[cs->exec_at])
+                                         : 0;
         out->latency_ns[i] = (int64_t)(t1 - t0 + modelled);
         memcpy(before, after, nc * sizeof *before);
         out->done = i + 1;

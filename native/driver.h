@@ -31,7 +31,7 @@ typedef struct kvdm_stream {
 /* What a run measured. counters: per group, the summed per-op deltas of the transport's
  * dm_counters followed by the index's kvidx_stats (kvdm_drive_counters() values each). */
 typedef struct kvdm_drive_out {
-    int64_t *latency_ns; /* [n]: wall time of the op, plus its modelled time when add_virtual_ns */
+    int64_t *latency_ns; /* [n]: wall time of the op (add_virtual_ns: with modelled network time, see kvdm_counter_src) */
     int64_t *hits;       /* [n]: get/range: the op's keys found; prefix: matched length; insert: -1 */
     uint64_t *counters;  /* [n_groups * kvdm_drive_counters()] */
     size_t done;         /* ops completed: n, unless an error stopped the run there */
@@ -47,14 +47,16 @@ int kvdm_drive(const kvidx_ops *ix, void *h, dm_ctx *ctx, const kvdm_stream *s, 
                char *err, size_t errlen);
 
 /* Where the loop reads a backend's cumulative counters before and after each op: read(src, v)
- * fills v[0..n) (uint64 words); word virtual_at holds modelled time (added to latencies when
- * add_virtual_ns), or virtual_at >= n when there is none. kvdm_drive reads the transport's
+ * fills v[0..n) (uint64 words); word virtual_at holds modelled time and word exec_at the time
+ * spent executing doorbells (with add_virtual_ns an op's latency is its wall time minus its
+ * exec_at delta plus its virtual_at delta: latency model `virtual`, see dm.h), or both are >= n
+ * when there are none. kvdm_drive reads the transport's
  * dm_counters and then the index's kvidx_stats; a backend without a transport (the Redis
  * client, redis_client.h) gives its own. */
 typedef struct kvdm_counter_src {
     void (*read)(const void *src, uint64_t *v);
     const void *src;
-    size_t n, virtual_at;
+    size_t n, virtual_at, exec_at;
 } kvdm_counter_src;
 
 /* kvdm_drive over any backend behind kvidx_ops (its stats member is not used): out->counters

@@ -896,7 +896,7 @@ int kvdm_redis_drive(kvdm_redis *r, const kvdm_stream *s, const int64_t *op_ids,
         out->done = 0;
         return dm_fail_buf(err, errlen, DM_EINVAL, "kvdm_redis_drive: no handle");
     }
-    kvdm_counter_src cs = {stats_read, r, kvdm_redis_counters(), (size_t)-1};
+    kvdm_counter_src cs = {stats_read, r, kvdm_redis_counters(), (size_t)-1, (size_t)-1};
     return kvdm_drive_with(&r->ops, r, &cs, s, op_ids, groups, n, n_groups, 0, out, err, errlen);
 }
 

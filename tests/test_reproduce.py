@@ -273,7 +273,7 @@ def _check_engine(out: Path, md: str) -> None:
     assert f"{par.loc[1, 'rtts_per_op']:,.2f} → {par.loc[64, 'rtts_per_op']:,.2f} RTT/op on chime" in section
     assert f"{par.loc[64, 'p99_us']:,.2f} µs" in section
     assert "both sides are timed in the same C loop, but Redis's network is this VM's loopback TCP, while the " \
-           "native indexes run at the modelled RTT" in section
+           "native indexes run at the modelled network" in section
     assert "issue 14" in section
     assert re.search(r"\(figures/engine_chain_p99\.png\)", section)
 

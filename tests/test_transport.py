@@ -359,6 +359,40 @@ def test_virtual_model_adds_rtt_and_bandwidth_without_waiting(shm_node: ShmMemor
     assert none.counters()["virtual_ns"] == 0
 
 
+def test_a_doorbell_is_charged_the_slower_of_its_bytes_and_its_verbs(shm_node: ShmMemoryNode) -> None:
+    """A NIC pipelines the wire and its per-verb work: a doorbell costs the RTT plus the longer
+    of the two, so many small verbs are not free (and with --nic-mops 0, they cost bytes only)."""
+    g = None
+    for mops, want in ((10.0, 2000 + 100 * 100), (1000.0, 2000 + 800), (0.0, 2000 + 800)):
+        ctx = connect(TransportConfig(latency_model="virtual", rtt_us=2.0, gbps=8.0, nic_mops=mops), [shm_node.uri])
+        g = ctx.alloc(0, 64) if g is None else g
+        ctx.reset_counters()
+        with ctx.batch():
+            for _ in range(100):   # 100 verbs of 8 B: 800 B = 800 ns at 8 Gb/s; 100 ns a verb at 10 Mops
+                ctx.post_read(g, 8)
+        assert ctx.counters()["rtts"] == 1
+        assert ctx.counters()["virtual_ns"] == want, mops
+        ctx.close()
+
+
+def test_exec_ns_is_the_time_inside_doorbells_when_a_model_is_on(shm_node: ShmMemoryNode) -> None:
+    """exec_ns is what `virtual` takes out of a latency (the emulated NIC's work); spin's wait is
+    inside its doorbells, so there it covers the modelled time too; none measures nothing."""
+    ctxs = {m: connect(TransportConfig(latency_model=m, rtt_us=50.0, gbps=0, nic_mops=0), [shm_node.uri])
+            for m in ("none", "spin", "virtual")}
+    g = ctxs["none"].alloc(0, 1 << 20)
+    for ctx in ctxs.values():
+        ctx.reset_counters()
+        for _ in range(5):
+            ctx.read(g, 1 << 20)
+    c = {m: ctx.counters() for m, ctx in ctxs.items()}
+    assert c["none"]["exec_ns"] == 0 and c["none"]["virtual_ns"] == 0
+    assert c["virtual"]["exec_ns"] > 0 and c["virtual"]["virtual_ns"] == 5 * 50_000
+    assert c["spin"]["exec_ns"] >= c["spin"]["virtual_ns"] == 5 * 50_000
+    for ctx in ctxs.values():
+        ctx.close()
+
+
 # ---- shm only: tearing -------------------------------------------------------------------------
 
 

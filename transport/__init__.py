@@ -32,6 +32,7 @@ from .dm import (
     gaddr,
     raise_for,
     root_gaddr,
+    virtual_charge,
 )
 from .lifecycle import on_exit, pid_running, stop_on_signals
 from .memnode import ShmMemoryNode, clean, embedded_nodes, list_regions
@@ -92,5 +93,5 @@ __all__ = [
     "MemoryNodeFull", "RegionExists", "RegionMissing", "ShmMemoryNode", "Timeout", "TransportConfig",
     "TransportUnavailable", "clean", "connect", "embedded_nodes", "gaddr", "gid_ipv4", "gid_text", "list_regions",
     "memory_nodes", "on_exit", "parse_size", "pick_gid", "pid_running", "pyverbs_enums", "query_gids", "raise_for",
-    "root_gaddr", "serve_memory_node", "stop_on_signals",
+    "root_gaddr", "serve_memory_node", "stop_on_signals", "virtual_charge",
 ]

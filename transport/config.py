@@ -45,15 +45,19 @@ class TransportConfig:
     ``transport`` is what the URIs' scheme says: "" (the default) takes it from them (shm for
     embedded nodes); a transport that disagrees with them is an error, so a run is labelled by
     what it really used. The latency model is the shm transport's network model: ``none``
-    runs at memory speed, ``spin`` busy-waits ``rtt_us`` + bytes/``gbps`` per round trip,
-    ``virtual`` adds that time to the reported latency without waiting; over verbs the network
-    is real, and only ``none`` is accepted (as for ``tear``, shm's fault injection).
+    runs at memory speed; ``spin`` and ``virtual`` model each round trip (doorbell) as
+    ``rtt_us`` plus the longer of its bytes at ``gbps`` and its verbs at ``nic_mops`` million
+    verbs/s: ``spin`` busy-waits that long from the doorbell's start (so its execution overlaps
+    the wait), ``virtual`` reports it in place of the doorbell's execution (the emulated NIC's
+    copying), without waiting. Over verbs the network is real, and only ``none`` is accepted
+    (as for ``tear``, shm's fault injection).
     """
 
     transport: str = ""
     latency_model: str = "none"
     rtt_us: float = 2.0
     gbps: float = 100.0
+    nic_mops: float = 100.0
     tear: bool = False
     seed: int = 0
     chunk_bytes: int = 1 << 20
@@ -78,8 +82,9 @@ class TransportConfig:
             what = f"--latency-model {self.latency_model}" if self.latency_model != "none" else "--tear"
             raise ValueError(f"{what} is the shm transport's model of a network (tear: its fault injection); over "
                              f"{self.transport} the network is real: use --latency-model none, no --tear")
-        if self.rtt_us < 0 or self.gbps < 0:
-            raise ValueError(f"--rtt-us and --gbps must be >= 0 (got {self.rtt_us}, {self.gbps})")
+        if not (self.rtt_us >= 0 and self.gbps >= 0 and self.nic_mops >= 0):
+            raise ValueError(f"--rtt-us, --gbps and --nic-mops must be >= 0 (got {self.rtt_us}, {self.gbps}, "
+                             f"{self.nic_mops})")
         if self.embedded_nodes < 1 and not self.memory_nodes:
             raise ValueError("need at least one memory node")
 
@@ -93,9 +98,14 @@ class TransportConfig:
     def latency_model_code(self) -> int:
         return LATENCY_MODELS.index(self.latency_model)
 
+    def network_terms(self) -> str:
+        """What a modelled round trip costs, in words (reports, figure captions)."""
+        verbs = f" and its verbs at {self.nic_mops:g} M/s" if self.nic_mops > 0 else ""
+        return f"{self.rtt_us:g} µs per round trip + the longer of its bytes at {self.gbps:g} Gb/s{verbs}"
+
     def describe(self) -> str:
         model = self.latency_model
         if model != "none":
-            model += f" (rtt {self.rtt_us} us, {self.gbps} Gb/s)"
+            model += f" (rtt {self.rtt_us} us, {self.gbps} Gb/s, {self.nic_mops} M verbs/s)"
         nodes = ", ".join(self.memory_nodes) if self.memory_nodes else f"{self.embedded_nodes} embedded"
         return f"{self.transport}, latency model {model}, memory nodes: {nodes}" + (", tear on" if self.tear else "")

@@ -54,7 +54,7 @@ from kvdm.experiments.replay.metrics import RETRY_COUNTERS, Histogram
 from kvdm.experiments.replay.results import RunResults, machine_description
 from kvdm.index import IndexSpec, remote_memory
 from kvdm.index import backend as backend_entry
-from kvdm.transport import TransportConfig
+from kvdm.transport import TransportConfig, virtual_charge
 
 CHAIN_LENGTHS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 #: ``--backends all``
@@ -214,7 +214,7 @@ def time_calls(cfg: ChainConfig, index: Any, op: str, keys: np.ndarray, n: int) 
         counters = dict(zip(index.counter_names(), acc[0].tolist(), strict=True))
         return _Timed(lat, hits if op == OP_LPM else None, counters, "in C (the C loop)")
     names = index.counter_names()
-    vi = names.index("virtual_ns") if virtual else -1
+    charge = virtual_charge(names) if virtual else None
     values = np.arange(n, dtype=np.uint64)
     lat = np.zeros(calls, np.int64)
     matched = np.zeros(calls, np.int64)
@@ -222,7 +222,7 @@ def time_calls(cfg: ChainConfig, index: Any, op: str, keys: np.ndarray, n: int) 
     before = index.counter_vector()
     for c in range(calls):
         k = keys[c * n:(c + 1) * n]
-        v0 = int(index.counter_vector()[vi]) if virtual else 0
+        v0 = charge(index.counter_vector()) if charge else 0
         index.last_call_ns = None
         t = clock()
         if op == OP_LPM:
@@ -230,8 +230,8 @@ def time_calls(cfg: ChainConfig, index: Any, op: str, keys: np.ndarray, n: int) 
         else:
             index.put(k, values)
         elapsed = clock() - t if index.last_call_ns is None else index.last_call_ns
-        if virtual:
-            elapsed += int(index.counter_vector()[vi]) - v0
+        if charge:
+            elapsed += charge(index.counter_vector()) - v0
         lat[c] = elapsed
     delta = index.counter_vector() - before
     how = "around the C call" if native else "in Python around the client call"

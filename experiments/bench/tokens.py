@@ -41,7 +41,7 @@ from kvdm.experiments.replay.metrics import Histogram
 from kvdm.experiments.replay.results import RunResults, machine_description
 from kvdm.index import IndexSpec, TokenIndex, remote_memory
 from kvdm.traces import VOCAB
-from kvdm.transport import TransportConfig
+from kvdm.transport import TransportConfig, virtual_charge
 
 LENGTHS = (1024, 4096, 16384, 65536, 131072)
 TOKEN_FORMS = ("numpy", "torch", "list")
@@ -99,7 +99,7 @@ def _time_prompts(tix: TokenIndex, prompts: list[Any], virtual: bool, call: Any,
     on even prompts, second on odd ones."""
     index = tix.index
     names = index.counter_names()
-    vi = names.index("virtual_ns") if virtual else -1
+    charge = virtual_charge(names) if virtual else None
     clock = time.perf_counter_ns
     sha256 = hashlib.sha256
     n = len(prompts)
@@ -117,13 +117,13 @@ def _time_prompts(tix: TokenIndex, prompts: list[Any], virtual: bool, call: Any,
             t = clock()
             sha256(data).digest()
             ref_ns[i] = clock() - t
-        v0 = int(index.counter_vector()[vi]) if virtual else 0
+        v0 = charge(index.counter_vector()) if charge else 0
         index.last_call_ns = None
         t2 = clock()
         answers[i] = call(keys, i)
         elapsed = clock() - t2 if index.last_call_ns is None else index.last_call_ns
-        if virtual:
-            elapsed += int(index.counter_vector()[vi]) - v0
+        if charge:
+            elapsed += charge(index.counter_vector()) - v0
         hash_ns[i], call_ns[i] = t1 - t0, elapsed
     return _Timed(hash_ns, call_ns, answers, ref_ns)
 

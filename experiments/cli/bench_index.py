@@ -48,7 +48,7 @@ from kvdm.experiments.replay.metrics import RETRY_COUNTERS, Histogram
 from kvdm.index import IndexSpec, remote_memory
 from kvdm.index import backend as backend_entry
 from kvdm.index import backends as registered
-from kvdm.transport import TransportConfig, parse_size
+from kvdm.transport import TransportConfig, parse_size, virtual_charge
 
 from . import CommandFailed, UsageError, choices_type, group
 from .options import add_transport_options, transport_config
@@ -190,7 +190,7 @@ def measure(cfg: BenchIndexConfig, index: Any, client: int, barrier: Any) -> tup
 
     work = _Workload(cfg, client)
     virtual = cfg.transport.latency_model == "virtual" and remote_memory(cfg.index.name)
-    vi = index.counter_names().index("virtual_ns") if virtual else -1
+    charge = virtual_charge(index.counter_names()) if virtual else None
     lat: list[int] = []
     barrier.wait()
     before = index.counters()
@@ -202,7 +202,7 @@ def measure(cfg: BenchIndexConfig, index: Any, client: int, barrier: Any) -> tup
         for i in range(64):
             a, z = calls.key_offsets[i], calls.key_offsets[i + 1]
             keys = calls.keys[a:z]
-            v0 = int(index.counter_vector()[vi]) if virtual else 0
+            v0 = charge(index.counter_vector()) if charge else 0
             index.last_call_ns = None
             t = clock()
             if calls.kind[i] == OP_GET:
@@ -210,8 +210,8 @@ def measure(cfg: BenchIndexConfig, index: Any, client: int, barrier: Any) -> tup
             else:
                 index.put(keys, calls.key_block[a:z].astype(np.uint64))
             elapsed = clock() - t if index.last_call_ns is None else index.last_call_ns
-            if virtual:
-                elapsed += int(index.counter_vector()[vi]) - v0
+            if charge:
+                elapsed += charge(index.counter_vector()) - v0
             lat.append(elapsed)
             keys_done += cfg.batch
     after = index.counters()

@@ -38,7 +38,7 @@ import numpy as np
 
 from kvdm.index import IndexSpec, backend, open_spec, remote_memory
 from kvdm.traces import TraceOptions
-from kvdm.transport import TransportConfig, connect, memory_nodes
+from kvdm.transport import TransportConfig, connect, memory_nodes, virtual_charge
 
 from ..errors import CommandFailed
 from .metrics import Histogram
@@ -267,7 +267,7 @@ class _Measure:
         self.c_loop = use_c_driver(cfg, index)
         self.virtual = cfg.transport.latency_model == "virtual" and remote_memory(cfg.index.name)
         self.names = index.counter_names()
-        self.vi = self.names.index("virtual_ns") if self.virtual else -1
+        self.charge = virtual_charge(self.names) if self.virtual else None
         self.sums: dict[tuple[int, int], np.ndarray] = {}
         self.prev = index.counter_vector()
 
@@ -305,8 +305,8 @@ class _Measure:
             cur = index.counter_vector()
             delta = cur - self.prev
             self.prev = cur
-            if self.virtual:
-                elapsed += int(delta[self.vi])
+            if self.charge:
+                elapsed += self.charge(delta)
             self._add((b, kind), delta)
             lat[i], hits[i] = elapsed, h
         return lat, hits

@@ -161,16 +161,17 @@ def _latency_model_section(rep: Report, rp: Reproduction) -> None:
         return
     rep.h(1, "Latency model")
     rep.p(f"The native indexes run over the shm transport (memory nodes are shared-memory regions on this "
-          f"machine) with latency model {t.latency_model}, RTT {t.rtt_us:g} µs, {t.gbps:g} Gb/s: a ConnectX-6 "
-          "class NIC (READ round trip ~1.6-2 µs, 100 Gb/s). 'virtual' adds each op's modelled network time "
-          "(round trips x RTT + bytes / bandwidth, counted exactly by the transport) to its measured service "
-          "time without waiting; 'spin' would burn a core per client waiting, which on this shared 2-core "
-          "box would distort the other clients and processes, and for an unloaded replay it measures the same "
-          "sum. Redis is a real redis-server over loopback TCP (the kernel network stack, ~30-45 µs round "
-          "trips here), as the paper ran it over a real network. Every op, native or Redis, is run and timed "
-          "in C (replay's C loop: no Python inside an op); Redis through a hiredis client that issues the "
-          "same commands as kvdm's redis-py path (`--driver python`), so the client library no longer "
-          "inflates Redis's latencies (see 'Redis reference' for redis-benchmark on the same server).")
+          f"machine) with latency model {t.latency_model}, {t.network_terms()}: a ConnectX-6 "
+          "class NIC (READ round trip ~1.6-2 µs, 100 Gb/s). 'virtual' reports each op's measured client time "
+          "plus its modelled network time (per round trip, counted exactly by the transport), which replaces "
+          "the shm transport's own execution of the verbs (the emulated NIC's copying), without waiting; "
+          "'spin' would burn a core per client waiting, which on this shared 2-core box would distort the "
+          "other clients and processes. Redis is a real redis-server over loopback TCP (the kernel network "
+          "stack, ~30-45 µs round trips here), as the paper ran it over a real network. Every op, native or "
+          "Redis, is run and timed in C (replay's C loop: no Python inside an op); Redis through a hiredis "
+          "client that issues the same commands as kvdm's redis-py path (`--driver python`), so the client "
+          "library no longer inflates Redis's latencies (see 'Redis reference' for redis-benchmark on the same "
+          "server).")
 
 
 def _trace_section(rep: Report, rp: Reproduction, out: Path) -> None:
@@ -616,7 +617,7 @@ def _native_network(rp: Reproduction) -> str:
     if t.transport == "verbs":
         return "the real network of this host's RDMA device (no latency model)"
     if t.latency_model == "virtual":
-        return f"the modelled RTT ({t.rtt_us:g} µs per round trip + bytes at {t.gbps:g} Gb/s, latency model virtual)"
+        return f"the modelled network ({t.network_terms()}, latency model virtual)"
     if t.latency_model == "spin":
         return f"the modelled RTT ({t.rtt_us:g} µs per round trip, busy-waited: latency model spin)"
     return "memory speed (latency model none: no network time)"
@@ -629,6 +630,8 @@ def _engine_command(rp: Reproduction) -> str:
            f"--keys {cfg.engine_keys} --latency-model {t.latency_model} --rtt-us {t.rtt_us:g}")
     if t.gbps != 100:
         cmd += f" --gbps {t.gbps:g}"
+    if t.nic_mops != 100:
+        cmd += f" --nic-mops {t.nic_mops:g}"
     if cfg.cache_mb is not None:
         cmd += f" --cache-mb {cfg.cache_mb:g}"
     return cmd

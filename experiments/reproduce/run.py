@@ -152,9 +152,9 @@ class ReproduceConfig:
             return (f"chime/sherman: verbs transport over {where}, the real network (no latency model); redis: a "
                     "real redis-server on this host over TCP, timed in C (hiredis)")
         model = {"none": "latency model none (memory speed, no network time)",
-                 "spin": f"latency model spin (busy-waits {t.rtt_us:g} µs per round trip + bytes at {t.gbps:g} Gb/s)",
-                 "virtual": f"latency model virtual ({t.rtt_us:g} µs per round trip + bytes at {t.gbps:g} Gb/s "
-                            "added to each measured op, no waiting)"}[t.latency_model]
+                 "spin": f"latency model spin (busy-waits {t.network_terms()})",
+                 "virtual": f"latency model virtual ({t.network_terms()}, in place of the emulated NIC's "
+                            "execution, no waiting)"}[t.latency_model]
         return (f"chime/sherman: {t.transport} transport, {model}; redis: a real redis-server over loopback TCP, "
                 "timed in C (hiredis)")
 

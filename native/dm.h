@@ -51,7 +51,7 @@ typedef uint64_t dm_gaddr;
 
 #define DM_LINE 64            /* the unit of READ/WRITE atomicity */
 #define DM_MAX_NODES 255
-#define DM_MAX_BATCH 256      /* verbs per dm_submit() */
+#define DM_MAX_BATCH 1024     /* verbs per dm_submit() (verbs posts it in chunks of the QP's send-queue depth) */
 #define DM_MAX_XFER (1u << 24) /* bytes per READ/WRITE */
 
 /* ---- memory-node region layout (shared by every backend and by memory-node servers) ---- */

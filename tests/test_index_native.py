@@ -8,6 +8,7 @@ import pytest
 from index_helpers import make_keys, open_client
 
 import kvdm.index as kindex
+from kvdm.native import lib
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -154,9 +155,9 @@ def test_a_cache_of_a_few_nodes_evicts_and_stays_right(dm, name: str) -> None:
 @pytest.mark.parametrize("name", ["chime", "sherman"])
 @pytest.mark.parametrize("key_bytes", [8, 32])
 def test_batches_cost_a_constant_number_of_round_trips(dm, name: str, key_bytes: int) -> None:
-    """A batch of lookups shares one doorbell per DM_MAX_BATCH (256) verbs; a batched update or
+    """A batch of lookups shares one doorbell per DM_MAX_BATCH verbs; a batched update or
     delete is one lock-all doorbell (lock CAS || leaf READ per leaf) and one write-all doorbell
-    (WRITE || unlock CAS per leaf), each split only at 256 verbs."""
+    (WRITE || unlock CAS per leaf), each split only at DM_MAX_BATCH verbs."""
     idx = kindex.open(name, dm, key_bytes, cache_mb=8)
     keys = make_keys(np.arange(1, 20001), key_bytes)
     idx.put(keys, np.arange(20000, dtype=np.uint64))
@@ -223,11 +224,12 @@ def test_sherman_protocol_costs(dm, key_bytes: int, leaf_bytes: int) -> None:
 
 @pytest.mark.parametrize("name", ["chime", "sherman"])
 def test_window_caps_lookups_per_doorbell(dm, name: str) -> None:
-    """The default puts all 640 lookups into as few doorbells as 256 verbs a doorbell allow;
-    window=64 caps a doorbell at 64 lookups."""
+    """The default puts all 640 lookups into as few doorbells as DM_MAX_BATCH verbs a doorbell
+    allow (one READ each, a retry aside); window=64 caps a doorbell at 64 lookups."""
     keys = make_keys(np.arange(1, 3001), 8)
     probe = np.concatenate([keys[:600], make_keys(np.arange(90001, 90041), 8)])
-    for window, rtts in ((0, (3, 4)), (64, (10, 10))):
+    fewest = -(-640 // lib.DM_MAX_BATCH)
+    for window, rtts in ((0, (fewest, fewest + 1)), (64, (10, 10))):
         idx = kindex.open(name, dm, 8, window=window, root_slot=20)
         idx.put(keys, np.arange(3000, dtype=np.uint64))
         idx.get(probe)
@@ -247,8 +249,8 @@ def test_prefix_match_strategies(dm, name: str) -> None:
     keys = make_keys(np.arange(1, 201), 8)
     idx = kindex.open(name, dm, 8, root_slot=40)
     idx.put(keys[:137], np.arange(137, dtype=np.uint64))
-    # race: a hit is 2 round trips; its 200 lookups pipeline into ceil(400 / 256) + 1 doorbells
-    par = (1, 1) if name != "race" else (3, 3)
+    # race: a hit is 2 round trips; its 200 lookups pipeline into ceil(400 / DM_MAX_BATCH) + 1 doorbells
+    par = (1, 1) if name != "race" else (-(-400 // lib.DM_MAX_BATCH) + 1,) * 2
     for lpm, exact, rtts in (("parallel", False, par), ("sequential", False, (138, 138 * par[1])),
                              ("kary", False, (2, 2 * par[1])), ("kary", True, (3, 2 * par[1] + par[1])),
                              ("auto", False, par)):

@@ -18,9 +18,11 @@ from index_helpers import crash_holding_lock, encode, make_keys, open_client, ru
 
 import kvdm.index as kindex
 from kvdm.index.api import Index, RangeNotSupported
+from kvdm.native import lib
 from kvdm.transport import MemoryNodeFull, ShmMemoryNode, TransportConfig, connect
 
 SPAWN = mp.get_context("spawn")
+WB_KEYS = lib.DM_MAX_BATCH // 3  # keys of a batched write's group: 3 verbs a key in a doorbell
 LOOKUP_BYTES = 2 * 128 + 64  # two combined buckets, then one KV block
 INSERT_BYTES_READ = 2 * (2 * 128) + 8  # buckets before and after the CAS, the CAS's old value
 INSERT_BYTES_WRITTEN = 64 + 8  # the KV block and the CAS
@@ -280,7 +282,7 @@ def test_batched_put_update_delete_cost_a_few_round_trips(key_bytes: int) -> Non
 @pytest.mark.timeout(60)
 def test_window_bounds_the_keys_of_a_write_doorbell() -> None:
     """window=8: a put of 64 keys runs 8 groups (each its own phase-1 doorbell); window=0 (the
-    default) one group of up to 85 keys (3 verbs a key, 256 verbs a doorbell)."""
+    default) one group of up to DM_MAX_BATCH / 3 keys (3 verbs a key)."""
     idx = fresh_race(8, window=8)
     idx.put_one(1, 1)
     idx.reset_counters()
@@ -291,10 +293,11 @@ def test_window_bounds_the_keys_of_a_write_doorbell() -> None:
     idx = fresh_race(8)
     idx.put_one(1, 1)
     idx.reset_counters()
-    idx.put(np.arange(2, 202, dtype=np.uint64), np.arange(2, 202, dtype=np.uint64))
+    n = 2 * WB_KEYS + 30
+    idx.put(np.arange(2, 2 + n, dtype=np.uint64), np.arange(2, 2 + n, dtype=np.uint64))
     c = idx.counters()
-    assert c["batch_rounds"] == 3 and c["rtts"] <= 12  # 85 + 85 + 30 keys
-    assert (idx.get(np.arange(2, 202, dtype=np.uint64))[0] == np.arange(2, 202)).all()
+    assert c["batch_rounds"] == 3 and c["rtts"] <= 12  # WB_KEYS + WB_KEYS + 30 keys
+    assert (idx.get(np.arange(2, 2 + n, dtype=np.uint64))[0] == np.arange(2, 2 + n)).all()
     idx.close()
 
 
@@ -332,7 +335,7 @@ def test_batched_puts_that_split_subtables(key_bytes: int, split: dict[str, bool
         idx.put(keys[i:i + 512], ints[i:i + 512])
     c = idx.counters()
     assert c["splits"] >= 8 and 0 < c["batch_deferred"] < len(ints) // 10
-    assert c["batch_rounds"] == sum(-(-min(512, len(ints) - i) // 85) for i in range(0, len(ints), 512))
+    assert c["batch_rounds"] == sum(-(-min(512, len(ints) - i) // WB_KEYS) for i in range(0, len(ints), 512))
     assert c["puts"] == len(ints)
     vals, found = idx.get(keys)
     assert found.all() and (vals == ints).all()

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from kvdm.native import lib
 from kvdm.transport import DMContext, DMError, RegionMissing
 from kvdm.transport import verbs_memnode as vm
 
@@ -176,7 +177,7 @@ def verbs_built_in() -> bool:
     ("verbs://h:0", "port must be 1..65535"),
     ("verbs://h:99999?dev=rxe0", "port must be 1..65535"),
     ("verbs://h:1?color=red", "unknown key 'color' (valid: dev, gid, ib_port, timeout, sq)"),
-    ("verbs://h:1?sq=0", "sq must be 1..256"),
+    ("verbs://h:1?sq=0", f"sq must be 1..{lib.DM_MAX_BATCH}"),
     ("verbs://h:1?gid=one", "gid must be a GID index or 'auto'"),
     ("verbs://h:1?ib_port=0", "ib_port must be 1..255"),
     ("verbs://h:1?timeout=0", "timeout must be 1..3600"),

@@ -21,8 +21,8 @@ Options (keyword arguments; anything else is a ValueError listing these):
 * ``max_wait_ms`` (10000): give up on one lock after this long (TimeoutError);
 * ``window`` (0): at most this many keys' first READs per doorbell; 0 = every key of the
   call, split only at the transport's limit of 1,024 verbs per doorbell (``DM_MAX_BATCH``; the
-  verbs backend posts it in chunks of the QP's send-queue depth). 1 is the one-key-per-round-trip baseline, for writes too
-  (a batched put or delete otherwise locks all its leaves in one doorbell and writes them in
+  verbs backend posts it in chunks of the QP's send-queue depth). 1 is the one-key-per-round-trip
+  baseline, for writes too (a batched put or delete otherwise locks all its leaves in one doorbell and writes them in
   a second: native/btree_batch.inc, race.inc).
 * ``lpm`` ("auto"): how :meth:`~NativeIndex.prefix_match` runs: ``parallel`` (every key in
   one doorbell; exact), ``kary`` (rounds of ``lpm_fanout`` evenly spaced probes; assumes

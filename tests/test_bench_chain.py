@@ -53,7 +53,7 @@ def test_native_rows_are_complete_and_exact(native_run: tuple[str, pd.DataFrame,
     assert (rows["p99_us"] >= rows["p50_us"]).all() and (rows["p50_us"] > 0).all()
     # the modelled time is in the latency: at least one 2 us round trip per call
     assert (rows["p50_us"] >= 2.0).all()
-    assert "measured in C (the C loop) + the transport's modelled time" in stdout
+    assert "measured in C (the C loop), the transport's modelled time in place of its execution" in stdout
     assert (out / "fig.png").stat().st_size > 10_000
 
 

@@ -26,9 +26,10 @@ length N of ``--chain-lengths`` and every backend of the run this measures both:
   ``prefix_match`` (strategy ``-``).
 * **Timing.** Native indexes: each call is timed in C (the replay engine's C loop,
   ``--driver auto|c``) or around the C call (``Index.last_call_ns``, ``--driver python``); with
-  ``--latency-model virtual`` the transport's modelled time of the call (``virtual_ns``) is
-  added. Redis is timed the same way: in C through a hiredis client (``--driver auto|c``), or
-  around the redis-py call (``--driver python``); other backends in Python around the call.
+  ``--latency-model virtual`` the transport's modelled time of the call (``virtual_ns``)
+  replaces its execution of the verbs (``exec_ns``). Redis is timed the same way: in C through
+  a hiredis client (``--driver auto|c``), or around the redis-py call (``--driver python``);
+  other backends in Python around the call.
   Counters are deltas of ``Index.counters()`` over the timed calls, per call: ``rtts`` (Redis: its round trips),
   ``reads``, ``bytes_read``, ``bytes_written``, and retries (lock CAS failures, version
   mismatches, go-right reads, torn re-reads).
@@ -383,7 +384,7 @@ def run_chain(cfg: ChainConfig, quiet: bool = False) -> RunResults:
     say(f"# retry/op: {', '.join(RETRY_COUNTERS)} per call (native indexes; every counter per call is in the "
         "results file)")
     for backend, how in clocks.items():
-        extra = " + the transport's modelled time (virtual_ns)" if remote_memory(backend) and \
+        extra = ", the transport's modelled time in place of its execution" if remote_memory(backend) and \
             cfg.transport.latency_model == "virtual" else ""
         say(f"# {backend}: latency per call measured {how}{extra}")
     meta = {"kind": RESULTS_KIND, "config": _config_dict(cfg), "machine": machine_description(),
@@ -407,7 +408,7 @@ def figure_note(cfg: ChainConfig) -> str:
     parts = []
     if native:
         parts.append(f"native ({', '.join(native)}): {t.transport}, latency model {t.latency_model}"
-                     + (f" {t.rtt_us:g} us RTT (modelled time added)" if t.latency_model == "virtual" else
+                     + (f" {t.rtt_us:g} us RTT (modelled, not waited)" if t.latency_model == "virtual" else
                         f" {t.rtt_us:g} us RTT" if t.latency_model == "spin" else "") + ", timed in C")
     if any(s.name == "redis" for s in cfg.indexes):
         parts.append("redis: timed " + ("around the redis-py call" if cfg.driver == "python" else "in C (hiredis)"))

@@ -13,8 +13,8 @@ into chunk keys, then one prefix match, swept over the prompt length and the bac
   ``lookup_many`` call (one batch of every prompt's keys).
 * **Timing.** Per prompt, in Python: the hashing (``chunk_keys``, the key computation that
   ``lookup``/``store``/``retrieve_mask`` run: reading the ids and the C chain) and the index
-  call (native indexes: the C call's own time, plus the transport's modelled time with
-  ``--latency-model virtual``; Redis and others: around the client call). A prompt's latency
+  call (native indexes: the C call's own time, with ``--latency-model virtual`` the transport's
+  modelled time in place of its execution of the verbs; Redis and others: around the client call). A prompt's latency
   is their sum. prompts/s and tokens/s are 1 / mean of that.
 * **Reference.** ``hashlib.sha256`` over each prompt's token bytes (one call, 4 bytes per
   token, the bytes made beforehand), timed the same way: its p50 per prompt beside the hashing

@@ -12,8 +12,8 @@ threads one shared local lock table (native indexes). Every call carries ``--bat
 chunks and each is run and timed in C (the C measuring loop; Redis through a hiredis client).
 With ``--driver python`` a native index's call is timed around its C call alone
 (``Index.last_call_ns``) and Redis around the redis-py call; other backends (dict) always are
-timed around the Python call. With ``--latency-model virtual`` the transport's modelled time is
-added (native indexes). Prints Mops, p50/p99 per
+timed around the Python call. With ``--latency-model virtual`` the transport's modelled time
+replaces its execution of the verbs (native indexes). Prints Mops, p50/p99 per
 call, RTTs, verbs and bytes per key, cache hit ratio, retries, and for Redis server CPU per key.
 
 ``--op chain``: per chain length N (``--chain-lengths``, default 1,2,4,...,512), ``--chains``

@@ -7,8 +7,9 @@ client keeps trace order among its own requests. Modes:
 * ``realtime``: request r is issued at its trace timestamp (wall clock since the start);
 * ``compressed:X``: at timestamp / X.
 
-An operation's latency is its service time plus the transport's modelled time
-(``virtual_ns``) when the latency model is ``virtual``. With the C loop (``--driver auto``, the
+An operation's latency is its service time; with latency model ``virtual`` its modelled network
+time (``virtual_ns``) replaces the transport's own execution of its verbs (``exec_ns``: on shm the
+emulated NIC's work; ``kvdm.transport.virtual_charge``). With the C loop (``--driver auto``, the
 default, for the native indexes and Redis) every op is run and timed in C (Redis: a hiredis
 client speaking the redis-py path's protocol). With ``--driver python`` the service time is the
 backend's own (``Index.last_call_ns``: the C call of a native index, without the Python wrapper,

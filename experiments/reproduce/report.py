@@ -441,8 +441,9 @@ def _load_section(rep: Report, rp: Reproduction, out: Path) -> None:
           "so a backend's knee is the pace where the rate it delivers parts from the rate the trace offers. "
           f"Each point runs at most {cfg.load_duration_s:g} s of wall time from the trace's start (slow paces cover "
           "only the trace's first part); rates count every op type over the run's wall time."
-          + (" With latency model virtual the native indexes' modelled network time is added to each op's latency "
-             "but not waited for, so their rates are what this CPU sustains, an upper bound for a real network."
+          + (" With latency model virtual the native indexes' modelled network time is in each op's latency "
+             "(in place of the emulated NIC's execution) but not waited for, so their rates are what this CPU "
+             "sustains, an upper bound for a real network."
              if cfg.transport.latency_model == "virtual" else ""))
     fig3 = {id(r) for runs in rp.fig3.values() for r in runs}
     rows = []

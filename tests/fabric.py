@@ -16,7 +16,6 @@ A verbs fabric may also put its memory nodes on one device and its clients on an
 
 from __future__ import annotations
 
-import argparse
 import gc
 import itertools
 import logging
@@ -179,10 +178,8 @@ def fork_verbs_node(tmp: Path, node_id: int = 0, size: int = 64 << 20, server: E
     descriptor it inherited, so it holds no client connection or device handle of ours.
     It serves on ``server``'s device, GID and address; with ``client`` the returned URI names
     that side's device and GID, so clients attach from there."""
-    from kvdm.transport import verbs_memnode
+    from kvdm.transport import serve_memory_node
 
-    args = argparse.Namespace(size=size, node_id=node_id, device=server.device, ib_port=1, port=0,
-                              listen=server.ip, gid_index=server.gid_index)
     log = tmp / f"memnode-{node_id}-{next(_serial)}.log"
     r, w = os.pipe()
     sys.stdout.flush()
@@ -202,7 +199,8 @@ def fork_verbs_node(tmp: Path, node_id: int = 0, size: int = 64 << 20, server: E
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, signal.SIG_DFL)  # serve() installs its own stop handlers
             logging.getLogger().handlers.clear()  # pytest's (their files are closed): serve() sets its own
-            code = verbs_memnode.serve(args)
+            code = serve_memory_node("verbs", size, node_id, device=server.device, gid_index=server.gid_index,
+                                     port=0, listen=server.ip)
         except BaseException:  # noqa: BLE001 (reported in the node's log, then exit)
             traceback.print_exc()
         finally:

@@ -32,15 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from kvdm.transport import DMContext, ShmMemoryNode, TransportConfig, connect
+from kvdm.transport import DMContext, ShmMemoryNode, TransportConfig, connect, rdma_devices
 
 T = TypeVar("T")
-
-
-def rdma_devices() -> list[str]:
-    """The RDMA devices of this machine (none on the host; rxe0 in the SoftRoCE guest)."""
-    ib = Path("/sys/class/infiniband")
-    return sorted(p.name for p in ib.iterdir()) if ib.is_dir() else []
 
 
 DEVICE = os.environ.get("SOFTROCE_DEV") or (rdma_devices() or ["rxe0"])[0]

@@ -10,13 +10,12 @@ import struct
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from kvdm.native import lib
-from kvdm.transport import DMContext, DMError, RegionMissing
+from kvdm.transport import DMContext, DMError, RegionMissing, rdma_devices
 from kvdm.transport import verbs_memnode as vm
 
 GID = bytes(10) + b"\xff\xff" + bytes([10, 77, 0, 1])
@@ -24,8 +23,7 @@ GOOD = vm.QPInfo(qpn=17, psn=0x123456, lid=0, mtu=3, rd_atomic=16, gid=GID)
 
 
 def has_rdma_device() -> bool:
-    ib = Path("/sys/class/infiniband")
-    return ib.is_dir() and any(ib.iterdir())
+    return bool(rdma_devices())
 
 
 class RefusingConnector:

@@ -36,7 +36,15 @@ from .dm import (
 )
 from .lifecycle import on_exit, pid_running, stop_on_signals
 from .memnode import ShmMemoryNode, clean, embedded_nodes, list_regions
-from .verbs_memnode import gid_ipv4, gid_text, pick_gid, pyverbs_enums, query_gids
+from .verbs_memnode import (
+    SYS_IB,
+    gid_ipv4,
+    gid_text,
+    pick_gid,
+    pyverbs_enums,
+    query_gids,
+    rdma_devices,
+)
 
 
 @contextmanager
@@ -89,9 +97,10 @@ def serve_memory_node(transport: str = "shm", size: int = 4 << 30, node_id: int 
 
 
 __all__ = [
-    "LATENCY_MODELS", "TRANSPORTS", "AddressError", "BadRegion", "DMContext", "DMError", "InvalidArgument",
+    "LATENCY_MODELS", "SYS_IB", "TRANSPORTS", "AddressError", "BadRegion", "DMContext", "DMError", "InvalidArgument",
     "MemoryNodeFull", "RegionExists", "RegionMissing", "ShmMemoryNode", "Timeout", "TransportConfig",
     "TransportUnavailable", "clean", "connect", "embedded_nodes", "gaddr", "gid_ipv4", "gid_text", "list_regions",
     "memory_nodes", "on_exit", "parse_size", "pick_gid", "pid_running", "pyverbs_enums", "query_gids", "raise_for",
+    "rdma_devices",
     "root_gaddr", "serve_memory_node", "stop_on_signals", "virtual_charge",
 ]

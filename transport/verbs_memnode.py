@@ -175,6 +175,14 @@ def encode_reject(reason: str) -> bytes:
 # ---- pyverbs helpers (also used by `kvdm doctor`) ---------------------------------------------
 
 
+SYS_IB = Path("/sys/class/infiniband")
+
+
+def rdma_devices() -> list[str]:
+    """This machine's RDMA devices, by name (none on a plain host; rxe0 in the SoftRoCE guest)."""
+    return sorted(p.name for p in SYS_IB.iterdir()) if SYS_IB.is_dir() else []
+
+
 def pyverbs_enums() -> Any:
     """pyverbs' enum module (renamed in newer rdma-core)."""
     try:

@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kvdm.transport import rdma_devices
+
 SOFTROCE_DIR = Path(__file__).resolve().parents[2] / "transport" / "softroce"
-SYS_IB = Path("/sys/class/infiniband")
 
 
 @dataclass
@@ -85,7 +86,7 @@ def check_pyverbs() -> Check:
 
 def check_devices() -> Check:
     """Every RDMA device with its ports and non-zero GIDs (through pyverbs when possible)."""
-    names = sorted(p.name for p in SYS_IB.iterdir()) if SYS_IB.is_dir() else []
+    names = rdma_devices()
     if not names:
         return Check("RDMA devices", "missing", "none on this machine",
                      "use real RDMA hardware, set up SoftRoCE (see below), or run in the SoftRoCE guest")
@@ -134,7 +135,7 @@ def check_softroce() -> Check:
     """Whether rdma_rxe can run here; if not, whether the qemu guest harness can."""
     kernel = platform.release()
     if Path("/sys/module/rdma_rxe").exists():
-        rxe = sorted(p.name for p in SYS_IB.glob("rxe*")) if SYS_IB.is_dir() else []
+        rxe = [d for d in rdma_devices() if d.startswith("rxe")]
         detail = f"rdma_rxe loaded (kernel {kernel}); rxe devices: {', '.join(rxe) or 'none'}"
         return Check("SoftRoCE", "ok", detail,
                      "" if rxe else "add a device: rdma link add rxe0 type rxe netdev <ethX>")

@@ -8,6 +8,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from kvdm.transport import rdma_devices
+
 from . import UsageError, choices_type, count0, non_negative, positive
 from .options import add_transport_options, transport_config
 from .options_redis import add_redis_options, given_redis_flags, redis_options
@@ -119,12 +121,6 @@ def config_from_args(args: argparse.Namespace) -> Any:
               "cache_mb": args.cache_mb, "redis_options": redis_options(args, start_local=False),
               "steps": tuple(args.steps), "resume": args.resume, **substrate, **given}
     return ReproduceConfig.quick_defaults(**common) if args.quick else ReproduceConfig(**common)
-
-
-def rdma_devices() -> list[str]:
-    """This machine's RDMA devices (none on a plain host; rxe0 in the SoftRoCE guest)."""
-    ib = Path("/sys/class/infiniband")
-    return sorted(d.name for d in ib.iterdir()) if ib.is_dir() else []
 
 
 def same_substrate(args: argparse.Namespace) -> dict[str, Any]:

@@ -8,9 +8,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from kvdm.transport import TransportConfig
-
-SYS_IB = Path("/sys/class/infiniband")
+from kvdm.transport import SYS_IB, TransportConfig, rdma_devices
 
 
 def emulation_note(cfg: TransportConfig, uris: list[str]) -> str:
@@ -22,7 +20,7 @@ def emulation_note(cfg: TransportConfig, uris: list[str]) -> str:
     devices = {parse_qs(urlsplit(u).query).get("dev", [""])[0] for u in uris if u.startswith("verbs://")}
     if "" in devices:  # no dev= in the URI: the client takes the first device
         devices.discard("")
-        devices.update(sorted(p.name for p in SYS_IB.iterdir())[:1] if SYS_IB.is_dir() else [])
+        devices.update(rdma_devices()[:1])
     soft = sorted(d for d in devices if "/virtual/" in str((SYS_IB / d).resolve()))
     if soft:
         why.append(f"{', '.join(soft)} is software RDMA (SoftRoCE/siw: the kernel emulates the NIC)")

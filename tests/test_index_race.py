@@ -549,3 +549,81 @@ def test_batch_writers_split_across_two_memory_nodes(key_bytes: int, tear: bool)
         assert not idx.get(keys)[1].any()
         idx.close()
         ctx.close()
+
+
+# ---- prefix match: a k-ary search whose rounds read buckets only ----
+
+M64 = (1 << 64) - 1
+
+
+def _mix64(x: int) -> int:  # kvidx_mix64
+    x ^= x >> 33
+    x = (x * 0xFF51AFD7ED558CCD) & M64
+    x ^= x >> 33
+    x = (x * 0xC4CEB9FE1A85EC53) & M64
+    return x ^ (x >> 33)
+
+
+def _fp_and_bucket(key: int) -> tuple[int, int]:
+    """An 8-byte key's fingerprint and first candidate's first bucket (layout of native/race.inc)."""
+    h1 = _mix64(key)
+    return (h1 >> 8) & 0xFF, 3 * (h1 % 64) + ((h1 >> 6) & 1)
+
+
+def _kary_rounds(n: int, b: int = 16) -> int:
+    r, span = 0, 1
+    while span < n + 1:
+        r, span = r + 1, span * (b + 1)
+    return max(r, 1)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("key_bytes", [8, 32])
+def test_kary_rounds_read_buckets_and_one_doorbell_verifies(key_bytes: int) -> None:
+    """lpm=kary on prefix-closed chains: each round READs only its probes' buckets (a present
+    probe: a slot's fingerprint and hash bits match), the KV blocks of the present ones ride in
+    the next round's doorbell or one last one: at most rounds + 1 RTT (3 for a 167-key chain,
+    lpm_kary's 4), and the length is the true one, with found/vals right where found."""
+    idx = fresh_race(key_bytes, lpm="kary")
+    base = 1
+    for n in (1, 2, 16, 17, 40, 167, 300):
+        for cached in sorted({0, 1, n // 3, n - 1, n}):
+            ints = np.arange(base, base + n, dtype=np.uint64)
+            base += n
+            keys = make_keys(ints, key_bytes)
+            if cached:
+                idx.put(keys[:cached], ints[:cached] * np.uint64(5))
+            idx.reset_counters()
+            matched, vals, found = idx.prefix_lookup(keys)
+            c = idx.counters()
+            assert matched == cached, (n, cached)
+            assert not found[cached:].any() and (vals[found] == ints[found] * np.uint64(5)).all()
+            assert c["lpm_kary"] == 1 and c["rtts"] <= _kary_rounds(n) + 1, (n, cached, c["rtts"])
+            if n == 167 and 0 < cached < n:
+                assert c["rtts"] == 3
+            assert c["bytes_read"] <= _kary_rounds(n) * 16 * (256 + 64) + 256  # buckets and a KV block a probe
+    idx.close()
+
+
+@pytest.mark.timeout(60)
+def test_kary_fingerprint_collision_starts_over_with_lookups() -> None:
+    """A probe whose buckets hold another key's matching fingerprint looks present; when it
+    decided the search, its KV block (read one doorbell later) gives it away and the search
+    starts over with lookups that read KV blocks: the length stays the true one. Planted with
+    split_reads_kv (slots carry no hash bits: the fingerprint alone matches): chain key 21
+    (probed at length 22 in round 1) is absent and a decoy with its fingerprint sits in its
+    first candidate."""
+    idx = fresh_race(8, lpm="kary", split_reads_kv=True)
+    chain = [1_000_000 + i for i in range(40)]
+    fp, bucket = _fp_and_bucket(chain[21])
+    decoy = next(k for k in range(10**7, 10**7 + 10**6) if _fp_and_bucket(k) == (fp, bucket))
+    idx.put(np.array(chain[:20] + [decoy], dtype=np.uint64), np.arange(21, dtype=np.uint64))
+    idx.reset_counters()
+    assert idx.prefix_match(np.array(chain, dtype=np.uint64)) == 20
+    assert idx.counters()["rtts"] > 3  # the bucket rounds (2) and the verify, then lpm_kary's own
+    plain = fresh_race(8, lpm="kary", split_reads_kv=True)
+    plain.put(np.array(chain[:20], dtype=np.uint64), np.arange(20, dtype=np.uint64))
+    plain.reset_counters()
+    assert plain.prefix_match(np.array(chain, dtype=np.uint64)) == 20 and plain.counters()["rtts"] <= 3
+    idx.close()
+    plain.close()

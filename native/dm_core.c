@@ -106,8 +106,9 @@ int dm_num_nodes(const dm_ctx *ctx) { return ctx->num_nodes; }
 
 static const char *const VERB_NAME[] = {"READ", "WRITE", "CAS", "FAA"};
 
-/* Why a verb for [o, o+len) on node nid cannot be posted (DM_OK if it can). */
-static int check_target(dm_ctx *ctx, int op, uint32_t len, dm_gaddr g) {
+/* Why a verb for [o, o+len) on node nid cannot be posted (DM_OK if it can). Cold: post runs
+ * target_ok first and comes here only when that fails, for the message. */
+static int __attribute__((noinline, cold)) check_target(dm_ctx *ctx, int op, uint32_t len, dm_gaddr g) {
     const char *verb = VERB_NAME[op];
     unsigned nid = DM_GADDR_NODE(g);
     uint64_t o = DM_GADDR_OFFSET(g);
@@ -130,13 +131,26 @@ static int check_target(dm_ctx *ctx, int op, uint32_t len, dm_gaddr g) {
     return DM_OK;
 }
 
+/* Whether check_target would pass: the same tests as one branch-light expression, so a post
+ * inlines into dm_read & co. without the error paths' calls and spills. */
+static inline int target_ok(const dm_ctx *ctx, int op, uint32_t len, dm_gaddr g) {
+    unsigned nid = DM_GADDR_NODE(g);
+    uint64_t o = DM_GADDR_OFFSET(g);
+    const dm_node *n = nid <= DM_MAX_NODES ? ctx->nodes[nid] : NULL;
+    return n != NULL && !(o % 8) && (o >= DM_HDR_ROOTS || (op == DM_OP_FAA && o == DM_HDR_ALLOC)) &&
+           o < n->size && len <= n->size - o && ctx->nbatch < DM_MAX_BATCH;
+}
+
 /* Validate a verb and append it to the batch; a failed post leaves the batch as it was. The
  * fields are stored straight into the batch slot: building a dm_verb and copying it made every
  * post reload its narrow fields as wide words (a store-forwarding stall, ~20 ns a verb). */
-static inline int post(dm_ctx *ctx, int op, uint32_t len, dm_gaddr g, void *local, const void *src,
-                       uint64_t compare, uint64_t swap, uint64_t *old_out) {
-    int rc = check_target(ctx, op, len, g);
-    if (rc != DM_OK) return rc;
+static inline __attribute__((always_inline)) int post(dm_ctx *ctx, int op, uint32_t len, dm_gaddr g, void *local,
+                                                      const void *src, uint64_t compare, uint64_t swap,
+                                                      uint64_t *old_out) {
+    if (__builtin_expect(!target_ok(ctx, op, len, g), 0)) {
+        int rc = check_target(ctx, op, len, g);
+        return rc != DM_OK ? rc : dm_fail(ctx, DM_EPROTO, "%s: verb rejected", VERB_NAME[op]); /* not reached */
+    }
     dm_verb *v = &ctx->batch[ctx->nbatch++];
     v->op = (uint8_t)op;
     v->node = (uint16_t)DM_GADDR_NODE(g);
@@ -151,11 +165,15 @@ static inline int post(dm_ctx *ctx, int op, uint32_t len, dm_gaddr g, void *loca
     return DM_OK;
 }
 
-static int check_xfer(dm_ctx *ctx, int op, uint32_t len, const void *buf) {
+static int __attribute__((noinline, cold)) xfer_fail(dm_ctx *ctx, int op, uint32_t len, const void *buf) {
     if (len == 0 || len > DM_MAX_XFER)
         return dm_fail(ctx, DM_EINVAL, "%s: length %u not in 1..%u", VERB_NAME[op], len, DM_MAX_XFER);
     if (!buf) return dm_fail(ctx, DM_EINVAL, "%s: local buffer is NULL", VERB_NAME[op]);
     return DM_OK;
+}
+
+static inline int check_xfer(dm_ctx *ctx, int op, uint32_t len, const void *buf) {
+    return __builtin_expect(len - 1 < DM_MAX_XFER && buf, 1) ? DM_OK : xfer_fail(ctx, op, len, buf);
 }
 
 int dm_read(dm_ctx *ctx, void *local, dm_gaddr remote, uint32_t len) {

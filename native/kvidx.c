@@ -362,7 +362,9 @@ int kvidx_cache_init(kvidx_cache *c, double mb, size_t blob, kvidx_stats *st) {
     c->mask = CACHE_MIN_TABLE - 1;
     c->tbl = calloc(CACHE_MIN_TABLE, sizeof *c->tbl);
     c->free_slots = malloc(c->cap * sizeof *c->free_slots);
-    c->slots = malloc(c->cap * c->slot); /* reserved; pages are touched as slots are handed out */
+    /* reserved; pages are touched as slots are handed out. Line-aligned: a 992-byte node spans
+     * 16 lines, not 17 */
+    c->slots = aligned_alloc(DM_LINE, c->cap * c->slot);
     if (c->tbl && c->free_slots && c->slots) return DM_OK;
     kvidx_cache_free(c);
     return DM_ENOMEM;
@@ -393,6 +395,42 @@ void *kvidx_cache_get(kvidx_cache *c, dm_gaddr key) {
     if (!e->key) return NULL;
     e->hits++;
     return slot_at(c, e->slot);
+}
+
+/* A load whose value nobody uses: it starts the line's cache miss. Prefetch instructions would
+ * be dropped once the core's miss buffers fill, which a batch's lookups do at once. */
+static inline void touch(const void *p) { (void)*(const volatile uint8_t *)p; }
+
+void kvidx_cache_get_many(kvidx_cache *c, const dm_gaddr *keys, size_t n, const uint8_t **out) {
+    if (!c->slots || n > KVIDX_CACHE_GROUP) {
+        for (size_t i = 0; i < n; i++) out[i] = kvidx_cache_get(c, keys[i]);
+        return;
+    }
+    size_t at[KVIDX_CACHE_GROUP];
+    for (size_t i = 0; i < n; i++) { /* the index entries first (a key repeating its predecessor: no probe) */
+        at[i] = home(c, DM_GADDR_WITH_TAG(keys[i], 0));
+        touch(&c->tbl[at[i]]);
+    }
+    for (size_t i = 0; i < n; i++) {
+        uint64_t key = DM_GADDR_WITH_TAG(keys[i], 0);
+        if (i && key == DM_GADDR_WITH_TAG(keys[i - 1], 0)) {
+            out[i] = out[i - 1];
+            at[i] = at[i - 1];
+            if (out[i]) c->tbl[at[i]].hits++;
+            continue;
+        }
+        size_t j = at[i];
+        while (c->tbl[j].key && c->tbl[j].key != key) j = (j + 1) & c->mask;
+        at[i] = j;
+        if (!c->tbl[j].key) {
+            out[i] = NULL;
+            continue;
+        }
+        c->tbl[j].hits++;
+        const uint8_t *blob = slot_at(c, c->tbl[j].slot);
+        for (size_t o = 0; o < c->blob; o += DM_LINE) touch(blob + o); /* slots are line-aligned */
+        out[i] = blob;
+    }
 }
 
 static void remove_at(kvidx_cache *c, size_t i) {

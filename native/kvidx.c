@@ -104,13 +104,15 @@ int kvidx_post_release(kvidx_locker *lk, dm_gaddr lock_addr, uint64_t word, uint
     return dm_cas(lk->ctx, lock_addr, word, 0, old_out);
 }
 
-/* One doorbell (or as many as DM_MAX_BATCH needs) of CAS || READ for req[a..b) not held. */
+/* One doorbell (or as many as DM_MAX_BATCH needs) of CAS || READ for req[a..b) not held. The
+ * round's locks share one lease deadline (one clock read, not one per lock). */
 static int lock_round(kvidx_locker *lk, kvidx_lockreq *req, size_t a, size_t b, uint64_t *old) {
     int rc = DM_OK;
+    uint64_t word = lock_word(lk);
     for (size_t i = a; i < b && rc == DM_OK; i++) {
         if (req[i].held) continue;
         if (dm_batch_len(lk->ctx) + 2 > DM_MAX_BATCH) rc = dm_submit(lk->ctx);
-        req[i].word = lock_word(lk);
+        req[i].word = word;
         if (rc == DM_OK) rc = post_lock(lk, req[i].lock, req[i].expect, req[i].word, &req[i].rd, 1, &old[i]);
     }
     if (rc == DM_OK) return dm_submit(lk->ctx);

@@ -403,7 +403,7 @@ void *kvidx_cache_get(kvidx_cache *c, dm_gaddr key) {
  * be dropped once the core's miss buffers fill, which a batch's lookups do at once. */
 static inline void touch(const void *p) { (void)*(const volatile uint8_t *)p; }
 
-void kvidx_cache_get_many(kvidx_cache *c, const dm_gaddr *keys, size_t n, const uint8_t **out) {
+void kvidx_cache_get_many(kvidx_cache *c, const dm_gaddr *keys, size_t n, const uint8_t **out, size_t load) {
     if (!c->slots || n > KVIDX_CACHE_GROUP) {
         for (size_t i = 0; i < n; i++) out[i] = kvidx_cache_get(c, keys[i]);
         return;
@@ -430,7 +430,7 @@ void kvidx_cache_get_many(kvidx_cache *c, const dm_gaddr *keys, size_t n, const 
         }
         c->tbl[j].hits++;
         const uint8_t *blob = slot_at(c, c->tbl[j].slot);
-        for (size_t o = 0; o < c->blob; o += DM_LINE) touch(blob + o); /* slots are line-aligned */
+        for (size_t o = 0; o < load && o < c->blob; o += DM_LINE) touch(blob + o); /* slots are line-aligned */
         out[i] = blob;
     }
 }

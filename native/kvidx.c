@@ -399,11 +399,7 @@ void *kvidx_cache_get(kvidx_cache *c, dm_gaddr key) {
     return slot_at(c, e->slot);
 }
 
-/* A load whose value nobody uses: it starts the line's cache miss. Prefetch instructions would
- * be dropped once the core's miss buffers fill, which a batch's lookups do at once. */
-static inline void touch(const void *p) { (void)*(const volatile uint8_t *)p; }
-
-void kvidx_cache_get_many(kvidx_cache *c, const dm_gaddr *keys, size_t n, const uint8_t **out, size_t load) {
+void kvidx_cache_get_many(kvidx_cache *c, const dm_gaddr *keys, size_t n, const uint8_t **out) {
     if (!c->slots || n > KVIDX_CACHE_GROUP) {
         for (size_t i = 0; i < n; i++) out[i] = kvidx_cache_get(c, keys[i]);
         return;
@@ -411,7 +407,7 @@ void kvidx_cache_get_many(kvidx_cache *c, const dm_gaddr *keys, size_t n, const 
     size_t at[KVIDX_CACHE_GROUP];
     for (size_t i = 0; i < n; i++) { /* the index entries first (a key repeating its predecessor: no probe) */
         at[i] = home(c, DM_GADDR_WITH_TAG(keys[i], 0));
-        touch(&c->tbl[at[i]]);
+        kvidx_touch(&c->tbl[at[i]]);
     }
     for (size_t i = 0; i < n; i++) {
         uint64_t key = DM_GADDR_WITH_TAG(keys[i], 0);
@@ -429,9 +425,7 @@ void kvidx_cache_get_many(kvidx_cache *c, const dm_gaddr *keys, size_t n, const 
             continue;
         }
         c->tbl[j].hits++;
-        const uint8_t *blob = slot_at(c, c->tbl[j].slot);
-        for (size_t o = 0; o < load && o < c->blob; o += DM_LINE) touch(blob + o); /* slots are line-aligned */
-        out[i] = blob;
+        out[i] = slot_at(c, c->tbl[j].slot);
     }
 }
 

@@ -104,13 +104,15 @@ int kvidx_post_release(kvidx_locker *lk, dm_gaddr lock_addr, uint64_t word, uint
     return dm_cas(lk->ctx, lock_addr, word, 0, old_out);
 }
 
-/* One doorbell (or as many as DM_MAX_BATCH needs) of CAS || READ for req[a..b) not held. */
+/* One doorbell (or as many as DM_MAX_BATCH needs) of CAS || READ for req[a..b) not held. The
+ * round's locks share one lease deadline (one clock read, not one per lock). */
 static int lock_round(kvidx_locker *lk, kvidx_lockreq *req, size_t a, size_t b, uint64_t *old) {
     int rc = DM_OK;
+    uint64_t word = lock_word(lk);
     for (size_t i = a; i < b && rc == DM_OK; i++) {
         if (req[i].held) continue;
         if (dm_batch_len(lk->ctx) + 2 > DM_MAX_BATCH) rc = dm_submit(lk->ctx);
-        req[i].word = lock_word(lk);
+        req[i].word = word;
         if (rc == DM_OK) rc = post_lock(lk, req[i].lock, req[i].expect, req[i].word, &req[i].rd, 1, &old[i]);
     }
     if (rc == DM_OK) return dm_submit(lk->ctx);
@@ -362,7 +364,9 @@ int kvidx_cache_init(kvidx_cache *c, double mb, size_t blob, kvidx_stats *st) {
     c->mask = CACHE_MIN_TABLE - 1;
     c->tbl = calloc(CACHE_MIN_TABLE, sizeof *c->tbl);
     c->free_slots = malloc(c->cap * sizeof *c->free_slots);
-    c->slots = malloc(c->cap * c->slot); /* reserved; pages are touched as slots are handed out */
+    /* reserved; pages are touched as slots are handed out. Line-aligned: a 992-byte node spans
+     * 16 lines, not 17 */
+    c->slots = aligned_alloc(DM_LINE, c->cap * c->slot);
     if (c->tbl && c->free_slots && c->slots) return DM_OK;
     kvidx_cache_free(c);
     return DM_ENOMEM;
@@ -393,6 +397,36 @@ void *kvidx_cache_get(kvidx_cache *c, dm_gaddr key) {
     if (!e->key) return NULL;
     e->hits++;
     return slot_at(c, e->slot);
+}
+
+void kvidx_cache_get_many(kvidx_cache *c, const dm_gaddr *keys, size_t n, const uint8_t **out) {
+    if (!c->slots || n > KVIDX_CACHE_GROUP) {
+        for (size_t i = 0; i < n; i++) out[i] = kvidx_cache_get(c, keys[i]);
+        return;
+    }
+    size_t at[KVIDX_CACHE_GROUP];
+    for (size_t i = 0; i < n; i++) { /* the index entries first (a key repeating its predecessor: no probe) */
+        at[i] = home(c, DM_GADDR_WITH_TAG(keys[i], 0));
+        kvidx_touch(&c->tbl[at[i]]);
+    }
+    for (size_t i = 0; i < n; i++) {
+        uint64_t key = DM_GADDR_WITH_TAG(keys[i], 0);
+        if (i && key == DM_GADDR_WITH_TAG(keys[i - 1], 0)) {
+            out[i] = out[i - 1];
+            at[i] = at[i - 1];
+            if (out[i]) c->tbl[at[i]].hits++;
+            continue;
+        }
+        size_t j = at[i];
+        while (c->tbl[j].key && c->tbl[j].key != key) j = (j + 1) & c->mask;
+        at[i] = j;
+        if (!c->tbl[j].key) {
+            out[i] = NULL;
+            continue;
+        }
+        c->tbl[j].hits++;
+        out[i] = slot_at(c, c->tbl[j].slot);
+    }
 }
 
 static void remove_at(kvidx_cache *c, size_t i) {

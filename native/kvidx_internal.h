@@ -130,6 +130,15 @@ typedef struct kvidx_cache {
 int kvidx_cache_init(kvidx_cache *c, double mb, size_t blob, kvidx_stats *st);
 void kvidx_cache_free(kvidx_cache *c);
 void *kvidx_cache_get(kvidx_cache *c, dm_gaddr key);
+/* kvidx_cache_get of keys[0..n) at once (n <= KVIDX_CACHE_GROUP): the index probes of all of
+ * them overlap instead of each waiting for its own. out[i] is NULL for a key not cached. */
+#define KVIDX_CACHE_GROUP 64
+void kvidx_cache_get_many(kvidx_cache *c, const dm_gaddr *keys, size_t n, const uint8_t **out);
+
+/* A load whose value nobody uses: it starts the line's cache miss and stays in the load queue
+ * until the line arrives. Prefetch instructions are dropped once the core's miss buffers are
+ * full, which a batch's lookups do at once. */
+static inline void kvidx_touch(const void *p) { (void)*(const volatile uint8_t *)p; }
 /* Slot for key (existing or new, evicting if full); NULL when the cache is disabled. */
 void *kvidx_cache_put(kvidx_cache *c, dm_gaddr key);
 void kvidx_cache_del(kvidx_cache *c, dm_gaddr key);

@@ -179,6 +179,64 @@ def test_batches_cost_a_constant_number_of_round_trips(dm, name: str, key_bytes:
     assert idx.get(keys[164:200])[1].all()
 
 
+@pytest.mark.parametrize("name", ["chime", "sherman"])
+def test_batched_inserts_that_split_stay_in_one_lock_round(dm, name: str) -> None:
+    """Batches of 64 new keys into full leaves: a leaf whose keys do not fit is read whole under
+    the lock lock_all took and re-placed or split in the same round (chime reads only a key's
+    buckets first), so every batch takes one lock round and at most 4 round trips (lock_all,
+    read_whole, write_all, parents) besides the allocator's FAA, unless an internal node splits;
+    2 when nothing splits."""
+    from kvdm.experiments.bench.calls import make_keys as numbered_keys
+
+    idx = kindex.open(name, dm, 8, cache_mb=8)
+    idx.put(numbered_keys(0, 50_000, 8), np.arange(50_000, dtype=np.uint64))
+    reshaped = 0
+    for b in range(400):
+        idx.reset_counters()
+        idx.put(numbered_keys(50_000 + 64 * b, 64, 8), np.arange(64, dtype=np.uint64))
+        c = idx.counters()
+        assert c["batch_rounds"] == 1 and c["batch_deferred"] == 0
+        if not (c["splits"] or c["leaf_rebuilds"]):
+            assert c["rtts"] == 2
+        elif not c["internal_splits"]:
+            assert c["rtts"] - c["faa"] <= 4
+            reshaped += 1
+    assert reshaped >= 10
+    keys = numbered_keys(0, 50_000 + 64 * 400, 8)
+    vals, found = idx.get(keys)
+    assert found.all() and (vals[:50_000] == np.arange(50_000, dtype=np.uint64)).all()
+    assert (vals[50_000:] == np.tile(np.arange(64, dtype=np.uint64), 400)).all()
+
+
+@pytest.mark.parametrize("name", ["chime", "sherman"])
+def test_chains_routed_through_a_stale_cache(dm, shm_node, name: str) -> None:
+    """Runs of adjacent keys are routed by one descent per leaf (a key inside the range its
+    predecessor's path holds for copies that path): after another client split every leaf and
+    internal node our cache knows, chained gets, puts and prefix matches still find every key,
+    as each leaf read checks the range it was routed by."""
+    from kvdm.transport import TransportConfig, connect
+
+    odd = np.arange(1, 40001, 2, dtype=np.uint64)
+    a = kindex.open(name, dm, 8, cache_mb=8)
+    a.put(odd, odd * 3)
+    assert a.get(odd)[1].all()  # the cache now holds the tree of the odd keys
+    other = connect(TransportConfig(), [shm_node.uri])
+    b = kindex.open(name, other, 8, cache_mb=8)
+    b.put(odd + 1, (odd + 1) * 3)  # every leaf splits (sherman's and chime's hold fewer than 60)
+    keys = np.arange(1, 40001, dtype=np.uint64)
+    for chain in (8, 64, 500):
+        for start in range(0, 40000, 2000):
+            vals, found = a.get(keys[start:start + chain])
+            assert found.all() and (vals == keys[start:start + chain] * 3).all()
+    a.put(keys[100:700], keys[100:700] * 5)
+    vals, found = b.get(keys[:1000])
+    assert found.all() and (vals[100:700] == keys[100:700] * 5).all() and (vals[:100] == keys[:100] * 3).all()
+    assert a.prefix_match(keys[3000:3400]) == 400
+    assert a.prefix_match(np.concatenate([keys[3000:3100], [10**9], keys[3100:3200]])) == 100
+    b.close()
+    other.close()
+
+
 @pytest.mark.parametrize("name", ["chime", "sherman", "race"])
 def test_batch_duplicates_act_in_order(dm, name: str) -> None:
     """A later duplicate of a key in one put wins; a delete finds a key once."""

@@ -11,24 +11,6 @@
 #include <time.h>
 #include <unistd.h>
 
-void kvidx_unpack(const uint8_t *raw, int nlines, uint8_t *payload, uint8_t *nver, uint8_t *uver) {
-    for (int i = 0; i < nlines; i++) {
-        const uint8_t *line = raw + (size_t)i * DM_LINE;
-        if (nver) nver[i] = line[0];
-        if (uver) uver[i] = line[1];
-        if (payload) memcpy(payload + (size_t)i * KVIDX_LINE_PAYLOAD, line + KVIDX_LINE_META, KVIDX_LINE_PAYLOAD);
-    }
-}
-
-void kvidx_pack(uint8_t *raw, int nlines, const uint8_t *payload, uint8_t nver, uint8_t uver) {
-    for (int i = 0; i < nlines; i++) {
-        uint8_t *line = raw + (size_t)i * DM_LINE;
-        line[0] = nver;
-        line[1] = uver;
-        memcpy(line + KVIDX_LINE_META, payload + (size_t)i * KVIDX_LINE_PAYLOAD, KVIDX_LINE_PAYLOAD);
-    }
-}
-
 uint64_t kvidx_wall_ms(void) {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);

@@ -8,6 +8,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 /* ---- line metadata ----
  * Every 64-byte line of a node starts with two metadata bytes: [node_ver][unit_ver]. A whole-node
@@ -18,10 +19,25 @@
 #define KVIDX_LINE_PAYLOAD (DM_LINE - KVIDX_LINE_META)
 _Static_assert(KVIDX_LINE_META + KVIDX_LINE_PAYLOAD == DM_LINE, "line metadata and payload make one line");
 
-/* raw (nlines*64 bytes) -> payload (nlines*62 bytes), node_ver and unit_ver of every line */
-void kvidx_unpack(const uint8_t *raw, int nlines, uint8_t *payload, uint8_t *nver, uint8_t *uver);
+/* raw (nlines*64 bytes) -> payload (nlines*62 bytes), node_ver and unit_ver of every line.
+ * Inline (with pack): every leaf write and read of a batch unpacks and packs a few lines. */
+static inline void kvidx_unpack(const uint8_t *raw, int nlines, uint8_t *payload, uint8_t *nver, uint8_t *uver) {
+    for (int i = 0; i < nlines; i++) {
+        const uint8_t *line = raw + (size_t)i * DM_LINE;
+        if (nver) nver[i] = line[0];
+        if (uver) uver[i] = line[1];
+        if (payload) memcpy(payload + (size_t)i * KVIDX_LINE_PAYLOAD, line + KVIDX_LINE_META, KVIDX_LINE_PAYLOAD);
+    }
+}
 /* payload -> raw with the given node_ver on every line and unit_ver on every line */
-void kvidx_pack(uint8_t *raw, int nlines, const uint8_t *payload, uint8_t nver, uint8_t uver);
+static inline void kvidx_pack(uint8_t *raw, int nlines, const uint8_t *payload, uint8_t nver, uint8_t uver) {
+    for (int i = 0; i < nlines; i++) {
+        uint8_t *line = raw + (size_t)i * DM_LINE;
+        line[0] = nver;
+        line[1] = uver;
+        memcpy(line + KVIDX_LINE_META, payload + (size_t)i * KVIDX_LINE_PAYLOAD, KVIDX_LINE_PAYLOAD);
+    }
+}
 /* Next node version: versions wrap at 256 and skip 0, which marks an unverified parent entry. */
 static inline uint8_t kvidx_next_ver(uint8_t v) { return (uint8_t)(v == 255 ? 1 : v + 1); }
 

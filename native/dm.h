@@ -89,10 +89,12 @@ typedef enum dm_status {
 
 /* ---- configuration --------------------------------------------------------------------- */
 
+/* The modelled time of one doorbell (spin and virtual): rtt_us, plus the longer of its bytes
+ * at gbps and its verbs at nic_mops (a NIC pipelines the two; the slower stage bounds it). */
 typedef enum dm_latency_model {
     DM_LAT_NONE = 0,    /* raw speed */
     DM_LAT_SPIN = 1,    /* each submit busy-waits its modelled time from its start */
-    DM_LAT_VIRTUAL = 2, /* the modelled time is added to counters.virtual_ns, no waiting */
+    DM_LAT_VIRTUAL = 2, /* no waiting: latencies take virtual_ns in place of exec_ns (below) */
 } dm_latency_model;
 
 typedef struct dm_config {
@@ -104,9 +106,6 @@ typedef struct dm_config {
     uint32_t chunk_bytes;/* allocator: bytes taken from a node per FAA (0 = 1 MiB) */
     double nic_mops;     /* modelled NIC message rate, million verbs/s (0 = no per-verb term) */
 } dm_config;
-
-/* The modelled time of one doorbell (spin and virtual): rtt_us, plus the longer of its bytes
- * at gbps and its verbs at nic_mops (a NIC pipelines the two; the slower stage bounds it). */
 
 /* ---- counters ---------------------------------------------------------------------------- */
 

@@ -366,19 +366,25 @@ void kvidx_cache_free(kvidx_cache *c) {
 static size_t home(const kvidx_cache *c, uint64_t key) { return (size_t)kvidx_mix64(key) & c->mask; }
 static void *slot_at(const kvidx_cache *c, uint32_t slot) { return c->slots + (size_t)slot * c->slot; }
 
-static size_t find(const kvidx_cache *c, uint64_t key) {
-    size_t i = home(c, key);
+/* key's entry, or the empty one where it would go, probing from entry i */
+static size_t find_from(const kvidx_cache *c, uint64_t key, size_t i) {
     while (c->tbl[i].key && c->tbl[i].key != key) i = (i + 1) & c->mask;
     return i;
 }
 
-void *kvidx_cache_get(kvidx_cache *c, dm_gaddr key) {
-    if (!c->slots) return NULL;
-    key = DM_GADDR_WITH_TAG(key, 0);
-    struct kvidx_cache_ent *e = &c->tbl[find(c, key)];
+static size_t find(const kvidx_cache *c, uint64_t key) { return find_from(c, key, home(c, key)); }
+
+/* the node at entry i (counting the hit), NULL if i is empty */
+static void *hit_at(kvidx_cache *c, size_t i) {
+    struct kvidx_cache_ent *e = &c->tbl[i];
     if (!e->key) return NULL;
     e->hits++;
     return slot_at(c, e->slot);
+}
+
+void *kvidx_cache_get(kvidx_cache *c, dm_gaddr key) {
+    if (!c->slots) return NULL;
+    return hit_at(c, find(c, DM_GADDR_WITH_TAG(key, 0)));
 }
 
 void kvidx_cache_get_many(kvidx_cache *c, const dm_gaddr *keys, size_t n, const uint8_t **out) {
@@ -393,21 +399,8 @@ void kvidx_cache_get_many(kvidx_cache *c, const dm_gaddr *keys, size_t n, const 
     }
     for (size_t i = 0; i < n; i++) {
         uint64_t key = DM_GADDR_WITH_TAG(keys[i], 0);
-        if (i && key == DM_GADDR_WITH_TAG(keys[i - 1], 0)) {
-            out[i] = out[i - 1];
-            at[i] = at[i - 1];
-            if (out[i]) c->tbl[at[i]].hits++;
-            continue;
-        }
-        size_t j = at[i];
-        while (c->tbl[j].key && c->tbl[j].key != key) j = (j + 1) & c->mask;
-        at[i] = j;
-        if (!c->tbl[j].key) {
-            out[i] = NULL;
-            continue;
-        }
-        c->tbl[j].hits++;
-        out[i] = slot_at(c, c->tbl[j].slot);
+        at[i] = i && key == DM_GADDR_WITH_TAG(keys[i - 1], 0) ? at[i - 1] : find_from(c, key, at[i]);
+        out[i] = hit_at(c, at[i]);
     }
 }
 

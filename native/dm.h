@@ -157,6 +157,16 @@ int dm_cas(dm_ctx *ctx, dm_gaddr remote, uint64_t expected, uint64_t desired, ui
 int dm_faa(dm_ctx *ctx, dm_gaddr remote, uint64_t add, uint64_t *old_out);
 /* Ring the doorbell(s) and wait for every posted verb: one RTT. An empty batch is a no-op. */
 int dm_submit(dm_ctx *ctx);
+/* dm_submit for a client that reads the answers in post order as they arrive: with a latency
+ * model the doorbell is charged answer by answer, so the client's work on early answers
+ * overlaps the NIC still delivering later ones (a real client polls its CQ the same way).
+ * Before touching verb i's answer (0 = the first verb of the batch) call dm_await(ctx, i);
+ * dm_await_all() before the op returns. The next submit and dm_get_counters await the rest.
+ * Without a latency model (and on verbs, whose backend returns when every answer is in)
+ * dm_await costs nothing. */
+int dm_submit_streamed(dm_ctx *ctx);
+void dm_await(dm_ctx *ctx, int verb);
+void dm_await_all(dm_ctx *ctx);
 /* Drop posted verbs that were not submitted. */
 void dm_discard(dm_ctx *ctx);
 int dm_batch_len(const dm_ctx *ctx);
@@ -172,7 +182,7 @@ int dm_alloc(dm_ctx *ctx, unsigned node_id, uint64_t len, uint64_t align, dm_gad
 
 /* ---- counters ------------------------------------------------------------------------------- */
 
-void dm_get_counters(const dm_ctx *ctx, dm_counters *out);
+void dm_get_counters(dm_ctx *ctx, dm_counters *out);
 void dm_reset_counters(dm_ctx *ctx);
 
 /* ---- shm memory nodes (the region's owner side) -------------------------------------------- */

@@ -199,8 +199,25 @@ static unsigned verb_node(const dm_verb *v) { return v->node; }
 void dm_discard(dm_ctx *ctx) { ctx->nbatch = 0; }
 int dm_batch_len(const dm_ctx *ctx) { return ctx->nbatch; }
 
-/* Execute verbs[0..n) as one round trip: one post list per node (post order kept), then wait. */
-static int run_verbs(dm_ctx *ctx, dm_verb *verbs, int n) {
+/* Modelled arrival of verb i's answer, ns after the ring: the RTT plus the longer of the bytes
+ * of verbs [0, i] at gbps and their count at nic_mops (the doorbell's cost, dm.h, for its first
+ * i + 1 verbs: a NIC sends and answers in post order). */
+static double arrival_ns(const dm_config *cfg, uint64_t bytes, int verbs) {
+    double wire = cfg->gbps > 0 ? (double)bytes * 8.0 / cfg->gbps : 0;
+    double nic = cfg->nic_mops > 0 ? (double)verbs * 1000.0 / cfg->nic_mops : 0;
+    return cfg->rtt_us * 1000.0 + (wire > nic ? wire : nic);
+}
+
+static uint64_t verb_bytes(const dm_verb *v) { return v->op == DM_OP_READ || v->op == DM_OP_WRITE ? v->len : 16; }
+
+static void spin_until(uint64_t until) {
+    while (dm_now_ns() < until) __builtin_ia32_pause();
+}
+
+/* Execute verbs[0..n) as one round trip: one post list per node (post order kept), then wait.
+ * streamed: the latency model is not charged here but answer by answer (dm_await). */
+static int run_verbs(dm_ctx *ctx, dm_verb *verbs, int n, int streamed) {
+    if (ctx->stream.open) dm_await_all(ctx); /* one doorbell in flight: the last one has landed */
     if (n == 0) return DM_OK;
     uint64_t start = ctx->cfg.latency_model != DM_LAT_NONE ? dm_now_ns() : 0;
     dm_verb *lists[DM_MAX_BATCH];
@@ -248,16 +265,27 @@ static int run_verbs(dm_ctx *ctx, dm_verb *verbs, int n) {
         if (v->old_out) *v->old_out = v->result;
     }
     if (ctx->cfg.latency_model != DM_LAT_NONE) {
-        double wire = ctx->cfg.gbps > 0 ? (double)bytes * 8.0 / ctx->cfg.gbps : 0;
-        double nic = ctx->cfg.nic_mops > 0 ? (double)n * 1000.0 / ctx->cfg.nic_mops : 0;
-        double ns = ctx->cfg.rtt_us * 1000.0 + (wire > nic ? wire : nic);
-        c->virtual_ns += (uint64_t)ns;
-        uint64_t now = dm_now_ns();
-        if (ctx->cfg.latency_model == DM_LAT_SPIN) {
-            uint64_t until = start + (uint64_t)ns;
-            while ((now = dm_now_ns()) < until) __builtin_ia32_pause();
+        if (streamed) { /* each answer's arrival, for dm_await; computed inside the exec window */
+            uint64_t cum = 0;
+            for (int i = 0; i < n; i++) {
+                cum += verb_bytes(&verbs[i]);
+                ctx->stream.arrive[i] = (uint32_t)arrival_ns(&ctx->cfg, cum, i + 1);
+            }
+            if (ctx->cfg.latency_model == DM_LAT_SPIN) c->virtual_ns += ctx->stream.arrive[n - 1];
+            uint64_t now = dm_now_ns();
+            c->exec_ns += now - start;
+            ctx->stream.open = 1;
+            ctx->stream.n = n;
+            ctx->stream.done = -1;
+            ctx->stream.start = start;
+            ctx->stream.ret = now;
+            ctx->stream.charged = 0;
+            return DM_OK;
         }
-        c->exec_ns += now - start;
+        uint64_t ns = (uint64_t)arrival_ns(&ctx->cfg, bytes, n);
+        c->virtual_ns += ns;
+        if (ctx->cfg.latency_model == DM_LAT_SPIN) spin_until(start + ns);
+        c->exec_ns += dm_now_ns() - start;
     }
     return DM_OK;
 }
@@ -265,7 +293,49 @@ static int run_verbs(dm_ctx *ctx, dm_verb *verbs, int n) {
 int dm_submit(dm_ctx *ctx) {
     int n = ctx->nbatch;
     ctx->nbatch = 0;
-    return run_verbs(ctx, ctx->batch, n);
+    return run_verbs(ctx, ctx->batch, n, 0);
+}
+
+int dm_submit_streamed(dm_ctx *ctx) {
+    int n = ctx->nbatch;
+    ctx->nbatch = 0;
+    return run_verbs(ctx, ctx->batch, n, 1);
+}
+
+/* Answers are awaited in steps of DM_AWAIT_STEP verbs (a real client signals one WQE in so
+ * many), so the clock is read once a step, not once an answer. */
+#define DM_AWAIT_STEP 16
+
+void dm_await(dm_ctx *ctx, int verb) {
+    if (!ctx->stream.open || verb <= ctx->stream.done) return;
+    int last = verb | (DM_AWAIT_STEP - 1);
+    if (last >= ctx->stream.n) last = ctx->stream.n - 1;
+    uint64_t now = dm_now_ns(), due = ctx->stream.arrive[last];
+    if (ctx->cfg.latency_model == DM_LAT_SPIN) { /* in wall time from the ring, as dm_submit */
+        uint64_t until = ctx->stream.start + due;
+        if (now < until) {
+            spin_until(until);
+            uint64_t t = dm_now_ns();
+            ctx->counters.exec_ns += t - now;
+            now = t;
+        }
+        due = now - ctx->stream.start;
+    } else { /* virtual: the client's own time since the backend returned, plus stalls so far */
+        uint64_t at = now - ctx->stream.ret + ctx->stream.charged;
+        if (due > at) {
+            ctx->counters.virtual_ns += due - at;
+            ctx->stream.charged += due - at;
+        }
+        due = at > due ? at : due;
+    }
+    int k = last;
+    while (k + 1 < ctx->stream.n && ctx->stream.arrive[k + 1] <= due) k++;
+    ctx->stream.done = k;
+    if (k + 1 >= ctx->stream.n) ctx->stream.open = 0;
+}
+
+void dm_await_all(dm_ctx *ctx) {
+    if (ctx->stream.open) dm_await(ctx, ctx->stream.n - 1);
 }
 
 /* ---- allocator ---- */
@@ -294,7 +364,7 @@ int dm_alloc(dm_ctx *ctx, unsigned node_id, uint64_t len, uint64_t align, dm_gad
     int rc = dm_faa(ctx, DM_GADDR(node_id, DM_HDR_ALLOC), want, &old);
     if (rc) return rc;
     ctx->nbatch = pending;
-    rc = run_verbs(ctx, &ctx->batch[pending], 1);
+    rc = run_verbs(ctx, &ctx->batch[pending], 1, 0);
     if (rc) return rc;
     uint64_t end = old + want < node->size ? old + want : node->size;
     at = (old + align - 1) & ~(align - 1);
@@ -312,7 +382,10 @@ int dm_alloc(dm_ctx *ctx, unsigned node_id, uint64_t len, uint64_t align, dm_gad
 
 /* ---- counters ---- */
 
-void dm_get_counters(const dm_ctx *ctx, dm_counters *out) { *out = ctx->counters; }
+void dm_get_counters(dm_ctx *ctx, dm_counters *out) {
+    dm_await_all(ctx); /* a latency read after an op includes all of its last doorbell */
+    *out = ctx->counters;
+}
 void dm_reset_counters(dm_ctx *ctx) { memset(&ctx->counters, 0, sizeof ctx->counters); }
 
 /* ---- benchmark loop ---- */

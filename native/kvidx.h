@@ -30,6 +30,8 @@ typedef struct kvidx_opts {
     uint32_t lpm_probe_ns; /* auto: the client time one probe costs in the cost model (0 = 150 ns) */
     int split_reads_kv;   /* race, at creation: slots carry no hash bits, so a split reads every KV block
                            * and clears what moved by CAS (RACE's own protocol; for comparison) */
+    int subtables_log2;   /* race, at creation: start with 2^this subtables (the directory's depth
+                           * caps it), so an index sized for its keys never splits on the way */
     struct kvidx_llt *local_locks; /* NULL, or a local lock table shared by handles of one process */
 } kvidx_opts;
 

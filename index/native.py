@@ -34,6 +34,10 @@ Options (keyword arguments; anything else is a ValueError listing these):
   the matched prefix (one more doorbell); ``lpm_probe_ns`` (150): the client time per probe
   auto's cost model charges (a constant, so a replay's choices do not depend on the machine's
   load; the counter ``lpm_cpu_ns`` shows the measured time);
+* ``subtables`` (256) and ``split_reads_kv`` (False), race, read by the client that creates
+  the index: start with this many subtables (a power of two, capped at 2^D and 1/16 of memory
+  node 0), so a workload of that size never splits inside a put; keep no hash bits in the
+  slots, so a split reads every KV block (RACE's own protocol, for comparison);
 * ``local_locks`` (None): a :class:`LocalLockTable` shared by the handles of several threads
   of this process: they queue on a leaf lock locally and hand the remote lock over (a
   per-key protocol: with a table, writes go key by key).
@@ -73,7 +77,7 @@ if TYPE_CHECKING:
 
 DEFAULTS: dict[str, Any] = {"cache_mb": 100.0, "root_slot": None, "lease_ms": 1000, "max_wait_ms": 10000,
                             "window": 0, "lpm": "auto", "lpm_fanout": 16, "lpm_exact": False, "lpm_probe_ns": 150,
-                            "split_reads_kv": False, "local_locks": None}
+                            "split_reads_kv": False, "subtables": 256, "local_locks": None}
 #: prefix-match strategies, in the C enum's order (kvidx.h KVIDX_LPM_*)
 LPM_STRATEGIES = ("auto", "parallel", "kary", "sequential")
 STAT_FIELDS = tuple(name for name, _ in ffi.typeof("kvidx_stats").fields)
@@ -181,6 +185,10 @@ class NativeIndex(Index):
             raise ValueError(f"lpm_probe_ns must be in 1..1000000, got {probe_ns}")
         c_opts.lpm_probe_ns = probe_ns
         c_opts.split_reads_kv = int(bool(opts["split_reads_kv"]))
+        subtables = int(opts["subtables"])
+        if not (1 <= subtables <= 1 << 16 and subtables & (subtables - 1) == 0):
+            raise ValueError(f"subtables must be a power of two in 1..65536, got {subtables}")
+        c_opts.subtables_log2 = subtables.bit_length() - 1
         c_opts.add_virtual_ns = int(transport.config.latency_model == "virtual")
         table = opts["local_locks"]
         if table is not None and not isinstance(table, LocalLockTable):

@@ -356,7 +356,9 @@ int dm_alloc(dm_ctx *ctx, unsigned node_id, uint64_t len, uint64_t align, dm_gad
         return DM_OK;
     }
     uint64_t want = ctx->cfg.chunk_bytes;
-    if (want < len + align) want = (len + align + DM_LINE - 1) & ~(uint64_t)(DM_LINE - 1);
+    /* larger than a chunk: a range of its own, and the current chunk stays for small ones */
+    int own_range = want < len + align;
+    if (own_range) want = (len + align + DM_LINE - 1) & ~(uint64_t)(DM_LINE - 1);
     /* The FAA runs as its own round trip; verbs already posted stay in the batch. */
     uint64_t old = 0;
     int pending = ctx->nbatch;
@@ -374,8 +376,10 @@ int dm_alloc(dm_ctx *ctx, unsigned node_id, uint64_t len, uint64_t align, dm_gad
                        "(start the node with a larger --size)",
                        node_id, (unsigned long long)len, (unsigned long long)node->size,
                        (unsigned long long)(old < node->size ? node->size - old : 0));
-    node->chunk_next = at + len;
-    node->chunk_end = end;
+    if (!own_range) {
+        node->chunk_next = at + len;
+        node->chunk_end = end;
+    }
     *out = DM_GADDR(node_id, at);
     return DM_OK;
 }

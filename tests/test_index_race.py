@@ -31,10 +31,11 @@ SPLITS = [pytest.param({}, id="split-by-slot-bits"), pytest.param({"split_reads_
 
 
 def fresh_race(key_bytes: int, **options: Any) -> Index:
-    """A race index on its own small memory node, removed when the index is closed."""
+    """A race index on its own small memory node, removed when the index is closed. It starts
+    from one subtable (unless told otherwise), so a few thousand keys split it many times."""
     node = ShmMemoryNode(8 << 20)
     ctx = connect(TransportConfig(), [node.uri])
-    idx = kindex.open("race", ctx, key_bytes, **options)
+    idx = kindex.open("race", ctx, key_bytes, **{"subtables": 1, **options})
     close = idx.close
 
     def close_all() -> None:
@@ -63,7 +64,7 @@ def test_lookup_costs_two_round_trips(dm, key_bytes: int) -> None:
     fingerprint collision adds a KV block in the same doorbell); a miss costs 1 RTT unless a
     fingerprint matches (window=1: one lookup per doorbell, the single-key protocol).
     window=64 shares both doorbells among 64 lookups."""
-    idx = kindex.open("race", dm, key_bytes, window=1)
+    idx = kindex.open("race", dm, key_bytes, window=1, subtables=1)
     keys = make_keys(np.arange(1, 5001), key_bytes)
     idx.put(keys, np.arange(5000, dtype=np.uint64))
     assert idx.counters()["splits"] > 0

@@ -58,6 +58,25 @@ def test_attach_reads_the_region_header(fabric_dm: DMContext) -> None:
     assert 4096 <= g < NODE_SIZE  # the bump pointer starts after the header
 
 
+def test_a_streamed_doorbell_returns_every_answer(fabric_dm: DMContext) -> None:
+    """dm_submit_streamed executes like dm_submit on every transport (verbs returns when every
+    answer is in; shm executes at the ring): READs and CAS old values awaited in post order."""
+    g = fabric_dm.alloc(0, 64 * 300)
+    with fabric_dm.batch():
+        for i in range(300):
+            fabric_dm.post_write(g + 64 * i, i.to_bytes(8, "little"))
+    reads = [fabric_dm.post_read(g + 64 * i, 8) for i in range(300)]
+    cases = [fabric_dm.post_cas(g + 64 * i, i, i + 1000) for i in range(300)]
+    fabric_dm.submit(streamed=True)
+    for i in range(300):
+        fabric_dm.await_answer(i)
+        assert reads[i].value == i.to_bytes(8, "little")
+        fabric_dm.await_answer(300 + i)
+        assert cases[i].value == i
+    fabric_dm.await_all()
+    assert fabric_dm.read(g + 64 * 299, 8) == (1299).to_bytes(8, "little")
+
+
 @pytest.mark.parametrize("size", [8, 64, 200, 1000, 1024, 4096, 65536, 1 << 20])
 def test_read_after_write(fabric_dm: DMContext, size: int) -> None:
     # sizes around the line size and the verbs backend's inline and staging-buffer paths
@@ -392,6 +411,78 @@ def test_exec_ns_is_the_time_inside_doorbells_when_a_model_is_on(shm_node: ShmMe
     assert c["spin"]["exec_ns"] >= c["spin"]["virtual_ns"] == 5 * 50_000
     for ctx in ctxs.values():
         ctx.close()
+
+
+def _streamed_reads(ctx, g: int, n: int) -> list:
+    pend = [ctx.post_read(g, 8) for _ in range(n)]
+    ctx.submit(streamed=True)
+    return pend
+
+
+def test_a_streamed_doorbell_is_charged_answer_by_answer(shm_node: ShmMemoryNode) -> None:
+    """dm_submit_streamed: answer i arrives at RTT + the cost of verbs [0, i] (here 1 ms + 1 us a
+    verb), awaited in steps of 16 verbs; only what the client waits for beyond its own time
+    since the ring is charged. Awaiting at once costs the whole doorbell (minus the caller's
+    own microseconds); a client busy longer than the model pays nothing; plain submit is
+    unchanged."""
+    cfg = TransportConfig(latency_model="virtual", rtt_us=1000.0, gbps=0, nic_mops=1.0)
+    ctx = connect(cfg, [shm_node.uri])
+    g = ctx.alloc(0, 64)
+    ctx.write(g, (7).to_bytes(8, "little"))
+    ctx.reset_counters()
+    with ctx.batch():
+        for _ in range(100):
+            ctx.post_read(g, 8)
+    assert ctx.counters()["virtual_ns"] == 1_000_000 + 100 * 1000
+    ctx.reset_counters()
+    pend = _streamed_reads(ctx, g, 100)
+    ctx.await_answer(0)                  # the first step: verbs 0..15 arrive by 1,016 us
+    assert all(p.value == (7).to_bytes(8, "little") for p in pend)
+    time.sleep(0.02)                     # the client's own work covers the rest (verb 99 at 1,100 us)
+    assert 900_000 < ctx.counters()["virtual_ns"] <= 1_016_000
+    ctx.reset_counters()
+    _streamed_reads(ctx, g, 100)
+    ctx.await_answer(0)
+    ctx.await_all()                      # at once: the whole doorbell
+    assert 1_000_000 < ctx.counters()["virtual_ns"] <= 1_100_000
+    ctx.reset_counters()
+    _streamed_reads(ctx, g, 100)
+    time.sleep(0.02)                     # 20 ms of the client's own work covers 1.1 ms of NIC
+    ctx.await_all()
+    assert ctx.counters()["virtual_ns"] == 0 and ctx.counters()["rtts"] == 1
+    ctx.reset_counters()
+    _streamed_reads(ctx, g, 100)
+    ctx.read(g, 8)                       # the next doorbell waits for the last one first
+    assert 2_000_000 < ctx.counters()["virtual_ns"] <= 2_100_000 + 1000
+    ctx.reset_counters()
+    _streamed_reads(ctx, g, 100)         # and so does reading the counters (a latency read)
+    assert 1_000_000 < ctx.counters()["virtual_ns"] <= 1_100_000
+    ctx.close()
+
+
+def test_a_streamed_doorbell_under_spin_and_without_a_model(shm_node: ShmMemoryNode) -> None:
+    """spin waits for each awaited answer in wall time from the ring (so a streamed doorbell
+    awaited at once lasts its modelled time, and that wait counts in exec_ns); without a model
+    awaiting costs nothing and nothing is counted."""
+    spin = connect(TransportConfig(latency_model="spin", rtt_us=2000.0, gbps=0, nic_mops=1.0), [shm_node.uri])
+    g = spin.alloc(0, 64)
+    spin.reset_counters()
+    t0 = time.perf_counter()
+    _streamed_reads(spin, g, 100)
+    spin.await_answer(0)
+    assert time.perf_counter() - t0 >= 2016e-6
+    spin.await_all()
+    assert time.perf_counter() - t0 >= 2100e-6
+    c = spin.counters()
+    assert c["virtual_ns"] == 2_000_000 + 100 * 1000 and c["exec_ns"] >= 2_000_000
+    none = connect(TransportConfig(), [shm_node.uri])
+    pend = _streamed_reads(none, g, 100)
+    none.await_answer(5)
+    none.await_all()
+    assert len({p.value for p in pend}) == 1
+    assert none.counters()["virtual_ns"] == 0 and none.counters()["exec_ns"] == 0
+    spin.close()
+    none.close()
 
 
 # ---- shm only: tearing -------------------------------------------------------------------------

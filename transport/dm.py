@@ -182,12 +182,22 @@ class DMContext:
         self._keep.append(old)
         return Pending(old, "atomic")
 
-    def submit(self) -> None:
-        """One round trip: execute every posted verb."""
+    def submit(self, streamed: bool = False) -> None:
+        """One round trip: execute every posted verb. ``streamed``: with a latency model, the
+        doorbell is charged answer by answer as the caller awaits them (:meth:`await_answer`),
+        so the caller's work between awaits overlaps the NIC delivering later answers."""
         try:
-            self._check(lib.dm_submit(self.ptr))
+            self._check(lib.dm_submit_streamed(self.ptr) if streamed else lib.dm_submit(self.ptr))
         finally:
             self._keep.clear()
+
+    def await_answer(self, verb: int) -> None:
+        """Before reading the answer of the streamed doorbell's verb ``verb`` (0 = first posted)."""
+        lib.dm_await(self.ptr, verb)
+
+    def await_all(self) -> None:
+        """Every answer of the streamed doorbell has arrived (the next submit implies it)."""
+        lib.dm_await_all(self.ptr)
 
     @contextmanager
     def batch(self) -> Iterator[DMContext]:

@@ -269,7 +269,7 @@ static int run_verbs(dm_ctx *ctx, dm_verb *verbs, int n, int streamed) {
             uint64_t cum = 0;
             for (int i = 0; i < n; i++) {
                 cum += verb_bytes(&verbs[i]);
-                ctx->stream.arrive[i] = (uint32_t)arrival_ns(&ctx->cfg, cum, i + 1);
+                ctx->stream.arrive[i] = (uint64_t)arrival_ns(&ctx->cfg, cum, i + 1);
             }
             if (ctx->cfg.latency_model == DM_LAT_SPIN) c->virtual_ns += ctx->stream.arrive[n - 1];
             uint64_t now = dm_now_ns();

@@ -53,7 +53,7 @@ struct dm_ctx {
         int open, n, done;     /* verbs [0, done] known arrived */
         uint64_t start, ret;   /* wall clock when it was rung and when the backend returned */
         uint64_t charged;      /* virtual: stalls charged so far */
-        uint32_t arrive[DM_MAX_BATCH]; /* modelled arrival of each answer, ns after the ring */
+        uint64_t arrive[DM_MAX_BATCH]; /* modelled arrival of each answer, ns after the ring */
     } stream;
     uint64_t rng;            /* xorshift64 state (tear order) */
     char err[512];

@@ -71,6 +71,14 @@ class Backend:
         elif self.factory is None:
             raise ValueError(f"index backend {self.name!r} needs a factory (or native= for a native index)")
 
+    def check_options(self, key_bytes: int, options: dict[str, Any]) -> None:
+        """Raise ValueError (naming the option) for options this backend would refuse, before a
+        run starts anything: a native index checks all of them here; other backends check
+        theirs when they open."""
+        if self.native is not None and self.factory is None:
+            from .native import c_options
+            c_options(self, key_bytes, options)
+
     def open(self, transport: Any, key_bytes: int, **options: Any) -> Index:
         if self.native is not None and self.factory is None:
             from .native import NativeIndex

@@ -131,8 +131,78 @@ def check_keys(keys: np.ndarray, key_bytes: int) -> None:
         raise ValueError(f"key at position {i} is the reserved all-zero 32-byte key")
 
 
+def _integer(opts: dict[str, Any], name: str) -> int:
+    """Option `name` as an int (an integral float too): a string or fraction names the option."""
+    v = opts[name]
+    if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+        return int(v)
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    raise ValueError(f"option {name} must be an integer, got {v!r}")
+
+
+def _number(opts: dict[str, Any], name: str) -> float:
+    v = opts[name]
+    if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool):
+        return float(v)
+    raise ValueError(f"option {name} must be a number, got {v!r}")
+
+
+def _flag(opts: dict[str, Any], name: str) -> int:
+    """A boolean option: True/False (or 1/0); any other value, the string "false" included, is
+    an error rather than a truthy surprise."""
+    v = opts[name]
+    if isinstance(v, (bool, np.bool_)) or v in (0, 1):
+        return int(bool(v))
+    raise ValueError(f"option {name} must be True or False, got {v!r}")
+
+
 def _ptr(arr: np.ndarray | None, ctype: str = "uint8_t *") -> Any:
     return ffi.NULL if arr is None else ffi.cast(ctype, ffi.from_buffer(arr))
+
+
+def c_options(backend: Backend, key_bytes: int, options: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+    """A native index's options, checked (a ValueError names the bad one), merged with DEFAULTS,
+    and as the C struct (``kvidx_opts``; its ``add_virtual_ns`` is the transport's to set). It
+    needs no transport, so a run checks its options before it starts anything
+    (:meth:`kvdm.index.Backend.check_options`)."""
+    unknown = sorted(set(options) - set(DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown option(s) for {backend.name}: {', '.join(unknown)}; "
+                         f"valid: {', '.join(DEFAULTS)}")
+    opts = {**DEFAULTS, **options}
+    if opts["root_slot"] is None:
+        opts["root_slot"] = backend.root_slots[0 if key_bytes == 8 else 1]
+    c_opts = ffi.new("kvidx_opts *")
+    c_opts.cache_mb = _number(opts, "cache_mb")
+    c_opts.root_slot = _integer(opts, "root_slot")
+    c_opts.lease_ms = _integer(opts, "lease_ms")
+    c_opts.max_wait_ms = _integer(opts, "max_wait_ms")
+    window, fanout = _integer(opts, "window"), _integer(opts, "lpm_fanout")
+    if window < 0:
+        raise ValueError(f"window must be >= 0 (0 = every key in one doorbell), got {window}")
+    if not 1 <= fanout <= 64:
+        raise ValueError(f"lpm_fanout must be in 1..64, got {fanout}")
+    if opts["lpm"] not in LPM_STRATEGIES:
+        raise ValueError(f"unknown lpm strategy {opts['lpm']!r}; valid: {', '.join(LPM_STRATEGIES)}")
+    c_opts.window = window
+    c_opts.lpm = LPM_STRATEGIES.index(opts["lpm"])
+    c_opts.lpm_fanout = fanout
+    c_opts.lpm_exact = _flag(opts, "lpm_exact")
+    probe_ns = _integer(opts, "lpm_probe_ns")
+    if not 1 <= probe_ns <= 10**6:
+        raise ValueError(f"lpm_probe_ns must be in 1..1000000, got {probe_ns}")
+    c_opts.lpm_probe_ns = probe_ns
+    c_opts.split_reads_kv = _flag(opts, "split_reads_kv")
+    subtables = _integer(opts, "subtables")
+    if not (1 <= subtables <= 1 << 16 and subtables & (subtables - 1) == 0):
+        raise ValueError(f"subtables must be a power of two in 1..65536, got {subtables}")
+    c_opts.subtables_log2 = subtables.bit_length() - 1
+    table = opts["local_locks"]
+    if table is not None and not isinstance(table, LocalLockTable):
+        raise ValueError(f"local_locks must be a LocalLockTable, got {type(table).__name__}")
+    c_opts.local_locks = table.ptr if table is not None else ffi.NULL
+    return opts, c_opts
 
 
 class NativeIndex(Index):
@@ -145,13 +215,7 @@ class NativeIndex(Index):
         if not isinstance(transport, DMContext) or transport.ptr is None:
             raise ValueError(f"{backend.name} needs a connected kvdm.transport.DMContext, "
                              f"got {type(transport).__name__}")
-        unknown = sorted(set(options) - set(DEFAULTS))
-        if unknown:
-            raise ValueError(f"unknown option(s) for {backend.name}: {', '.join(unknown)}; "
-                             f"valid: {', '.join(DEFAULTS)}")
-        opts = {**DEFAULTS, **options}
-        if opts["root_slot"] is None:
-            opts["root_slot"] = backend.root_slots[0 if key_bytes == 8 else 1]
+        opts, c_opts = c_options(backend, key_bytes, options)
         self.name = backend.name
         self.ordered = backend.ordered
         self.options = opts
@@ -164,36 +228,7 @@ class NativeIndex(Index):
         self._ops = accessor()
         self._stat_cols, self._stat_names = counter_spec(self._ops.counters)
         self._drive_cols = np.concatenate((np.arange(len(DM_FIELDS)), len(DM_FIELDS) + self._stat_cols))
-        c_opts = ffi.new("kvidx_opts *")
-        c_opts.cache_mb = float(opts["cache_mb"])
-        c_opts.root_slot = int(opts["root_slot"])
-        c_opts.lease_ms = int(opts["lease_ms"])
-        c_opts.max_wait_ms = int(opts["max_wait_ms"])
-        window, fanout = int(opts["window"]), int(opts["lpm_fanout"])
-        if window < 0:
-            raise ValueError(f"window must be >= 0 (0 = every key in one doorbell), got {window}")
-        if not 1 <= fanout <= 64:
-            raise ValueError(f"lpm_fanout must be in 1..64, got {fanout}")
-        if opts["lpm"] not in LPM_STRATEGIES:
-            raise ValueError(f"unknown lpm strategy {opts['lpm']!r}; valid: {', '.join(LPM_STRATEGIES)}")
-        c_opts.window = window
-        c_opts.lpm = LPM_STRATEGIES.index(opts["lpm"])
-        c_opts.lpm_fanout = fanout
-        c_opts.lpm_exact = int(bool(opts["lpm_exact"]))
-        probe_ns = int(opts["lpm_probe_ns"])
-        if not 1 <= probe_ns <= 10**6:
-            raise ValueError(f"lpm_probe_ns must be in 1..1000000, got {probe_ns}")
-        c_opts.lpm_probe_ns = probe_ns
-        c_opts.split_reads_kv = int(bool(opts["split_reads_kv"]))
-        subtables = int(opts["subtables"])
-        if not (1 <= subtables <= 1 << 16 and subtables & (subtables - 1) == 0):
-            raise ValueError(f"subtables must be a power of two in 1..65536, got {subtables}")
-        c_opts.subtables_log2 = subtables.bit_length() - 1
         c_opts.add_virtual_ns = int(transport.config.latency_model == "virtual")
-        table = opts["local_locks"]
-        if table is not None and not isinstance(table, LocalLockTable):
-            raise ValueError(f"local_locks must be a LocalLockTable, got {type(table).__name__}")
-        c_opts.local_locks = table.ptr if table is not None else ffi.NULL
         out = ffi.new("void **")
         err = ffi.new("char[512]")
         rc = lib.kvidx_open(self._ops, transport.ptr, c_opts, out, err, 512)

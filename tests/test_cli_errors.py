@@ -61,6 +61,10 @@ def garbage(tmp_path: Path) -> dict[str, Path]:
     (["reproduce", "--load-duration", "0"], "--load-duration must be a positive number, got 0"),
     (["bench", "transport", "--iters", "x"], "--iters must be an integer, got 'x'"),
     (["nosuch"], "unknown command 'nosuch' for kvdm; valid: bench, "),
+    (["replay", "--index", "chime", "--index-opt", "window=abc"], "option window must be an integer, got 'abc'"),
+    (["bench", "index", "--index", "sherman", "--index-opt", "cache_gb=1"], "unknown option(s) for sherman: cache_gb"),
+    (["replay", "--index", "race", "--index-opt", "subtables=3"], "subtables must be a power of two in 1..65536"),
+    (["replay", "--index", "chime", "--index-opt", "lpm_exact=maybe"], "option lpm_exact must be True or False"),
 ])
 def test_bad_flags_are_one_line(capsys, argv, message):
     assert message in one_error(capsys, *argv)
@@ -148,3 +152,11 @@ def test_a_reader_that_leaves_early_is_not_an_error():
     proc.stdout.close()  # before the command writes its first line
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=60) == 0 and "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_index_opt_reads_true_and_false_as_booleans():
+    """--index-opt lpm_exact=false must turn verification off, not pass the truthy string."""
+    from kvdm.experiments.cli.replay import parse_index_opt
+    assert parse_index_opt("lpm_exact=false") == ("lpm_exact", False)
+    assert parse_index_opt("split_reads_kv=True") == ("split_reads_kv", True)
+    assert parse_index_opt("window=8") == ("window", 8) and parse_index_opt("cache_mb=0.5") == ("cache_mb", 0.5)

@@ -62,10 +62,13 @@ def add_index_options(parser: argparse.ArgumentParser, default: str = "chime") -
 
 
 def parse_index_opt(text: str) -> tuple[str, Any]:
-    """``KEY=VALUE`` -> (key, int | float | str value)."""
+    """``KEY=VALUE`` -> (key, bool | int | float | str value): true/false (any case) are
+    booleans, so ``lpm_exact=false`` is False and not the truthy string "false"."""
     key, sep, raw = text.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    if raw.strip().lower() in ("true", "false"):
+        return key.strip(), raw.strip().lower() == "true"
     value: Any = raw
     for convert in (int, float):
         try:
@@ -88,7 +91,7 @@ def index_spec(args: argparse.Namespace, key_bytes: int) -> IndexSpec:
     options: dict[str, Any] = {}
     if remote_memory(args.index) and args.cache_mb is not None:
         options["cache_mb"] = args.cache_mb
-    options.update(dict(getattr(args, "index_opt", [])))  # the backend's factory rejects unknown keys
+    options.update(dict(getattr(args, "index_opt", [])))
     if getattr(args, "lpm", None) is not None:
         if not remote_memory(args.index):
             raise ValueError(f"--lpm applies to the native indexes ({', '.join(registered(remote_memory=True))}), "
@@ -100,6 +103,7 @@ def index_spec(args: argparse.Namespace, key_bytes: int) -> IndexSpec:
         redis_opts.check_redis_flags(args, args.index)
         if args.index == "redis":
             options.update(redis_opts.redis_options(args, start_local=False))  # replay() scopes the server
+    backend(args.index).check_options(key_bytes, options)  # a bad value fails before the run prints
     return IndexSpec(args.index, key_bytes, options)
 
 

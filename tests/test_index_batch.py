@@ -101,6 +101,33 @@ def test_batch_over_several_dead_locks(name: str, fabric, fabric_node) -> None:
     idx.close()
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("name", ORDERED_BACKENDS)
+def test_batch_that_times_out_on_one_lock_holds_no_other(name: str, fabric_node) -> None:
+    """A live client holds one leaf's lock with a long lease; a batch writing into that leaf
+    and 29 others gives up after max_wait_ms with an error, having released every lock it had
+    taken (those below the busy one in lock order are held while it waits): a third client then
+    writes each of the other leaves at once, and the batch wrote nothing anywhere."""
+    from kvdm.index.native import LockTimeout
+
+    ints = np.arange(1, 3001, dtype=np.uint64)
+    holder = open_client(fabric_node.uri, name, 8, lease_ms=60_000)
+    holder.put(make_keys(ints, 8), ints)
+    holder.debug_hold_lock(make_keys([1450], 8))
+    batch = np.arange(50, 3001, 100, dtype=np.uint64)  # 100 apart: one key a leaf (leaves hold < 64)
+    other = open_client(fabric_node.uri, name, 8, max_wait_ms=200)
+    with pytest.raises(LockTimeout, match="gave up on lock"):
+        other.put(make_keys(batch, 8), batch + np.uint64(7))
+    assert (other.get(make_keys(batch, 8))[0] == batch).all()  # nothing written
+    third = open_client(fabric_node.uri, name, 8, max_wait_ms=200)
+    rest = batch[batch != 1450]
+    for k in rest:  # one key (one leaf) at a time: a lock left held would time out
+        third.put(make_keys([k], 8), np.array([k + 9], dtype=np.uint64))
+    assert (third.get(make_keys(rest, 8))[0] == rest + np.uint64(9)).all()
+    for c in (holder, other, third):
+        c.close()
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("key_bytes", [8, 32])
 @pytest.mark.parametrize("name", NATIVE_BACKENDS)
@@ -160,3 +187,35 @@ def test_stale_root_is_refreshed(name: str, opened_at: int, shm_node) -> None:
     c = old.counters()
     assert c["stale_root"] <= 2 and c["root_reads"] <= 2
     assert c["go_right"] <= len(probe), c["go_right"]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("key_bytes", [8, 32])
+def test_chime_batches_keep_parent_tags_exact(key_bytes: int, shm_node) -> None:
+    """Batched puts re-place overflowing chime leaves (node_ver+1) and move their parents' tags
+    by writing only the units holding them, reading only those units when the writer's cached
+    parent says where they are. Afterwards every lookup still answers in its one READ: the
+    writer's patched cached parents and a fresh client's parents read from memory carry the
+    leaves' exact versions (no version mismatch, no second READ)."""
+    writer = open_client(shm_node.uri, "chime", key_bytes)
+    rng = np.random.default_rng(11)
+    ints = np.unique(rng.integers(1, 1 << 40, 60_000, dtype=np.uint64))[:50_000]
+    rng.shuffle(ints)
+    keys = make_keys(ints, key_bytes)
+    writer.put(keys[:20_000], ints[:20_000])
+    writer.reset_counters()
+    for i in range(20_000, 50_000, 64):  # batches of 64: a few rebuilds each
+        writer.put(keys[i:i + 64], ints[i:i + 64])
+    c = writer.counters()
+    assert c["leaf_rebuilds"] > 100 and c["lease_lost"] == 0, c
+    reader = open_client(shm_node.uri, "chime", key_bytes)
+    for idx in (writer, reader):
+        idx.get(keys[:64])  # caches the internal nodes on the way down
+        idx.reset_counters()
+        vals, found = idx.get(keys)
+        assert found.all() and (vals == ints).all()
+        c = idx.counters()
+        assert c["version_mismatch"] == 0 and c["go_right"] == 0, c
+        assert c["reads"] < 1.1 * len(keys), c  # one READ a key (two for 1 in 15: wrapping buckets)
+    writer.close()
+    reader.close()

@@ -125,8 +125,11 @@ def test_replay_cli_errors_are_clear() -> None:
 
 
 def test_virtual_latency_model_adds_the_modelled_round_trips() -> None:
-    """With latency model virtual every native op's latency is its C time plus exactly its
-    modelled time (RTTs x rtt + bytes / bandwidth): a 1-RTT get at 200 us sits just above 200."""
+    """With latency model virtual every native op's latency is its C time plus its modelled time
+    (RTTs x rtt + bytes / bandwidth): a 1-RTT get at 200 us sits just above 200. A streamed
+    doorbell (dm_submit_streamed: B+tree lookups and batches) is charged each answer's arrival
+    less the client's own work since the ring, so the modelled time may fall short of RTTs x rtt
+    by that work (nanoseconds here), never the latency."""
     from kvdm.transport import TransportConfig
 
     cfg = ReplayConfig(trace=FIXTURE_TRACE, index=IndexSpec("chime", 8), clients=1,
@@ -135,7 +138,8 @@ def test_virtual_latency_model_adds_the_modelled_round_trips() -> None:
     whole = res.rows[res.rows["bin"] == -1].set_index("op")
     for op in ("get", "range", "insert"):
         modelled_us = whole.loc[op, "virtual_ns_per_op"] / 1e3
-        assert modelled_us >= 200.0 * whole.loc[op, "rtts_per_op"]
+        assert whole.loc[op, "mean_us"] >= 200.0 * whole.loc[op, "rtts_per_op"]
+        assert modelled_us >= 0.95 * 200.0 * whole.loc[op, "rtts_per_op"]
         assert whole.loc[op, "mean_us"] >= modelled_us
     assert 200.0 <= whole.loc["get", "p50_us"] < 260.0
 

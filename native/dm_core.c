@@ -199,6 +199,10 @@ static unsigned verb_node(const dm_verb *v) { return v->node; }
 void dm_discard(dm_ctx *ctx) { ctx->nbatch = 0; }
 int dm_batch_len(const dm_ctx *ctx) { return ctx->nbatch; }
 
+/* Answers are awaited in steps of DM_AWAIT_STEP verbs (a real client signals one WQE in so
+ * many), so the clock is read once a step, not once an answer. */
+#define DM_AWAIT_STEP 16
+
 /* Modelled arrival of verb i's answer, ns after the ring: the RTT plus the longer of the bytes
  * of verbs [0, i] at gbps and their count at nic_mops (the doorbell's cost, dm.h, for its first
  * i + 1 verbs: a NIC sends and answers in post order). */
@@ -219,6 +223,7 @@ static void spin_until(uint64_t until) {
 static int run_verbs(dm_ctx *ctx, dm_verb *verbs, int n, int streamed) {
     if (ctx->stream.open) dm_await_all(ctx); /* one doorbell in flight: the last one has landed */
     if (n == 0) return DM_OK;
+    if (n <= DM_AWAIT_STEP) streamed = 0; /* one await step: charged whole, as it would be */
     uint64_t start = ctx->cfg.latency_model != DM_LAT_NONE ? dm_now_ns() : 0;
     dm_verb *lists[DM_MAX_BATCH];
     unsigned touched[DM_MAX_BATCH];
@@ -301,10 +306,6 @@ int dm_submit_streamed(dm_ctx *ctx) {
     ctx->nbatch = 0;
     return run_verbs(ctx, ctx->batch, n, 1);
 }
-
-/* Answers are awaited in steps of DM_AWAIT_STEP verbs (a real client signals one WQE in so
- * many), so the clock is read once a step, not once an answer. */
-#define DM_AWAIT_STEP 16
 
 void dm_await(dm_ctx *ctx, int verb) {
     if (!ctx->stream.open || verb <= ctx->stream.done) return;

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -332,6 +333,7 @@ struct kvidx_cache_ent {
 };
 
 #define CACHE_MIN_TABLE 64
+#define HUGE_PAGE ((size_t)2 << 20)
 
 int kvidx_cache_init(kvidx_cache *c, double mb, size_t blob, kvidx_stats *st) {
     memset(c, 0, sizeof *c);
@@ -348,7 +350,10 @@ int kvidx_cache_init(kvidx_cache *c, double mb, size_t blob, kvidx_stats *st) {
     c->free_slots = malloc(c->cap * sizeof *c->free_slots);
     /* reserved; pages are touched as slots are handed out. Line-aligned: a 992-byte node spans
      * 16 lines, not 17 */
-    c->slots = aligned_alloc(DM_LINE, c->cap * c->slot);
+    size_t bytes = (c->cap * c->slot + HUGE_PAGE - 1) & ~(size_t)(HUGE_PAGE - 1);
+    c->slots = aligned_alloc(HUGE_PAGE, bytes);
+    /* a descent touches a node per level: on 4 KB pages each is a TLB miss and a page walk */
+    if (c->slots) (void)madvise(c->slots, bytes, MADV_HUGEPAGE);
     if (c->tbl && c->free_slots && c->slots) return DM_OK;
     kvidx_cache_free(c);
     return DM_ENOMEM;

@@ -35,9 +35,10 @@ Options (keyword arguments; anything else is a ValueError listing these):
   auto's cost model charges (a constant, so a replay's choices do not depend on the machine's
   load; the counter ``lpm_cpu_ns`` shows the measured time);
 * ``subtables`` (256) and ``split_reads_kv`` (False), race, read by the client that creates
-  the index: start with this many subtables (a power of two, capped at 2^D and 1/16 of memory
-  node 0), so a workload of that size never splits inside a put; keep no hash bits in the
-  slots, so a split reads every KV block (RACE's own protocol, for comparison);
+  the index: start with this many subtables (a power of two, spread over the memory nodes,
+  capped at 2^D and 1/16 of the smallest node on each), so a workload of that size never
+  splits inside a put; keep no hash bits in the slots, so a split reads every KV block
+  (RACE's own protocol, for comparison);
 * ``local_locks`` (None): a :class:`LocalLockTable` shared by the handles of several threads
   of this process: they queue on a leaf lock locally and hand the remote lock over (a
   per-key protocol: with a table, writes go key by key).

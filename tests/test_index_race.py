@@ -631,3 +631,28 @@ def test_kary_fingerprint_collision_starts_over_with_lookups() -> None:
     assert plain.prefix_match(np.array(chain, dtype=np.uint64)) == 20 and plain.counters()["rtts"] <= 3
     idx.close()
     plain.close()
+
+
+def test_the_first_subtables_are_spread_over_the_memory_nodes() -> None:
+    """An index created on two memory nodes places its 256 first subtables round-robin, as splits
+    place theirs: each node's bump pointer (read by an FAA of 0) has moved past its 128, and the
+    keys of a put land in both."""
+    from kvdm.transport import gaddr
+    nodes = [ShmMemoryNode(64 << 20, node_id=i) for i in range(2)]
+    ctx = connect(TransportConfig(), [n.uri for n in nodes])
+    try:
+        used = [ctx.faa(gaddr(i, lib.DM_HDR_ALLOC), 0) for i in range(2)]
+        idx = kindex.open("race", ctx, 8)
+        subtable = 193 * 64  # 192 bucket lines and the lock line
+        grown = [ctx.faa(gaddr(i, lib.DM_HDR_ALLOC), 0) - used[i] for i in range(2)]
+        assert all(g >= 128 * subtable for g in grown), grown
+        keys = np.arange(1, 20_001, dtype=np.uint64)
+        idx.put(keys, keys * np.uint64(3))
+        vals, found = idx.get(keys)
+        assert found.all() and (vals == keys * np.uint64(3)).all()
+        assert idx.counters()["splits"] == 0
+        idx.close()
+    finally:
+        ctx.close()
+        for n in nodes:
+            n.destroy()

@@ -103,8 +103,7 @@ static int lock_round(kvidx_locker *lk, kvidx_lockreq *req, size_t a, size_t b, 
     return rc;
 }
 
-/* Release every held req[i], i >= a (one doorbell; CAS failures mean a lost lease). */
-static int release_from(kvidx_locker *lk, kvidx_lockreq *req, size_t a, size_t n) {
+int kvidx_release_held(kvidx_locker *lk, kvidx_lockreq *req, size_t a, size_t n) {
     int rc = DM_OK;
     uint64_t old;
     for (size_t i = a; i < n && rc == DM_OK; i++) {
@@ -139,7 +138,7 @@ int kvidx_lock_many(kvidx_locker *lk, kvidx_lockreq *req, size_t n) {
             continue;
         }
         lk->st->lock_fail++;
-        if ((rc = release_from(lk, req, f + 1, n)) != DM_OK) break;
+        if ((rc = kvidx_release_held(lk, req, f + 1, n)) != DM_OK) break;
         first = f;
         single = 1;
         req[f].expect = takeover_expect(old[f]);
@@ -149,7 +148,7 @@ int kvidx_lock_many(kvidx_locker *lk, kvidx_lockreq *req, size_t n) {
         }
         if (attempt > 4) sched_yield(); /* the holder may need this core */
     }
-    if (rc != DM_OK) release_from(lk, req, 0, n);
+    if (rc != DM_OK) kvidx_release_held(lk, req, 0, n);
     free(old);
     return rc;
 }

@@ -116,6 +116,9 @@ typedef struct kvidx_lockreq {
     int held;
 } kvidx_lockreq;
 int kvidx_lock_many(kvidx_locker *lk, kvidx_lockreq *req, size_t n);
+/* Release every held req[i], a <= i < n, and mark it not held (one doorbell; CAS failures
+ * mean a lost lease). */
+int kvidx_release_held(kvidx_locker *lk, kvidx_lockreq *req, size_t a, size_t n);
 /* Post one try of a lock (CAS 0 -> a fresh word, returned in *word) and the read it protects;
  * after the submit the lock is held iff *old == 0 (a lock taken this way is released with
  * kvidx_post_release). */
